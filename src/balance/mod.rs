@@ -1,0 +1,144 @@
+//! Load balancing: choosing one endpoint of a service for each request.
+//!
+//! The registry builds a selection table for a service each time its set of endpoints changes,
+//! and the request path only reads it: a pick takes no lock and allocates nothing (the one
+//! exception, a smooth weighted round-robin cycle too long to tabulate, is documented on
+//! [`WeightedRoundRobin`]).
+//!
+//! Before any strategy runs, the endpoints are narrowed the same way for all of them:
+//!
+//! 1. An endpoint with weight 0 or [`Health::Critical`](crate::Health::Critical) is never
+//!    picked.
+//! 2. Of the rest, only the lowest-numbered priority tier is used, as with DNS SRV records
+//!    (RFC 2782); a tier is skipped only when none of its endpoints may be picked.
+//!
+//! The strategies, chosen per service with [`Balancer`]:
+//!
+//! | strategy | picks | cost per pick |
+//! |---|---|---|
+//! | [`WeightedRandom`] (default) | `i` with probability `w(i) / Σ w(j)` | O(1): one random draw, one table slot |
+//! | [`Random`] | uniformly, ignoring weights | O(1) |
+//! | [`RoundRobin`] | each in turn, from a random start | O(1): one atomic increment |
+//! | [`WeightedRoundRobin`] | nginx's smooth weighted order | O(1) from a table |
+//!
+//! Each strategy is also usable by itself over a slice of weights, and
+//! [`BalanceLayer`] puts the whole selection, URL rewriting included, around any
+//! `tower::Service<reqwest::Request>`.
+
+mod layer;
+mod random;
+pub(crate) mod rng;
+mod round_robin;
+mod service;
+mod weighted_random;
+mod weighted_round_robin;
+
+#[cfg(test)]
+mod tests;
+
+use serde::Deserialize;
+
+use crate::endpoint::Endpoint;
+use rng::PickRng;
+
+pub use layer::BalanceLayer;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use service::{Balance, ResponseFuture};
+pub use weighted_random::WeightedRandom;
+pub use weighted_round_robin::{MAX_BUILD_STEPS, MAX_TABLE_LEN, WeightedRoundRobin};
+
+/// The strategy a service's requests are balanced with.
+///
+/// In configuration it is written in snake case: `"weighted_random"`, `"random"`,
+/// `"round_robin"`, `"weighted_round_robin"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Balancer {
+    /// [`WeightedRandom`]: probability proportional to weight. The default.
+    #[default]
+    WeightedRandom,
+    /// [`Random`]: uniform, ignoring weights.
+    Random,
+    /// [`RoundRobin`]: each endpoint in turn, ignoring weights.
+    RoundRobin,
+    /// [`WeightedRoundRobin`]: nginx's smooth weighted round robin.
+    WeightedRoundRobin,
+}
+
+/// There is nothing to pick: no weight is above 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no candidate has a weight above 0")]
+pub struct NoCandidates;
+
+/// The indices of the weights above 0.
+fn candidates(weights: &[u32]) -> Result<impl Iterator<Item = u32> + '_, NoCandidates> {
+    if u32::try_from(weights.len()).is_err() || weights.iter().all(|&w| w == 0) {
+        return Err(NoCandidates);
+    }
+    Ok(weights
+        .iter()
+        .enumerate()
+        .filter(|&(_, &w)| w > 0)
+        .map(|(i, _)| i as u32))
+}
+
+/// A built strategy.
+#[derive(Debug)]
+enum Picker {
+    WeightedRandom(WeightedRandom),
+    Random(Random),
+    RoundRobin(RoundRobin),
+    WeightedRoundRobin(WeightedRoundRobin),
+}
+
+/// A service's selection table for one snapshot of its endpoints.
+#[derive(Debug)]
+pub(crate) struct Selection {
+    picker: Option<Picker>,
+}
+
+impl Selection {
+    /// Narrows `endpoints` to the pickable ones of the best tier and builds `balancer` over
+    /// them. `endpoints` must be the snapshot's own slice: picks index into it.
+    pub(crate) fn build(balancer: Balancer, endpoints: &[Endpoint], rng: &PickRng) -> Self {
+        let tier = endpoints
+            .iter()
+            .filter(|e| e.is_eligible())
+            .map(Endpoint::priority)
+            .min();
+        let weights: Vec<u32> = endpoints
+            .iter()
+            .map(|e| match tier {
+                Some(tier) if e.is_eligible() && e.priority() == tier => e.weight(),
+                _ => 0,
+            })
+            .collect();
+        let picker = match balancer {
+            Balancer::WeightedRandom => WeightedRandom::new(&weights).map(Picker::WeightedRandom),
+            Balancer::Random => Random::new(&weights).map(Picker::Random),
+            Balancer::RoundRobin => {
+                let start = rng.next_u64() as usize;
+                RoundRobin::starting_at(&weights, start).map(Picker::RoundRobin)
+            }
+            Balancer::WeightedRoundRobin => {
+                WeightedRoundRobin::new(&weights).map(Picker::WeightedRoundRobin)
+            }
+        };
+        Selection {
+            picker: picker.ok(),
+        }
+    }
+
+    /// The index of the chosen endpoint, or `None` when no endpoint may be picked.
+    #[inline]
+    pub(crate) fn pick(&self, rng: &PickRng) -> Option<usize> {
+        Some(match self.picker.as_ref()? {
+            Picker::WeightedRandom(table) => table.pick(rng.next_u64()),
+            Picker::Random(table) => table.pick(rng.next_u64()),
+            Picker::RoundRobin(table) => table.pick(),
+            Picker::WeightedRoundRobin(table) => table.pick(),
+        })
+    }
+}

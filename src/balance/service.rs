@@ -1,0 +1,243 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use reqwest::header::{HOST, HeaderValue};
+use tower::{Service, ServiceExt};
+
+use crate::discovery::{BoxFuture, Lookup, Registry, Snapshot};
+use crate::endpoint::{Endpoint, EndpointAddr};
+use crate::error::Error;
+
+/// The service [`BalanceLayer`](super::BalanceLayer) produces: it reads the logical service
+/// from the request URL's host, picks one of its endpoints and rewrites the URL's scheme,
+/// host and port to it, keeping path and query.
+#[derive(Clone, Debug)]
+pub struct Balance<S> {
+    inner: S,
+    registry: Registry,
+    preserve_host: bool,
+}
+
+impl<S> Balance<S> {
+    /// Balances over `registry`, sending each rewritten request to `inner`.
+    pub fn new(inner: S, registry: Registry, preserve_host: bool) -> Self {
+        Balance {
+            inner,
+            registry,
+            preserve_host,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The registry this service balances over.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl<S> Service<reqwest::Request> for Balance<S>
+where
+    S: Service<reqwest::Request> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+        let host = match logical_host(request.url()) {
+            Ok(host) => host,
+            Err(error) => return ResponseFuture::failed(error),
+        };
+        match self.registry.lookup(host) {
+            Err(error) => ResponseFuture::failed(error),
+            Ok(Lookup::Picked(snapshot, index)) => {
+                rewrite(&mut request, &snapshot.endpoints[index], self.preserve_host);
+                let future = self.inner.call(request);
+                ResponseFuture::called(future, snapshot, index)
+            }
+            Ok(Lookup::Pending(entry)) => {
+                // Cold path: the service's first snapshot is not in yet. Hand the readied
+                // inner service to the future and keep a fresh clone here.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                // The future keeps the registry, and so the service's watch task, alive: a
+                // `oneshot` drops this service as soon as it has called it.
+                let registry = self.registry.clone();
+                let preserve_host = self.preserve_host;
+                ResponseFuture::waiting(Box::pin(async move {
+                    let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
+                    drop(registry);
+                    let index = entry.pick(&snapshot)?;
+                    rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
+                    inner
+                        .oneshot(request)
+                        .await
+                        .map_err(|error| attach(error.into(), &snapshot, index))
+                }))
+            }
+        }
+    }
+}
+
+/// The host of a logical URL, which must be a name, not an address.
+fn logical_host(url: &reqwest::Url) -> Result<&str, Error> {
+    match url.host() {
+        Some(url::Host::Domain(host)) => Ok(host),
+        Some(_) => Err(Error::invalid_url(
+            "the host is an IP address; a logical URL names a service",
+        )),
+        None => Err(Error::invalid_url("the URL has no host")),
+    }
+}
+
+fn rewrite(request: &mut reqwest::Request, endpoint: &Endpoint, preserve_host: bool) {
+    if preserve_host && !request.headers().contains_key(HOST) {
+        let logical = match request.url().port() {
+            Some(port) => HeaderValue::from_str(&format!(
+                "{}:{port}",
+                request.url().host_str().unwrap_or_default()
+            )),
+            None => HeaderValue::from_str(request.url().host_str().unwrap_or_default()),
+        };
+        if let Ok(value) = logical {
+            request.headers_mut().insert(HOST, value);
+        }
+    }
+    let url = request.url_mut();
+    // These setters fail only for URLs that cannot have a host, which `logical_host` refused.
+    if let Some(scheme) = endpoint.scheme() {
+        let _ = url.set_scheme(scheme.as_str());
+    }
+    match endpoint.addr() {
+        EndpointAddr::Ip(addr) => {
+            let _ = url.set_ip_host(addr.ip());
+        }
+        EndpointAddr::Host(host, _) => {
+            let _ = url.set_host(Some(host));
+        }
+    }
+    let _ = url.set_port(Some(endpoint.addr().port()));
+}
+
+fn attach(error: Error, snapshot: &Snapshot, index: usize) -> Error {
+    let error = if error.has_service() {
+        error
+    } else {
+        error.with_service(snapshot.service.clone())
+    };
+    if error.endpoint().is_some() {
+        error
+    } else {
+        error.with_endpoint(snapshot.endpoints[index].addr().clone())
+    }
+}
+
+pin_project! {
+    /// The future of [`Balance`].
+    pub struct ResponseFuture<F, R> {
+        #[pin]
+        state: State<F, R>,
+    }
+}
+
+pin_project! {
+    #[project = Projection]
+    enum State<F, R> {
+        // An endpoint was picked and the inner service called.
+        Called {
+            #[pin]
+            future: F,
+            snapshot: Arc<Snapshot>,
+            index: usize,
+        },
+        // Waiting for the service's first snapshot.
+        Waiting {
+            future: BoxFuture<'static, Result<R, Error>>,
+        },
+        // Failed before the inner service was called.
+        Failed {
+            error: Option<Error>,
+        },
+    }
+}
+
+impl<F, R> ResponseFuture<F, R> {
+    fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
+    fn called(future: F, snapshot: Arc<Snapshot>, index: usize) -> Self {
+        ResponseFuture {
+            state: State::Called {
+                future,
+                snapshot,
+                index,
+            },
+        }
+    }
+
+    fn waiting(future: BoxFuture<'static, Result<R, Error>>) -> Self {
+        ResponseFuture {
+            state: State::Waiting { future },
+        }
+    }
+}
+
+impl<F, R> std::fmt::Debug for ResponseFuture<F, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            State::Called { .. } => "ResponseFuture::Called",
+            State::Waiting { .. } => "ResponseFuture::Waiting",
+            State::Failed { .. } => "ResponseFuture::Failed",
+        })
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F, R>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<Error>,
+{
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Projection::Called {
+                future,
+                snapshot,
+                index,
+            } => future
+                .poll(cx)
+                .map_err(|error| attach(error.into(), snapshot, *index)),
+            Projection::Waiting { future } => future.as_mut().poll(cx),
+            Projection::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .expect("a failed ResponseFuture is polled once"))),
+        }
+    }
+}

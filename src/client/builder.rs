@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::MeshClient;
+use crate::balance::{BalanceLayer, Balancer};
+use crate::config::MeshConfig;
+use crate::discovery::{Discovery, RegistryBuilder, ServiceOptions};
+use crate::error::Error;
+
+/// Builds a [`MeshClient`]. Settings are checked once, in [`MeshClientBuilder::build`], and
+/// an error names the setting at fault ([`Error::field`]).
+#[derive(Debug, Default)]
+#[must_use]
+pub struct MeshClientBuilder {
+    registry: RegistryBuilder,
+    http: Option<reqwest::Client>,
+    preserve_host: bool,
+}
+
+impl MeshClientBuilder {
+    /// A builder holding everything `config` describes: its services, their endpoints and
+    /// balancers, and the client settings. Further calls can add to it or override it.
+    pub fn from_config(config: &MeshConfig) -> Result<Self, Error> {
+        config.apply(MeshClientBuilder::default())
+    }
+
+    /// Sends requests with `client`, with its TLS, proxy, pool and timeout settings. By
+    /// default the mesh makes a `reqwest::Client` of its own.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// The discovery backend for every service that has none of its own.
+    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
+        self.registry = self.registry.discovery(discovery);
+        self
+    }
+
+    /// The balancer for every service that has none of its own
+    /// ([`Balancer::WeightedRandom`] unless set).
+    pub fn balancer(mut self, balancer: Balancer) -> Self {
+        self.registry = self.registry.balancer(balancer);
+        self
+    }
+
+    /// Settings for one service.
+    pub fn service(mut self, name: impl Into<String>, options: ServiceOptions) -> Self {
+        self.registry = self.registry.service(name, options);
+        self
+    }
+
+    /// How long the first request to a service waits for its endpoints (5 s unless set).
+    pub fn first_snapshot_timeout(mut self, timeout: Duration) -> Self {
+        self.registry = self.registry.first_snapshot_timeout(timeout);
+        self
+    }
+
+    /// Sends the logical host (`orders`) as the `Host` header instead of the endpoint's
+    /// address. Off by default.
+    pub fn preserve_host(mut self, preserve: bool) -> Self {
+        self.preserve_host = preserve;
+        self
+    }
+
+    /// Seeds the balancers' randomness, for reproducible tests.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.registry = self.registry.rng_seed(seed);
+        self
+    }
+
+    /// Checks the settings and builds the client. Nothing is resolved and no task is started
+    /// until the first request.
+    pub fn build(self) -> Result<MeshClient, Error> {
+        let registry = self.registry.build()?;
+        let http = match self.http {
+            Some(http) => http,
+            None => reqwest::Client::builder().build().map_err(|e| {
+                Error::builder("http_client", "reqwest failed to build").with_source(e)
+            })?,
+        };
+        let stack = BalanceLayer::new(registry)
+            .preserve_host(self.preserve_host)
+            .layer(http.clone());
+        Ok(MeshClient { http, stack })
+    }
+}

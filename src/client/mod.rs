@@ -1,0 +1,125 @@
+//! [`MeshClient`]: reqwest's request API over the mesh.
+//!
+//! A request's URL names a logical service as its host, as in Spring Cloud LoadBalancer:
+//! `http://orders/v1/items` goes to one of the endpoints the registry lists for `orders`, with
+//! the path and query kept. A host the mesh does not know is an error
+//! ([`Error::is_unknown_service`](crate::Error::is_unknown_service)), never a silent DNS
+//! lookup.
+//!
+//! The request path is a tower stack over one shared `reqwest::Client`:
+//!
+//! ```text
+//! RequestBuilder::send ─► Balance (pick, rewrite URL) ─► reqwest::Client
+//! ```
+
+mod builder;
+mod request;
+
+use std::fmt;
+
+use reqwest::{Method, Response};
+use tower::ServiceExt;
+
+use crate::balance::Balance;
+use crate::discovery::{DiscoveryStatus, Registry};
+use crate::error::Error;
+
+pub use builder::MeshClientBuilder;
+pub use request::RequestBuilder;
+
+/// The stack a request goes through, outermost first.
+type Stack = Balance<reqwest::Client>;
+
+/// An HTTP client whose URLs name services, not hosts.
+///
+/// Cheap to clone (reference counts) and `Send + Sync`: make one and share it. Clones share
+/// the connection pool and the registry; the registry's watch tasks stop when the last clone
+/// is dropped.
+///
+/// ```no_run
+/// use proxyless::{Endpoint, MeshClient, StaticDiscovery};
+///
+/// # async fn run() -> Result<(), proxyless::Error> {
+/// let discovery = StaticDiscovery::new().with(
+///     "orders",
+///     [
+///         Endpoint::new(([127, 0, 0, 1], 8081)).with_weight(1),
+///         Endpoint::new(([127, 0, 0, 1], 8082)).with_weight(3),
+///     ],
+/// )?;
+/// let mesh = MeshClient::builder().discovery(discovery).build()?;
+/// let response = mesh.get("http://orders/v1/items").query(&[("limit", "10")]).send().await?;
+/// println!("{}", response.status());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MeshClient {
+    http: reqwest::Client,
+    stack: Stack,
+}
+
+impl MeshClient {
+    /// A builder with every default.
+    pub fn builder() -> MeshClientBuilder {
+        MeshClientBuilder::default()
+    }
+
+    /// Starts a `GET` request.
+    pub fn get(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    /// Starts a `POST` request.
+    pub fn post(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::POST, url)
+    }
+
+    /// Starts a `PUT` request.
+    pub fn put(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::PUT, url)
+    }
+
+    /// Starts a `PATCH` request.
+    pub fn patch(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::PATCH, url)
+    }
+
+    /// Starts a `DELETE` request.
+    pub fn delete(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::DELETE, url)
+    }
+
+    /// Starts a `HEAD` request.
+    pub fn head(&self, url: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::HEAD, url)
+    }
+
+    /// Starts a request with any method. A malformed URL is reported by
+    /// [`RequestBuilder::send`], as reqwest does.
+    pub fn request(&self, method: Method, url: impl AsRef<str>) -> RequestBuilder {
+        RequestBuilder::new(self.clone(), method, url.as_ref())
+    }
+
+    /// Sends a request built elsewhere (its URL must still name a service).
+    pub async fn execute(&self, request: reqwest::Request) -> Result<Response, Error> {
+        self.stack.clone().oneshot(request).await
+    }
+
+    /// The registry of discovered services.
+    pub fn registry(&self) -> &Registry {
+        self.stack.registry()
+    }
+
+    /// The state of `service`'s discovery, if it has been used.
+    pub fn discovery_status(&self, service: &str) -> Option<DiscoveryStatus> {
+        self.registry().status(service)
+    }
+}
+
+impl fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshClient")
+            .field("registry", self.registry())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,113 @@
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Body, Method, Response, Url};
+use serde::Serialize;
+
+use super::MeshClient;
+use crate::error::Error;
+
+/// A request being built, with reqwest's methods. Errors (a malformed URL, a bad header) are
+/// kept until [`RequestBuilder::send`], as in reqwest.
+#[must_use = "a RequestBuilder does nothing until it is sent"]
+pub struct RequestBuilder {
+    client: MeshClient,
+    request: Result<reqwest::RequestBuilder, Error>,
+}
+
+impl RequestBuilder {
+    pub(super) fn new(client: MeshClient, method: Method, url: &str) -> Self {
+        let request = parse_logical_url(url).map(|url| client.http.request(method, url));
+        RequestBuilder { client, request }
+    }
+
+    fn map(mut self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
+        self.request = self.request.map(f);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header<K, V>(self, key: K, value: V) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: Into<http::Error>,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
+    {
+        self.map(|r| r.header(key, value))
+    }
+
+    /// Adds headers.
+    pub fn headers(self, headers: HeaderMap) -> Self {
+        self.map(|r| r.headers(headers))
+    }
+
+    /// Appends query parameters, serialized with `serde_urlencoded`.
+    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
+        self.map(|r| r.query(query))
+    }
+
+    /// Sets a JSON body and the `Content-Type: application/json` header.
+    #[cfg(feature = "json")]
+    pub fn json<T: Serialize + ?Sized>(self, json: &T) -> Self {
+        self.map(|r| r.json(json))
+    }
+
+    /// Sets the body.
+    pub fn body(self, body: impl Into<Body>) -> Self {
+        self.map(|r| r.body(body))
+    }
+
+    /// Sets a timeout for this request, from the start of the connection to the end of the
+    /// response body, overriding the client's.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|r| r.timeout(timeout))
+    }
+
+    /// Sets `Authorization: Bearer <token>`, marked sensitive so it is never shown.
+    pub fn bearer_auth(self, token: impl fmt::Display) -> Self {
+        self.map(|r| r.bearer_auth(token))
+    }
+
+    /// Builds the request without sending it.
+    pub fn build(self) -> Result<reqwest::Request, Error> {
+        self.request?.build().map_err(Error::from_reqwest)
+    }
+
+    /// Sends the request through the mesh.
+    pub async fn send(self) -> Result<Response, Error> {
+        let client = self.client.clone();
+        let request = self.build()?;
+        client.execute(request).await
+    }
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.request {
+            // reqwest's Debug shows the method, URL and headers, with sensitive ones redacted.
+            Ok(request) => fmt::Debug::fmt(request, f),
+            Err(error) => f.debug_tuple("RequestBuilder").field(error).finish(),
+        }
+    }
+}
+
+/// Parses a logical URL: `http` or `https`, with a host that names a service.
+fn parse_logical_url(url: &str) -> Result<Url, Error> {
+    let parsed = Url::parse(url).map_err(|e| Error::invalid_url(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::invalid_url("the scheme must be http or https"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Credentials in a URL leak into logs; send them as a header instead.
+        return Err(Error::invalid_url("the URL must not carry credentials"));
+    }
+    match parsed.host() {
+        Some(url::Host::Domain(_)) => Ok(parsed),
+        Some(_) => Err(Error::invalid_url(
+            "the host is an IP address; a logical URL names a service",
+        )),
+        None => Err(Error::invalid_url("the URL has no host")),
+    }
+}

@@ -1,0 +1,250 @@
+//! Service discovery: where endpoints come from.
+//!
+//! A backend implements [`Discovery`]: given a service name, it returns the service's *full*
+//! set of endpoints (a snapshot, as pingora's `ServiceDiscovery` does), never a diff. The
+//! [`Registry`] runs one watch task per service, started on the first request for it, and
+//! publishes each new snapshot through an `ArcSwap` that the request path reads without a lock.
+//! The registry, not the backend, compares snapshots, validates them and rebuilds the
+//! balancer's selection table only when the set really changed.
+//!
+//! # Writing a backend
+//!
+//! A backend that can only be asked implements [`Discovery::discover`] and gets
+//! [`Discovery::watch`] for free: a stream that asks again every
+//! [`Discovery::poll_interval`]. A backend that is told of changes (a Consul blocking query, a
+//! DNS TTL, an in-memory list) overrides `watch` and yields a snapshot whenever the set
+//! changes.
+//!
+//! ```
+//! use proxyless::discovery::{BoxFuture, Discovery, DiscoveryError};
+//! use proxyless::{Endpoint, ServiceName};
+//!
+//! /// Every service has one endpoint, on localhost, at a port derived from its name.
+//! struct Localhost;
+//!
+//! impl Discovery for Localhost {
+//!     fn discover<'a>(
+//!         &'a self,
+//!         service: &'a ServiceName,
+//!     ) -> BoxFuture<'a, Result<Vec<Endpoint>, DiscoveryError>> {
+//!         Box::pin(async move {
+//!             let port = match service.as_str() {
+//!                 "orders" => 8081,
+//!                 "billing" => 8082,
+//!                 _ => return Err(DiscoveryError::unknown_service()),
+//!             };
+//!             Ok(vec![Endpoint::new(([127, 0, 0, 1], port))])
+//!         })
+//!     }
+//! }
+//! ```
+//!
+//! # Failure
+//!
+//! An error from a backend never empties a service: the registry keeps serving the last good
+//! snapshot (stale-on-error), logs a warning and counts the error in [`DiscoveryStatus`].
+//! Only a service that has never had a snapshot fails its requests, with
+//! [`Error::is_discovery`](crate::Error::is_discovery) or
+//! [`Error::is_unknown_service`](crate::Error::is_unknown_service).
+
+mod registry;
+mod static_list;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+
+use crate::endpoint::{Endpoint, ServiceName};
+use crate::error::BoxError;
+
+pub use registry::{
+    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DiscoveryStatus, MAX_ENDPOINTS, Registry, RegistryBuilder,
+    ServiceOptions,
+};
+pub(crate) use registry::{Lookup, Snapshot};
+pub use static_list::StaticDiscovery;
+
+/// A boxed, `Send` future, as [`Discovery::discover`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A boxed, `Send` stream, as [`Discovery::watch`] returns.
+pub type BoxStream<'a, T> = Pin<Box<dyn Stream<Item = T> + Send + 'a>>;
+
+/// What [`Discovery::discover`] returns: the service's full set of endpoints.
+pub type DiscoveryResult = Result<Vec<Endpoint>, DiscoveryError>;
+
+/// How often the default [`Discovery::watch`] asks [`Discovery::discover`] again.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A source of endpoints for logical services.
+///
+/// The trait is object safe: the registry holds backends as `Arc<dyn Discovery>`.
+pub trait Discovery: Send + Sync + 'static {
+    /// Returns the full, current set of endpoints of `service`.
+    ///
+    /// Return [`DiscoveryError::unknown_service`] when the registry does not know the service,
+    /// so that callers get [`Error::is_unknown_service`](crate::Error::is_unknown_service)
+    /// rather than an empty set.
+    fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult>;
+
+    /// Returns a stream of full snapshots of `service`: the current set first, then a new set
+    /// whenever it may have changed. The registry ignores a snapshot equal to the last one,
+    /// so a stream may repeat itself.
+    ///
+    /// The default polls [`Discovery::discover`] every [`Discovery::poll_interval`]. The
+    /// stream is dropped, and so stopped, when the last client that uses it is dropped.
+    fn watch(self: Arc<Self>, service: ServiceName) -> BoxStream<'static, DiscoveryResult> {
+        let interval = self.poll_interval();
+        poll_discover(self, service, interval)
+    }
+
+    /// How often the default [`Discovery::watch`] polls; 30 seconds unless overridden.
+    fn poll_interval(&self) -> Duration {
+        DEFAULT_POLL_INTERVAL
+    }
+}
+
+/// A stream that calls `discovery.discover(service)` now and then every `interval`.
+///
+/// This is what [`Discovery::watch`] does by default; a backend that overrides `watch` for
+/// some services can still use it for the rest.
+pub fn poll_discover<D>(
+    discovery: Arc<D>,
+    service: ServiceName,
+    interval: Duration,
+) -> BoxStream<'static, DiscoveryResult>
+where
+    D: Discovery + ?Sized,
+{
+    let state = (discovery, service, true);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(discovery, service, first)| async move {
+            if !first {
+                tokio::time::sleep(interval).await;
+            }
+            let result = discovery.discover(&service).await;
+            Some((result, (discovery, service, false)))
+        },
+    ))
+}
+
+/// Why a discovery backend could not produce a snapshot.
+///
+/// Backends build it with the constructors below; the registry reads its kind to decide
+/// what callers see.
+pub struct DiscoveryError {
+    kind: DiscoveryErrorKind,
+    message: Option<Cow<'static, str>>,
+    source: Option<BoxError>,
+}
+
+/// The kinds of [`DiscoveryError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiscoveryErrorKind {
+    /// The registry does not know the service.
+    UnknownService,
+    /// The registry could not be reached or answered with an error.
+    Unavailable,
+    /// The registry answered with data that is malformed or out of bounds.
+    Malformed,
+    /// The registry did not answer in time.
+    Timeout,
+}
+
+impl DiscoveryError {
+    /// The registry does not know the service.
+    pub fn unknown_service() -> Self {
+        DiscoveryError {
+            kind: DiscoveryErrorKind::UnknownService,
+            message: None,
+            source: None,
+        }
+    }
+
+    /// The registry could not be reached or failed; `source` is the cause.
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        DiscoveryError {
+            kind: DiscoveryErrorKind::Unavailable,
+            message: None,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The registry's answer was malformed; `message` says how. Keep secrets out of it.
+    pub fn malformed(message: impl Into<Cow<'static, str>>) -> Self {
+        DiscoveryError {
+            kind: DiscoveryErrorKind::Malformed,
+            message: Some(message.into()),
+            source: None,
+        }
+    }
+
+    /// The registry did not answer in time.
+    pub fn timeout() -> Self {
+        DiscoveryError {
+            kind: DiscoveryErrorKind::Timeout,
+            message: None,
+            source: None,
+        }
+    }
+
+    /// Attaches a cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> DiscoveryErrorKind {
+        self.kind
+    }
+
+    /// Whether the registry said it does not know the service.
+    pub fn is_unknown_service(&self) -> bool {
+        self.kind == DiscoveryErrorKind::UnknownService
+    }
+}
+
+impl fmt::Debug for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("DiscoveryError");
+        d.field("kind", &self.kind);
+        if let Some(message) = &self.message {
+            d.field("message", message);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            DiscoveryErrorKind::UnknownService => "the registry does not know the service",
+            DiscoveryErrorKind::Unavailable => "the registry is unavailable",
+            DiscoveryErrorKind::Malformed => "the registry's answer is malformed",
+            DiscoveryErrorKind::Timeout => "the registry did not answer in time",
+        })?;
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DiscoveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}

@@ -1,0 +1,568 @@
+//! The registry: one watch task per service, snapshots published lock-free.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::{Discovery, DiscoveryError};
+use crate::balance::rng::PickRng;
+use crate::balance::{Balancer, Selection};
+use crate::endpoint::{Endpoint, ServiceName};
+use crate::error::{Error, Kind};
+
+/// The most endpoints a snapshot may hold; a larger one is rejected as malformed.
+pub const MAX_ENDPOINTS: usize = 100_000;
+
+/// How long the first request for a service waits for its first snapshot, by default.
+pub const DEFAULT_FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a watch waits before it restarts a backend's stream that ended.
+const WATCH_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Per-service settings: which backend finds the service, and how its requests are balanced.
+///
+/// Unset fields fall back to the registry's defaults.
+#[derive(Clone, Default)]
+pub struct ServiceOptions {
+    discovery: Option<Arc<dyn Discovery>>,
+    balancer: Option<Balancer>,
+}
+
+impl ServiceOptions {
+    /// Options that use every default.
+    pub fn new() -> Self {
+        ServiceOptions::default()
+    }
+
+    /// Finds the service through `discovery` instead of the default backend.
+    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
+        self.discovery = Some(Arc::new(discovery));
+        self
+    }
+
+    /// Like [`ServiceOptions::discovery`], for a backend already shared.
+    pub fn discovery_arc(mut self, discovery: Arc<dyn Discovery>) -> Self {
+        self.discovery = Some(discovery);
+        self
+    }
+
+    /// Balances the service's requests with `balancer`.
+    pub fn balancer(mut self, balancer: Balancer) -> Self {
+        self.balancer = Some(balancer);
+        self
+    }
+}
+
+impl fmt::Debug for ServiceOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceOptions")
+            .field(
+                "discovery",
+                &self.discovery.as_ref().map(|_| "dyn Discovery"),
+            )
+            .field("balancer", &self.balancer)
+            .finish()
+    }
+}
+
+/// Builds a [`Registry`]. Settings are checked once, in [`RegistryBuilder::build`].
+#[derive(Debug)]
+pub struct RegistryBuilder {
+    default_discovery: Option<ServiceOptions>,
+    default_balancer: Balancer,
+    services: Vec<(String, ServiceOptions)>,
+    first_snapshot_timeout: Duration,
+    seed: Option<u64>,
+}
+
+impl Default for RegistryBuilder {
+    fn default() -> Self {
+        RegistryBuilder {
+            default_discovery: None,
+            default_balancer: Balancer::default(),
+            services: Vec::new(),
+            first_snapshot_timeout: DEFAULT_FIRST_SNAPSHOT_TIMEOUT,
+            seed: None,
+        }
+    }
+}
+
+impl RegistryBuilder {
+    /// The backend for every service that has no backend of its own. Without one, only the
+    /// services named with [`RegistryBuilder::service`] are known.
+    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
+        self.default_discovery = Some(ServiceOptions::new().discovery(discovery));
+        self
+    }
+
+    /// The balancer of every service that has none of its own; [`Balancer::WeightedRandom`]
+    /// unless set.
+    pub fn balancer(mut self, balancer: Balancer) -> Self {
+        self.default_balancer = balancer;
+        self
+    }
+
+    /// Names a service and its options. Naming the same service twice is an error.
+    pub fn service(mut self, name: impl Into<String>, options: ServiceOptions) -> Self {
+        self.services.push((name.into(), options));
+        self
+    }
+
+    /// How long a request for a service not yet resolved waits for the first snapshot
+    /// (5 seconds unless set). The wait ends early if the backend fails.
+    pub fn first_snapshot_timeout(mut self, timeout: Duration) -> Self {
+        self.first_snapshot_timeout = timeout;
+        self
+    }
+
+    /// Seeds every balancer's randomness, for reproducible tests. Each service gets its own
+    /// stream derived from the seed and its name.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks the settings and builds the registry. Nothing is resolved until first use.
+    pub fn build(self) -> Result<Registry, Error> {
+        if self.first_snapshot_timeout.is_zero() {
+            return Err(Error::builder(
+                "first_snapshot_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let default_discovery = self.default_discovery.and_then(|o| o.discovery);
+        let mut routes = HashMap::new();
+        for (name, options) in self.services {
+            let service = ServiceName::new(&name)?;
+            if options.discovery.is_none() && default_discovery.is_none() {
+                return Err(Error::builder(
+                    format!("services.{service}"),
+                    "has no discovery backend, and no default backend is set",
+                ));
+            }
+            if routes.insert(service.clone(), options).is_some() {
+                return Err(Error::builder(
+                    format!("services.{service}"),
+                    "is configured twice",
+                ));
+            }
+        }
+        Ok(Registry {
+            inner: Arc::new(RegistryInner {
+                services: ArcSwap::default(),
+                tasks: Mutex::new(HashMap::new()),
+                routes,
+                default_discovery,
+                default_balancer: self.default_balancer,
+                first_snapshot_timeout: self.first_snapshot_timeout,
+                seed: self.seed,
+            }),
+        })
+    }
+}
+
+/// The cache of every service's endpoints, shared by all clones of a client.
+///
+/// The first request for a service starts one watch task for it, which follows the backend's
+/// [`Discovery::watch`] stream and publishes each changed snapshot; requests read the current
+/// snapshot without taking a lock. When the last clone of the registry (and so of every client
+/// built on it) is dropped, its watch tasks stop.
+///
+/// A failed refresh never empties a service: the last good snapshot stays in use, the error
+/// is logged at `warn` and counted in [`DiscoveryStatus`].
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<RegistryInner>,
+}
+
+struct RegistryInner {
+    /// Read on every request; replaced whole (copy on write) when a service is added.
+    services: ArcSwap<HashMap<ServiceName, Arc<ServiceEntry>>>,
+    /// The watch tasks. Its lock also serializes every change to `services`.
+    tasks: Mutex<HashMap<ServiceName, AbortHandle>>,
+    routes: HashMap<ServiceName, ServiceOptions>,
+    default_discovery: Option<Arc<dyn Discovery>>,
+    default_balancer: Balancer,
+    first_snapshot_timeout: Duration,
+    seed: Option<u64>,
+}
+
+impl Drop for RegistryInner {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (_, task) in tasks.drain() {
+            task.abort();
+        }
+    }
+}
+
+/// What a request finds when it looks its service up.
+pub(crate) enum Lookup {
+    /// An endpoint was picked from the current snapshot.
+    Picked(Arc<Snapshot>, usize),
+    /// The service has no snapshot yet; wait on the entry.
+    Pending(Arc<ServiceEntry>),
+}
+
+impl Registry {
+    /// A builder with every default: no backend, [`Balancer::WeightedRandom`], a 5 second wait
+    /// for first snapshots.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
+    /// The current endpoints of `service`, resolving it first if this is its first use.
+    pub async fn endpoints(&self, service: &str) -> Result<Arc<[Endpoint]>, Error> {
+        let existing = self.inner.services.load().get(service).cloned();
+        let entry = match existing {
+            Some(entry) => entry,
+            None => self.start(service)?,
+        };
+        let snapshot = entry.wait(self.inner.first_snapshot_timeout).await?;
+        Ok(snapshot.endpoints.clone())
+    }
+
+    /// The state of `service`'s discovery, if it has been used.
+    pub fn status(&self, service: &str) -> Option<DiscoveryStatus> {
+        self.inner.services.load().get(service).map(|e| e.status())
+    }
+
+    /// The services resolved so far.
+    pub fn services(&self) -> Vec<ServiceName> {
+        let mut names: Vec<_> = self.inner.services.load().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Picks an endpoint of `host`, the host of a logical URL. The hot path: no lock, no
+    /// allocation; a service's first use starts its watch.
+    pub(crate) fn lookup(&self, host: &str) -> Result<Lookup, Error> {
+        let services = self.inner.services.load();
+        let Some(entry) = services.get(host) else {
+            drop(services);
+            return self.start(host).map(Lookup::Pending);
+        };
+        match entry.current.load_full() {
+            Some(snapshot) => {
+                let index = entry.pick(&snapshot)?;
+                Ok(Lookup::Picked(snapshot, index))
+            }
+            None => match entry.first_error() {
+                Some(error) => Err(error),
+                None => Ok(Lookup::Pending(entry.clone())),
+            },
+        }
+    }
+
+    /// How long a first request waits for a snapshot.
+    pub(crate) fn first_snapshot_timeout(&self) -> Duration {
+        self.inner.first_snapshot_timeout
+    }
+
+    /// Adds an entry for `host` and starts its watch task.
+    fn start(&self, host: &str) -> Result<Arc<ServiceEntry>, Error> {
+        let name = ServiceName::new(host)
+            .map_err(|_| Error::invalid_url("the URL's host is not a valid service name"))?;
+        let options = self.inner.routes.get(&name);
+        let discovery = options
+            .and_then(|o| o.discovery.clone())
+            .or_else(|| self.inner.default_discovery.clone())
+            .ok_or_else(|| Error::unknown_service(name.clone()))?;
+        let balancer = options
+            .and_then(|o| o.balancer)
+            .unwrap_or(self.inner.default_balancer);
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::discovery(
+                name.clone(),
+                "proxyless must be used from within a Tokio runtime",
+            )
+        })?;
+
+        let mut tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Another request may have started it while we waited for the lock.
+        if let Some(entry) = self.inner.services.load().get(&name) {
+            return Ok(entry.clone());
+        }
+        let rng = PickRng::for_service(self.inner.seed, name.as_str());
+        let entry = Arc::new(ServiceEntry::new(name.clone(), balancer, rng));
+        let task = runtime.spawn(watch(entry.clone(), discovery, Arc::downgrade(&self.inner)));
+        tasks.insert(name.clone(), task.abort_handle());
+        let mut services = HashMap::clone(&self.inner.services.load());
+        services.insert(name, entry.clone());
+        self.inner.services.store(Arc::new(services));
+        Ok(entry)
+    }
+}
+
+impl RegistryInner {
+    /// Removes `entry` if it is still the one registered under its name.
+    fn forget(&self, entry: &Arc<ServiceEntry>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let services = self.services.load();
+        if services
+            .get(&entry.name)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            let mut services = HashMap::clone(&services);
+            services.remove(&entry.name);
+            self.services.store(Arc::new(services));
+            tasks.remove(&entry.name);
+        }
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut configured: Vec<_> = self.inner.routes.keys().collect();
+        configured.sort();
+        f.debug_struct("Registry")
+            .field("configured", &configured)
+            .field("resolved", &self.services())
+            .field("default_discovery", &self.inner.default_discovery.is_some())
+            .field("default_balancer", &self.inner.default_balancer)
+            .field("first_snapshot_timeout", &self.inner.first_snapshot_timeout)
+            .finish()
+    }
+}
+
+/// The state of one service's discovery, from [`Registry::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryStatus {
+    /// Endpoints in the current snapshot.
+    pub endpoints: usize,
+    /// How many distinct snapshots have been applied; 0 before the first.
+    pub version: u64,
+    /// Time since the last successful refresh, whether or not it changed anything.
+    pub age: Option<Duration>,
+    /// The error of the last refresh, if it failed.
+    pub last_error: Option<String>,
+    /// Failed refreshes since the last good one.
+    pub consecutive_errors: u64,
+    /// Failed refreshes in all.
+    pub errors_total: u64,
+}
+
+/// One service's snapshot: its endpoints and the selection table built for them.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) service: ServiceName,
+    pub(crate) endpoints: Arc<[Endpoint]>,
+    selection: Selection,
+}
+
+/// One service in the registry.
+pub(crate) struct ServiceEntry {
+    name: ServiceName,
+    balancer: Balancer,
+    rng: PickRng,
+    current: ArcSwapOption<Snapshot>,
+    changed: Notify,
+    status: Mutex<Status>,
+}
+
+#[derive(Default)]
+struct Status {
+    version: u64,
+    refreshed_at: Option<Instant>,
+    last_error: Option<Arc<DiscoveryError>>,
+    consecutive_errors: u64,
+    errors_total: u64,
+}
+
+impl ServiceEntry {
+    fn new(name: ServiceName, balancer: Balancer, rng: PickRng) -> Self {
+        ServiceEntry {
+            name,
+            balancer,
+            rng,
+            current: ArcSwapOption::empty(),
+            changed: Notify::new(),
+            status: Mutex::new(Status::default()),
+        }
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
+        // Status is plain counters, consistent after every statement.
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn pick(&self, snapshot: &Snapshot) -> Result<usize, Error> {
+        snapshot.selection.pick(&self.rng).ok_or_else(|| {
+            let message = if snapshot.endpoints.is_empty() {
+                "the registry lists no endpoints".to_owned()
+            } else {
+                format!(
+                    "none of the {} endpoints may take traffic (weight 0 or critical)",
+                    snapshot.endpoints.len()
+                )
+            };
+            Error::new(Kind::NoEndpoints)
+                .with_service(self.name.clone())
+                .with_message(message)
+        })
+    }
+
+    /// Waits for the first snapshot, at most `timeout`; fails early if the backend fails.
+    pub(crate) async fn wait(&self, timeout: Duration) -> Result<Arc<Snapshot>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(snapshot) = self.current.load_full() {
+                return Ok(snapshot);
+            }
+            if let Some(err) = self.first_error() {
+                return Err(err);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::new(Kind::Timeout)
+                    .with_service(self.name.clone())
+                    .with_message(format!("no endpoints were discovered within {timeout:?}")));
+            }
+        }
+    }
+
+    /// The error that keeps a service without a snapshot from being used.
+    fn first_error(&self) -> Option<Error> {
+        if self.current.load().is_some() {
+            return None;
+        }
+        let error = self.lock_status().last_error.clone()?;
+        Some(if error.is_unknown_service() {
+            Error::unknown_service(self.name.clone()).with_source(error)
+        } else {
+            Error::discovery(self.name.clone(), error)
+        })
+    }
+
+    fn status(&self) -> DiscoveryStatus {
+        let endpoints = self
+            .current
+            .load()
+            .as_ref()
+            .map_or(0, |s| s.endpoints.len());
+        let status = self.lock_status();
+        DiscoveryStatus {
+            endpoints,
+            version: status.version,
+            age: status.refreshed_at.map(|at| at.elapsed()),
+            last_error: status.last_error.as_ref().map(|e| e.to_string()),
+            consecutive_errors: status.consecutive_errors,
+            errors_total: status.errors_total,
+        }
+    }
+
+    /// Validates a backend's answer and publishes it if it differs from the current one.
+    fn apply(&self, endpoints: Vec<Endpoint>) -> Result<(), DiscoveryError> {
+        let endpoints = canonical(endpoints)?;
+        let mut status = self.lock_status();
+        status.refreshed_at = Some(Instant::now());
+        status.last_error = None;
+        status.consecutive_errors = 0;
+        let unchanged = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| current.endpoints == endpoints);
+        if unchanged {
+            return Ok(());
+        }
+        status.version += 1;
+        let selection = Selection::build(self.balancer, &endpoints, &self.rng);
+        tracing::info!(
+            service = %self.name,
+            endpoints = endpoints.len(),
+            version = status.version,
+            "discovery update"
+        );
+        self.current.store(Some(Arc::new(Snapshot {
+            service: self.name.clone(),
+            endpoints,
+            selection,
+        })));
+        drop(status);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    fn record_error(&self, error: DiscoveryError) {
+        let mut status = self.lock_status();
+        status.consecutive_errors += 1;
+        status.errors_total += 1;
+        let stale = self.current.load().is_some();
+        tracing::warn!(
+            service = %self.name,
+            error = %error,
+            consecutive_errors = status.consecutive_errors,
+            keeping_last_snapshot = stale,
+            "discovery refresh failed"
+        );
+        status.last_error = Some(Arc::new(error));
+        drop(status);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Checks a snapshot's bounds and addresses, drops duplicate addresses (keeping the first)
+/// and sorts by address, so that equal sets compare equal whatever order a backend used.
+fn canonical(mut endpoints: Vec<Endpoint>) -> Result<Arc<[Endpoint]>, DiscoveryError> {
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(DiscoveryError::malformed(format!(
+            "{} endpoints exceed the limit of {MAX_ENDPOINTS}",
+            endpoints.len()
+        )));
+    }
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        if let Err(why) = endpoint.addr().validate() {
+            return Err(DiscoveryError::malformed(format!("endpoint {i}: {why}")));
+        }
+    }
+    endpoints.sort_by(|a, b| a.addr().cmp(b.addr()));
+    endpoints.dedup_by(|later, first| later.addr() == first.addr());
+    Ok(endpoints.into())
+}
+
+/// A service's watch task: follows the backend's stream for as long as the registry lives.
+async fn watch(
+    entry: Arc<ServiceEntry>,
+    discovery: Arc<dyn Discovery>,
+    registry: Weak<RegistryInner>,
+) {
+    loop {
+        let mut snapshots = discovery.clone().watch(entry.name.clone());
+        while let Some(result) = snapshots.next().await {
+            let error = match result {
+                Ok(endpoints) => match entry.apply(endpoints) {
+                    Ok(()) => continue,
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            let never_resolved = entry.current.load().is_none();
+            let unknown = error.is_unknown_service();
+            entry.record_error(error);
+            if unknown && never_resolved {
+                // Do not keep a task (and a map entry) for every name a caller invents.
+                if let Some(registry) = registry.upgrade() {
+                    registry.forget(&entry);
+                }
+                return;
+            }
+        }
+        tracing::warn!(service = %entry.name, "discovery stream ended; restarting it");
+        tokio::time::sleep(WATCH_RESTART_DELAY).await;
+    }
+}

@@ -1,0 +1,327 @@
+//! The crate's public error.
+//!
+//! [`Error`] is deliberately opaque and small (one pointer), in the manner of
+//! `reqwest::Error`: ask it what went wrong with the `is_*` predicates, walk
+//! [`std::error::Error::source`] for the cause, and never match on its text. The message of
+//! an error never repeats the message of its source, so a chain prints each cause once.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::endpoint::{EndpointAddr, ServiceName};
+
+/// A boxed error that is `Send + Sync`, as tower uses for middleware errors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result<T, proxyless::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error of every fallible operation in this crate.
+///
+/// ```
+/// fn size_and_threads() {
+///     fn assert_send_sync<T: Send + Sync>() {}
+///     assert_send_sync::<proxyless::Error>();
+///     assert_eq!(std::mem::size_of::<proxyless::Error>(), std::mem::size_of::<usize>());
+/// }
+/// # size_and_threads();
+/// ```
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    service: Option<ServiceName>,
+    endpoint: Option<EndpointAddr>,
+    /// For configuration errors: the path of the offending field, e.g. `services.orders.endpoints[1].weight`.
+    field: Option<String>,
+    message: Option<Cow<'static, str>>,
+    source: Option<BoxError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The logical service is not known to the mesh or its registry.
+    UnknownService,
+    /// The service is known but has no endpoint that may take traffic.
+    NoEndpoints,
+    /// The discovery backend failed and no snapshot is available.
+    Discovery,
+    /// A deadline passed: the request's own timeout, or the wait for a first snapshot.
+    Timeout,
+    /// The HTTP exchange with the endpoint failed.
+    Transport,
+    /// The URL is not a valid logical-service URL.
+    InvalidUrl,
+    /// The request could not be built (a bad header, a body that failed to serialize...).
+    Request,
+    /// `MeshClientBuilder::build` (or `Registry`'s builder) rejected its settings.
+    Builder,
+    /// A `MeshConfig` failed to parse or validate.
+    Config,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                service: None,
+                endpoint: None,
+                field: None,
+                message: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.message = Some(message.into());
+        self
+    }
+
+    pub(crate) fn with_service(mut self, service: ServiceName) -> Self {
+        self.inner.service = Some(service);
+        self
+    }
+
+    pub(crate) fn with_endpoint(mut self, endpoint: EndpointAddr) -> Self {
+        self.inner.endpoint = Some(endpoint);
+        self
+    }
+
+    pub(crate) fn unknown_service(service: ServiceName) -> Self {
+        Error::new(Kind::UnknownService).with_service(service)
+    }
+
+    pub(crate) fn invalid_url(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Kind::InvalidUrl).with_message(message)
+    }
+
+    /// A configuration error that names the offending field.
+    pub(crate) fn config(field: impl Into<String>, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut err = Error::new(Kind::Config).with_message(message);
+        err.inner.field = Some(field.into());
+        err
+    }
+
+    /// A builder error that names the offending setting.
+    pub(crate) fn builder(field: impl Into<String>, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut err = Error::new(Kind::Builder).with_message(message);
+        err.inner.field = Some(field.into());
+        err
+    }
+
+    pub(crate) fn discovery(service: ServiceName, source: impl Into<BoxError>) -> Self {
+        Error::new(Kind::Discovery)
+            .with_service(service)
+            .with_source(source)
+    }
+
+    pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            Kind::Timeout
+        } else if err.is_builder() {
+            Kind::Request
+        } else {
+            Kind::Transport
+        };
+        Error::new(kind).with_source(err)
+    }
+
+    pub(crate) fn has_service(&self) -> bool {
+        self.inner.service.is_some()
+    }
+
+    /// The logical service the failed call was addressed to, when there was one.
+    pub fn service(&self) -> Option<&ServiceName> {
+        self.inner.service.as_ref()
+    }
+
+    /// The endpoint the failed call was sent to, when one had been chosen.
+    pub fn endpoint(&self) -> Option<&EndpointAddr> {
+        self.inner.endpoint.as_ref()
+    }
+
+    /// For builder and configuration errors: the path of the field at fault, such as
+    /// `services.orders.endpoints[1].weight`.
+    pub fn field(&self) -> Option<&str> {
+        self.inner.field.as_deref()
+    }
+
+    /// The URL's host names no service the mesh or its registry knows.
+    ///
+    /// The mesh never falls back to a DNS lookup of an unknown logical name.
+    pub fn is_unknown_service(&self) -> bool {
+        self.inner.kind == Kind::UnknownService
+    }
+
+    /// The service is known, but none of its endpoints may take traffic: the registry returned
+    /// an empty set, or every endpoint has weight 0 or is critical.
+    pub fn is_no_endpoints(&self) -> bool {
+        self.inner.kind == Kind::NoEndpoints
+    }
+
+    /// The discovery backend failed and there was no earlier snapshot to fall back on.
+    pub fn is_discovery(&self) -> bool {
+        self.inner.kind == Kind::Discovery
+    }
+
+    /// The HTTP exchange failed: connection refused or reset, a protocol error, a body error.
+    pub fn is_transport(&self) -> bool {
+        self.inner.kind == Kind::Transport
+    }
+
+    /// The connection to the endpoint could not be made.
+    pub fn is_connect(&self) -> bool {
+        self.reqwest().is_some_and(reqwest::Error::is_connect)
+    }
+
+    /// A deadline passed: the request's timeout, or the wait for a service's first snapshot.
+    pub fn is_timeout(&self) -> bool {
+        self.inner.kind == Kind::Timeout
+    }
+
+    /// The URL is malformed or is not a logical-service URL (`http://<service>/path`).
+    pub fn is_invalid_url(&self) -> bool {
+        self.inner.kind == Kind::InvalidUrl
+    }
+
+    /// The request could not be built (an invalid header value, a body that failed to
+    /// serialize).
+    pub fn is_request(&self) -> bool {
+        self.inner.kind == Kind::Request
+    }
+
+    /// A builder rejected its settings; [`Error::field`] names the setting.
+    pub fn is_builder(&self) -> bool {
+        self.inner.kind == Kind::Builder
+    }
+
+    /// A configuration failed to parse or validate; [`Error::field`] names the field.
+    pub fn is_config(&self) -> bool {
+        self.inner.kind == Kind::Config
+    }
+
+    /// The HTTP status of the response, when the error came from one.
+    pub fn status(&self) -> Option<reqwest::StatusCode> {
+        self.reqwest().and_then(reqwest::Error::status)
+    }
+
+    fn reqwest(&self) -> Option<&reqwest::Error> {
+        self.inner.source.as_ref()?.downcast_ref::<reqwest::Error>()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("proxyless::Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(service) = &self.inner.service {
+            d.field("service", &service.as_str());
+        }
+        if let Some(endpoint) = &self.inner.endpoint {
+            d.field("endpoint", &format_args!("{endpoint}"));
+        }
+        if let Some(field) = &self.inner.field {
+            d.field("field", field);
+        }
+        if let Some(message) = &self.inner.message {
+            d.field("message", message);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let service = self.inner.service.as_ref();
+        if let (Kind::UnknownService, Some(service)) = (self.inner.kind, service) {
+            return write!(f, "unknown service `{service}`");
+        }
+        match self.inner.kind {
+            Kind::UnknownService => f.write_str("unknown service")?,
+            Kind::NoEndpoints => f.write_str("no endpoint available")?,
+            Kind::Discovery => f.write_str("discovery failed")?,
+            Kind::Timeout => f.write_str("timed out")?,
+            Kind::Transport => f.write_str("request failed")?,
+            Kind::InvalidUrl => f.write_str("invalid URL")?,
+            Kind::Request => f.write_str("invalid request")?,
+            Kind::Builder => f.write_str("invalid client settings")?,
+            Kind::Config => f.write_str("invalid configuration")?,
+        }
+        if let Some(service) = service {
+            write!(f, " for service `{service}`")?;
+        }
+        if let Some(endpoint) = &self.inner.endpoint {
+            write!(f, " at {endpoint}")?;
+        }
+        if let Some(field) = &self.inner.field {
+            write!(f, ": `{field}`")?;
+        }
+        if let Some(message) = &self.inner.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(err: reqwest::Error) -> Self {
+        Error::from_reqwest(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::DiscoveryError;
+
+    #[test]
+    fn is_one_pointer_and_thread_safe() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<()>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn display_names_service_and_field_but_not_the_source() {
+        let name = ServiceName::new("orders").expect("valid name");
+        let err = Error::discovery(name, DiscoveryError::unavailable("connection refused"));
+        assert_eq!(err.to_string(), "discovery failed for service `orders`");
+        let source = std::error::Error::source(&err).expect("source kept");
+        assert_eq!(source.to_string(), "the registry is unavailable");
+        let cause = source.source().expect("cause kept");
+        assert_eq!(cause.to_string(), "connection refused");
+
+        let err = Error::config("services.orders.endpoints[1].weight", "must be a u32");
+        assert!(err.is_config());
+        assert_eq!(err.field(), Some("services.orders.endpoints[1].weight"));
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: `services.orders.endpoints[1].weight`: must be a u32"
+        );
+    }
+}

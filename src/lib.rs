@@ -1,0 +1,76 @@
+//! # proxyless
+//!
+//! An in-process service mesh. Outbound HTTP calls go through a [`MeshClient`], which finds a
+//! logical service's endpoints through a pluggable [`Discovery`] backend, picks one with a
+//! [`Balancer`], and sends the request with one shared `reqwest::Client`. There is no sidecar
+//! and no proxy hop: the mesh is a few hundred nanoseconds of work inside the caller.
+//!
+//! ```no_run
+//! use proxyless::{Endpoint, MeshClient, StaticDiscovery};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), proxyless::Error> {
+//!     let discovery = StaticDiscovery::new().with(
+//!         "orders",
+//!         [
+//!             Endpoint::new(([127, 0, 0, 1], 8081)).with_weight(1),
+//!             Endpoint::new(([127, 0, 0, 1], 8082)).with_weight(3),
+//!         ],
+//!     )?;
+//!     let mesh = MeshClient::builder().discovery(discovery).build()?;
+//!
+//!     // `orders` is a logical name: the mesh picks 127.0.0.1:8082 three times in four.
+//!     let response = mesh.get("http://orders/v1/items").send().await?;
+//!     println!("{}", response.status());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Map of the crate
+//!
+//! - [`endpoint`]: [`ServiceName`], [`Endpoint`].
+//! - [`discovery`]: the [`Discovery`] trait, [`StaticDiscovery`], the [`Registry`] that caches
+//!   snapshots and keeps the last good one when a backend fails.
+//! - [`balance`]: the strategies ([`balance::WeightedRandom`], [`balance::Random`],
+//!   [`balance::RoundRobin`], [`balance::WeightedRoundRobin`]) and the tower
+//!   [`balance::BalanceLayer`].
+//! - [`client`]: [`MeshClient`], its builder and its request builder.
+//! - [`config`]: [`MeshConfig`], the whole mesh from TOML or JSON.
+//! - [`Error`]: one opaque error with `is_*` predicates.
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `json` | yes | [`RequestBuilder::json`](client::RequestBuilder::json) |
+//! | `toml` | yes | [`MeshConfig::from_toml_str`] |
+//! | `rustls` | no | TLS for the mesh's own `reqwest::Client` |
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms,
+    clippy::unwrap_used
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod balance;
+pub mod client;
+pub mod config;
+pub mod discovery;
+pub mod endpoint;
+mod error;
+
+pub use balance::Balancer;
+pub use client::{MeshClient, MeshClientBuilder};
+pub use config::MeshConfig;
+pub use discovery::{Discovery, DiscoveryError, Registry, ServiceOptions, StaticDiscovery};
+pub use endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
+pub use error::{BoxError, Error, Result};
+
+// The README's code blocks compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

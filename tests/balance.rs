@@ -1,0 +1,181 @@
+//! Balancing real requests over real HTTP servers on 127.0.0.1.
+
+mod support;
+
+use proxyless::{Balancer, MeshClient, ServiceOptions, StaticDiscovery};
+use support::{
+    TestServer, chi_square_p_value, hits, servers, upper_regularized_gamma, wait_for_version,
+};
+
+const REQUESTS: usize = 10_000;
+
+#[test]
+fn chi_square_helper_matches_known_values() {
+    // With 2 degrees of freedom the tail is exactly e^(-x/2).
+    for x in [0.5, 2.0, 13.815_510_557_964_274] {
+        let q = upper_regularized_gamma(1.0, x / 2.0);
+        assert!((q - (-x / 2.0f64).exp()).abs() < 1e-12, "{x}: {q}");
+    }
+    // Published critical values: chi2(0.001; 3) = 16.266, chi2(0.05; 9) = 16.919.
+    assert!((upper_regularized_gamma(1.5, 16.266 / 2.0) - 0.001).abs() < 1e-5);
+    assert!((upper_regularized_gamma(4.5, 16.919 / 2.0) - 0.05).abs() < 1e-4);
+    // It rejects skewed samples of the size the distribution test uses: 10 000 draws at
+    // 40/60 (chi-square 400, p about 5e-89), and even at 52/48 (chi-square 16, p about 6e-5),
+    // against an expected 50/50.
+    assert!(chi_square_p_value(&[4_000, 6_000], &[0.5, 0.5]) < 1e-80);
+    assert!(chi_square_p_value(&[5_200, 4_800], &[0.5, 0.5]) < 0.001);
+    assert!(chi_square_p_value(&[5_050, 4_950], &[0.5, 0.5]) > 0.001);
+}
+
+async fn weighted_mesh(servers: &[TestServer], weights: &[u32], seed: u64) -> MeshClient {
+    let endpoints = servers
+        .iter()
+        .zip(weights)
+        .map(|(server, &weight)| server.endpoint().with_weight(weight));
+    let discovery = StaticDiscovery::new()
+        .with("orders", endpoints)
+        .expect("valid service");
+    MeshClient::builder()
+        .discovery(discovery)
+        .rng_seed(seed)
+        .build()
+        .expect("valid client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_random_distribution_passes_chi_square() {
+    let servers = servers(4).await;
+    let cases: [&[u32]; 4] = [
+        &[1, 2, 7],
+        &[1, 1, 1, 1],
+        &[5, 0, 3, 1],
+        &[1, 10, 100, 1000],
+    ];
+    for (case, weights) in cases.iter().enumerate() {
+        let mesh = weighted_mesh(&servers, weights, case as u64).await;
+        let answered = hits(&mesh, "http://orders/item", REQUESTS).await;
+        let observed: Vec<u64> = servers[..weights.len()]
+            .iter()
+            .map(|s| answered.iter().filter(|name| **name == s.name).count() as u64)
+            .collect();
+        let total: u32 = weights.iter().sum();
+        let expected: Vec<f64> = weights
+            .iter()
+            .map(|&w| f64::from(w) / f64::from(total))
+            .collect();
+        let p = chi_square_p_value(&observed, &expected);
+        assert_eq!(observed.iter().sum::<u64>(), REQUESTS as u64);
+        eprintln!("weights {weights:?}: observed {observed:?}, p = {p:.4}");
+        assert!(
+            p > 0.001,
+            "weights {weights:?}: observed {observed:?}, p = {p}"
+        );
+        for (i, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                assert_eq!(observed[i], 0, "a weight-0 endpoint was picked");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_sequence_is_exact() {
+    let servers = servers(3).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", servers.iter().map(TestServer::endpoint))
+        .expect("valid service");
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .balancer(Balancer::RoundRobin)
+        .build()
+        .expect("valid client");
+    let mut order = Vec::new();
+    for _ in 0..9 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        order.push(support::server_of(&response));
+    }
+    // The cycle starts at a random endpoint, then visits the three in address order.
+    let mut by_addr: Vec<&TestServer> = servers.iter().collect();
+    by_addr.sort_by_key(|s| s.addr);
+    let start = by_addr
+        .iter()
+        .position(|s| s.name == order[0])
+        .expect("a known server");
+    for (i, name) in order.iter().enumerate() {
+        assert_eq!(
+            *name,
+            by_addr[(start + i) % 3].name,
+            "pick {i} of {order:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smooth_weighted_round_robin_sequence_is_exact() {
+    let servers = servers(3).await;
+    let mut by_addr: Vec<&TestServer> = servers.iter().collect();
+    by_addr.sort_by_key(|s| s.addr);
+    // Weights 5, 1, 1 in address order: nginx's a a b a c a a.
+    let endpoints = by_addr
+        .iter()
+        .zip([5, 1, 1])
+        .map(|(s, w)| s.endpoint().with_weight(w));
+    let discovery = StaticDiscovery::new()
+        .with("orders", endpoints)
+        .expect("valid");
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .service(
+            "orders",
+            ServiceOptions::new().balancer(Balancer::WeightedRoundRobin),
+        )
+        .build()
+        .expect("valid client");
+    let mut order = Vec::new();
+    for _ in 0..14 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        order.push(support::server_of(&response));
+    }
+    let (a, b, c) = (&by_addr[0].name, &by_addr[1].name, &by_addr[2].name);
+    let cycle = [a, a, b, a, c, a, a];
+    let expected: Vec<&String> = cycle.iter().chain(cycle.iter()).copied().collect();
+    assert_eq!(order.iter().collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_added_or_removed_at_run_time_are_used_or_avoided() {
+    let servers = servers(3).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [servers[0].endpoint()])
+        .expect("valid");
+    let mesh = MeshClient::builder()
+        .discovery(discovery.clone())
+        .balancer(Balancer::RoundRobin)
+        .build()
+        .expect("valid client");
+    let answered = hits(&mesh, "http://orders/", 20).await;
+    assert!(answered.iter().all(|name| name == "s0"));
+
+    // Add s1 and s2: once the registry has the new snapshot, the next requests use them.
+    discovery
+        .set("orders", servers.iter().map(TestServer::endpoint))
+        .expect("valid");
+    wait_for_version(&mesh, "orders", 2).await;
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        answered.push(support::server_of(&response));
+    }
+    answered.sort();
+    assert_eq!(answered, ["s0", "s1", "s2"]);
+
+    // Remove s0: not one request goes to it afterwards.
+    discovery
+        .set("orders", servers[1..].iter().map(TestServer::endpoint))
+        .expect("valid");
+    wait_for_version(&mesh, "orders", 3).await;
+    let answered = hits(&mesh, "http://orders/", 200).await;
+    assert!(!answered.iter().any(|name| name == "s0"));
+    assert!(answered.iter().any(|name| name == "s1"));
+    assert!(answered.iter().any(|name| name == "s2"));
+}
