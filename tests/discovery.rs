@@ -313,21 +313,41 @@ async fn watch_tasks_are_shared_and_stop_with_the_last_client() {
     assert!(!discovery.watching("orders"));
 }
 
-/// A backend that can only be asked: the default `watch` polls it.
-struct Counting {
+/// A backend that can only be asked: the default `watch` polls it. It answers from a script
+/// of outcomes (true: the endpoint; false: an error) and records when it was called.
+struct Polled {
     endpoint: Endpoint,
-    calls: std::sync::atomic::AtomicU64,
+    script: Vec<bool>,
+    calls: std::sync::Mutex<Vec<tokio::time::Instant>>,
 }
 
-impl Discovery for Counting {
+impl Polled {
+    fn new(script: &[bool]) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Polled {
+            endpoint: Endpoint::new(([127, 0, 0, 1], 9)),
+            script: script.to_vec(),
+            calls: Default::default(),
+        })
+    }
+
+    fn calls(&self) -> Vec<tokio::time::Instant> {
+        self.calls.lock().expect("lock").clone()
+    }
+}
+
+impl Discovery for Polled {
     fn discover<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
-        let calls = self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut calls = self.calls.lock().expect("lock");
+        calls.push(tokio::time::Instant::now());
+        let ok = self.script.get(calls.len() - 1).copied().unwrap_or(true);
         let endpoint = self.endpoint.clone();
         Box::pin(async move {
-            if calls % 2 == 1 {
-                Err(DiscoveryError::unavailable("flaky"))
-            } else {
+            // A registry round trip.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if ok {
                 Ok(vec![endpoint])
+            } else {
+                Err(DiscoveryError::unavailable("flaky"))
             }
         })
     }
@@ -338,26 +358,173 @@ impl Discovery for Counting {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_default_watch_polls_discover_on_its_interval() {
-    let counting = std::sync::Arc::new(Counting {
-        endpoint: Endpoint::new(([127, 0, 0, 1], 9)),
-        calls: Default::default(),
-    });
+async fn the_default_watch_polls_with_jitter_and_backs_off_on_errors() {
+    let polled = Polled::new(&[true, false, false, false, true, true]);
     let mesh = MeshClient::builder()
         .service(
             "orders",
-            ServiceOptions::new().discovery_arc(counting.clone()),
+            ServiceOptions::new().discovery_arc(polled.clone()),
         )
         .build()
         .expect("valid client");
     let endpoints = mesh.registry().endpoints("orders").await.expect("resolved");
     assert_eq!(endpoints.len(), 1);
-    assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
-    tokio::time::sleep(Duration::from_secs(35)).await;
-    // Polled at 0, 10, 20 and 30 s; the failures at 10 and 30 s left the snapshot in place.
-    assert_eq!(counting.calls.load(Ordering::SeqCst), 4);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    let calls = polled.calls();
+    assert!(calls.len() >= 6, "{} calls", calls.len());
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+    let round_trip = Duration::from_millis(5);
+    let within = |gap: Duration, low: f64, high: f64| {
+        gap >= Duration::from_secs_f64(low) + round_trip
+            && gap <= Duration::from_secs_f64(high) + round_trip
+    };
+    // After a success: the interval, jittered by 10%.
+    assert!(within(gaps[0], 9.0, 11.0), "{gaps:?}");
+    // After failures: 1 s, 2 s, 4 s steps, each drawn from [step/2, step].
+    assert!(within(gaps[1], 0.5, 1.0), "{gaps:?}");
+    assert!(within(gaps[2], 1.0, 2.0), "{gaps:?}");
+    assert!(within(gaps[3], 2.0, 4.0), "{gaps:?}");
+    // Recovered: back to the interval.
+    assert!(within(gaps[4], 9.0, 11.0), "{gaps:?}");
+
+    // The failures never emptied the service.
     let status = mesh.discovery_status("orders").expect("watched");
-    assert_eq!((status.errors_total, status.consecutive_errors), (2, 1));
+    assert_eq!((status.errors_total, status.consecutive_errors), (3, 0));
     assert_eq!(status.endpoints, 1);
-    assert_eq!(status.age, Some(Duration::from_secs(15)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_fetch_serves_every_concurrent_first_request() {
+    let polled = Polled::new(&[true]);
+    let mesh = MeshClient::builder()
+        .service(
+            "orders",
+            ServiceOptions::new().discovery_arc(polled.clone()),
+        )
+        .build()
+        .expect("valid client");
+    let lookups: Vec<_> = (0..100)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { mesh.registry().endpoints("orders").await })
+        })
+        .collect();
+    for lookup in lookups {
+        assert_eq!(lookup.await.expect("task").expect("resolved").len(), 1);
+    }
+    assert_eq!(polled.calls().len(), 1, "a hundred callers, one fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_removing_most_endpoints_needs_a_second_fetch() {
+    let servers = servers(4).await;
+    let all: Vec<Endpoint> = servers.iter().map(|s| s.endpoint()).collect();
+    let discovery = ScriptedDiscovery::new();
+    let mesh = scripted_mesh(&discovery);
+    let first = tokio::spawn({
+        let mesh = mesh.clone();
+        async move { mesh.get("http://orders/").send().await }
+    });
+    until_watched(&discovery, "orders").await;
+    discovery.push("orders", || Ok(all.clone()));
+    first.await.expect("task").expect("ok");
+    let calls_before = discovery.discover_calls.load(Ordering::SeqCst);
+
+    // A glitch: the watch says "empty", but asked again the registry still lists all four.
+    discovery.push_only("orders", || Ok(vec![]));
+    for _ in 0..500 {
+        if discovery.discover_calls.load(Ordering::SeqCst) > calls_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!((status.version, status.endpoints), (1, 4), "{status:?}");
+    let answered = hits(&mesh, "http://orders/", 100).await;
+    assert!(servers.iter().all(|s| answered.contains(&s.name)));
+
+    // Losing two of four is within the default share of one half: applied at once.
+    discovery.push("orders", || Ok(all[..2].to_vec()));
+    wait_for_version(&mesh, "orders", 2).await;
+    assert_eq!(
+        mesh.discovery_status("orders").expect("watched").endpoints,
+        2
+    );
+
+    // Losing both, confirmed by the second fetch: applied.
+    discovery.push("orders", || Ok(vec![]));
+    wait_for_version(&mesh, "orders", 3).await;
+    let err = mesh.get("http://orders/").send().await.expect_err("empty");
+    assert!(err.is_no_endpoints(), "{err:?}");
+
+    // A second fetch that disagrees with another mass removal: held, and counted.
+    discovery.push("orders", || Ok(all.clone()));
+    wait_for_version(&mesh, "orders", 4).await;
+    discovery.set_answer("orders", all[..1].to_vec());
+    discovery.push_only("orders", || Ok(all[3..].to_vec()));
+    for _ in 0..500 {
+        if mesh
+            .discovery_status("orders")
+            .is_some_and(|s| s.removals_held == 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!(
+        (status.removals_held, status.endpoints),
+        (1, 4),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_maximum_staleness_requests_fail_until_a_refresh_succeeds() {
+    let discovery = ScriptedDiscovery::new();
+    let mesh = MeshClient::builder()
+        .discovery(discovery.clone())
+        .max_staleness(Duration::from_secs(30))
+        .build()
+        .expect("valid client");
+    let first = tokio::spawn({
+        let registry = mesh.registry().clone();
+        async move { registry.endpoints("orders").await }
+    });
+    until_watched(&discovery, "orders").await;
+    let endpoint = Endpoint::new(([127, 0, 0, 1], 9));
+    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    first.await.expect("task").expect("resolved");
+
+    discovery.push("orders", || Err(DiscoveryError::unavailable("down")));
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert!(!status.stale, "{status:?}");
+    assert!(
+        status
+            .failing_for
+            .is_some_and(|f| f >= Duration::from_secs(29))
+    );
+    // Within the limit the stale snapshot still serves (the request fails only at connect:
+    // nothing listens on port 9).
+    let err = mesh.get("http://orders/").send().await.expect_err("port 9");
+    assert!(err.is_transport(), "{err:?}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(mesh.discovery_status("orders").expect("watched").stale);
+    let err = mesh.get("http://orders/").send().await.expect_err("stale");
+    assert!(err.is_discovery(), "{err:?}");
+    assert!(err.to_string().contains("maximum staleness"), "{err}");
+
+    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    for _ in 0..100 {
+        if !mesh.discovery_status("orders").expect("watched").stale {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!((status.stale, status.failing_for), (false, None));
 }

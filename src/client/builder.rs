@@ -57,6 +57,26 @@ impl MeshClientBuilder {
         self
     }
 
+    /// How long a service may be served from its last good snapshot while every refresh
+    /// fails; unset (unbounded) by default. See [`RegistryBuilder::max_staleness`].
+    pub fn max_staleness(mut self, max_staleness: Duration) -> Self {
+        self.registry = self.registry.max_staleness(max_staleness);
+        self
+    }
+
+    /// The share of a service's endpoints one update may remove before a second fetch must
+    /// confirm it; 0.5 by default. See [`RegistryBuilder::mass_removal_share`].
+    pub fn mass_removal_share(mut self, share: f64) -> Self {
+        self.registry = self.registry.mass_removal_share(share);
+        self
+    }
+
+    /// Applies every discovery update at once, however many endpoints it removes.
+    pub fn disable_mass_removal_guard(mut self) -> Self {
+        self.registry = self.registry.disable_mass_removal_guard();
+        self
+    }
+
     /// Sends the logical host (`orders`) as the `Host` header instead of the endpoint's
     /// address. Off by default.
     pub fn preserve_host(mut self, preserve: bool) -> Self {

@@ -47,6 +47,7 @@
 //! [`Error::is_discovery`](crate::Error::is_discovery) or
 //! [`Error::is_unknown_service`](crate::Error::is_unknown_service).
 
+pub(crate) mod backoff;
 mod registry;
 mod static_list;
 
@@ -63,8 +64,8 @@ use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::BoxError;
 
 pub use registry::{
-    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DiscoveryStatus, MAX_ENDPOINTS, Registry, RegistryBuilder,
-    ServiceOptions,
+    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE, DiscoveryStatus, MAX_ENDPOINTS,
+    Registry, RegistryBuilder, ServiceOptions,
 };
 pub(crate) use registry::{Lookup, Snapshot};
 pub use static_list::StaticDiscovery;
@@ -109,10 +110,15 @@ pub trait Discovery: Send + Sync + 'static {
     }
 }
 
-/// A stream that calls `discovery.discover(service)` now and then every `interval`.
+/// A stream that calls `discovery.discover(service)` now, then again every `interval`.
 ///
 /// This is what [`Discovery::watch`] does by default; a backend that overrides `watch` for
 /// some services can still use it for the rest.
+///
+/// Each wait is jittered by ±10%, so clients started together drift apart instead of polling
+/// the registry in step. After a failure the next attempt comes sooner, with exponential
+/// backoff from 1 s (jittered, capped at `interval`), so a registry that was briefly down is
+/// seen again quickly.
 pub fn poll_discover<D>(
     discovery: Arc<D>,
     service: ServiceName,
@@ -121,15 +127,22 @@ pub fn poll_discover<D>(
 where
     D: Discovery + ?Sized,
 {
-    let state = (discovery, service, true);
+    let retry = backoff::Backoff::new(Duration::from_secs(1).min(interval), interval);
+    let state = (discovery, service, None::<Duration>, retry);
     Box::pin(futures_util::stream::unfold(
         state,
-        move |(discovery, service, first)| async move {
-            if !first {
-                tokio::time::sleep(interval).await;
+        move |(discovery, service, wait, mut retry)| async move {
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
             }
             let result = discovery.discover(&service).await;
-            Some((result, (discovery, service, false)))
+            let wait = if result.is_ok() {
+                retry.reset();
+                backoff::jitter(interval, 0.1)
+            } else {
+                retry.next_delay()
+            };
+            Some((result, (discovery, service, Some(wait), retry)))
         },
     ))
 }

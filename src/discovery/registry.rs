@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub const MAX_ENDPOINTS: usize = 100_000;
 
 /// How long the first request for a service waits for its first snapshot, by default.
 pub const DEFAULT_FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The share of a service's endpoints that one update may remove before it must be
+/// confirmed by a second fetch, by default.
+pub const DEFAULT_MASS_REMOVAL_SHARE: f64 = 0.5;
 
 /// How long a watch waits before it restarts a backend's stream that ended.
 const WATCH_RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -80,6 +85,14 @@ pub struct RegistryBuilder {
     services: Vec<(String, ServiceOptions)>,
     first_snapshot_timeout: Duration,
     seed: Option<u64>,
+    safety: Safety,
+}
+
+/// How the registry protects requests from a misbehaving backend; one copy per service.
+#[derive(Clone, Copy, Debug)]
+struct Safety {
+    max_staleness: Option<Duration>,
+    mass_removal_share: Option<f64>,
 }
 
 impl Default for RegistryBuilder {
@@ -90,6 +103,10 @@ impl Default for RegistryBuilder {
             services: Vec::new(),
             first_snapshot_timeout: DEFAULT_FIRST_SNAPSHOT_TIMEOUT,
             seed: None,
+            safety: Safety {
+                max_staleness: None,
+                mass_removal_share: Some(DEFAULT_MASS_REMOVAL_SHARE),
+            },
         }
     }
 }
@@ -129,12 +146,48 @@ impl RegistryBuilder {
         self
     }
 
+    /// How long a service may go on being served from its last good snapshot while every
+    /// refresh fails. Past it, its requests fail with
+    /// [`Error::is_discovery`](crate::Error::is_discovery) until a refresh succeeds. Unset
+    /// by default: a stale snapshot is served for as long as the backend is down, as Envoy
+    /// does.
+    pub fn max_staleness(mut self, max_staleness: Duration) -> Self {
+        self.safety.max_staleness = Some(max_staleness);
+        self
+    }
+
+    /// The share of a service's endpoints, above 0 and at most 1, that one update may
+    /// remove at once. An update that removes more (a registry answering with an empty or
+    /// truncated list, say) is held until a second fetch from the backend confirms it.
+    /// 0.5 by default.
+    pub fn mass_removal_share(mut self, share: f64) -> Self {
+        self.safety.mass_removal_share = Some(share);
+        self
+    }
+
+    /// Applies every update as it comes, however many endpoints it removes.
+    pub fn disable_mass_removal_guard(mut self) -> Self {
+        self.safety.mass_removal_share = None;
+        self
+    }
+
     /// Checks the settings and builds the registry. Nothing is resolved until first use.
     pub fn build(self) -> Result<Registry, Error> {
         if self.first_snapshot_timeout.is_zero() {
             return Err(Error::builder(
                 "first_snapshot_timeout",
                 "must be greater than zero",
+            ));
+        }
+        if self.safety.max_staleness.is_some_and(|d| d.is_zero()) {
+            return Err(Error::builder("max_staleness", "must be greater than zero"));
+        }
+        if let Some(share) = self.safety.mass_removal_share
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(Error::builder(
+                "mass_removal_share",
+                format!("must be above 0 and at most 1, not {share}"),
             ));
         }
         let default_discovery = self.default_discovery.and_then(|o| o.discovery);
@@ -163,6 +216,7 @@ impl RegistryBuilder {
                 default_balancer: self.default_balancer,
                 first_snapshot_timeout: self.first_snapshot_timeout,
                 seed: self.seed,
+                safety: self.safety,
             }),
         })
     }
@@ -192,6 +246,7 @@ struct RegistryInner {
     default_balancer: Balancer,
     first_snapshot_timeout: Duration,
     seed: Option<u64>,
+    safety: Safety,
 }
 
 impl Drop for RegistryInner {
@@ -251,6 +306,7 @@ impl Registry {
         };
         match entry.current.load_full() {
             Some(snapshot) => {
+                entry.check_staleness()?;
                 let index = entry.pick(&snapshot)?;
                 Ok(Lookup::Picked(snapshot, index))
             }
@@ -295,7 +351,12 @@ impl Registry {
             return Ok(entry.clone());
         }
         let rng = PickRng::for_service(self.inner.seed, name.as_str());
-        let entry = Arc::new(ServiceEntry::new(name.clone(), balancer, rng));
+        let entry = Arc::new(ServiceEntry::new(
+            name.clone(),
+            balancer,
+            rng,
+            self.inner.safety,
+        ));
         let task = runtime.spawn(watch(entry.clone(), discovery, Arc::downgrade(&self.inner)));
         tasks.insert(name.clone(), task.abort_handle());
         let mut services = HashMap::clone(&self.inner.services.load());
@@ -352,6 +413,13 @@ pub struct DiscoveryStatus {
     pub consecutive_errors: u64,
     /// Failed refreshes in all.
     pub errors_total: u64,
+    /// How long every refresh has been failing, if the last one failed.
+    pub failing_for: Option<Duration>,
+    /// Whether requests are refused because `failing_for` passed the maximum staleness.
+    pub stale: bool,
+    /// Updates held back because they removed too many endpoints at once and a second fetch
+    /// did not confirm them.
+    pub removals_held: u64,
 }
 
 /// One service's snapshot: its endpoints and the selection table built for them.
@@ -367,6 +435,11 @@ pub(crate) struct ServiceEntry {
     name: ServiceName,
     balancer: Balancer,
     rng: PickRng,
+    safety: Safety,
+    /// When refreshes began failing, in nanoseconds after `epoch`, plus one; 0 while they
+    /// succeed. Read on the request path when a maximum staleness is set.
+    failing_since: AtomicU64,
+    epoch: Instant,
     current: ArcSwapOption<Snapshot>,
     changed: Notify,
     status: Mutex<Status>,
@@ -379,14 +452,18 @@ struct Status {
     last_error: Option<Arc<DiscoveryError>>,
     consecutive_errors: u64,
     errors_total: u64,
+    removals_held: u64,
 }
 
 impl ServiceEntry {
-    fn new(name: ServiceName, balancer: Balancer, rng: PickRng) -> Self {
+    fn new(name: ServiceName, balancer: Balancer, rng: PickRng, safety: Safety) -> Self {
         ServiceEntry {
             name,
             balancer,
             rng,
+            safety,
+            failing_since: AtomicU64::new(0),
+            epoch: Instant::now(),
             current: ArcSwapOption::empty(),
             changed: Notify::new(),
             status: Mutex::new(Status::default()),
@@ -412,6 +489,29 @@ impl ServiceEntry {
                 .with_service(self.name.clone())
                 .with_message(message)
         })
+    }
+
+    /// How long refreshes have been failing, if they are.
+    fn failing_for(&self) -> Option<Duration> {
+        let since = self.failing_since.load(Ordering::Relaxed);
+        let since = self.epoch + Duration::from_nanos(since.checked_sub(1)?);
+        Some(since.elapsed())
+    }
+
+    /// Refuses a snapshot whose backend has been failing for longer than allowed.
+    fn check_staleness(&self) -> Result<(), Error> {
+        let Some(max) = self.safety.max_staleness else {
+            return Ok(());
+        };
+        match self.failing_for() {
+            Some(failing) if failing > max => Err(Error::new(Kind::Discovery)
+                .with_service(self.name.clone())
+                .with_message(format!(
+                    "every refresh has failed for {:.1}s, longer than the maximum staleness of {max:?}",
+                    failing.as_secs_f64()
+                ))),
+            _ => Ok(()),
+        }
     }
 
     /// Waits for the first snapshot, at most `timeout`; fails early if the backend fails.
@@ -454,6 +554,8 @@ impl ServiceEntry {
             .load()
             .as_ref()
             .map_or(0, |s| s.endpoints.len());
+        let failing_for = self.failing_for();
+        let stale = self.check_staleness().is_err();
         let status = self.lock_status();
         DiscoveryStatus {
             endpoints,
@@ -462,12 +564,51 @@ impl ServiceEntry {
             last_error: status.last_error.as_ref().map(|e| e.to_string()),
             consecutive_errors: status.consecutive_errors,
             errors_total: status.errors_total,
+            failing_for,
+            stale,
+            removals_held: status.removals_held,
         }
     }
 
-    /// Validates a backend's answer and publishes it if it differs from the current one.
-    fn apply(&self, endpoints: Vec<Endpoint>) -> Result<(), DiscoveryError> {
-        let endpoints = canonical(endpoints)?;
+    /// Whether `endpoints` would remove more of the current set than one update may.
+    fn is_mass_removal(&self, endpoints: &[Endpoint]) -> bool {
+        let Some(share) = self.safety.mass_removal_share else {
+            return false;
+        };
+        let current = self.current.load();
+        let Some(current) = current.as_ref() else {
+            return false;
+        };
+        if current.endpoints.is_empty() {
+            return false;
+        }
+        // Both lists are sorted by address.
+        let removed = current
+            .endpoints
+            .iter()
+            .filter(|e| {
+                endpoints
+                    .binary_search_by(|n| n.addr().cmp(e.addr()))
+                    .is_err()
+            })
+            .count();
+        removed as f64 > share * current.endpoints.len() as f64
+    }
+
+    fn hold_removal(&self, removed_from: usize, proposed: usize) {
+        let mut status = self.lock_status();
+        status.removals_held += 1;
+        tracing::warn!(
+            service = %self.name,
+            endpoints = removed_from,
+            proposed,
+            "update removing most endpoints was not confirmed by a second fetch; keeping the current set"
+        );
+    }
+
+    /// Publishes a validated set if it differs from the current one.
+    fn apply(&self, endpoints: Arc<[Endpoint]>) {
+        self.failing_since.store(0, Ordering::Relaxed);
         let mut status = self.lock_status();
         status.refreshed_at = Some(Instant::now());
         status.last_error = None;
@@ -478,7 +619,7 @@ impl ServiceEntry {
             .as_ref()
             .is_some_and(|current| current.endpoints == endpoints);
         if unchanged {
-            return Ok(());
+            return;
         }
         status.version += 1;
         let selection = Selection::build(self.balancer, &endpoints, &self.rng);
@@ -495,10 +636,13 @@ impl ServiceEntry {
         })));
         drop(status);
         self.changed.notify_waiters();
-        Ok(())
     }
 
     fn record_error(&self, error: DiscoveryError) {
+        if self.failing_since.load(Ordering::Relaxed) == 0 {
+            let since = self.epoch.elapsed().as_nanos() as u64 + 1;
+            self.failing_since.store(since, Ordering::Relaxed);
+        }
         let mut status = self.lock_status();
         status.consecutive_errors += 1;
         status.errors_total += 1;
@@ -544,11 +688,17 @@ async fn watch(
     loop {
         let mut snapshots = discovery.clone().watch(entry.name.clone());
         while let Some(result) = snapshots.next().await {
-            let error = match result {
-                Ok(endpoints) => match entry.apply(endpoints) {
-                    Ok(()) => continue,
-                    Err(error) => error,
-                },
+            let error = match result.and_then(canonical) {
+                Ok(endpoints) if entry.is_mass_removal(&endpoints) => {
+                    match confirm_removal(&entry, &*discovery, endpoints).await {
+                        Ok(()) => continue,
+                        Err(error) => error,
+                    }
+                }
+                Ok(endpoints) => {
+                    entry.apply(endpoints);
+                    continue;
+                }
                 Err(error) => error,
             };
             let never_resolved = entry.current.load().is_none();
@@ -565,4 +715,31 @@ async fn watch(
         tracing::warn!(service = %entry.name, "discovery stream ended; restarting it");
         tokio::time::sleep(WATCH_RESTART_DELAY).await;
     }
+}
+
+/// Asks the backend again before applying an update that removes most endpoints: the
+/// second answer is applied if it is the same set, or if it no longer removes too many.
+async fn confirm_removal(
+    entry: &ServiceEntry,
+    discovery: &dyn Discovery,
+    proposed: Arc<[Endpoint]>,
+) -> Result<(), DiscoveryError> {
+    let current = entry
+        .current
+        .load()
+        .as_ref()
+        .map_or(0, |s| s.endpoints.len());
+    tracing::info!(
+        service = %entry.name,
+        endpoints = current,
+        proposed = proposed.len(),
+        "update removes most endpoints; asking the backend again"
+    );
+    let second = canonical(discovery.discover(&entry.name).await?)?;
+    if second == proposed || !entry.is_mass_removal(&second) {
+        entry.apply(second);
+    } else {
+        entry.hold_removal(current, second.len());
+    }
+    Ok(())
 }

@@ -130,9 +130,14 @@ pub async fn wait_for_version(mesh: &MeshClient, service: &str, version: u64) {
 
 /// A discovery backend driven by the test: every service's watch stream yields what the test
 /// sends. The stream's drop is recorded, to check that watch tasks stop.
+///
+/// `discover` (which the registry calls to confirm an update that removes most endpoints)
+/// answers with the last set pushed, or the one given to `set_answer`.
 #[derive(Clone)]
 pub struct ScriptedDiscovery {
     streams: Arc<std::sync::Mutex<Vec<Watch>>>,
+    answers: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Endpoint>>>>,
+    pub discover_calls: Arc<std::sync::atomic::AtomicUsize>,
     pub dropped: Arc<AtomicBool>,
 }
 
@@ -140,12 +145,30 @@ impl ScriptedDiscovery {
     pub fn new() -> Self {
         ScriptedDiscovery {
             streams: Arc::default(),
+            answers: Arc::default(),
+            discover_calls: Arc::default(),
             dropped: Arc::default(),
         }
     }
 
+    /// What `discover` answers for `service` from now on (until the next push of a set).
+    pub fn set_answer(&self, service: &str, endpoints: Vec<Endpoint>) {
+        self.answers
+            .lock()
+            .expect("lock")
+            .insert(service.to_owned(), endpoints);
+    }
+
     /// Sends a result to every open watch of `service`.
     pub fn push(&self, service: &str, result: impl Fn() -> DiscoveryResult) {
+        if let Ok(endpoints) = result() {
+            self.set_answer(service, endpoints);
+        }
+        self.push_only(service, result);
+    }
+
+    /// Like `push`, but leaves what `discover` answers as it was.
+    pub fn push_only(&self, service: &str, result: impl Fn() -> DiscoveryResult) {
         let streams = self.streams.lock().expect("lock");
         let mut sent = false;
         for (name, sender) in streams.iter() {
@@ -187,8 +210,15 @@ impl Drop for DropFlag {
 }
 
 impl Discovery for ScriptedDiscovery {
-    fn discover<'a>(&'a self, _service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
-        Box::pin(async { Err(DiscoveryError::unknown_service()) })
+    fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
+        self.discover_calls.fetch_add(1, Ordering::SeqCst);
+        let answer = self
+            .answers
+            .lock()
+            .expect("lock")
+            .get(service.as_str())
+            .cloned();
+        Box::pin(async move { answer.ok_or_else(DiscoveryError::unknown_service) })
     }
 
     fn watch(self: Arc<Self>, service: ServiceName) -> BoxStream<'static, DiscoveryResult> {
