@@ -62,6 +62,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoint;
 mod error;
+mod secret;
 
 pub use balance::Balancer;
 pub use client::{MeshClient, MeshClientBuilder};
@@ -69,6 +70,7 @@ pub use config::MeshConfig;
 pub use discovery::{Discovery, DiscoveryError, Registry, ServiceOptions, StaticDiscovery};
 pub use endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
 pub use error::{BoxError, Error, Result};
+pub use secret::Secret;
 
 // The README's code blocks compile as doc tests.
 #[cfg(doctest)]

@@ -48,6 +48,12 @@
 //! [`Error::is_unknown_service`](crate::Error::is_unknown_service).
 
 pub(crate) mod backoff;
+#[cfg(feature = "consul")]
+mod consul;
+#[cfg(feature = "eureka")]
+mod eureka;
+#[cfg(any(feature = "consul", feature = "eureka"))]
+mod http;
 mod registry;
 mod static_list;
 
@@ -69,6 +75,11 @@ pub use registry::{
 };
 pub(crate) use registry::{Lookup, Snapshot};
 pub use static_list::StaticDiscovery;
+
+#[cfg(feature = "consul")]
+pub use consul::{Consistency, ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_WAIT};
+#[cfg(feature = "eureka")]
+pub use eureka::{DEFAULT_EUREKA_POLL_INTERVAL, EurekaBuilder, EurekaDiscovery};
 
 /// A boxed, `Send` future, as [`Discovery::discover`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,416 @@
+//! The Consul backend against a stand-in for Consul's HTTP API on 127.0.0.1 (no Consul binary
+//! can be installed here): filters, weights, addresses, blocking-query rules, failures.
+#![cfg(feature = "consul")]
+
+mod support;
+
+use std::time::Duration;
+
+use proxyless::discovery::{ConsulBuilder, ConsulDiscovery};
+use proxyless::{Health, MeshClient};
+use support::consul::{FakeConsul, Mode, instance};
+use support::{hits, servers};
+
+fn consul(fake: &FakeConsul) -> ConsulBuilder {
+    ConsulDiscovery::builder()
+        .address(fake.url())
+        .wait(Duration::from_secs(30))
+        .rate_limit(2, Duration::from_millis(50))
+}
+
+fn mesh(discovery: ConsulDiscovery) -> MeshClient {
+    MeshClient::builder()
+        .discovery(discovery)
+        .build()
+        .expect("valid client")
+}
+
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_instances_with_their_weights_and_addresses() {
+    let servers = servers(3).await;
+    let fake = FakeConsul::start().await;
+    let port = |i: usize| servers[i].addr.port();
+    fake.set(
+        "my-service",
+        vec![
+            // Service.Address empty: the node's address is used.
+            instance(
+                "node-a",
+                "127.0.0.1",
+                "",
+                port(0),
+                Some((3, 1)),
+                "passing",
+                &["api"],
+            ),
+            // No Weights at all: weight 1.
+            instance(
+                "node-b",
+                "10.9.9.9",
+                "127.0.0.1",
+                port(1),
+                None,
+                "passing",
+                &["api"],
+            ),
+            instance(
+                "node-c",
+                "127.0.0.1",
+                "127.0.0.1",
+                port(2),
+                Some((5, 2)),
+                "warning",
+                &[],
+            ),
+        ],
+    );
+    let mesh = mesh(consul(&fake).build().expect("valid"));
+    let endpoints = mesh
+        .registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    let summary: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| (e.addr().to_string(), e.weight()))
+        .collect();
+    let mut expected = vec![
+        (servers[0].addr.to_string(), 3),
+        (servers[1].addr.to_string(), 1),
+    ];
+    expected.sort();
+    assert_eq!(summary, expected, "passing only, by default");
+    let a = endpoints
+        .iter()
+        .find(|e| e.addr().port() == port(0))
+        .expect("node-a");
+    assert_eq!(a.tags(), ["api"]);
+    assert_eq!(a.meta().get("version").map(String::as_str), Some("1.2.3"));
+    assert_eq!(a.zone(), Some("dc1"));
+
+    // Traffic really reaches them, 3:1.
+    let answered = hits(&mesh, "http://my-service/", 400).await;
+    let to_a = answered.iter().filter(|s| **s == servers[0].name).count();
+    assert!(answered.iter().all(|s| *s != servers[2].name));
+    assert!(
+        (240..=360).contains(&to_a),
+        "{to_a} of 400 to the weight-3 instance"
+    );
+
+    let seen = fake.seen();
+    assert_eq!(seen[0].param("passing"), Some("true"));
+    assert_eq!(
+        seen[0].param("index"),
+        None,
+        "the first query does not block"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warning_instances_at_their_warning_weight_when_included() {
+    let fake = FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![
+            instance("a", "127.0.0.1", "", 8001, Some((10, 2)), "passing", &[]),
+            instance("b", "127.0.0.1", "", 8002, Some((10, 2)), "warning", &[]),
+            instance("c", "127.0.0.1", "", 8003, Some((10, 2)), "critical", &[]),
+        ],
+    );
+    let mesh = mesh(consul(&fake).include_warning(true).build().expect("valid"));
+    let endpoints = mesh
+        .registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    let summary: Vec<(u16, u32, Health)> = endpoints
+        .iter()
+        .map(|e| (e.addr().port(), e.weight(), e.health()))
+        .collect();
+    assert_eq!(
+        summary,
+        [(8001, 10, Health::Passing), (8002, 2, Health::Warning)]
+    );
+    assert_eq!(fake.seen()[0].param("passing"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_tag_and_token_are_sent_and_the_token_never_shown() {
+    let fake = FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![
+            instance("a", "127.0.0.1", "", 8001, None, "passing", &["api"]),
+            instance("b", "127.0.0.1", "", 8002, None, "passing", &["web"]),
+        ],
+    );
+    let discovery = consul(&fake)
+        .tag("api")
+        .token("0f6e-secret-acl")
+        .datacenter("dc1")
+        .build()
+        .expect("valid");
+    assert!(
+        !format!("{discovery:?}").contains("secret"),
+        "{discovery:?}"
+    );
+    let mesh = mesh(discovery);
+    assert!(!format!("{mesh:?}").contains("secret"));
+    let endpoints = mesh
+        .registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].addr().port(), 8001);
+    let seen = &fake.seen()[0];
+    assert_eq!(seen.token.as_deref(), Some("0f6e-secret-acl"));
+    assert_eq!(seen.param("tag"), Some("api"));
+    assert_eq!(seen.param("dc"), Some("dc1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_queries_see_changes_at_once_and_ignore_an_unchanged_index() {
+    let fake = FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![instance("a", "127.0.0.1", "", 8001, None, "passing", &[])],
+    );
+    let mesh = MeshClient::builder()
+        .discovery(
+            consul(&fake)
+                .wait(Duration::from_secs(1))
+                .build()
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid client");
+    mesh.registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    until("a blocking query is parked", || fake.requests() >= 2).await;
+    let parked = &fake.seen()[1];
+    assert_eq!(parked.param("index"), Some("2"));
+    assert_eq!(parked.param("wait"), Some("1s"));
+
+    // Waits that end with the same index publish nothing.
+    until("two waits have timed out", || fake.requests() >= 4).await;
+    let status = mesh.discovery_status("my-service").expect("watched");
+    assert_eq!(status.version, 1, "{status:?}");
+
+    // A change wakes the parked query at once.
+    let before = tokio::time::Instant::now();
+    fake.set(
+        "my-service",
+        vec![
+            instance("a", "127.0.0.1", "", 8001, None, "passing", &[]),
+            instance("b", "127.0.0.1", "", 8002, None, "passing", &[]),
+        ],
+    );
+    until("the change is published", || {
+        mesh.discovery_status("my-service")
+            .is_some_and(|s| s.version == 2)
+    })
+    .await;
+    assert!(
+        before.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        before.elapsed()
+    );
+    assert_eq!(
+        mesh.discovery_status("my-service")
+            .expect("watched")
+            .endpoints,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_going_backwards_resets_and_zero_counts_as_one() {
+    let fake = FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![instance("a", "127.0.0.1", "", 8001, None, "passing", &[])],
+    );
+    for _ in 0..10 {
+        fake.set(
+            "my-service",
+            vec![instance("a", "127.0.0.1", "", 8001, None, "passing", &[])],
+        );
+    }
+    let mesh = mesh(consul(&fake).build().expect("valid"));
+    mesh.registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    until("a query blocks at index 12", || {
+        fake.seen().iter().any(|s| s.param("index") == Some("12"))
+    })
+    .await;
+
+    // The index goes backwards, to 5: the loop starts over without an index.
+    fake.force_index(Some(5));
+    until("a reset query", || {
+        let seen = fake.seen();
+        let at = seen.iter().position(|s| s.param("index") == Some("12"));
+        at.is_some_and(|at| seen[at + 1..].iter().any(|s| s.param("index").is_none()))
+    })
+    .await;
+    until("a query blocks at index 5", || {
+        fake.seen().iter().any(|s| s.param("index") == Some("5"))
+    })
+    .await;
+
+    // Index 0 is treated as 1: the next query blocks at 1, never at 0.
+    fake.force_index(Some(0));
+    until("a query at index 1", || {
+        fake.seen().iter().any(|s| s.param("index") == Some("1"))
+    })
+    .await;
+    let indices: Vec<u64> = fake
+        .seen()
+        .iter()
+        .filter_map(|s| s.param("index").map(|i| i.parse().expect("number")))
+        .collect();
+    assert!(indices.iter().all(|&i| i >= 1), "{indices:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_returns_at_once_is_rate_limited() {
+    let fake = FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![instance("a", "127.0.0.1", "", 8001, None, "passing", &[])],
+    );
+    fake.set_mode(Mode::Immediate);
+    let mesh = mesh(
+        consul(&fake)
+            .rate_limit(2, Duration::from_millis(400))
+            .build()
+            .expect("valid"),
+    );
+    mesh.registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    let start = tokio::time::Instant::now();
+    let at_start = fake.requests();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = fake.requests() - at_start;
+    let elapsed = start.elapsed().as_secs_f64();
+    // A token every 400 ms (the burst of 2 is spent on the first two queries): about 5 in
+    // 2 s, where an unlimited loop would send thousands.
+    let most = (elapsed / 0.4).ceil() as usize + 1;
+    assert!(
+        (3..=most).contains(&sent),
+        "{sent} queries in {elapsed:.2}s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_keep_the_last_good_set() {
+    let servers = servers(1).await;
+    let mut fake = FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![instance(
+            "a",
+            "127.0.0.1",
+            "",
+            servers[0].addr.port(),
+            None,
+            "passing",
+            &[],
+        )],
+    );
+    let mesh = mesh(
+        consul(&fake)
+            .wait(Duration::from_secs(1))
+            .max_body_bytes(64 * 1024)
+            .build()
+            .expect("valid"),
+    );
+    mesh.registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    let errors = |n: u64| {
+        let mesh = mesh.clone();
+        move || {
+            mesh.discovery_status("my-service")
+                .is_some_and(|s| s.errors_total >= n)
+        }
+    };
+
+    fake.set_mode(Mode::NoLeader);
+    until("a 500 is seen", errors(1)).await;
+    let status = mesh.discovery_status("my-service").expect("watched");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("unavailable"))
+    );
+    assert_eq!(hits(&mesh, "http://my-service/", 20).await.len(), 20);
+
+    fake.set_mode(Mode::RawBody("[{\"Node\": 1".into()));
+    until("malformed JSON is seen", {
+        let mesh = mesh.clone();
+        move || {
+            mesh.discovery_status("my-service")
+                .and_then(|s| s.last_error)
+                .is_some_and(|e| e.contains("malformed"))
+        }
+    })
+    .await;
+    assert_eq!(hits(&mesh, "http://my-service/", 20).await.len(), 20);
+
+    fake.set_mode(Mode::RawBody(format!("[{}]", "{}, ".repeat(20_000) + "{}")));
+    until("an oversized body is refused", {
+        let mesh = mesh.clone();
+        move || {
+            mesh.discovery_status("my-service")
+                .and_then(|s| s.last_error)
+                .is_some_and(|e| e.contains("larger than 65536 bytes"))
+        }
+    })
+    .await;
+    assert_eq!(
+        mesh.discovery_status("my-service")
+            .expect("watched")
+            .endpoints,
+        1
+    );
+
+    // The agent goes away: connections are refused, and the set is still kept.
+    let before = mesh
+        .discovery_status("my-service")
+        .expect("watched")
+        .errors_total;
+    fake.set_mode(Mode::Normal);
+    fake.kill();
+    until("a refused connection is seen", {
+        let mesh = mesh.clone();
+        move || {
+            mesh.discovery_status("my-service").is_some_and(|s| {
+                s.errors_total > before
+                    && s.last_error.as_deref() == Some("the registry is unavailable")
+            })
+        }
+    })
+    .await;
+    let status = mesh.discovery_status("my-service").expect("watched");
+    assert_eq!(status.endpoints, 1);
+    assert_eq!(hits(&mesh, "http://my-service/", 20).await.len(), 20);
+}
