@@ -50,6 +50,8 @@
 pub(crate) mod backoff;
 #[cfg(feature = "consul")]
 mod consul;
+#[cfg(feature = "dns")]
+mod dns;
 #[cfg(feature = "eureka")]
 mod eureka;
 #[cfg(any(feature = "consul", feature = "eureka"))]
@@ -78,6 +80,8 @@ pub use static_list::StaticDiscovery;
 
 #[cfg(feature = "consul")]
 pub use consul::{Consistency, ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_WAIT};
+#[cfg(feature = "dns")]
+pub use dns::{DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DnsBuilder, DnsDiscovery};
 #[cfg(feature = "eureka")]
 pub use eureka::{DEFAULT_EUREKA_POLL_INTERVAL, EurekaBuilder, EurekaDiscovery};
 
@@ -180,6 +184,8 @@ pub enum DiscoveryErrorKind {
     Malformed,
     /// The registry did not answer in time.
     Timeout,
+    /// The registry says the service is deliberately not offered (a DNS SRV target of `.`).
+    NotOffered,
 }
 
 impl DiscoveryError {
@@ -215,6 +221,15 @@ impl DiscoveryError {
         DiscoveryError {
             kind: DiscoveryErrorKind::Timeout,
             message: None,
+            source: None,
+        }
+    }
+
+    /// The registry says the service is deliberately not offered; `message` says where.
+    pub fn not_offered(message: impl Into<Cow<'static, str>>) -> Self {
+        DiscoveryError {
+            kind: DiscoveryErrorKind::NotOffered,
+            message: Some(message.into()),
             source: None,
         }
     }
@@ -257,6 +272,7 @@ impl fmt::Display for DiscoveryError {
             DiscoveryErrorKind::Unavailable => "the registry is unavailable",
             DiscoveryErrorKind::Malformed => "the registry's answer is malformed",
             DiscoveryErrorKind::Timeout => "the registry did not answer in time",
+            DiscoveryErrorKind::NotOffered => "the registry says the service is not offered",
         })?;
         if let Some(message) = &self.message {
             write!(f, ": {message}")?;

@@ -18,6 +18,7 @@ use proxyless::{Discovery, DiscoveryError, Endpoint, MeshClient, ServiceName};
 use tokio::sync::mpsc;
 
 pub mod consul;
+pub mod dns;
 
 /// An HTTP server on 127.0.0.1, on a runtime of its own, so that killing it closes every
 /// connection it has, as the death of a process would.

@@ -1,0 +1,393 @@
+//! DNS discovery: SRV records (RFC 2782) or A/AAAA records, through hickory-resolver.
+//!
+//! # SRV
+//!
+//! `DnsDiscovery::srv("service.consul")` looks `orders` up as `_orders._tcp.service.consul`.
+//! Each record's priority becomes the endpoints' priority tier (lowest first; the balancer
+//! falls to the next tier only when no endpoint of the best one can take traffic), and its
+//! weight their weight within the tier:
+//!
+//! - as RFC 2782 asks, a record of weight 0 among records of positive weight in its tier is
+//!   picked with a very small probability (1/100 of a weight-1 record), and when every
+//!   record of a tier has weight 0 they share its traffic equally;
+//! - a target with several addresses has its weight divided among them, so that a
+//!   dual-stack target does not take twice its share.
+//!
+//! Addresses come from the answer's Additional section when the server put them there,
+//! otherwise from an A/AAAA lookup of each target. A target of `.` means the service is
+//! "decidedly not available at this domain" (RFC 2782): when every record says so, the
+//! lookup fails with [`DiscoveryErrorKind::NotOffered`](super::DiscoveryErrorKind::NotOffered),
+//! not an empty success; a `.` record beside real ones is skipped. NXDOMAIN, or no record at
+//! all, is an unknown service.
+//!
+//! # A/AAAA
+//!
+//! `DnsDiscovery::a_aaaa(8080)` looks `orders` up as `orders` (or `orders.<domain>` with
+//! [`DnsBuilder::domain`]) and gives each address the configured port, weight 1.
+//!
+//! # Refresh
+//!
+//! The watch re-resolves when the answer's TTL runs out, clamped to `[min_ttl, max_ttl]`
+//! (5 s and 5 min unless set) and jittered by 10%; after a failure it backs off from 1 s up
+//! to `max_ttl`. Name servers default to the system's (`/etc/resolv.conf`); point them
+//! elsewhere with [`DnsBuilder::nameserver`], such as a Consul agent's DNS on port 8600.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{Name, RData};
+
+use super::backoff::{Backoff, jitter};
+use super::{BoxFuture, BoxStream, Discovery, DiscoveryError, DiscoveryResult};
+use crate::endpoint::{Endpoint, ServiceName};
+use crate::error::Error;
+
+/// The shortest refresh interval unless set.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(5);
+/// The longest refresh interval unless set.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
+
+/// Weight given to SRV weight 1, so that weight 0 can get "a very small chance": 1/100 of it.
+const SRV_WEIGHT_SCALE: u32 = 100;
+/// Divides a target's weight among up to six addresses without rounding.
+const ADDRESS_SPLIT: u32 = 60;
+
+#[derive(Clone, Debug)]
+enum Mode {
+    Srv { domain: String, protocol: String },
+    Ip { domain: Option<String>, port: u16 },
+}
+
+/// Builds a [`DnsDiscovery`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct DnsBuilder {
+    mode: Mode,
+    nameservers: Vec<SocketAddr>,
+    min_ttl: Duration,
+    max_ttl: Duration,
+    timeout: Duration,
+}
+
+impl DnsBuilder {
+    /// Asks these name servers (UDP, then TCP for truncated answers) instead of the system's.
+    pub fn nameserver(mut self, addr: SocketAddr) -> Self {
+        self.nameservers.push(addr);
+        self
+    }
+
+    /// For A/AAAA lookups: the domain appended to the service name.
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        if let Mode::Ip { domain: d, .. } = &mut self.mode {
+            *d = Some(domain.into());
+        }
+        self
+    }
+
+    /// For SRV lookups: the protocol label, `tcp` unless set.
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        if let Mode::Srv { protocol: p, .. } = &mut self.mode {
+            *p = protocol.into();
+        }
+        self
+    }
+
+    /// The shortest time between refreshes, whatever the TTL (5 s unless set).
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        self.min_ttl = ttl;
+        self
+    }
+
+    /// The longest time between refreshes, whatever the TTL (5 minutes unless set).
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// The timeout of one query (5 s unless set).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the resolver.
+    pub fn build(self) -> Result<DnsDiscovery, Error> {
+        if self.min_ttl > self.max_ttl || self.max_ttl.is_zero() {
+            return Err(Error::builder(
+                "dns.min_ttl",
+                "must be at most max_ttl, and max_ttl above zero",
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::builder("dns.timeout", "must be above zero"));
+        }
+        match &self.mode {
+            Mode::Srv { domain, protocol } => {
+                Name::from_ascii(format!("_x._{protocol}.{domain}")).map_err(|e| {
+                    Error::builder("dns.domain", "is not a valid domain").with_source(e)
+                })?;
+            }
+            Mode::Ip { domain, port } => {
+                if *port == 0 {
+                    return Err(Error::builder("dns.port", "must be above zero"));
+                }
+                if let Some(domain) = domain {
+                    Name::from_ascii(format!("x.{domain}")).map_err(|e| {
+                        Error::builder("dns.domain", "is not a valid domain").with_source(e)
+                    })?;
+                }
+            }
+        }
+        let mut options = ResolverOpts::default();
+        options.timeout = self.timeout;
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // Answers are re-asked when their TTL runs out, clamped; the cache must not hold one
+        // longer than the clamp allows.
+        options.positive_max_ttl = Some(self.max_ttl);
+        options.negative_max_ttl = Some(self.max_ttl);
+        let builder = if self.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| {
+                Error::builder(
+                    "dns.nameserver",
+                    "the system's resolver configuration could not be read",
+                )
+                .with_source(e)
+            })?
+        } else {
+            let servers = self
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let resolver = builder.with_options(options).build().map_err(|e| {
+            Error::builder("dns.nameserver", "the resolver could not be built").with_source(e)
+        })?;
+        Ok(DnsDiscovery {
+            settings: self,
+            resolver,
+        })
+    }
+}
+
+/// Endpoints from DNS SRV or A/AAAA records.
+///
+/// ```no_run
+/// use proxyless::MeshClient;
+/// use proxyless::discovery::DnsDiscovery;
+///
+/// # fn main() -> Result<(), proxyless::Error> {
+/// // `orders` is `_orders._tcp.service.consul`, asked of a Consul agent's DNS interface.
+/// let dns = DnsDiscovery::srv("service.consul")
+///     .nameserver("127.0.0.1:8600".parse().expect("address"))
+///     .build()?;
+/// let mesh = MeshClient::builder().discovery(dns).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DnsDiscovery {
+    settings: DnsBuilder,
+    resolver: TokioResolver,
+}
+
+impl fmt::Debug for DnsDiscovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsDiscovery")
+            .field("mode", &self.settings.mode)
+            .field("nameservers", &self.settings.nameservers)
+            .field("min_ttl", &self.settings.min_ttl)
+            .field("max_ttl", &self.settings.max_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A resolved set and how long it is valid.
+struct Answer {
+    endpoints: Vec<Endpoint>,
+    valid_until: StdInstant,
+}
+
+impl DnsDiscovery {
+    /// SRV lookups of `_<service>._tcp.<domain>`.
+    pub fn srv(domain: impl Into<String>) -> DnsBuilder {
+        DnsBuilder::new(Mode::Srv {
+            domain: domain.into(),
+            protocol: "tcp".into(),
+        })
+    }
+
+    /// A/AAAA lookups of `<service>` (or `<service>.<domain>`), each address at `port`.
+    pub fn a_aaaa(port: u16) -> DnsBuilder {
+        DnsBuilder::new(Mode::Ip { domain: None, port })
+    }
+
+    async fn resolve(&self, service: &ServiceName) -> Result<Answer, DiscoveryError> {
+        match &self.settings.mode {
+            Mode::Srv { domain, protocol } => {
+                let name = format!("_{service}._{protocol}.{domain}.");
+                self.resolve_srv(&name).await
+            }
+            Mode::Ip { domain, port } => {
+                let name = match domain {
+                    Some(domain) => format!("{service}.{domain}."),
+                    None => format!("{service}."),
+                };
+                let lookup = self.resolver.lookup_ip(name).await.map_err(lookup_error)?;
+                Ok(Answer {
+                    endpoints: lookup.iter().map(|ip| Endpoint::new((ip, *port))).collect(),
+                    valid_until: lookup.valid_until(),
+                })
+            }
+        }
+    }
+
+    async fn resolve_srv(&self, name: &str) -> Result<Answer, DiscoveryError> {
+        let lookup = self.resolver.srv_lookup(name).await.map_err(lookup_error)?;
+        let mut valid_until = lookup.valid_until();
+        let records: Vec<_> = lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) => Some(srv.clone()),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Err(DiscoveryError::unknown_service());
+        }
+        if records.iter().all(|srv| srv.target.is_root()) {
+            return Err(DiscoveryError::not_offered(format!(
+                "the SRV target of {name} is \".\": the service is not available there"
+            )));
+        }
+        // Addresses the server sent along, by target.
+        let mut additional: BTreeMap<Name, Vec<IpAddr>> = BTreeMap::new();
+        for record in lookup.additionals() {
+            let ip = match &record.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                _ => continue,
+            };
+            additional
+                .entry(record.name.to_lowercase())
+                .or_default()
+                .push(ip);
+        }
+        // RFC 2782 weight 0: equal shares if the whole tier is 0, a tiny one otherwise.
+        let mut tier_has_weight: BTreeMap<u16, bool> = BTreeMap::new();
+        for srv in records.iter().filter(|srv| !srv.target.is_root()) {
+            *tier_has_weight.entry(srv.priority).or_default() |= srv.weight > 0;
+        }
+        let mut endpoints = Vec::new();
+        for srv in records.iter().filter(|srv| !srv.target.is_root()) {
+            let target = srv.target.to_lowercase();
+            let ips = match additional.get(&target) {
+                Some(ips) => ips.clone(),
+                None => {
+                    let lookup = self.resolver.lookup_ip(target.clone()).await.map_err(|e| {
+                        DiscoveryError::unavailable(format!(
+                            "the addresses of SRV target {target}: {e}"
+                        ))
+                    })?;
+                    valid_until = valid_until.min(lookup.valid_until());
+                    lookup.iter().collect()
+                }
+            };
+            if ips.is_empty() {
+                continue;
+            }
+            let weight = match (srv.weight, tier_has_weight[&srv.priority]) {
+                (0, true) => 1,
+                (0, false) => SRV_WEIGHT_SCALE,
+                (w, _) => u32::from(w) * SRV_WEIGHT_SCALE,
+            };
+            let share = (weight * ADDRESS_SPLIT).div_ceil(ips.len() as u32);
+            for ip in ips {
+                endpoints.push(
+                    Endpoint::new((ip, srv.port))
+                        .with_priority(srv.priority)
+                        .with_weight(share)
+                        .with_meta("dns.target", target.to_ascii()),
+                );
+            }
+        }
+        Ok(Answer {
+            endpoints,
+            valid_until,
+        })
+    }
+
+    /// How long to keep an answer: its TTL, clamped and jittered.
+    fn refresh_after(&self, valid_until: StdInstant) -> Duration {
+        let ttl = valid_until.saturating_duration_since(StdInstant::now());
+        jitter(ttl.clamp(self.settings.min_ttl, self.settings.max_ttl), 0.1)
+    }
+}
+
+impl DnsBuilder {
+    fn new(mode: Mode) -> Self {
+        DnsBuilder {
+            mode,
+            nameservers: Vec::new(),
+            min_ttl: DEFAULT_MIN_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+fn lookup_error(error: NetError) -> DiscoveryError {
+    if error.is_nx_domain() || error.is_no_records_found() {
+        DiscoveryError::unknown_service().with_source(error)
+    } else {
+        DiscoveryError::unavailable(error)
+    }
+}
+
+impl Discovery for DnsDiscovery {
+    fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
+        Box::pin(async move { Ok(self.resolve(service).await?.endpoints) })
+    }
+
+    /// Re-resolves when the answer's TTL (clamped) runs out; backs off after failures.
+    fn watch(self: Arc<Self>, service: ServiceName) -> BoxStream<'static, DiscoveryResult> {
+        let backoff = Backoff::new(Duration::from_secs(1), self.settings.max_ttl);
+        let state = (self, service, None::<Duration>, backoff);
+        Box::pin(futures_util::stream::unfold(
+            state,
+            |(dns, service, wait, mut backoff)| async move {
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                }
+                let (item, wait) = match dns.resolve(&service).await {
+                    Ok(answer) => {
+                        backoff.reset();
+                        let wait = dns.refresh_after(answer.valid_until);
+                        (Ok(answer.endpoints), wait)
+                    }
+                    Err(error) => (Err(error), backoff.next_delay()),
+                };
+                Some((item, (dns, service, Some(wait), backoff)))
+            },
+        ))
+    }
+}
