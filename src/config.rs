@@ -3,16 +3,35 @@
 //! ```toml
 //! [client]
 //! balancer = "weighted_random"      # the default for services that name none
+//! discovery = "consul"              # the backend of services not listed below
 //! first_snapshot_timeout = "5s"     # how long a first request waits for endpoints
+//! max_staleness = "10m"             # fail requests after the registry has failed this long
+//! mass_removal_share = 0.5          # updates removing more wait for a second fetch
 //! preserve_host = false
 //!
-//! [services.orders]
+//! # Backends, by a name of your choice; `kind` is consul, dns_srv, dns_a or eureka.
+//! [discovery.consul]
+//! kind = "consul"
+//! address = "http://127.0.0.1:8500"  # else CONSUL_HTTP_ADDR
+//! tags = ["api"]
+//! consistency = "stale"
+//!
+//! [discovery.dns]
+//! kind = "dns_srv"
+//! domain = "service.consul"
+//! nameservers = ["127.0.0.1:8600"]
+//! min_ttl = "5s"
+//!
+//! [services.orders]                 # endpoints listed here
 //! balancer = "round_robin"
 //! endpoints = [
 //!   { addr = "10.0.0.7:8080", weight = 1 },
 //!   { addr = "10.0.0.8:8080", weight = 3, zone = "eu-west-1a", tags = ["v2"] },
 //!   { addr = "orders-dr.internal:8443", scheme = "https", priority = 1 },
 //! ]
+//!
+//! [services.billing]                # endpoints from a backend
+//! discovery = "dns"
 //! ```
 //!
 //! Unknown keys are errors, so a typo is caught rather than ignored. Every error names the
@@ -36,6 +55,7 @@ use crate::client::{MeshClient, MeshClientBuilder};
 use crate::discovery::{Discovery, ServiceOptions, StaticDiscovery};
 use crate::endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
 use crate::error::Error;
+use crate::secret::Secret;
 
 /// The whole mesh: client settings and services.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -45,6 +65,9 @@ pub struct MeshConfig {
     /// Settings for the client as a whole.
     #[serde(default)]
     pub client: ClientConfig,
+    /// Discovery backends, by a name that services refer to.
+    #[serde(default)]
+    pub discovery: BTreeMap<String, BackendConfig>,
     /// The services, by logical name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -58,6 +81,15 @@ pub struct ClientConfig {
     /// The balancer of services that name none.
     #[serde(default)]
     pub balancer: Option<Balancer>,
+    /// The backend (a name under `[discovery]`) of services not listed under `[services]`.
+    #[serde(default)]
+    pub discovery: Option<String>,
+    /// Fail a service's requests once every refresh has failed for this long.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub max_staleness: Option<Duration>,
+    /// The share of a service's endpoints one update may remove without a second fetch.
+    #[serde(default)]
+    pub mass_removal_share: Option<f64>,
     /// How long a first request waits for a service's endpoints.
     #[serde(default, deserialize_with = "duration::optional")]
     pub first_snapshot_timeout: Option<Duration>,
@@ -66,7 +98,7 @@ pub struct ClientConfig {
     pub preserve_host: bool,
 }
 
-/// One service.
+/// One service: its endpoints listed, or the backend that finds them.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -75,7 +107,95 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub balancer: Option<Balancer>,
     /// The service's endpoints, listed statically.
-    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub endpoints: Option<Vec<EndpointConfig>>,
+    /// The backend that finds the service: a name under `[discovery]`.
+    #[serde(default)]
+    pub discovery: Option<String>,
+}
+
+/// The kinds of discovery backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// Consul's health API (feature `consul`).
+    Consul,
+    /// DNS SRV records (feature `dns`).
+    DnsSrv,
+    /// DNS A/AAAA records with a fixed port (feature `dns`).
+    DnsA,
+    /// Eureka's REST API (feature `eureka`).
+    Eureka,
+}
+
+impl BackendKind {
+    fn name(self) -> &'static str {
+        match self {
+            BackendKind::Consul => "consul",
+            BackendKind::DnsSrv => "dns_srv",
+            BackendKind::DnsA => "dns_a",
+            BackendKind::Eureka => "eureka",
+        }
+    }
+}
+
+/// A discovery backend. `kind` says which; each setting belongs to some kinds only, and a
+/// setting of another kind is an error. See each backend's builder for what a setting does.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BackendConfig {
+    /// Which backend.
+    pub kind: BackendKind,
+    /// consul: the agent's HTTP address; `CONSUL_HTTP_ADDR` if absent.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// consul: the ACL token; `CONSUL_HTTP_TOKEN` if absent. Never shown in `Debug`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// consul: the datacenter to query.
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// consul: tags every instance must carry.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// consul: route to warning instances too.
+    #[serde(default)]
+    pub include_warning: Option<bool>,
+    /// consul: `"default"`, `"stale"` or `"consistent"`.
+    #[serde(default)]
+    pub consistency: Option<crate::discovery::Consistency>,
+    /// consul: namespace (Enterprise).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// consul: admin partition (Enterprise).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// consul: how long a blocking query waits.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub wait: Option<Duration>,
+    /// dns_srv: the domain after `_<service>._tcp.`; dns_a: the domain after `<service>.`.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// dns_a: the port of every address.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// dns_srv, dns_a: name servers (`ip:port`); the system's if absent.
+    #[serde(default)]
+    pub nameservers: Option<Vec<std::net::SocketAddr>>,
+    /// dns_srv, dns_a: the shortest refresh interval.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub min_ttl: Option<Duration>,
+    /// dns_srv, dns_a: the longest refresh interval.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub max_ttl: Option<Duration>,
+    /// eureka: the server, such as `http://127.0.0.1:8761/eureka`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// eureka: how often to poll.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub poll_interval: Option<Duration>,
 }
 
 /// One statically listed endpoint.
@@ -145,18 +265,68 @@ impl MeshConfig {
                 "must be greater than zero",
             ));
         }
+        if self.client.max_staleness == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "client.max_staleness",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(share) = self.client.mass_removal_share
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(Error::config(
+                "client.mass_removal_share",
+                "must be above 0 and at most 1",
+            ));
+        }
+        let known_backend = |field: String, name: &str| {
+            if self.discovery.contains_key(name) {
+                Ok(())
+            } else {
+                Err(Error::config(
+                    field,
+                    format!("names no backend under [discovery]: {name:?}"),
+                ))
+            }
+        };
+        if let Some(name) = &self.client.discovery {
+            known_backend("client.discovery".into(), name)?;
+        }
+        for (name, backend) in &self.discovery {
+            backend.check(&format!("discovery.{name}"))?;
+        }
         for (name, service) in &self.services {
             let field = format!("services.{name}");
             ServiceName::new(name)
                 .map_err(|e| Error::config(&field, "is not a valid service name").with_source(e))?;
-            if service.endpoints.is_empty() {
+            let endpoints = match (&service.endpoints, &service.discovery) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::config(
+                        field,
+                        "lists endpoints and names a backend; keep one",
+                    ));
+                }
+                (None, Some(backend)) => {
+                    known_backend(format!("{field}.discovery"), backend)?;
+                    continue;
+                }
+                (None, None) if self.client.discovery.is_some() => continue,
+                (None, None) => {
+                    return Err(Error::config(
+                        field,
+                        "needs `endpoints`, or `discovery` naming a backend",
+                    ));
+                }
+                (Some(endpoints), None) => endpoints,
+            };
+            if endpoints.is_empty() {
                 return Err(Error::config(
                     format!("{field}.endpoints"),
                     "must list at least one endpoint",
                 ));
             }
             let mut seen = BTreeSet::new();
-            for (i, endpoint) in service.endpoints.iter().enumerate() {
+            for (i, endpoint) in endpoints.iter().enumerate() {
                 let addr = endpoint.addr.parse::<EndpointAddr>().map_err(|e| {
                     Error::config(format!("{field}.endpoints[{i}].addr"), e.to_string())
                 })?;
@@ -167,7 +337,7 @@ impl MeshConfig {
                     ));
                 }
             }
-            if service.endpoints.iter().all(|e| e.weight == 0) {
+            if endpoints.iter().all(|e| e.weight == 0) {
                 return Err(Error::config(
                     format!("{field}.endpoints"),
                     "every weight is 0, so no endpoint could ever be picked",
@@ -187,25 +357,207 @@ impl MeshConfig {
             builder = builder.first_snapshot_timeout(timeout);
         }
         builder = builder.preserve_host(self.client.preserve_host);
-        if self.services.is_empty() {
-            return Ok(builder);
+        if let Some(max) = self.client.max_staleness {
+            builder = builder.max_staleness(max);
+        }
+        if let Some(share) = self.client.mass_removal_share {
+            builder = builder.mass_removal_share(share);
+        }
+        let mut backends: BTreeMap<&str, Arc<dyn Discovery>> = BTreeMap::new();
+        for (name, backend) in &self.discovery {
+            backends.insert(name, backend.build(&format!("discovery.{name}"))?);
+        }
+        if let Some(name) = &self.client.discovery {
+            builder = builder.discovery_arc(backends[name.as_str()].clone());
         }
         let listed = StaticDiscovery::new();
         for (name, service) in &self.services {
-            listed.set(
-                name,
-                service.endpoints.iter().map(EndpointConfig::to_endpoint),
-            )?;
+            if let Some(endpoints) = &service.endpoints {
+                listed.set(name, endpoints.iter().map(EndpointConfig::to_endpoint))?;
+            }
         }
         let listed: Arc<dyn Discovery> = Arc::new(listed);
         for (name, service) in &self.services {
-            let mut options = ServiceOptions::new().discovery_arc(listed.clone());
+            let mut options = ServiceOptions::new();
+            match &service.discovery {
+                Some(backend) => {
+                    options = options.discovery_arc(backends[backend.as_str()].clone())
+                }
+                None if service.endpoints.is_some() => {
+                    options = options.discovery_arc(listed.clone())
+                }
+                // Found through the client's default backend.
+                None => {}
+            }
             if let Some(balancer) = service.balancer {
                 options = options.balancer(balancer);
             }
             builder = builder.service(name.clone(), options);
         }
         Ok(builder)
+    }
+}
+
+impl BackendConfig {
+    /// The settings given, by name, with the kinds each belongs to.
+    fn settings(&self) -> [(&'static str, bool, &'static [BackendKind]); 16] {
+        use BackendKind::*;
+        [
+            ("address", self.address.is_some(), &[Consul]),
+            ("token", self.token.is_some(), &[Consul]),
+            ("datacenter", self.datacenter.is_some(), &[Consul]),
+            ("tags", self.tags.is_some(), &[Consul]),
+            ("include_warning", self.include_warning.is_some(), &[Consul]),
+            ("consistency", self.consistency.is_some(), &[Consul]),
+            ("namespace", self.namespace.is_some(), &[Consul]),
+            ("partition", self.partition.is_some(), &[Consul]),
+            ("wait", self.wait.is_some(), &[Consul]),
+            ("domain", self.domain.is_some(), &[DnsSrv, DnsA]),
+            ("port", self.port.is_some(), &[DnsA]),
+            ("nameservers", self.nameservers.is_some(), &[DnsSrv, DnsA]),
+            ("min_ttl", self.min_ttl.is_some(), &[DnsSrv, DnsA]),
+            ("max_ttl", self.max_ttl.is_some(), &[DnsSrv, DnsA]),
+            ("url", self.url.is_some(), &[Eureka]),
+            ("poll_interval", self.poll_interval.is_some(), &[Eureka]),
+        ]
+    }
+
+    /// Checks what parsing cannot, naming fields under `field`.
+    fn check(&self, field: &str) -> Result<(), Error> {
+        let kind = self.kind;
+        for (name, given, kinds) in self.settings() {
+            if given && !kinds.contains(&kind) {
+                return Err(Error::config(
+                    format!("{field}.{name}"),
+                    format!("is not a setting of a {} backend", kind.name()),
+                ));
+            }
+        }
+        let required = |name: &str, given: bool| {
+            if given {
+                Ok(())
+            } else {
+                Err(Error::config(
+                    format!("{field}.{name}"),
+                    format!("is required for a {} backend", kind.name()),
+                ))
+            }
+        };
+        match kind {
+            BackendKind::DnsSrv => required("domain", self.domain.is_some())?,
+            BackendKind::DnsA => required("port", self.port.is_some())?,
+            BackendKind::Eureka => required("url", self.url.is_some())?,
+            BackendKind::Consul => {}
+        }
+        for (name, value) in [
+            ("wait", self.wait),
+            ("min_ttl", self.min_ttl),
+            ("max_ttl", self.max_ttl),
+            ("poll_interval", self.poll_interval),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(Error::config(
+                    format!("{field}.{name}"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        if self.port == Some(0) {
+            return Err(Error::config(format!("{field}.port"), "must be above zero"));
+        }
+        Ok(())
+    }
+
+    /// Builds the backend; an error names `field`.
+    fn build(&self, field: &str) -> Result<Arc<dyn Discovery>, Error> {
+        #[cfg_attr(
+            not(any(feature = "consul", feature = "dns", feature = "eureka")),
+            allow(unused_variables)
+        )]
+        let rename = |e: Error| {
+            let inner = e.to_string();
+            Error::config(field, inner).with_source(e)
+        };
+        match self.kind {
+            #[cfg(feature = "consul")]
+            BackendKind::Consul => {
+                use crate::discovery::ConsulDiscovery;
+                let mut b = ConsulDiscovery::builder()
+                    .include_warning(self.include_warning.unwrap_or(false));
+                if let Some(address) = &self.address {
+                    b = b.address(address.clone());
+                }
+                if let Some(token) = &self.token {
+                    b = b.token(token.clone());
+                }
+                if let Some(dc) = &self.datacenter {
+                    b = b.datacenter(dc.clone());
+                }
+                for tag in self.tags.iter().flatten() {
+                    b = b.tag(tag.clone());
+                }
+                if let Some(consistency) = self.consistency {
+                    b = b.consistency(consistency);
+                }
+                if let Some(ns) = &self.namespace {
+                    b = b.namespace(ns.clone());
+                }
+                if let Some(partition) = &self.partition {
+                    b = b.partition(partition.clone());
+                }
+                if let Some(wait) = self.wait {
+                    b = b.wait(wait);
+                }
+                Ok(Arc::new(b.build().map_err(rename)?))
+            }
+            #[cfg(feature = "dns")]
+            BackendKind::DnsSrv | BackendKind::DnsA => {
+                use crate::discovery::DnsDiscovery;
+                let domain = self.domain.clone().unwrap_or_default();
+                let mut b = match self.port {
+                    Some(port) => {
+                        let b = DnsDiscovery::a_aaaa(port);
+                        if domain.is_empty() {
+                            b
+                        } else {
+                            b.domain(domain)
+                        }
+                    }
+                    None => DnsDiscovery::srv(domain),
+                };
+                for ns in self.nameservers.iter().flatten() {
+                    b = b.nameserver(*ns);
+                }
+                if let Some(ttl) = self.min_ttl {
+                    b = b.min_ttl(ttl);
+                }
+                if let Some(ttl) = self.max_ttl {
+                    b = b.max_ttl(ttl);
+                }
+                Ok(Arc::new(b.build().map_err(rename)?))
+            }
+            #[cfg(feature = "eureka")]
+            BackendKind::Eureka => {
+                let url = self.url.clone().unwrap_or_default();
+                let mut b = crate::discovery::EurekaDiscovery::builder(url);
+                if let Some(interval) = self.poll_interval {
+                    b = b.poll_interval(interval);
+                }
+                Ok(Arc::new(b.build().map_err(rename)?))
+            }
+            #[allow(unreachable_patterns)]
+            kind => Err(Error::config(
+                format!("{field}.kind"),
+                format!(
+                    "needs a feature of proxyless that is not enabled: {}",
+                    match kind {
+                        BackendKind::Consul => "consul",
+                        BackendKind::DnsSrv | BackendKind::DnsA => "dns",
+                        BackendKind::Eureka => "eureka",
+                    }
+                ),
+            )),
+        }
     }
 }
 

@@ -43,3 +43,9 @@ impl From<&str> for Secret {
         Secret::new(value)
     }
 }
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::from)
+    }
+}

@@ -47,7 +47,10 @@ fn toml_and_json_describe_the_same_mesh() {
         Some(Duration::from_millis(250))
     );
     assert_eq!(a.client.balancer, Some(Balancer::RoundRobin));
-    assert_eq!(a.services["orders"].endpoints[1].weight, 3);
+    assert_eq!(
+        a.services["orders"].endpoints.as_ref().map(|e| e[1].weight),
+        Some(3)
+    );
 }
 
 #[test]
@@ -127,6 +130,28 @@ fn invalid_configs_name_the_field() {
         ),
         ("[client]\nretries = 3".into(), "client.retries"),
         ("[clinet]\n".into(), "clinet"),
+        (
+            "[services.orders]\ndiscovery = \"consul\"".into(),
+            "services.orders.discovery",
+        ),
+        (
+            "[client]\ndiscovery = \"nope\"".into(),
+            "client.discovery",
+        ),
+        (
+            "[discovery.c]\nkind = \"consul\"\n[services.orders]\ndiscovery = \"c\"\nendpoints = [ { addr = \"10.0.0.1:80\" } ]".into(),
+            "services.orders",
+        ),
+        ("[discovery.c]\nkind = \"zookeeper\"".into(), "discovery.c.kind"),
+        ("[discovery.c]\nkind = \"consul\"\nconsistency = \"strong\"".into(), "discovery.c.consistency"),
+        ("[discovery.c]\nkind = \"consul\"\nwait = \"0s\"".into(), "discovery.c.wait"),
+        ("[discovery.c]\nkind = \"consul\"\nadress = \"x\"".into(), "discovery.c.adress"),
+        ("[discovery.d]\nkind = \"dns_a\"\nport = 0".into(), "discovery.d.port"),
+        ("[discovery.d]\nkind = \"dns_srv\"".into(), "discovery.d.domain"),
+        ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nurl = \"http://e\"".into(), "discovery.d.url"),
+        ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nnameservers = [\"localhost\"]".into(), "discovery.d.nameservers[0]"),
+        ("[client]\nmass_removal_share = 1.5".into(), "client.mass_removal_share"),
+        ("[client]\nmax_staleness = \"0s\"".into(), "client.max_staleness"),
     ];
     for (toml, field) in cases {
         assert_eq!(field_of(MeshConfig::from_toml_str(&toml)), field, "{toml}");
@@ -226,4 +251,87 @@ async fn the_builder_and_the_config_make_the_same_client() {
         assert_eq!(a, b, "{service}: the same seed gives the same picks");
         assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 1);
     }
+}
+
+#[test]
+fn backends_are_configured_by_kind_and_secrets_stay_hidden() {
+    let config = MeshConfig::from_toml_str(
+        r#"
+        [client]
+        discovery = "consul"
+        max_staleness = "10m"
+        mass_removal_share = 0.25
+
+        [discovery.consul]
+        kind = "consul"
+        address = "http://127.0.0.1:8500"
+        token = "acl-s3cret"
+        tags = ["api"]
+        consistency = "stale"
+        include_warning = true
+        wait = "1m"
+
+        [discovery.dns]
+        kind = "dns_srv"
+        domain = "service.consul"
+        nameservers = ["127.0.0.1:8600"]
+        min_ttl = "1s"
+
+        [discovery.legacy]
+        kind = "dns_a"
+        port = 8080
+        domain = "internal"
+
+        [discovery.eureka]
+        kind = "eureka"
+        url = "http://127.0.0.1:8761/eureka"
+        poll_interval = "10s"
+
+        [services.billing]
+        discovery = "dns"
+
+        [services.payments]
+        balancer = "round_robin"
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(config.discovery.len(), 4);
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let mesh = MeshClient::from_config(&config).expect("builds every backend");
+    assert!(!format!("{mesh:?}").contains("s3cret"));
+
+    let err = MeshConfig::from_toml_str(
+        "[discovery.c]\nkind = \"eureka\"\nurl = \"ftp://x\"\n[client]\ndiscovery = \"c\"",
+    )
+    .and_then(|c| MeshClient::from_config(&c))
+    .expect_err("bad url");
+    assert_eq!(err.field(), Some("discovery.c"));
+    assert!(err.to_string().contains("eureka.url"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_consul_backend_resolves_through_the_api() {
+    let servers = servers(1).await;
+    let fake = support::consul::FakeConsul::start().await;
+    fake.set(
+        "my-service",
+        vec![support::consul::instance(
+            "a",
+            "127.0.0.1",
+            "",
+            servers[0].addr.port(),
+            None,
+            "passing",
+            &["api"],
+        )],
+    );
+    let config = MeshConfig::from_toml_str(&format!(
+        "[discovery.consul]\nkind = \"consul\"\naddress = \"{}\"\ntags = [\"api\"]\n[services.my-service]\ndiscovery = \"consul\"\nbalancer = \"round_robin\"",
+        fake.url()
+    ))
+    .expect("valid");
+    let mesh = MeshClient::from_config(&config).expect("valid client");
+    let response = mesh.get("http://my-service/").send().await.expect("ok");
+    assert_eq!(server_of(&response), "s0");
+    assert_eq!(fake.seen()[0].param("tag"), Some("api"));
 }

@@ -38,6 +38,12 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Like [`MeshClientBuilder::discovery`], for a backend already shared.
+    pub fn discovery_arc(mut self, discovery: std::sync::Arc<dyn Discovery>) -> Self {
+        self.registry = self.registry.discovery_arc(discovery);
+        self
+    }
+
     /// The balancer for every service that has none of its own
     /// ([`Balancer::WeightedRandom`] unless set).
     pub fn balancer(mut self, balancer: Balancer) -> Self {

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::http::{DEFAULT_MAX_BODY_BYTES, read_bounded, status_error, transport};
-use super::{BoxFuture, BoxStream, Discovery, DiscoveryError, DiscoveryResult};
+use super::{BoxFuture, BoxStream, Consistency, Discovery, DiscoveryError, DiscoveryResult};
 use crate::endpoint::{Endpoint, EndpointAddr, Health, ServiceName};
 use crate::error::Error;
 use crate::secret::Secret;
@@ -52,20 +52,6 @@ pub const DEFAULT_CONSUL_ADDR: &str = "http://127.0.0.1:8500";
 
 /// How long a blocking query waits for a change, unless set: Consul's own default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
-
-/// Consul's read consistency modes ("Consistency Modes" in its HTTP API docs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Consistency {
-    /// Served by the leader, which may be stale for a moment after a leader change.
-    #[default]
-    Default,
-    /// Served by any server: faster and available without a leader, possibly stale.
-    Stale,
-    /// Served by a leader that first confirms its leadership with a quorum.
-    Consistent,
-}
 
 /// Builds a [`ConsulDiscovery`].
 #[derive(Clone, Debug)]

@@ -79,11 +79,25 @@ pub(crate) use registry::{Lookup, Snapshot};
 pub use static_list::StaticDiscovery;
 
 #[cfg(feature = "consul")]
-pub use consul::{Consistency, ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_WAIT};
+pub use consul::{ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_WAIT};
 #[cfg(feature = "dns")]
 pub use dns::{DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DnsBuilder, DnsDiscovery};
 #[cfg(feature = "eureka")]
 pub use eureka::{DEFAULT_EUREKA_POLL_INTERVAL, EurekaBuilder, EurekaDiscovery};
+
+/// Consul's read consistency modes, for `ConsulDiscovery` (feature `consul`) ("Consistency Modes" in its HTTP API docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Consistency {
+    /// Served by the leader, which may be stale for a moment after a leader change.
+    #[default]
+    Default,
+    /// Served by any server: faster and available without a leader, possibly stale.
+    Stale,
+    /// Served by a leader that first confirms its leadership with a quorum.
+    Consistent,
+}
 
 /// A boxed, `Send` future, as [`Discovery::discover`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -119,6 +119,12 @@ impl RegistryBuilder {
         self
     }
 
+    /// Like [`RegistryBuilder::discovery`], for a backend already shared.
+    pub fn discovery_arc(mut self, discovery: Arc<dyn Discovery>) -> Self {
+        self.default_discovery = Some(ServiceOptions::new().discovery_arc(discovery));
+        self
+    }
+
     /// The balancer of every service that has none of its own; [`Balancer::WeightedRandom`]
     /// unless set.
     pub fn balancer(mut self, balancer: Balancer) -> Self {
