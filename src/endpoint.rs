@@ -228,7 +228,9 @@ impl FromStr for EndpointAddr {
 pub struct AddrParseError(&'static str);
 
 /// The URL scheme an endpoint speaks, when it differs from the request's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// Plain HTTP.
@@ -251,7 +253,19 @@ impl Scheme {
 ///
 /// Balancers never pick a [`Health::Critical`] endpoint; `Warning` endpoints take traffic at
 /// whatever weight the backend gave them (Consul's `Weights.Warning`, for example).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Health {
@@ -398,6 +412,39 @@ impl Endpoint {
     }
 }
 
+impl serde::Serialize for EndpointAddr {
+    /// As `"ip:port"` or `"host:port"`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl serde::Serialize for Endpoint {
+    /// As an object: `addr`, `weight`, `health`, `priority`, and `scheme`, `zone`, `tags`,
+    /// `meta` when set. For reports such as a service-listing endpoint.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("addr", &self.addr)?;
+        map.serialize_entry("weight", &self.weight)?;
+        map.serialize_entry("health", &self.health)?;
+        map.serialize_entry("priority", &self.priority)?;
+        if let Some(scheme) = &self.scheme {
+            map.serialize_entry("scheme", scheme)?;
+        }
+        if let Some(zone) = &self.zone {
+            map.serialize_entry("zone", zone)?;
+        }
+        if !self.tags.is_empty() {
+            map.serialize_entry("tags", &self.tags)?;
+        }
+        if !self.meta.is_empty() {
+            map.serialize_entry("meta", &self.meta)?;
+        }
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +486,18 @@ mod tests {
         assert_eq!(
             ServiceName::new("ORDERS").map(|n| n.to_string()).ok(),
             Some("orders".into())
+        );
+    }
+
+    #[test]
+    fn endpoints_serialize_for_reports() {
+        let endpoint = Endpoint::new(([10, 0, 0, 7], 8080))
+            .with_weight(3)
+            .with_tag("api")
+            .with_meta("version", "2");
+        assert_eq!(
+            serde_json::to_string(&endpoint).expect("serializes"),
+            r#"{"addr":"10.0.0.7:8080","weight":3,"health":"passing","priority":0,"tags":["api"],"meta":{"version":"2"}}"#
         );
     }
 

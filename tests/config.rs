@@ -335,3 +335,22 @@ async fn a_configured_consul_backend_resolves_through_the_api() {
     assert_eq!(server_of(&response), "s0");
     assert_eq!(fake.seen()[0].param("tag"), Some("api"));
 }
+
+#[test]
+fn the_configs_shown_in_the_docs_parse() {
+    let readme = include_str!("../README.md");
+    let module_docs: String = include_str!("../src/config.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("//! ").or(line.strip_prefix("//!")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut blocks = 0;
+    for text in [readme, module_docs.as_str()] {
+        for block in text.split("```toml\n").skip(1) {
+            let toml = block.split("```").next().expect("closed block");
+            MeshConfig::from_toml_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+            blocks += 1;
+        }
+    }
+    assert!(blocks >= 2, "found {blocks} blocks");
+}
