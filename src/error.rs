@@ -60,6 +60,8 @@ pub(crate) enum Kind {
     Builder,
     /// A `MeshConfig` failed to parse or validate.
     Config,
+    /// A circuit breaker rejected the call.
+    CircuitOpen,
 }
 
 impl Error {
@@ -209,6 +211,12 @@ impl Error {
         self.inner.kind == Kind::Config
     }
 
+    /// A circuit breaker rejected the call without sending it: the breaker is open, or
+    /// half-open with every probe in flight.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.kind == Kind::CircuitOpen
+    }
+
     /// The HTTP status of the response, when the error came from one.
     pub fn status(&self) -> Option<reqwest::StatusCode> {
         self.reqwest().and_then(reqwest::Error::status)
@@ -258,6 +266,7 @@ impl fmt::Display for Error {
             Kind::Request => f.write_str("invalid request")?,
             Kind::Builder => f.write_str("invalid client settings")?,
             Kind::Config => f.write_str("invalid configuration")?,
+            Kind::CircuitOpen => f.write_str("circuit open")?,
         }
         if let Some(service) = service {
             write!(f, " for service `{service}`")?;

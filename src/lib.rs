@@ -57,6 +57,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
+pub mod breaker;
+pub mod classify;
 pub mod client;
 pub mod config;
 pub mod discovery;

@@ -1,0 +1,364 @@
+//! The breaker's state machine: closed, open, half-open, moved by call outcomes.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::{Counts, SlidingWindow, Window};
+use crate::classify::Outcome;
+use crate::error::{Error, Kind};
+
+/// A breaker's settings. The defaults are resilience4j's (`CircuitBreakerConfig.ofDefaults()`).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct BreakerConfig {
+    failure_rate_threshold: f64,
+    slow_call_rate_threshold: f64,
+    slow_call_duration: Duration,
+    window: SlidingWindow,
+    minimum_calls: u32,
+    half_open_calls: u32,
+    open_wait: Duration,
+    open_wait_multiplier: f64,
+    max_open_wait: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_rate_threshold: 50.0,
+            slow_call_rate_threshold: 100.0,
+            slow_call_duration: Duration::from_secs(60),
+            window: SlidingWindow::Count(100),
+            minimum_calls: 100,
+            half_open_calls: 10,
+            open_wait: Duration::from_secs(60),
+            open_wait_multiplier: 1.0,
+            max_open_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Opens when at least this percentage of the window's calls failed (50).
+    pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
+        self.failure_rate_threshold = percent;
+        self
+    }
+
+    /// Opens when at least this percentage of the window's calls were slow (100).
+    pub fn slow_call_rate_threshold(mut self, percent: f64) -> Self {
+        self.slow_call_rate_threshold = percent;
+        self
+    }
+
+    /// A call that takes at least this long is slow (60 s).
+    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
+        self.slow_call_duration = duration;
+        self
+    }
+
+    /// The window the rates are computed over (the last 100 calls).
+    pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// No rate is computed before the window holds this many calls (100). With a count
+    /// window smaller than this, the window's size is the minimum, as in resilience4j.
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.minimum_calls = calls;
+        self
+    }
+
+    /// Probes admitted when half-open (10); the rest are rejected until they complete.
+    pub fn half_open_calls(mut self, calls: u32) -> Self {
+        self.half_open_calls = calls;
+        self
+    }
+
+    /// How long the breaker stays open before it admits probes (60 s).
+    pub fn open_wait(mut self, wait: Duration) -> Self {
+        self.open_wait = wait;
+        self.max_open_wait = self.max_open_wait.max(wait);
+        self
+    }
+
+    /// Grows the open wait by `multiplier` each time the breaker opens again without having
+    /// closed in between, up to `max` (by default it does not grow).
+    pub fn open_wait_backoff(mut self, multiplier: f64, max: Duration) -> Self {
+        self.open_wait_multiplier = multiplier;
+        self.max_open_wait = max;
+        self
+    }
+
+    /// Checks the settings; an error names the one at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        let percent = |name: &str, value: f64| {
+            if value > 0.0 && value <= 100.0 {
+                Ok(())
+            } else {
+                Err(Error::builder(
+                    format!("breaker.{name}"),
+                    "must be a percentage above 0 and at most 100",
+                ))
+            }
+        };
+        percent("failure_rate_threshold", self.failure_rate_threshold)?;
+        percent("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
+        let positive = |name: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::builder(
+                    format!("breaker.{name}"),
+                    "must be above zero",
+                ))
+            }
+        };
+        positive("minimum_calls", self.minimum_calls > 0)?;
+        positive("half_open_calls", self.half_open_calls > 0)?;
+        positive("open_wait", !self.open_wait.is_zero())?;
+        positive("slow_call_duration", !self.slow_call_duration.is_zero())?;
+        positive(
+            "sliding_window",
+            match self.window {
+                SlidingWindow::Count(n) => n > 0,
+                SlidingWindow::Time(d) => d.as_secs() > 0,
+            },
+        )?;
+        let grows = self.open_wait_multiplier.is_finite() && self.open_wait_multiplier >= 1.0;
+        if !grows || self.max_open_wait < self.open_wait {
+            return Err(Error::builder(
+                "breaker.open_wait_backoff",
+                "needs a multiplier of at least 1 and a maximum of at least open_wait",
+            ));
+        }
+        Ok(())
+    }
+
+    fn minimum(&self) -> u32 {
+        match self.window {
+            SlidingWindow::Count(n) => self.minimum_calls.min(n),
+            SlidingWindow::Time(_) => self.minimum_calls,
+        }
+    }
+
+    fn trips(&self, counts: Counts) -> bool {
+        counts.failure_rate() >= self.failure_rate_threshold
+            || counts.slow_rate() >= self.slow_call_rate_threshold
+    }
+}
+
+/// The state of a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls are rejected until the open wait is over.
+    Open,
+    /// A few probes pass; their outcomes decide between closed and open.
+    HalfOpen,
+}
+
+/// A circuit breaker, shared by every clone of the services that use it.
+///
+/// Semantics follow resilience4j's `CircuitBreaker`:
+///
+/// - **Closed**: every outcome goes into the sliding window. Once the window holds at least
+///   `minimum_calls`, the breaker opens when the failure rate or the slow-call rate reaches
+///   its threshold (at or above it, as in resilience4j).
+/// - **Open**: calls are rejected with [`Error::is_circuit_open`] for `open_wait`; the next
+///   call after that moves the breaker to half-open (resilience4j's behaviour without
+///   `automaticTransitionFromOpenToHalfOpenEnabled`).
+/// - **Half-open**: `half_open_calls` probes are admitted and the rest rejected. When all
+///   probes have completed, the breaker opens again if their rates reach a threshold and
+///   closes otherwise, with an empty window.
+/// - Calls the classifier ignores are not counted, and a probe's permit is given back.
+/// - Outcomes of calls admitted before a transition are not counted after it.
+///
+/// Differences from resilience4j: the open wait can grow on repeated opens
+/// ([`BreakerConfig::open_wait_backoff`], resilience4j's `waitIntervalFunctionInOpenState`);
+/// there is no forced or disabled state, and no maximum wait in half-open (a probe that never
+/// completes is bounded by the request's own timeout).
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    machine: Mutex<Machine>,
+}
+
+#[derive(Debug)]
+struct Machine {
+    state: State,
+    window: Window,
+    /// Opens since the breaker last closed, for the growing open wait.
+    opens: u32,
+    generation: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { permits: u32, results: Counts },
+}
+
+/// Admission to one call: record its outcome with [`Permit::record`]. A permit dropped
+/// unrecorded (a cancelled call) counts as ignored.
+#[derive(Debug)]
+#[must_use = "a permit must record the call's outcome"]
+pub struct Permit {
+    breaker: Arc<Breaker>,
+    generation: u64,
+    started: Instant,
+    recorded: bool,
+}
+
+impl Permit {
+    /// Records the call's outcome; its duration is measured from admission.
+    pub fn record(mut self, outcome: Outcome) {
+        self.recorded = true;
+        self.breaker
+            .record(self.generation, outcome, self.started.elapsed());
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker
+                .record(self.generation, Outcome::Ignored, Duration::ZERO);
+        }
+    }
+}
+
+impl Breaker {
+    /// A closed breaker. The settings must be valid ([`BreakerConfig::validate`]).
+    pub fn new(config: BreakerConfig) -> Result<Arc<Self>, Error> {
+        config.validate()?;
+        let window = Window::new(config.window);
+        Ok(Arc::new(Breaker {
+            config,
+            machine: Mutex::new(Machine {
+                state: State::Closed,
+                window,
+                opens: 0,
+                generation: 0,
+            }),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        // Every transition leaves the machine consistent.
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        match self.lock().state {
+            State::Closed => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Admits a call, or says it is rejected.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Error> {
+        let now = Instant::now();
+        let mut machine = self.lock();
+        match &mut machine.state {
+            State::Closed => {}
+            State::Open { until } => {
+                if now < *until {
+                    let wait = *until - now;
+                    return Err(Error::new(Kind::CircuitOpen)
+                        .with_message(format!("open for another {:.1}s", wait.as_secs_f64())));
+                }
+                machine.generation += 1;
+                machine.state = State::HalfOpen {
+                    permits: self.config.half_open_calls - 1,
+                    results: Counts::default(),
+                };
+                tracing::info!("circuit breaker half-open");
+            }
+            State::HalfOpen { permits, .. } => {
+                if *permits == 0 {
+                    return Err(Error::new(Kind::CircuitOpen)
+                        .with_message("half-open, and every probe is in flight"));
+                }
+                *permits -= 1;
+            }
+        }
+        Ok(Permit {
+            breaker: self.clone(),
+            generation: machine.generation,
+            started: now,
+            recorded: false,
+        })
+    }
+
+    fn record(&self, generation: u64, outcome: Outcome, elapsed: Duration) {
+        let mut machine = self.lock();
+        if generation != machine.generation {
+            return;
+        }
+        let failure = outcome == Outcome::Failure;
+        let slow = elapsed >= self.config.slow_call_duration;
+        match &mut machine.state {
+            State::Open { .. } => {}
+            State::Closed => {
+                if outcome == Outcome::Ignored {
+                    return;
+                }
+                machine.window.record(failure, slow);
+                let totals = machine.window.totals();
+                if totals.calls >= self.config.minimum() && self.config.trips(totals) {
+                    self.open(&mut machine, totals);
+                }
+            }
+            State::HalfOpen { permits, results } => {
+                if outcome == Outcome::Ignored {
+                    *permits += 1;
+                    return;
+                }
+                results.calls += 1;
+                results.failures += u32::from(failure);
+                results.slow += u32::from(slow);
+                let results = *results;
+                if results.calls >= self.config.half_open_calls {
+                    if self.config.trips(results) {
+                        self.open(&mut machine, results);
+                    } else {
+                        machine.generation += 1;
+                        machine.opens = 0;
+                        machine.window = Window::new(self.config.window);
+                        machine.state = State::Closed;
+                        tracing::info!("circuit breaker closed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn open(&self, machine: &mut Machine, counts: Counts) {
+        let grown = self.config.open_wait.as_secs_f64()
+            * self
+                .config
+                .open_wait_multiplier
+                .powi(machine.opens.min(64) as i32);
+        let wait = Duration::from_secs_f64(grown.min(self.config.max_open_wait.as_secs_f64()));
+        machine.opens += 1;
+        machine.generation += 1;
+        machine.state = State::Open {
+            until: Instant::now() + wait,
+        };
+        tracing::warn!(
+            calls = counts.calls,
+            failure_rate = counts.failure_rate(),
+            slow_rate = counts.slow_rate(),
+            open_for = ?wait,
+            "circuit breaker opened"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! What counts as a failure, for the circuit breaker (and, later, retries and ejection).
+//!
+//! The default, [`HttpClassifier`], follows Envoy's and linkerd's defaults for HTTP:
+//!
+//! | outcome | examples |
+//! |---|---|
+//! | [`Outcome::Failure`] | connection refused or reset, timeouts, `502`, `503`, `504` |
+//! | [`Outcome::Ignored`] | `429 Too Many Requests` (pushback, not a fault), a request that could not be built, a circuit already open |
+//! | [`Outcome::Success`] | every other response, `4xx` and `500` included (the server answered) |
+//!
+//! A classifier of your own is any `Fn(Result<&Res, &Error>) -> Outcome`.
+
+use crate::error::Error;
+
+/// How one call went, for the policies that count outcomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint did its job.
+    Success,
+    /// The endpoint failed: it counts against it.
+    Failure,
+    /// Neither: the call is not counted at all (and a breaker probe's permit is released).
+    Ignored,
+}
+
+/// Classifies a call's result.
+pub trait Classify<Res>: Clone + Send + Sync + 'static {
+    /// The outcome of one call.
+    fn classify(&self, result: Result<&Res, &Error>) -> Outcome;
+}
+
+impl<Res, F> Classify<Res> for F
+where
+    F: Fn(Result<&Res, &Error>) -> Outcome + Clone + Send + Sync + 'static,
+{
+    fn classify(&self, result: Result<&Res, &Error>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default classification of HTTP calls (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpClassifier;
+
+impl HttpClassifier {
+    /// The outcome of a response with `status`.
+    pub fn status(status: u16) -> Outcome {
+        match status {
+            502..=504 => Outcome::Failure,
+            429 => Outcome::Ignored,
+            _ => Outcome::Success,
+        }
+    }
+
+    /// The outcome of a call that produced no response.
+    pub fn error(error: &Error) -> Outcome {
+        if error.is_transport() || error.is_timeout() {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        }
+    }
+}
+
+impl Classify<reqwest::Response> for HttpClassifier {
+    fn classify(&self, result: Result<&reqwest::Response, &Error>) -> Outcome {
+        match result {
+            Ok(response) => HttpClassifier::status(response.status().as_u16()),
+            Err(error) => HttpClassifier::error(error),
+        }
+    }
+}
+
+impl<B: 'static> Classify<http::Response<B>> for HttpClassifier {
+    fn classify(&self, result: Result<&http::Response<B>, &Error>) -> Outcome {
+        match result {
+            Ok(response) => HttpClassifier::status(response.status().as_u16()),
+            Err(error) => HttpClassifier::error(error),
+        }
+    }
+}
