@@ -62,6 +62,10 @@ pub(crate) enum Kind {
     Config,
     /// A circuit breaker rejected the call.
     CircuitOpen,
+    /// A local rate limit refused the call.
+    RateLimited,
+    /// A local concurrency limit refused the call.
+    Overloaded,
 }
 
 impl Error {
@@ -217,6 +221,16 @@ impl Error {
         self.inner.kind == Kind::CircuitOpen
     }
 
+    /// A local rate limit refused the call without sending it.
+    pub fn is_rate_limited(&self) -> bool {
+        self.inner.kind == Kind::RateLimited
+    }
+
+    /// A local concurrency limit refused the call without sending it.
+    pub fn is_overloaded(&self) -> bool {
+        self.inner.kind == Kind::Overloaded
+    }
+
     /// The HTTP status of the response, when the error came from one.
     pub fn status(&self) -> Option<reqwest::StatusCode> {
         self.reqwest().and_then(reqwest::Error::status)
@@ -267,6 +281,8 @@ impl fmt::Display for Error {
             Kind::Builder => f.write_str("invalid client settings")?,
             Kind::Config => f.write_str("invalid configuration")?,
             Kind::CircuitOpen => f.write_str("circuit open")?,
+            Kind::RateLimited => f.write_str("rate limited")?,
+            Kind::Overloaded => f.write_str("overloaded")?,
         }
         if let Some(service) = service {
             write!(f, " for service `{service}`")?;

@@ -64,6 +64,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoint;
 mod error;
+pub mod limit;
 mod secret;
 
 pub use balance::Balancer;

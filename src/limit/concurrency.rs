@@ -1,0 +1,136 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+
+use crate::error::{Error, Kind};
+
+/// Caps the calls in flight through a service; one over the cap fails at once with
+/// [`Error::is_overloaded`](crate::Error::is_overloaded). Clones share the cap.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLimitLayer {
+    semaphore: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConcurrencyLimitLayer {
+    /// At most `max` calls in flight.
+    pub fn new(max: usize) -> Self {
+        ConcurrencyLimitLayer {
+            semaphore: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.max - self.semaphore.available_permits()
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
+        ConcurrencyLimit {
+            inner,
+            semaphore: self.semaphore.clone(),
+            max: self.max,
+        }
+    }
+}
+
+/// The service [`ConcurrencyLimitLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    semaphore: Arc<Semaphore>,
+    max: usize,
+}
+
+impl<S> ConcurrencyLimit<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for ConcurrencyLimit<S>
+where
+    S: Service<Req>,
+    S::Error: Into<Error>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match self.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => ResponseFuture {
+                future: Some(self.inner.call(request)),
+                permit: Some(permit),
+                error: None,
+            },
+            Err(_) => ResponseFuture {
+                future: None,
+                permit: None,
+                error: Some(
+                    Error::new(Kind::Overloaded)
+                        .with_message(format!("{} calls in flight, the limit", self.max)),
+                ),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`ConcurrencyLimit`]: holds its slot until the call completes.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: Option<F>,
+        permit: Option<OwnedSemaphorePermit>,
+        error: Option<Error>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("concurrency_limit::ResponseFuture")
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<Error>,
+{
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.future.as_pin_mut() {
+            Some(future) => {
+                let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
+                this.permit.take();
+                Poll::Ready(result)
+            }
+            None => Poll::Ready(Err(this
+                .error
+                .take()
+                .expect("a failed ResponseFuture is polled once"))),
+        }
+    }
+}
