@@ -65,6 +65,7 @@ pub mod discovery;
 pub mod endpoint;
 mod error;
 pub mod limit;
+pub mod retry;
 mod secret;
 
 pub use balance::Balancer;

@@ -74,6 +74,7 @@ where
         match self.registry.lookup(host) {
             Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
+                let index = avoid_tried(&snapshot, index);
                 rewrite(&mut request, &snapshot.endpoints[index], self.preserve_host);
                 let future = self.inner.call(request);
                 ResponseFuture::called(future, snapshot, index)
@@ -100,6 +101,21 @@ where
             }
         }
     }
+}
+
+/// Inside a retry layer, steers a retry away from endpoints the call already tried, and
+/// records the one chosen.
+fn avoid_tried(snapshot: &Snapshot, index: usize) -> usize {
+    let Some(attempts) = crate::retry::attempt::current() else {
+        return index;
+    };
+    let index = if attempts.any() {
+        snapshot.untried(index, &attempts)
+    } else {
+        index
+    };
+    attempts.record(snapshot.endpoints[index].addr());
+    index
 }
 
 /// The host of a logical URL, which must be a name, not an address.

@@ -436,6 +436,34 @@ pub(crate) struct Snapshot {
     selection: Selection,
 }
 
+impl Snapshot {
+    /// `index` if the call has not tried that endpoint yet; otherwise another endpoint that
+    /// may take traffic and that it has not tried, preferring the same priority tier; `index`
+    /// again when it has tried them all.
+    pub(crate) fn untried(
+        &self,
+        index: usize,
+        attempts: &crate::retry::attempt::Attempts,
+    ) -> usize {
+        if !attempts.tried(self.endpoints[index].addr()) {
+            return index;
+        }
+        let n = self.endpoints.len();
+        let start = crate::balance::rng::PickRng::Thread.next_u64() as usize % n;
+        let candidates = || (0..n).map(|k| (start + k) % n);
+        let fresh = |i: &usize| {
+            let endpoint = &self.endpoints[*i];
+            endpoint.is_eligible() && !attempts.tried(endpoint.addr())
+        };
+        let tier = self.endpoints[index].priority();
+        candidates()
+            .filter(fresh)
+            .find(|&i| self.endpoints[i].priority() == tier)
+            .or_else(|| candidates().find(fresh))
+            .unwrap_or(index)
+    }
+}
+
 /// One service in the registry.
 pub(crate) struct ServiceEntry {
     name: ServiceName,

@@ -1,0 +1,103 @@
+//! Which calls are retried, how often, and how long to wait between attempts.
+
+use std::time::Duration;
+
+use reqwest::Method;
+
+use super::budget::BudgetConfig;
+use crate::error::Error;
+
+/// A retry policy.
+///
+/// By default: at most 3 attempts in all; only idempotent methods (RFC 9110 §9.2.2: `GET`,
+/// `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`); only outcomes the classifier calls failures
+/// (connect errors, timeouts, 502, 503, 504); exponential backoff with full jitter from 25 ms,
+/// capped at 250 ms; a budget of 20% of requests plus 10 per second.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RetryPolicy {
+    pub(crate) max_attempts: u32,
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+    pub(crate) per_attempt_timeout: Option<Duration>,
+    pub(crate) budget: BudgetConfig,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(25),
+            cap: Duration::from_millis(250),
+            per_attempt_timeout: None,
+            budget: BudgetConfig::default(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// At most this many attempts, the first included (3). 1 disables retries.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Backoff: the n-th retry waits a uniformly random time in `[0, min(cap, base · 2ⁿ)]`
+    /// ("full jitter", Brooker, AWS Architecture Blog, 2015).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
+
+    /// A timeout for each attempt, for requests that set none of their own.
+    pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.per_attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The retry budget.
+    pub fn budget(mut self, budget: BudgetConfig) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Checks the settings; an error names the one at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_attempts == 0 {
+            return Err(Error::builder("retry.max_attempts", "must be at least 1"));
+        }
+        if self.cap < self.base {
+            return Err(Error::builder(
+                "retry.backoff",
+                "the cap must be at least the base",
+            ));
+        }
+        if self.per_attempt_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::builder(
+                "retry.per_attempt_timeout",
+                "must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `method` is idempotent (RFC 9110 §9.2.2).
+    pub fn is_idempotent(method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        )
+    }
+
+    /// The wait before retry number `retry` (0 for the first retry).
+    pub(crate) fn delay(&self, retry: u32) -> Duration {
+        let step = self.base.saturating_mul(1 << retry.min(20)).min(self.cap);
+        step.mul_f64(rand::random::<f64>())
+    }
+}
