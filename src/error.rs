@@ -174,7 +174,9 @@ impl Error {
         self.inner.kind == Kind::NoEndpoints
     }
 
-    /// The discovery backend failed and there was no earlier snapshot to fall back on.
+    /// The discovery backend failed and there was no earlier snapshot to fall back on, or
+    /// no first snapshot arrived within the first-snapshot timeout, or every refresh has
+    /// failed for longer than the maximum staleness.
     pub fn is_discovery(&self) -> bool {
         self.inner.kind == Kind::Discovery
     }
@@ -189,7 +191,7 @@ impl Error {
         self.reqwest().is_some_and(reqwest::Error::is_connect)
     }
 
-    /// A deadline passed: the request's timeout, or the wait for a service's first snapshot.
+    /// A deadline passed: the request's own timeout, or the call's overall deadline.
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == Kind::Timeout
     }

@@ -67,6 +67,7 @@ mod error;
 pub mod limit;
 pub mod retry;
 mod secret;
+pub mod timeout;
 
 pub use balance::Balancer;
 pub use client::{MeshClient, MeshClientBuilder};

@@ -91,7 +91,7 @@ where
                 ResponseFuture::waiting(Box::pin(async move {
                     let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
                     drop(registry);
-                    let index = entry.pick(&snapshot)?;
+                    let index = avoid_tried(&snapshot, entry.pick(&snapshot)?);
                     rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
                     inner
                         .oneshot(request)

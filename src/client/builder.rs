@@ -2,10 +2,14 @@ use std::time::Duration;
 
 use tower::Layer;
 
+use std::collections::HashMap;
+
 use super::MeshClient;
+use super::traffic::{Stacks, TrafficPolicy};
 use crate::balance::{BalanceLayer, Balancer};
 use crate::config::MeshConfig;
 use crate::discovery::{Discovery, RegistryBuilder, ServiceOptions};
+use crate::endpoint::ServiceName;
 use crate::error::Error;
 
 /// Builds a [`MeshClient`]. Settings are checked once, in [`MeshClientBuilder::build`], and
@@ -16,6 +20,8 @@ pub struct MeshClientBuilder {
     registry: RegistryBuilder,
     http: Option<reqwest::Client>,
     preserve_host: bool,
+    traffic: TrafficPolicy,
+    service_traffic: Vec<(String, TrafficPolicy)>,
 }
 
 impl MeshClientBuilder {
@@ -90,6 +96,19 @@ impl MeshClientBuilder {
         self
     }
 
+    /// The traffic policies of every service that has none of its own
+    /// ([`TrafficPolicy::default`] unless set).
+    pub fn traffic(mut self, policy: TrafficPolicy) -> Self {
+        self.traffic = policy;
+        self
+    }
+
+    /// The traffic policies of one service.
+    pub fn service_traffic(mut self, name: impl Into<String>, policy: TrafficPolicy) -> Self {
+        self.service_traffic.push((name.into(), policy));
+        self
+    }
+
     /// Seeds the balancers' randomness, for reproducible tests.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.registry = self.registry.rng_seed(seed);
@@ -106,9 +125,24 @@ impl MeshClientBuilder {
                 Error::builder("http_client", "reqwest failed to build").with_source(e)
             })?,
         };
-        let stack = BalanceLayer::new(registry)
+        let mut configured = HashMap::new();
+        for (name, policy) in self.service_traffic {
+            let name = ServiceName::new(&name)?;
+            if configured.insert(name.clone(), policy).is_some() {
+                return Err(Error::builder(
+                    format!("services.{name}.traffic"),
+                    "is configured twice",
+                ));
+            }
+        }
+        let stacks = Stacks::new(self.traffic, configured)?;
+        let balance = BalanceLayer::new(registry)
             .preserve_host(self.preserve_host)
             .layer(http.clone());
-        Ok(MeshClient { http, stack })
+        Ok(MeshClient {
+            http,
+            balance,
+            stacks: std::sync::Arc::new(stacks),
+        })
     }
 }

@@ -9,11 +9,16 @@
 //! The request path is a tower stack over one shared `reqwest::Client`:
 //!
 //! ```text
-//! RequestBuilder::send ─► Balance (pick, rewrite URL) ─► reqwest::Client
+//! RequestBuilder::send ─► Timeout ─► Retry ─► RateLimit ─► ConcurrencyLimit ─► CircuitBreaker
+//!                     ─► Balance (pick, rewrite URL) ─► reqwest::Client
 //! ```
+//!
+//! Each service gets its own stack, with its own breaker, budget and limits, from its
+//! [`TrafficPolicy`]; a policy that is off costs nothing.
 
 mod builder;
 mod request;
+mod traffic;
 
 use std::fmt;
 
@@ -26,9 +31,7 @@ use crate::error::Error;
 
 pub use builder::MeshClientBuilder;
 pub use request::RequestBuilder;
-
-/// The stack a request goes through, outermost first.
-type Stack = Balance<reqwest::Client>;
+pub use traffic::TrafficPolicy;
 
 /// An HTTP client whose URLs name services, not hosts.
 ///
@@ -55,7 +58,8 @@ type Stack = Balance<reqwest::Client>;
 #[derive(Clone)]
 pub struct MeshClient {
     http: reqwest::Client,
-    stack: Stack,
+    balance: Balance<reqwest::Client>,
+    stacks: std::sync::Arc<traffic::Stacks>,
 }
 
 impl MeshClient {
@@ -100,14 +104,24 @@ impl MeshClient {
         RequestBuilder::new(self.clone(), method, url.as_ref())
     }
 
-    /// Sends a request built elsewhere (its URL must still name a service).
+    /// Sends a request built elsewhere (its URL must still name a service) through the
+    /// service's traffic policies.
     pub async fn execute(&self, request: reqwest::Request) -> Result<Response, Error> {
-        self.stack.clone().oneshot(request).await
+        let host = request.url().host_str().unwrap_or_default();
+        if !self.registry().is_known(host) {
+            // A service's first call: resolve it before building its stack, so that only
+            // real services get one, and a made-up name fails here with its typed error.
+            let host = host.to_owned();
+            self.registry().endpoints(&host).await?;
+        }
+        let host = request.url().host_str().unwrap_or_default();
+        let stack = self.stacks.get(host, &self.balance)?;
+        stack.oneshot(request).await
     }
 
     /// The registry of discovered services.
     pub fn registry(&self) -> &Registry {
-        self.stack.registry()
+        self.balance.registry()
     }
 
     /// The state of `service`'s discovery, if it has been used.

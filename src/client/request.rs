@@ -14,12 +14,17 @@ use crate::error::Error;
 pub struct RequestBuilder {
     client: MeshClient,
     request: Result<reqwest::RequestBuilder, Error>,
+    options: crate::retry::attempt::CallOptions,
 }
 
 impl RequestBuilder {
     pub(super) fn new(client: MeshClient, method: Method, url: &str) -> Self {
         let request = parse_logical_url(url).map(|url| client.http.request(method, url));
-        RequestBuilder { client, request }
+        RequestBuilder {
+            client,
+            request,
+            options: Default::default(),
+        }
     }
 
     fn map(mut self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
@@ -70,6 +75,14 @@ impl RequestBuilder {
         self.map(|r| r.bearer_auth(token))
     }
 
+    /// Lets the service's retry policy retry this request even though its method is not
+    /// idempotent: for a `POST` that the server de-duplicates, say. The body must be
+    /// clonable (not a stream) to be retried.
+    pub fn retry_non_idempotent(mut self) -> Self {
+        self.options.retry_non_idempotent = true;
+        self
+    }
+
     /// Builds the request without sending it.
     pub fn build(self) -> Result<reqwest::Request, Error> {
         self.request?.build().map_err(Error::from_reqwest)
@@ -78,8 +91,9 @@ impl RequestBuilder {
     /// Sends the request through the mesh.
     pub async fn send(self) -> Result<Response, Error> {
         let client = self.client.clone();
+        let options = self.options;
         let request = self.build()?;
-        client.execute(request).await
+        crate::retry::attempt::with_options(options, client.execute(request)).await
     }
 }
 

@@ -323,6 +323,17 @@ impl Registry {
         }
     }
 
+    /// Whether `host` is a configured service or one with a snapshot.
+    pub(crate) fn is_known(&self, host: &str) -> bool {
+        self.inner.routes.contains_key(host)
+            || self
+                .inner
+                .services
+                .load()
+                .get(host)
+                .is_some_and(|entry| entry.current.load().is_some())
+    }
+
     /// How long a first request waits for a snapshot.
     pub(crate) fn first_snapshot_timeout(&self) -> Duration {
         self.inner.first_snapshot_timeout
@@ -562,7 +573,7 @@ impl ServiceEntry {
                 return Err(err);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Error::new(Kind::Timeout)
+                return Err(Error::new(Kind::Discovery)
                     .with_service(self.name.clone())
                     .with_message(format!("no endpoints were discovered within {timeout:?}")));
             }

@@ -33,9 +33,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(name: &str) -> TestServer {
+        Self::start_answering(name, StatusCode::OK).await
+    }
+
+    /// A server that answers every request with `status`.
+    pub async fn start_answering(name: &str, status: StatusCode) -> TestServer {
         let router = Router::new()
             .fallback(echo)
-            .with_state(Arc::<str>::from(name));
+            .with_state((Arc::<str>::from(name), status));
         let served = Served::start(router);
         TestServer {
             name: name.to_owned(),
@@ -54,7 +59,7 @@ impl TestServer {
     }
 }
 
-async fn echo(State(name): State<Arc<str>>, request: Request) -> Response {
+async fn echo(State((name, status)): State<(Arc<str>, StatusCode)>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if let Some(ms) = parts.uri.path().strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(0);
@@ -71,7 +76,7 @@ async fn echo(State(name): State<Arc<str>>, request: Request) -> Response {
             .to_owned()
     };
     Response::builder()
-        .status(StatusCode::OK)
+        .status(status)
         .header("x-server", &*name)
         .header("x-path", parts.uri.path())
         .header("x-query", parts.uri.query().unwrap_or(""))

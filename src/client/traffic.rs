@@ -1,0 +1,197 @@
+//! The traffic policies of a service's calls, and the per-service tower stacks built from
+//! them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tower::ServiceBuilder;
+use tower::util::Either;
+
+use crate::balance::Balance;
+use crate::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
+use crate::classify::HttpClassifier;
+use crate::endpoint::ServiceName;
+use crate::error::Error;
+use crate::limit::{
+    ConcurrencyLimit, ConcurrencyLimitLayer, OnExceed, Rate, RateLimit, RateLimitLayer,
+};
+use crate::retry::{Retry, RetryLayer, RetryPolicy};
+use crate::timeout::{Timeout, TimeoutLayer};
+
+/// The policies around one service's calls, outermost first: an overall deadline, retries,
+/// a rate limit, a concurrency limit and a circuit breaker, then balancing.
+///
+/// By default: retries with [`RetryPolicy::default`] (idempotent methods, 3 attempts, a
+/// budget of 20% + 10/s), a breaker with [`BreakerConfig::default`] (resilience4j's
+/// defaults), and no deadline, rate limit or concurrency limit.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct TrafficPolicy {
+    timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    breaker: Option<BreakerConfig>,
+    rate_limit: Option<(Rate, OnExceed)>,
+    concurrency_limit: Option<usize>,
+}
+
+impl Default for TrafficPolicy {
+    fn default() -> Self {
+        TrafficPolicy {
+            timeout: None,
+            retry: Some(RetryPolicy::default()),
+            breaker: Some(BreakerConfig::default()),
+            rate_limit: None,
+            concurrency_limit: None,
+        }
+    }
+}
+
+impl TrafficPolicy {
+    /// Bounds each call, retries and backoff included.
+    pub fn timeout(mut self, deadline: Duration) -> Self {
+        self.timeout = Some(deadline);
+        self
+    }
+
+    /// Retries under `policy`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Never retries.
+    pub fn no_retries(mut self) -> Self {
+        self.retry = None;
+        self
+    }
+
+    /// Guards the service with a breaker configured by `config`.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// No circuit breaker.
+    pub fn no_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
+    /// Limits calls to `rate`.
+    pub fn rate_limit(mut self, rate: Rate, on_exceed: OnExceed) -> Self {
+        self.rate_limit = Some((rate, on_exceed));
+        self
+    }
+
+    /// Limits calls in flight to `max`.
+    pub fn concurrency_limit(mut self, max: usize) -> Self {
+        self.concurrency_limit = Some(max);
+        self
+    }
+
+    /// Checks every policy's settings; an error names the one at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::builder("timeout", "must be above zero"));
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate()?;
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker.validate()?;
+        }
+        if self.concurrency_limit == Some(0) {
+            return Err(Error::builder("concurrency_limit", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    fn stack(&self, balance: Balance<reqwest::Client>) -> Result<Stack, Error> {
+        let breaker = self
+            .breaker
+            .clone()
+            .map(CircuitBreakerLayer::new)
+            .transpose()?;
+        let rate = self
+            .rate_limit
+            .map(|(rate, on_exceed)| RateLimitLayer::new(rate, on_exceed))
+            .transpose()?;
+        let retry = self.retry.clone().map(RetryLayer::new).transpose()?;
+        Ok(ServiceBuilder::new()
+            .option_layer(self.timeout.map(TimeoutLayer::new))
+            .option_layer(retry)
+            .option_layer(rate)
+            .option_layer(self.concurrency_limit.map(ConcurrencyLimitLayer::new))
+            .option_layer(breaker)
+            .service(balance))
+    }
+}
+
+type Balanced = Balance<reqwest::Client>;
+type Breaking = Either<CircuitBreaker<Balanced, HttpClassifier>, Balanced>;
+type Limited = Either<ConcurrencyLimit<Breaking>, Breaking>;
+type Rated = Either<RateLimit<Limited>, Limited>;
+type Retrying = Either<Retry<Rated, HttpClassifier>, Rated>;
+/// One service's stack: concrete types, so a call allocates nothing for the layers it skips.
+pub(crate) type Stack = Either<Timeout<Retrying>, Retrying>;
+
+/// Every service's stack, built on first use and read without a lock.
+pub(crate) struct Stacks {
+    default: TrafficPolicy,
+    configured: HashMap<ServiceName, TrafficPolicy>,
+    built: ArcSwap<HashMap<ServiceName, Stack>>,
+    building: Mutex<()>,
+}
+
+impl Stacks {
+    pub(crate) fn new(
+        default: TrafficPolicy,
+        configured: HashMap<ServiceName, TrafficPolicy>,
+    ) -> Result<Self, Error> {
+        default.validate()?;
+        for (name, policy) in &configured {
+            policy.validate().map_err(|e| {
+                let message = e.to_string();
+                Error::builder(format!("services.{name}.traffic"), message).with_source(e)
+            })?;
+        }
+        Ok(Stacks {
+            default,
+            configured,
+            built: ArcSwap::default(),
+            building: Mutex::new(()),
+        })
+    }
+
+    /// The stack of `host`, a service the registry knows, built on its first call; its
+    /// breaker, limits and budget live in it.
+    pub(crate) fn get(&self, host: &str, balance: &Balanced) -> Result<Stack, Error> {
+        if let Some(stack) = self.built.load().get(host) {
+            return Ok(stack.clone());
+        }
+        let policy = |name: &str| self.configured.get(name).unwrap_or(&self.default);
+        let Ok(name) = ServiceName::new(host) else {
+            return self.default.stack(balance.clone());
+        };
+        let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stack) = self.built.load().get(host) {
+            return Ok(stack.clone());
+        }
+        let stack = policy(host).stack(balance.clone())?;
+        let mut built = HashMap::clone(&self.built.load());
+        built.insert(name, stack.clone());
+        self.built.store(Arc::new(built));
+        Ok(stack)
+    }
+}
+
+impl std::fmt::Debug for Stacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stacks")
+            .field("default", &self.default)
+            .field("configured", &self.configured.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}

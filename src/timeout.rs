@@ -1,0 +1,119 @@
+//! The overall deadline of a call, retries and backoff included.
+//!
+//! A timeout for each attempt is the request's own (`RequestBuilder::timeout`, or
+//! [`RetryPolicy::per_attempt_timeout`](crate::retry::RetryPolicy::per_attempt_timeout));
+//! this layer bounds the whole call, as Envoy's route `timeout` does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+use crate::error::{Error, Kind};
+
+/// Fails a call with [`Error::is_timeout`](crate::Error::is_timeout) when it takes longer
+/// than a deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    deadline: Duration,
+}
+
+impl TimeoutLayer {
+    /// Bounds every call to `deadline`.
+    pub fn new(deadline: Duration) -> Self {
+        TimeoutLayer { deadline }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// The service [`TimeoutLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    deadline: Duration,
+}
+
+impl<S> Timeout<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for Timeout<S>
+where
+    S: Service<Req>,
+    S::Error: Into<Error>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        ResponseFuture {
+            future: self.inner.call(request),
+            sleep: tokio::time::sleep(self.deadline),
+            deadline: self.deadline,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Timeout`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        sleep: Sleep,
+        deadline: Duration,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("timeout::ResponseFuture")
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<Error>,
+{
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.future.poll(cx) {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Error::new(Kind::Timeout)
+                .with_message(format!("the call's deadline of {:?} passed", this.deadline)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Traffic policies through MeshClient, with faults injected into real servers on 127.0.0.1.
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use proxyless::breaker::{BreakerConfig, SlidingWindow};
+use proxyless::client::TrafficPolicy;
+use proxyless::limit::{OnExceed, Rate};
+use proxyless::retry::RetryPolicy;
+use proxyless::{Balancer, MeshClient, StaticDiscovery};
+use support::{TestServer, server_of, servers};
+
+fn mesh(discovery: StaticDiscovery, traffic: TrafficPolicy) -> MeshClient {
+    MeshClient::builder()
+        .discovery(discovery)
+        .traffic(traffic)
+        .build()
+        .expect("valid client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_run_fails_no_idempotent_call() {
+    let mut servers = servers(3).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", servers.iter().map(TestServer::endpoint))
+        .expect("valid");
+    let mesh = mesh(discovery, TrafficPolicy::default());
+    let calls = futures_util::stream::iter(0..600usize)
+        .map(|i| {
+            let mesh = mesh.clone();
+            async move {
+                (
+                    i,
+                    mesh.get("http://orders/")
+                        .send()
+                        .await
+                        .map(|r| server_of(&r)),
+                )
+            }
+        })
+        .buffer_unordered(16);
+    tokio::pin!(calls);
+    let mut answered = Vec::new();
+    let mut failed = Vec::new();
+    let mut completed = 0;
+    while let Some((i, result)) = calls.next().await {
+        match result {
+            Ok(server) => answered.push((i, server)),
+            Err(error) => failed.push(error),
+        }
+        completed += 1;
+        if completed == 200 {
+            // s1 dies with calls in flight: its connections close, new ones are refused.
+            servers[1].kill();
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(answered.len(), 600);
+    // At the kill at most 216 calls had been sent; none sent well after it reached s1.
+    assert!(
+        answered.iter().all(|(i, s)| *i < 250 || s != "s1"),
+        "an answer from the dead instance"
+    );
+    assert!(
+        answered.iter().any(|(i, s)| *i < 200 && s == "s1"),
+        "s1 served before"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
+    let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
+    let good = TestServer::start("good").await;
+    // The failing endpoint takes 1000 picks in 1001: only avoidance finds the good one.
+    let discovery = StaticDiscovery::new()
+        .with(
+            "orders",
+            [
+                bad.endpoint().with_weight(1000),
+                good.endpoint().with_weight(1),
+            ],
+        )
+        .expect("valid");
+    let traffic = TrafficPolicy::default()
+        .no_breaker()
+        .retry(RetryPolicy::default().max_attempts(2));
+    let mesh = mesh(discovery, traffic);
+    for _ in 0..50 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        assert_eq!(response.status(), 200);
+        assert_eq!(server_of(&response), "good");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_is_retried_only_when_the_caller_says_so() {
+    let bad = TestServer::start_answering("bad", StatusCode::BAD_GATEWAY).await;
+    let good = TestServer::start("good").await;
+    let discovery = StaticDiscovery::new()
+        .with(
+            "orders",
+            [
+                bad.endpoint().with_weight(1000),
+                good.endpoint().with_weight(1),
+            ],
+        )
+        .expect("valid");
+    let traffic = TrafficPolicy::default().no_breaker();
+    let mesh = mesh(discovery, traffic);
+    let mut bad_gateways = 0;
+    for _ in 0..20 {
+        let response = mesh
+            .post("http://orders/")
+            .body("x")
+            .send()
+            .await
+            .expect("answer");
+        bad_gateways += usize::from(response.status() == 502);
+    }
+    assert!(
+        bad_gateways >= 18,
+        "POST is sent once: {bad_gateways} of 20 got the 502"
+    );
+    for _ in 0..20 {
+        let response = mesh
+            .post("http://orders/")
+            .body("x")
+            .retry_non_idempotent()
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 200, "retried to the good endpoint");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overall_deadline_bounds_retries_and_backoff() {
+    let servers = servers(2).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", servers.iter().map(TestServer::endpoint))
+        .expect("valid");
+    let traffic = TrafficPolicy::default()
+        .no_breaker()
+        .timeout(Duration::from_millis(300))
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(5)
+                .per_attempt_timeout(Duration::from_millis(100)),
+        );
+    let mesh = mesh(discovery, traffic);
+    let started = std::time::Instant::now();
+    let err = mesh
+        .get("http://orders/slow/1000")
+        .send()
+        .await
+        .expect_err("too slow");
+    let took = started.elapsed();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_service_opens_its_breaker_and_stops_being_called() {
+    let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [bad.endpoint()])
+        .expect("valid")
+        .with("billing", [bad.endpoint()])
+        .expect("valid");
+    let breaker = BreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(10))
+        .minimum_calls(10)
+        .open_wait(Duration::from_secs(60));
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .traffic(TrafficPolicy::default().no_retries().breaker(breaker))
+        .build()
+        .expect("valid client");
+    for _ in 0..10 {
+        let response = mesh.get("http://orders/").send().await.expect("a 503");
+        assert_eq!(response.status(), 503);
+    }
+    let err = mesh.get("http://orders/").send().await.expect_err("open");
+    assert!(err.is_circuit_open(), "{err:?}");
+    // Each service has its own breaker.
+    let response = mesh.get("http://billing/").send().await.expect("closed");
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_service_rate_limits() {
+    let servers = servers(1).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [servers[0].endpoint()])
+        .expect("valid")
+        .with("billing", [servers[0].endpoint()])
+        .expect("valid");
+    let one = NonZeroU32::new(1).expect("above 0");
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .balancer(Balancer::RoundRobin)
+        .service_traffic(
+            "orders",
+            TrafficPolicy::default()
+                .rate_limit(Rate::new(one, Duration::from_secs(60)), OnExceed::FailFast),
+        )
+        .build()
+        .expect("valid client");
+    assert!(mesh.get("http://orders/").send().await.is_ok());
+    let err = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("limited");
+    assert!(err.is_rate_limited(), "{err:?}");
+    for _ in 0..5 {
+        assert!(
+            mesh.get("http://billing/").send().await.is_ok(),
+            "billing has no limit"
+        );
+    }
+}
