@@ -5,7 +5,7 @@
 //! | outcome | examples |
 //! |---|---|
 //! | [`Outcome::Failure`] | connection refused or reset, timeouts, `502`, `503`, `504` |
-//! | [`Outcome::Ignored`] | `429 Too Many Requests` (pushback, not a fault), a request that could not be built, a circuit already open |
+//! | [`Outcome::Ignored`] | `429 Too Many Requests`, or a `503` with `Retry-After` (pushback, not a fault), a request that could not be built, a circuit already open |
 //! | [`Outcome::Success`] | every other response, `4xx` and `500` included (the server answered) |
 //!
 //! A classifier of your own is any `Fn(Result<&Res, &Error>) -> Outcome`.
@@ -27,6 +27,12 @@ pub enum Outcome {
 pub trait Classify<Res>: Clone + Send + Sync + 'static {
     /// The outcome of one call.
     fn classify(&self, result: Result<&Res, &Error>) -> Outcome;
+
+    /// How long the endpoint asked not to be called, if it pushed back (a `429` or `503`
+    /// with `Retry-After`). None by default.
+    fn pushback(&self, _response: &Res) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 impl<Res, F> Classify<Res> for F
@@ -62,20 +68,47 @@ impl HttpClassifier {
     }
 }
 
+/// `Retry-After` in seconds on a 429 or 503, capped at an hour. (The HTTP-date form is not
+/// read: clocks of two hosts are not to be trusted to agree.)
+fn retry_after(status: u16, headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    if status != 429 && status != 503 {
+        return None;
+    }
+    let seconds: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(seconds.min(3600)))
+}
+
 impl Classify<reqwest::Response> for HttpClassifier {
     fn classify(&self, result: Result<&reqwest::Response, &Error>) -> Outcome {
         match result {
+            // Pushback is the endpoint protecting itself, not a fault.
+            Ok(response) if self.pushback(response).is_some() => Outcome::Ignored,
             Ok(response) => HttpClassifier::status(response.status().as_u16()),
             Err(error) => HttpClassifier::error(error),
         }
+    }
+
+    fn pushback(&self, response: &reqwest::Response) -> Option<std::time::Duration> {
+        retry_after(response.status().as_u16(), response.headers())
     }
 }
 
 impl<B: 'static> Classify<http::Response<B>> for HttpClassifier {
     fn classify(&self, result: Result<&http::Response<B>, &Error>) -> Outcome {
         match result {
+            Ok(response) if self.pushback(response).is_some() => Outcome::Ignored,
             Ok(response) => HttpClassifier::status(response.status().as_u16()),
             Err(error) => HttpClassifier::error(error),
         }
+    }
+
+    fn pushback(&self, response: &http::Response<B>) -> Option<std::time::Duration> {
+        retry_after(response.status().as_u16(), response.headers())
     }
 }

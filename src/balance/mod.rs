@@ -25,6 +25,7 @@
 //! [`BalanceLayer`] puts the whole selection, URL rewriting included, around any
 //! `tower::Service<reqwest::Request>`.
 
+pub mod health;
 mod layer;
 mod random;
 pub(crate) mod rng;
@@ -101,17 +102,35 @@ pub(crate) struct Selection {
 
 impl Selection {
     /// Narrows `endpoints` to the pickable ones of the best tier and builds `balancer` over
-    /// them. `endpoints` must be the snapshot's own slice: picks index into it.
+    /// them, with their configured weights. `endpoints` must be the snapshot's own slice:
+    /// picks index into it.
+    #[cfg(test)]
     pub(crate) fn build(balancer: Balancer, endpoints: &[Endpoint], rng: &PickRng) -> Self {
+        let weights: Vec<u32> = endpoints
+            .iter()
+            .map(|e| if e.is_eligible() { e.weight() } else { 0 })
+            .collect();
+        Self::with_weights(balancer, endpoints, &weights, rng)
+    }
+
+    /// Like [`Selection::build`], with effective weights (0: may not take traffic now).
+    pub(crate) fn with_weights(
+        balancer: Balancer,
+        endpoints: &[Endpoint],
+        effective: &[u32],
+        rng: &PickRng,
+    ) -> Self {
         let tier = endpoints
             .iter()
-            .filter(|e| e.is_eligible())
-            .map(Endpoint::priority)
+            .zip(effective)
+            .filter(|(_, w)| **w > 0)
+            .map(|(e, _)| e.priority())
             .min();
         let weights: Vec<u32> = endpoints
             .iter()
-            .map(|e| match tier {
-                Some(tier) if e.is_eligible() && e.priority() == tier => e.weight(),
+            .zip(effective)
+            .map(|(e, &w)| match tier {
+                Some(tier) if e.priority() == tier => w,
                 _ => 0,
             })
             .collect();

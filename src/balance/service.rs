@@ -7,6 +7,7 @@ use pin_project_lite::pin_project;
 use reqwest::header::{HOST, HeaderValue};
 use tower::{Service, ServiceExt};
 
+use crate::classify::{Classify, HttpClassifier};
 use crate::discovery::{BoxFuture, Lookup, Registry, Snapshot};
 use crate::endpoint::{Endpoint, EndpointAddr};
 use crate::error::Error;
@@ -14,11 +15,16 @@ use crate::error::Error;
 /// The service [`BalanceLayer`](super::BalanceLayer) produces: it reads the logical service
 /// from the request URL's host, picks one of its endpoints and rewrites the URL's scheme,
 /// host and port to it, keeping path and query.
+///
+/// Each call's outcome, as the classifier `C` sees it, and its latency are recorded against
+/// the endpoint that served it: they feed its health score and outlier ejection (see
+/// [`health`](super::health)), and a response that pushes back pauses the endpoint.
 #[derive(Clone, Debug)]
-pub struct Balance<S> {
+pub struct Balance<S, C = HttpClassifier> {
     inner: S,
     registry: Registry,
     preserve_host: bool,
+    classifier: C,
 }
 
 impl<S> Balance<S> {
@@ -28,6 +34,19 @@ impl<S> Balance<S> {
             inner,
             registry,
             preserve_host,
+            classifier: HttpClassifier,
+        }
+    }
+}
+
+impl<S, C> Balance<S, C> {
+    /// Classifies outcomes with `classifier` instead of [`HttpClassifier`].
+    pub fn with_classifier<D>(self, classifier: D) -> Balance<S, D> {
+        Balance {
+            inner: self.inner,
+            registry: self.registry,
+            preserve_host: self.preserve_host,
+            classifier,
         }
     }
 
@@ -52,15 +71,16 @@ impl<S> Balance<S> {
     }
 }
 
-impl<S> Service<reqwest::Request> for Balance<S>
+impl<S, C> Service<reqwest::Request> for Balance<S, C>
 where
     S: Service<reqwest::Request> + Clone + Send + 'static,
     S::Error: Into<Error>,
     S::Future: Send,
+    C: Classify<S::Response>,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = ResponseFuture<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future, S::Response, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -77,7 +97,7 @@ where
                 let index = avoid_tried(&snapshot, index);
                 rewrite(&mut request, &snapshot.endpoints[index], self.preserve_host);
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, snapshot, index)
+                ResponseFuture::called(future, snapshot, index, self.classifier.clone())
             }
             Ok(Lookup::Pending(entry)) => {
                 // Cold path: the service's first snapshot is not in yet. Hand the readied
@@ -88,15 +108,19 @@ where
                 // `oneshot` drops this service as soon as it has called it.
                 let registry = self.registry.clone();
                 let preserve_host = self.preserve_host;
+                let classifier = self.classifier.clone();
                 ResponseFuture::waiting(Box::pin(async move {
                     let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
                     drop(registry);
                     let index = avoid_tried(&snapshot, entry.pick(&snapshot)?);
                     rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
-                    inner
+                    let started = tokio::time::Instant::now();
+                    let result = inner
                         .oneshot(request)
                         .await
-                        .map_err(|error| attach(error.into(), &snapshot, index))
+                        .map_err(|error| attach(error.into(), &snapshot, index));
+                    observe(&snapshot, index, &classifier, result.as_ref(), started);
+                    result
                 }))
             }
         }
@@ -158,6 +182,22 @@ fn rewrite(request: &mut reqwest::Request, endpoint: &Endpoint, preserve_host: b
     let _ = url.set_port(Some(endpoint.addr().port()));
 }
 
+/// Records a call's outcome against its endpoint, and any pushback.
+fn observe<R, C: Classify<R>>(
+    snapshot: &Snapshot,
+    index: usize,
+    classifier: &C,
+    result: Result<&R, &Error>,
+    started: tokio::time::Instant,
+) {
+    if let Ok(response) = result
+        && let Some(pause) = classifier.pushback(response)
+    {
+        snapshot.pushback(index, pause);
+    }
+    snapshot.record(index, classifier.classify(result), started.elapsed());
+}
+
 fn attach(error: Error, snapshot: &Snapshot, index: usize) -> Error {
     let error = if error.has_service() {
         error
@@ -173,21 +213,23 @@ fn attach(error: Error, snapshot: &Snapshot, index: usize) -> Error {
 
 pin_project! {
     /// The future of [`Balance`].
-    pub struct ResponseFuture<F, R> {
+    pub struct ResponseFuture<F, R, C> {
         #[pin]
-        state: State<F, R>,
+        state: State<F, R, C>,
     }
 }
 
 pin_project! {
     #[project = Projection]
-    enum State<F, R> {
+    enum State<F, R, C> {
         // An endpoint was picked and the inner service called.
         Called {
             #[pin]
             future: F,
             snapshot: Arc<Snapshot>,
             index: usize,
+            classifier: C,
+            started: tokio::time::Instant,
         },
         // Waiting for the service's first snapshot.
         Waiting {
@@ -200,19 +242,21 @@ pin_project! {
     }
 }
 
-impl<F, R> ResponseFuture<F, R> {
+impl<F, R, C> ResponseFuture<F, R, C> {
     fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
         }
     }
 
-    fn called(future: F, snapshot: Arc<Snapshot>, index: usize) -> Self {
+    fn called(future: F, snapshot: Arc<Snapshot>, index: usize, classifier: C) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
                 snapshot,
                 index,
+                classifier,
+                started: tokio::time::Instant::now(),
             },
         }
     }
@@ -224,7 +268,7 @@ impl<F, R> ResponseFuture<F, R> {
     }
 }
 
-impl<F, R> std::fmt::Debug for ResponseFuture<F, R> {
+impl<F, R, C> std::fmt::Debug for ResponseFuture<F, R, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.state {
             State::Called { .. } => "ResponseFuture::Called",
@@ -234,10 +278,11 @@ impl<F, R> std::fmt::Debug for ResponseFuture<F, R> {
     }
 }
 
-impl<F, R, E> Future for ResponseFuture<F, R>
+impl<F, R, E, C> Future for ResponseFuture<F, R, C>
 where
     F: Future<Output = Result<R, E>>,
     E: Into<Error>,
+    C: Classify<R>,
 {
     type Output = Result<R, Error>;
 
@@ -247,9 +292,14 @@ where
                 future,
                 snapshot,
                 index,
-            } => future
-                .poll(cx)
-                .map_err(|error| attach(error.into(), snapshot, *index)),
+                classifier,
+                started,
+            } => {
+                let result = std::task::ready!(future.poll(cx))
+                    .map_err(|error| attach(error.into(), snapshot, *index));
+                observe(snapshot, *index, classifier, result.as_ref(), *started);
+                Poll::Ready(result)
+            }
             Projection::Waiting { future } => future.as_mut().poll(cx),
             Projection::Failed { error } => Poll::Ready(Err(error
                 .take()

@@ -83,6 +83,33 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Outlier ejection settings (on by default; see [`crate::balance::health`]).
+    pub fn outlier_detection(
+        mut self,
+        detection: crate::balance::health::OutlierDetection,
+    ) -> Self {
+        self.registry = self.registry.outlier_detection(detection);
+        self
+    }
+
+    /// Never ejects endpoints.
+    pub fn disable_outlier_detection(mut self) -> Self {
+        self.registry = self.registry.disable_outlier_detection();
+        self
+    }
+
+    /// Health-score settings (on by default; see [`crate::balance::health`]).
+    pub fn health_scoring(mut self, scoring: crate::balance::health::HealthScoring) -> Self {
+        self.registry = self.registry.health_scoring(scoring);
+        self
+    }
+
+    /// Uses configured weights as they are, without health scores.
+    pub fn disable_health_scoring(mut self) -> Self {
+        self.registry = self.registry.disable_health_scoring();
+        self
+    }
+
     /// Applies every discovery update at once, however many endpoints it removes.
     pub fn disable_mass_removal_guard(mut self) -> Self {
         self.registry = self.registry.disable_mass_removal_guard();

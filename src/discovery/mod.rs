@@ -72,8 +72,8 @@ use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::BoxError;
 
 pub use registry::{
-    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE, DiscoveryStatus, MAX_ENDPOINTS,
-    Registry, RegistryBuilder, ServiceOptions,
+    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE, DiscoveryStatus, EndpointStatus,
+    MAX_ENDPOINTS, Registry, RegistryBuilder, ServiceOptions,
 };
 pub(crate) use registry::{Lookup, Snapshot};
 pub use static_list::StaticDiscovery;

@@ -13,8 +13,10 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::{Discovery, DiscoveryError};
+use crate::balance::health::{EndpointStats, HealthScoring, OutlierDetection, scores};
 use crate::balance::rng::PickRng;
 use crate::balance::{Balancer, Selection};
+use crate::classify::Outcome;
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
 
@@ -93,6 +95,8 @@ pub struct RegistryBuilder {
 struct Safety {
     max_staleness: Option<Duration>,
     mass_removal_share: Option<f64>,
+    detection: Option<OutlierDetection>,
+    scoring: Option<HealthScoring>,
 }
 
 impl Default for RegistryBuilder {
@@ -106,6 +110,8 @@ impl Default for RegistryBuilder {
             safety: Safety {
                 max_staleness: None,
                 mass_removal_share: Some(DEFAULT_MASS_REMOVAL_SHARE),
+                detection: Some(OutlierDetection::default()),
+                scoring: Some(HealthScoring::default()),
             },
         }
     }
@@ -171,6 +177,32 @@ impl RegistryBuilder {
         self
     }
 
+    /// Ejects endpoints that fail in a row, as `detection` says (on by default, with
+    /// Envoy's defaults; see [`crate::balance::health`]).
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.safety.detection = Some(detection);
+        self
+    }
+
+    /// Never ejects endpoints.
+    pub fn disable_outlier_detection(mut self) -> Self {
+        self.safety.detection = None;
+        self
+    }
+
+    /// Bends weights by health scores, as `scoring` says (on by default; see
+    /// [`crate::balance::health`]).
+    pub fn health_scoring(mut self, scoring: HealthScoring) -> Self {
+        self.safety.scoring = Some(scoring);
+        self
+    }
+
+    /// Uses the configured weights as they are.
+    pub fn disable_health_scoring(mut self) -> Self {
+        self.safety.scoring = None;
+        self
+    }
+
     /// Applies every update as it comes, however many endpoints it removes.
     pub fn disable_mass_removal_guard(mut self) -> Self {
         self.safety.mass_removal_share = None;
@@ -184,6 +216,12 @@ impl RegistryBuilder {
                 "first_snapshot_timeout",
                 "must be greater than zero",
             ));
+        }
+        if let Some(detection) = &self.safety.detection {
+            detection.validate()?;
+        }
+        if let Some(scoring) = &self.safety.scoring {
+            scoring.validate()?;
         }
         if self.safety.max_staleness.is_some_and(|d| d.is_zero()) {
             return Err(Error::builder("max_staleness", "must be greater than zero"));
@@ -293,6 +331,34 @@ impl Registry {
     /// The state of `service`'s discovery, if it has been used.
     pub fn status(&self, service: &str) -> Option<DiscoveryStatus> {
         self.inner.services.load().get(service).map(|e| e.status())
+    }
+
+    /// What the mesh knows of each endpoint of `service` now, if it has been resolved.
+    pub fn endpoint_status(&self, service: &str) -> Option<Vec<EndpointStatus>> {
+        let services = self.inner.services.load();
+        let entry = services.get(service)?;
+        let snapshot = entry.current.load_full()?;
+        let now = Instant::now();
+        let scoring = entry.safety.scoring.unwrap_or_default();
+        let stats: Vec<&EndpointStats> = snapshot.stats.iter().map(|s| &**s).collect();
+        let scores = scores(&stats, &scoring);
+        Some(
+            snapshot
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, endpoint)| EndpointStatus {
+                    addr: endpoint.addr().clone(),
+                    weight: endpoint.weight(),
+                    effective_weight: snapshot.effective[i],
+                    health_score: scores[i],
+                    success_rate: stats[i].success_rate(),
+                    latency: Duration::from_secs_f64(stats[i].latency().max(0.0)),
+                    ejected: stats[i].is_ejected(entry.epoch, now),
+                    paused: stats[i].is_paused(entry.epoch, now),
+                })
+                .collect(),
+        )
     }
 
     /// The services resolved so far.
@@ -439,15 +505,77 @@ pub struct DiscoveryStatus {
     pub removals_held: u64,
 }
 
-/// One service's snapshot: its endpoints and the selection table built for them.
+/// What the mesh knows of one endpoint, from [`Registry::endpoint_status`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointStatus {
+    /// The endpoint.
+    pub addr: crate::endpoint::EndpointAddr,
+    /// Its configured weight.
+    pub weight: u32,
+    /// The weight the balancer uses now (health score, ejection and pauses applied; scaled
+    /// by 64 when health scoring is on). 0: it takes no traffic.
+    pub effective_weight: u32,
+    /// Its health score: 0 when healthy, lower as it fails or slows.
+    pub health_score: f64,
+    /// The moving average of its successes, from 0 to 1.
+    pub success_rate: f64,
+    /// The moving average of its latency.
+    pub latency: Duration,
+    /// Ejected for failing in a row.
+    pub ejected: bool,
+    /// Paused at its own request (`Retry-After`).
+    pub paused: bool,
+}
+
+/// One service's snapshot: its endpoints, what the mesh has learnt of each, and the
+/// selection table built for their effective weights.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) service: ServiceName,
     pub(crate) endpoints: Arc<[Endpoint]>,
+    stats: Arc<[Arc<EndpointStats>]>,
+    effective: Box<[u32]>,
     selection: Selection,
+    entry: Weak<ServiceEntry>,
 }
 
 impl Snapshot {
+    /// Records a call's outcome against its endpoint: moving averages, and ejection after a
+    /// run of failures.
+    pub(crate) fn record(&self, index: usize, outcome: Outcome, latency: Duration) {
+        let Some(entry) = self.entry.upgrade() else {
+            return;
+        };
+        let scoring = entry.safety.scoring.unwrap_or_default();
+        let Some(detection) = entry.safety.detection else {
+            self.stats[index].record(outcome, latency, &scoring, &OutlierDetection::default());
+            return;
+        };
+        if self.stats[index].record(outcome, latency, &scoring, &detection) {
+            entry.eject(self, index, &detection);
+        }
+    }
+
+    /// Pauses an endpoint that pushed back.
+    pub(crate) fn pushback(&self, index: usize, time: Duration) {
+        let Some(entry) = self.entry.upgrade() else {
+            return;
+        };
+        let time = entry
+            .safety
+            .detection
+            .map_or(time, |d| time.min(d.max_ejection));
+        self.stats[index].pause(entry.epoch, Instant::now(), time);
+        tracing::info!(
+            service = %self.service,
+            endpoint = %self.endpoints[index].addr(),
+            pause = ?time,
+            "endpoint pushed back; pausing it"
+        );
+        entry.rebuild();
+    }
+
     /// `index` if the call has not tried that endpoint yet; otherwise another endpoint that
     /// may take traffic and that it has not tried, preferring the same priority tier; `index`
     /// again when it has tried them all.
@@ -651,8 +779,108 @@ impl ServiceEntry {
         );
     }
 
+    /// The effective weight of each endpoint now: its weight if it may take traffic, bent by
+    /// its health score; 0 if it may not, or is ejected or paused (unless too few remain,
+    /// the panic threshold).
+    fn effective(&self, endpoints: &[Endpoint], stats: &[Arc<EndpointStats>]) -> Box<[u32]> {
+        let now = Instant::now();
+        let eligible = |i: usize| endpoints[i].is_eligible();
+        let out =
+            |i: usize| stats[i].is_ejected(self.epoch, now) || stats[i].is_paused(self.epoch, now);
+        let eligible_count = (0..endpoints.len()).filter(|&i| eligible(i)).count();
+        let available_count = (0..endpoints.len())
+            .filter(|&i| eligible(i) && !out(i))
+            .count();
+        let panic = self
+            .safety
+            .detection
+            .is_some_and(|d| (available_count as f64) < d.panic_threshold * eligible_count as f64);
+        if panic {
+            tracing::warn!(
+                service = %self.name,
+                available = available_count,
+                eligible = eligible_count,
+                "below the panic threshold: balancing across every endpoint"
+            );
+        }
+        let factors: Option<Vec<f64>> = self.safety.scoring.map(|scoring| {
+            let stats: Vec<&EndpointStats> = stats.iter().map(|s| &**s).collect();
+            scores(&stats, &scoring)
+                .into_iter()
+                .map(|score| scoring.factor(score))
+                .collect()
+        });
+        (0..endpoints.len())
+            .map(|i| {
+                if !eligible(i) || (out(i) && !panic) {
+                    return 0;
+                }
+                let weight = endpoints[i].weight();
+                match &factors {
+                    None => weight,
+                    // Scaled by 64 so that a factor below 1 keeps its resolution; equal
+                    // factors cancel out (and a weighted round robin divides by the gcd).
+                    Some(factors) => (f64::from(weight) * 64.0 * factors[i])
+                        .round()
+                        .clamp(1.0, f64::from(u32::MAX))
+                        as u32,
+                }
+            })
+            .collect()
+    }
+
+    /// Rebuilds the current snapshot's selection if effective weights changed.
+    fn rebuild(self: &Arc<Self>) {
+        let Some(current) = self.current.load_full() else {
+            return;
+        };
+        let now = Instant::now();
+        for stats in current.stats.iter() {
+            stats.expire(self.epoch, now);
+        }
+        let effective = self.effective(&current.endpoints, &current.stats);
+        if effective == current.effective {
+            return;
+        }
+        let selection =
+            Selection::with_weights(self.balancer, &current.endpoints, &effective, &self.rng);
+        self.current.store(Some(Arc::new(Snapshot {
+            service: self.name.clone(),
+            endpoints: current.endpoints.clone(),
+            stats: current.stats.clone(),
+            effective,
+            selection,
+            entry: Arc::downgrade(self),
+        })));
+    }
+
+    /// Ejects endpoint `index` of `snapshot`, unless the maximum share is already ejected.
+    fn eject(self: &Arc<Self>, snapshot: &Snapshot, index: usize, detection: &OutlierDetection) {
+        let now = Instant::now();
+        let ejected = snapshot
+            .stats
+            .iter()
+            .filter(|s| s.is_ejected(self.epoch, now))
+            .count();
+        let allowed =
+            ((detection.max_ejected_share * snapshot.stats.len() as f64).floor() as usize).max(1);
+        let endpoint = snapshot.endpoints[index].addr();
+        if ejected >= allowed {
+            tracing::warn!(
+                service = %self.name,
+                endpoint = %endpoint,
+                ejected,
+                "endpoint failing, but the maximum share is already ejected"
+            );
+            return;
+        }
+        let time = snapshot.stats[index].eject(self.epoch, now, detection);
+        tracing::warn!(service = %self.name, endpoint = %endpoint, ejected_for = ?time, "endpoint ejected");
+        self.rebuild();
+    }
+
     /// Publishes a validated set if it differs from the current one.
-    fn apply(&self, endpoints: Arc<[Endpoint]>) {
+    fn apply(self: &Arc<Self>, endpoints: Arc<[Endpoint]>) {
         self.failing_since.store(0, Ordering::Relaxed);
         let mut status = self.lock_status();
         status.refreshed_at = Some(Instant::now());
@@ -667,7 +895,24 @@ impl ServiceEntry {
             return;
         }
         status.version += 1;
-        let selection = Selection::build(self.balancer, &endpoints, &self.rng);
+        // What was learnt of an endpoint stays with it while it stays listed.
+        let previous = self.current.load_full();
+        let stats: Arc<[Arc<EndpointStats>]> = endpoints
+            .iter()
+            .map(|endpoint| {
+                previous
+                    .as_ref()
+                    .and_then(|p| {
+                        p.endpoints
+                            .binary_search_by(|e| e.addr().cmp(endpoint.addr()))
+                            .ok()
+                            .map(|i| p.stats[i].clone())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        let effective = self.effective(&endpoints, &stats);
+        let selection = Selection::with_weights(self.balancer, &endpoints, &effective, &self.rng);
         tracing::info!(
             service = %self.name,
             endpoints = endpoints.len(),
@@ -677,7 +922,10 @@ impl ServiceEntry {
         self.current.store(Some(Arc::new(Snapshot {
             service: self.name.clone(),
             endpoints,
+            stats,
+            effective,
             selection,
+            entry: Arc::downgrade(self),
         })));
         drop(status);
         self.changed.notify_waiters();
@@ -730,9 +978,30 @@ async fn watch(
     discovery: Arc<dyn Discovery>,
     registry: Weak<RegistryInner>,
 ) {
+    let period = entry
+        .safety
+        .scoring
+        .map(|s| s.update_period)
+        .or(entry.safety.detection.map(|_| Duration::from_secs(1)));
+    let mut ticks = period.map(|period| {
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     loop {
         let mut snapshots = discovery.clone().watch(entry.name.clone());
-        while let Some(result) = snapshots.next().await {
+        loop {
+            let result = tokio::select! {
+                result = snapshots.next() => match result {
+                    Some(result) => result,
+                    None => break,
+                },
+                _ = tick(&mut ticks) => {
+                    // Effective weights move with health scores, and ejections run out.
+                    entry.rebuild();
+                    continue;
+                }
+            };
             let error = match result.and_then(canonical) {
                 Ok(endpoints) if entry.is_mass_removal(&endpoints) => {
                     match confirm_removal(&entry, &*discovery, endpoints).await {
@@ -765,7 +1034,7 @@ async fn watch(
 /// Asks the backend again before applying an update that removes most endpoints: the
 /// second answer is applied if it is the same set, or if it no longer removes too many.
 async fn confirm_removal(
-    entry: &ServiceEntry,
+    entry: &Arc<ServiceEntry>,
     discovery: &dyn Discovery,
     proposed: Arc<[Endpoint]>,
 ) -> Result<(), DiscoveryError> {
@@ -787,4 +1056,14 @@ async fn confirm_removal(
         entry.hold_removal(current, second.len());
     }
     Ok(())
+}
+
+/// The next maintenance tick, or never.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

@@ -87,6 +87,54 @@ async fn echo(State((name, status)): State<(Arc<str>, StatusCode)>, request: Req
         .expect("valid response")
 }
 
+/// Knobs of a [`TestServer::start_controlled`] server, changeable while it runs.
+#[derive(Clone, Default)]
+pub struct Control {
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// 0 for 200.
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    /// Sent as `Retry-After` when above 0.
+    pub retry_after: Arc<std::sync::atomic::AtomicU64>,
+    pub hits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn controlled(State((name, control)): State<(Arc<str>, Control)>) -> Response {
+    control.hits.fetch_add(1, Ordering::SeqCst);
+    let delay = control.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = match control.status.load(Ordering::SeqCst) {
+        0 => StatusCode::OK,
+        code => StatusCode::from_u16(code).expect("a status"),
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header("x-server", &*name);
+    let retry_after = control.retry_after.load(Ordering::SeqCst);
+    if retry_after > 0 {
+        response = response.header("retry-after", retry_after.to_string());
+    }
+    response.body(Body::empty()).expect("valid response")
+}
+
+impl TestServer {
+    /// A server whose delay and status the test sets through the returned [`Control`].
+    pub async fn start_controlled(name: &str) -> (TestServer, Control) {
+        let control = Control::default();
+        let router = Router::new()
+            .fallback(controlled)
+            .with_state((Arc::<str>::from(name), control.clone()));
+        let served = Served::start(router);
+        let server = TestServer {
+            name: name.to_owned(),
+            addr: served.addr,
+            served,
+        };
+        (server, control)
+    }
+}
+
 /// Starts `n` servers named `s0`, `s1`, ...
 pub async fn servers(n: usize) -> Vec<TestServer> {
     let mut servers = Vec::with_capacity(n);

@@ -1,0 +1,414 @@
+//! What the mesh learns about each endpoint from its own calls: outlier ejection (Envoy's
+//! consecutive-failure detector, with its maximum ejection share and panic threshold),
+//! pushback, and a soft health score that bends weights before anything is ejected.
+//!
+//! # Health scores
+//!
+//! Each endpoint keeps exponentially weighted moving averages of its success (1 for a success,
+//! 0 for a failure) and of its latency. Its score is
+//!
+//! ```text
+//! score(i) = failure_scale · (success(i) − 1)
+//!          − latency_scale · max(0, log2(latency(i) / median latency) − 1)
+//! ```
+//!
+//! 0 for an endpoint that never fails and is at most twice as slow as the median (ordinary
+//! jitter costs nothing), lower as it degrades.
+//! Its effective weight is `w(i) · F(score(i) − θ) / F(−θ)`, with the logistic
+//! `F(x) = 1 / (1 + e^(−x))`: a healthy endpoint keeps its configured weight, a degrading
+//! one loses traffic smoothly, long before consecutive failures eject it. With the defaults
+//! (θ = −4, failure scale 10, latency scale 2), 20% failures keep 90% of the weight, 50%
+//! keep 28%, and an endpoint four times slower than the median keeps 90%, eight times 51%.
+//! Effective weights are recomputed off the request path, every `update_period` (1 s, as
+//! gRPC's weighted round robin does by default), and the selection table is rebuilt only
+//! when they changed.
+//!
+//! # Ejection
+//!
+//! `consecutive_failures` failures in a row (5, Envoy's `consecutive_5xx`) eject an endpoint
+//! for `base_ejection × times ejected` (30 s), at most `max_ejection` (300 s); it takes
+//! traffic again at the first maintenance tick after that (every `update_period`). At most
+//! `max_ejected_share` of a service's endpoints (10%, Envoy's `max_ejection_percent`) are
+//! ejected at once, though one may always be. When fewer than `panic_threshold` (50%) of the
+//! endpoints that may take traffic remain, ejections and pauses are ignored and traffic goes
+//! to all of them, as in Envoy's panic mode.
+//!
+//! # Pushback
+//!
+//! A `429` or `503` with `Retry-After` (seconds) pauses that endpoint for that long, at most
+//! `max_ejection`, without counting as a failure anywhere.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::error::Error;
+
+/// Outlier ejection settings; the defaults are Envoy's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[must_use]
+pub struct OutlierDetection {
+    pub(crate) consecutive_failures: u32,
+    pub(crate) base_ejection: Duration,
+    pub(crate) max_ejection: Duration,
+    pub(crate) max_ejected_share: f64,
+    pub(crate) panic_threshold: f64,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_share: 0.1,
+            panic_threshold: 0.5,
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// Failures in a row that eject an endpoint (5).
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.consecutive_failures = failures;
+        self
+    }
+
+    /// Ejection time: `base × times ejected`, at most `max` (30 s and 300 s).
+    pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
+        self.base_ejection = base;
+        self.max_ejection = max;
+        self
+    }
+
+    /// The largest share of endpoints ejected at once (0.1); one may always be.
+    pub fn max_ejected_share(mut self, share: f64) -> Self {
+        self.max_ejected_share = share;
+        self
+    }
+
+    /// Below this share of available endpoints (0.5), ignore ejections (panic mode); 0
+    /// turns panic mode off.
+    pub fn panic_threshold(mut self, share: f64) -> Self {
+        self.panic_threshold = share;
+        self
+    }
+
+    /// Checks the settings; an error names the one at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.consecutive_failures == 0 {
+            return Err(Error::builder(
+                "outlier_detection.consecutive_failures",
+                "must be at least 1",
+            ));
+        }
+        if self.base_ejection.is_zero() || self.max_ejection < self.base_ejection {
+            return Err(Error::builder(
+                "outlier_detection.ejection_time",
+                "needs a base above zero and a maximum of at least the base",
+            ));
+        }
+        for (name, share) in [
+            ("max_ejected_share", self.max_ejected_share),
+            ("panic_threshold", self.panic_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(Error::builder(
+                    format!("outlier_detection.{name}"),
+                    "must be from 0 to 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Health-score settings (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[must_use]
+pub struct HealthScoring {
+    pub(crate) theta: f64,
+    pub(crate) failure_scale: f64,
+    pub(crate) latency_scale: f64,
+    pub(crate) smoothing: f64,
+    pub(crate) update_period: Duration,
+}
+
+impl Default for HealthScoring {
+    fn default() -> Self {
+        HealthScoring {
+            theta: -4.0,
+            failure_scale: 10.0,
+            latency_scale: 2.0,
+            smoothing: 0.1,
+            update_period: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HealthScoring {
+    /// θ, the score at which an endpoint keeps half the weight it would at score 0's
+    /// sigmoid (−4).
+    pub fn theta(mut self, theta: f64) -> Self {
+        self.theta = theta;
+        self
+    }
+
+    /// How much failures (10) and slowness (2, per doubling over the median) lower a score.
+    pub fn scales(mut self, failure: f64, latency: f64) -> Self {
+        self.failure_scale = failure;
+        self.latency_scale = latency;
+        self
+    }
+
+    /// The weight of each new outcome in the moving averages, above 0 and at most 1 (0.1).
+    pub fn smoothing(mut self, alpha: f64) -> Self {
+        self.smoothing = alpha;
+        self
+    }
+
+    /// How often effective weights are recomputed (1 s).
+    pub fn update_period(mut self, period: Duration) -> Self {
+        self.update_period = period;
+        self
+    }
+
+    /// Checks the settings; an error names the one at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
+            return Err(Error::builder(
+                "health_scoring.smoothing",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if self.update_period.is_zero() {
+            return Err(Error::builder(
+                "health_scoring.update_period",
+                "must be above zero",
+            ));
+        }
+        if !(self.failure_scale >= 0.0 && self.latency_scale >= 0.0 && self.theta.is_finite()) {
+            return Err(Error::builder(
+                "health_scoring.scales",
+                "must be finite and not negative",
+            ));
+        }
+        Ok(())
+    }
+
+    fn logistic(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    /// The factor a score multiplies the weight by: 1 at score 0.
+    pub(crate) fn factor(&self, score: f64) -> f64 {
+        Self::logistic(score - self.theta) / Self::logistic(-self.theta)
+    }
+}
+
+/// Nanoseconds after `epoch`, plus one, so that 0 can mean "never".
+fn stamp(epoch: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(epoch).as_nanos() as u64 + 1
+}
+
+/// One endpoint's record, kept across snapshots while the endpoint stays listed.
+#[derive(Debug)]
+pub(crate) struct EndpointStats {
+    consecutive_failures: AtomicU32,
+    times_ejected: AtomicU32,
+    ejected_until: AtomicU64,
+    paused_until: AtomicU64,
+    success: AtomicU64,
+    latency: AtomicU64,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        EndpointStats {
+            consecutive_failures: AtomicU32::new(0),
+            times_ejected: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            paused_until: AtomicU64::new(0),
+            success: AtomicU64::new(1f64.to_bits()),
+            latency: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+}
+
+/// Moves a moving average towards `sample`. With `seed`, an average of exactly 0 means "no
+/// sample yet" and takes the first sample whole (latencies).
+fn ewma(cell: &AtomicU64, sample: f64, alpha: f64, seed: bool) {
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        let old = f64::from_bits(bits);
+        let new = if seed && old == 0.0 {
+            sample
+        } else {
+            old + alpha * (sample - old)
+        };
+        Some(new.to_bits())
+    });
+}
+
+impl EndpointStats {
+    /// Records a call's outcome; true when it completes a run of consecutive failures that
+    /// should eject the endpoint.
+    pub(crate) fn record(
+        &self,
+        outcome: Outcome,
+        latency: Duration,
+        scoring: &HealthScoring,
+        detection: &OutlierDetection,
+    ) -> bool {
+        let alpha = scoring.smoothing;
+        match outcome {
+            Outcome::Ignored => false,
+            Outcome::Success => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                ewma(&self.success, 1.0, alpha, false);
+                ewma(&self.latency, latency.as_secs_f64(), alpha, true);
+                false
+            }
+            Outcome::Failure => {
+                ewma(&self.success, 0.0, alpha, false);
+                ewma(&self.latency, latency.as_secs_f64(), alpha, true);
+                let run = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                run == detection.consecutive_failures
+            }
+        }
+    }
+
+    pub(crate) fn is_ejected(&self, epoch: Instant, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > stamp(epoch, now)
+    }
+
+    pub(crate) fn is_paused(&self, epoch: Instant, now: Instant) -> bool {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        until != 0 && until > stamp(epoch, now)
+    }
+
+    /// Ejects the endpoint; returns how long for.
+    pub(crate) fn eject(
+        &self,
+        epoch: Instant,
+        now: Instant,
+        detection: &OutlierDetection,
+    ) -> Duration {
+        let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = detection
+            .base_ejection
+            .saturating_mul(times)
+            .min(detection.max_ejection);
+        self.ejected_until
+            .store(stamp(epoch, now + time), Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        time
+    }
+
+    /// Pauses the endpoint at its own request.
+    pub(crate) fn pause(&self, epoch: Instant, now: Instant, time: Duration) {
+        self.paused_until
+            .store(stamp(epoch, now + time), Ordering::Relaxed);
+    }
+
+    /// Clears an ejection or pause that has run out; true if one did.
+    pub(crate) fn expire(&self, epoch: Instant, now: Instant) -> bool {
+        let now = stamp(epoch, now);
+        let mut changed = false;
+        for cell in [&self.ejected_until, &self.paused_until] {
+            let until = cell.load(Ordering::Relaxed);
+            if until != 0 && until <= now {
+                cell.store(0, Ordering::Relaxed);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    pub(crate) fn success_rate(&self) -> f64 {
+        f64::from_bits(self.success.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn latency(&self) -> f64 {
+        f64::from_bits(self.latency.load(Ordering::Relaxed))
+    }
+}
+
+/// The health scores of a set of endpoints, from their stats.
+pub(crate) fn scores(stats: &[&EndpointStats], scoring: &HealthScoring) -> Vec<f64> {
+    let mut latencies: Vec<f64> = stats
+        .iter()
+        .map(|s| s.latency())
+        .filter(|l| *l > 0.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let median = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
+    stats
+        .iter()
+        .map(|s| {
+            let failure = scoring.failure_scale * (s.success_rate() - 1.0);
+            let slowness = if median > 0.0 && s.latency() > 0.0 {
+                scoring.latency_scale * ((s.latency() / median).log2() - 1.0).max(0.0)
+            } else {
+                0.0
+            };
+            failure - slowness
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_factors_hold() {
+        let scoring = HealthScoring::default();
+        let at = |failure_share: f64| scoring.factor(scoring.failure_scale * -failure_share);
+        assert!((scoring.factor(0.0) - 1.0).abs() < 1e-12);
+        assert!((at(0.2) - 0.90).abs() < 0.01, "{}", at(0.2));
+        assert!((at(0.5) - 0.28).abs() < 0.01, "{}", at(0.5));
+        let slower =
+            |ratio: f64| scoring.factor(-scoring.latency_scale * (f64::log2(ratio) - 1.0).max(0.0));
+        assert_eq!(slower(2.0), 1.0, "twice the median is free");
+        assert!((slower(4.0) - 0.90).abs() < 0.01, "{}", slower(4.0));
+        assert!((slower(8.0) - 0.51).abs() < 0.01, "{}", slower(8.0));
+    }
+
+    #[test]
+    fn scores_fall_with_failures_and_slowness() {
+        let scoring = HealthScoring::default().smoothing(1.0);
+        let detection = OutlierDetection::default();
+        let fast = EndpointStats::default();
+        let slow = EndpointStats::default();
+        let failing = EndpointStats::default();
+        fast.record(
+            Outcome::Success,
+            Duration::from_millis(10),
+            &scoring,
+            &detection,
+        );
+        slow.record(
+            Outcome::Success,
+            Duration::from_millis(80),
+            &scoring,
+            &detection,
+        );
+        failing.record(
+            Outcome::Failure,
+            Duration::from_millis(10),
+            &scoring,
+            &detection,
+        );
+        let s = scores(&[&fast, &slow, &failing], &scoring);
+        assert_eq!(s[0], 0.0);
+        assert!(
+            (s[1] - -4.0).abs() < 1e-9,
+            "8x the median of 10 ms: {}",
+            s[1]
+        );
+        assert_eq!(s[2], -10.0);
+    }
+}
