@@ -152,6 +152,20 @@ fn invalid_configs_name_the_field() {
         ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nnameservers = [\"localhost\"]".into(), "discovery.d.nameservers[0]"),
         ("[client]\nmass_removal_share = 1.5".into(), "client.mass_removal_share"),
         ("[client]\nmax_staleness = \"0s\"".into(), "client.max_staleness"),
+        ("[client.traffic]\ntimeout = \"0s\"".into(), "client.traffic.timeout"),
+        ("[client.traffic.retry]\nmax_attempts = 0".into(), "client.traffic.retry.max_attempts"),
+        ("[client.traffic.retry]\nbudget_ratio = 0.0".into(), "client.traffic.retry.budget_ratio"),
+        ("[client.traffic.retry]\nmax_atempts = 2".into(), "client.traffic.retry.max_atempts"),
+        ("[client.traffic.breaker]\nfailure_rate_threshold = 150".into(), "client.traffic.breaker.failure_rate_threshold"),
+        ("[client.traffic.breaker]\nwindow_calls = 10\nwindow_time = \"10s\"".into(), "client.traffic.breaker.window_time"),
+        ("[client.traffic.rate_limit]\ncalls = 0".into(), "client.traffic.rate_limit.calls"),
+        ("[client.traffic]\nconcurrency_limit = 0".into(), "client.traffic.concurrency_limit"),
+        ("[client.outlier_detection]\nmax_ejected_share = 2.0".into(), "client.outlier_detection.max_ejected_share"),
+        ("[client.health_scoring]\nsmoothing = 0.0".into(), "client.health_scoring.smoothing"),
+        (
+            "[services.orders]\nendpoints = [ { addr = \"10.0.0.1:80\" } ]\n[services.orders.traffic.retry]\nmax_attempts = 0".into(),
+            "services.orders.traffic.retry.max_attempts",
+        ),
     ];
     for (toml, field) in cases {
         assert_eq!(field_of(MeshConfig::from_toml_str(&toml)), field, "{toml}");
@@ -339,7 +353,7 @@ async fn a_configured_consul_backend_resolves_through_the_api() {
 #[test]
 fn the_configs_shown_in_the_docs_parse() {
     let readme = include_str!("../README.md");
-    let module_docs: String = include_str!("../src/config.rs")
+    let module_docs: String = include_str!("../src/config/mod.rs")
         .lines()
         .filter_map(|line| line.strip_prefix("//! ").or(line.strip_prefix("//!")))
         .collect::<Vec<_>>()
@@ -353,4 +367,49 @@ fn the_configs_shown_in_the_docs_parse() {
         }
     }
     assert!(blocks >= 2, "found {blocks} blocks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_policies_come_from_config_per_service() {
+    let servers = servers(1).await;
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+        [client.traffic]
+        timeout = "2s"
+        concurrency_limit = 64
+        [client.traffic.retry]
+        max_attempts = 3
+        per_attempt_timeout = "500ms"
+        [client.traffic.breaker]
+        window_calls = 20
+        minimum_calls = 10
+
+        [client.outlier_detection]
+        consecutive_failures = 5
+        [client.health_scoring]
+        theta = -4.0
+
+        [services.orders]
+        endpoints = [ {{ addr = "{addr}" }} ]
+        [services.orders.traffic.rate_limit]
+        calls = 1
+        per = "1m"
+
+        [services.billing]
+        endpoints = [ {{ addr = "{addr}" }} ]
+        "#,
+        addr = servers[0].addr
+    ))
+    .expect("valid");
+    let mesh = MeshClient::from_config(&config).expect("valid client");
+    assert!(mesh.get("http://orders/").send().await.is_ok());
+    let err = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("limited");
+    assert!(err.is_rate_limited(), "{err:?}");
+    for _ in 0..5 {
+        assert!(mesh.get("http://billing/").send().await.is_ok());
+    }
 }

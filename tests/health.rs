@@ -205,3 +205,102 @@ async fn pushback_pauses_an_endpoint_without_counting_as_a_failure() {
         share(&answered, "s0")
     );
 }
+
+/// The balance layer alone, around a service that answers by port with no I/O, on paused
+/// time: ejection, its maximum share, its return, and panic mode, exactly.
+#[tokio::test(start_paused = true)]
+async fn ejection_on_paused_time() {
+    use proxyless::balance::BalanceLayer;
+    use proxyless::{Endpoint, Registry};
+    use tower::{Layer, ServiceExt};
+
+    let failing_ports = std::sync::Arc::new(std::sync::Mutex::new(vec![8001u16, 8002]));
+    let inner = tower::service_fn({
+        let failing_ports = failing_ports.clone();
+        move |request: reqwest::Request| {
+            let port = request.url().port().unwrap_or(80);
+            let failing = failing_ports.lock().expect("lock").contains(&port);
+            async move {
+                let status = if failing { 503 } else { 200 };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header("x-port", port)
+                        .body(())
+                        .expect("response"),
+                )
+            }
+        }
+    });
+    let endpoints = (1..=4).map(|i| Endpoint::new(([10, 0, 0, i as u8], 8000 + i)));
+    let registry = Registry::builder()
+        .discovery(StaticDiscovery::new().with("orders", endpoints).expect("valid"))
+        .outlier_detection(
+            OutlierDetection::default()
+                .max_ejected_share(0.25)
+                .ejection_time(Duration::from_secs(30), Duration::from_secs(300)),
+        )
+        .disable_health_scoring()
+        .build()
+        .expect("valid registry");
+    let service = BalanceLayer::new(registry.clone()).layer(inner);
+    let call = || {
+        let service = service.clone();
+        async move {
+            let request =
+                reqwest::Request::new(reqwest::Method::GET, "http://orders/".parse().expect("url"));
+            service.oneshot(request).await.expect("answered")
+        }
+    };
+    for _ in 0..200 {
+        call().await;
+    }
+    let ejected = |registry: &Registry| {
+        registry
+            .endpoint_status("orders")
+            .expect("resolved")
+            .iter()
+            .filter(|e| e.ejected)
+            .map(|e| e.addr.port())
+            .collect::<Vec<_>>()
+    };
+    // Two endpoints fail, but a quarter of four is one.
+    let first = ejected(&registry);
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // 29 s later it is still out; at 30 s (and the next tick) it is back, and with both
+    // failing ports still failing, the other one can now be ejected.
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(ejected(&registry), first);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::task::yield_now().await;
+    assert!(ejected(&registry).is_empty(), "returned after 30 s");
+    failing_ports.lock().expect("lock").clear();
+    for _ in 0..50 {
+        let response = call().await;
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slow_call_breaker_opens_on_a_slow_service() {
+    let (servers, controls) = controlled(1).await;
+    controls[0].delay_ms.store(80, Ordering::SeqCst);
+    let breaker = proxyless::breaker::BreakerConfig::default()
+        .sliding_window(proxyless::breaker::SlidingWindow::Count(6))
+        .minimum_calls(6)
+        .slow_call_duration(Duration::from_millis(50))
+        .slow_call_rate_threshold(50.0);
+    let mesh = MeshClient::builder()
+        .discovery(discovery(&servers))
+        .traffic(TrafficPolicy::default().no_retries().breaker(breaker))
+        .build()
+        .expect("valid client");
+    for _ in 0..6 {
+        let response = mesh.get("http://orders/").send().await.expect("slow but fine");
+        assert_eq!(response.status(), 200);
+    }
+    let err = mesh.get("http://orders/").send().await.expect_err("open");
+    assert!(err.is_circuit_open(), "six slow calls of six: {err:?}");
+    assert_eq!(controls[0].hits.load(Ordering::SeqCst), 6);
+}

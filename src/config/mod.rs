@@ -57,6 +57,12 @@ use crate::endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
 use crate::error::Error;
 use crate::secret::Secret;
 
+mod traffic;
+
+pub use traffic::{
+    BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig, RetryConfig, TrafficConfig,
+};
+
 /// The whole mesh: client settings and services.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +102,15 @@ pub struct ClientConfig {
     /// Send the logical host as the `Host` header.
     #[serde(default)]
     pub preserve_host: bool,
+    /// The traffic policies of every service without its own.
+    #[serde(default)]
+    pub traffic: Option<TrafficConfig>,
+    /// Outlier ejection.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Health-scored weights.
+    #[serde(default)]
+    pub health_scoring: Option<HealthConfig>,
 }
 
 /// One service: its endpoints listed, or the backend that finds them.
@@ -112,6 +127,9 @@ pub struct ServiceConfig {
     /// The backend that finds the service: a name under `[discovery]`.
     #[serde(default)]
     pub discovery: Option<String>,
+    /// This service's traffic policies, over the client's.
+    #[serde(default)]
+    pub traffic: Option<TrafficConfig>,
 }
 
 /// The kinds of discovery backend.
@@ -295,6 +313,20 @@ impl MeshConfig {
         for (name, backend) in &self.discovery {
             backend.check(&format!("discovery.{name}"))?;
         }
+        let default_traffic = self.client.traffic.clone().unwrap_or_default();
+        let _checked = default_traffic.policy(&TrafficConfig::default(), "client.traffic")?;
+        for (name, service) in &self.services {
+            if let Some(traffic) = &service.traffic {
+                let _checked =
+                    traffic.policy(&default_traffic, &format!("services.{name}.traffic"))?;
+            }
+        }
+        if let Some(outlier) = &self.client.outlier_detection {
+            outlier.detection()?;
+        }
+        if let Some(health) = &self.client.health_scoring {
+            health.scoring()?;
+        }
         for (name, service) in &self.services {
             let field = format!("services.{name}");
             ServiceName::new(name)
@@ -362,6 +394,28 @@ impl MeshConfig {
         }
         if let Some(share) = self.client.mass_removal_share {
             builder = builder.mass_removal_share(share);
+        }
+        let default_traffic = self.client.traffic.clone().unwrap_or_default();
+        builder =
+            builder.traffic(default_traffic.policy(&TrafficConfig::default(), "client.traffic")?);
+        for (name, service) in &self.services {
+            if let Some(traffic) = &service.traffic {
+                let policy =
+                    traffic.policy(&default_traffic, &format!("services.{name}.traffic"))?;
+                builder = builder.service_traffic(name.clone(), policy);
+            }
+        }
+        if let Some(outlier) = &self.client.outlier_detection {
+            builder = match outlier.detection()? {
+                Some(detection) => builder.outlier_detection(detection),
+                None => builder.disable_outlier_detection(),
+            };
+        }
+        if let Some(health) = &self.client.health_scoring {
+            builder = match health.scoring()? {
+                Some(scoring) => builder.health_scoring(scoring),
+                None => builder.disable_health_scoring(),
+            };
         }
         let mut backends: BTreeMap<&str, Arc<dyn Discovery>> = BTreeMap::new();
         for (name, backend) in &self.discovery {
