@@ -34,7 +34,11 @@
 //! - [`balance`]: the strategies ([`balance::WeightedRandom`], [`balance::Random`],
 //!   [`balance::RoundRobin`], [`balance::WeightedRoundRobin`]) and the tower
 //!   [`balance::BalanceLayer`].
-//! - [`client`]: [`MeshClient`], its builder and its request builder.
+//! - [`breaker`], [`retry`], [`limit`], [`timeout`]: the traffic policies, each a tower
+//!   layer of its own; [`balance::health`]: outlier ejection, pushback and health scores;
+//!   [`classify`]: what counts as a failure.
+//! - [`client`]: [`MeshClient`], its builder and its request builder, and the per-service
+//!   [`TrafficPolicy`](client::TrafficPolicy).
 //! - [`config`]: [`MeshConfig`], the whole mesh from TOML or JSON.
 //! - [`Error`]: one opaque error with `is_*` predicates.
 //!
@@ -44,6 +48,9 @@
 //! |---|---|---|
 //! | `json` | yes | [`RequestBuilder::json`](client::RequestBuilder::json) |
 //! | `toml` | yes | [`MeshConfig::from_toml_str`] |
+//! | `dns` | yes | `discovery::DnsDiscovery` (hickory-resolver) |
+//! | `consul` | yes | `discovery::ConsulDiscovery` |
+//! | `eureka` | yes | `discovery::EurekaDiscovery` |
 //! | `rustls` | no | TLS for the mesh's own `reqwest::Client` |
 
 #![forbid(unsafe_code)]
