@@ -33,6 +33,13 @@ pub trait Classify<Res>: Clone + Send + Sync + 'static {
     fn pushback(&self, _response: &Res) -> Option<std::time::Duration> {
         None
     }
+
+    /// Whether the response is a server error (any `5xx`). Outlier ejection and health scores
+    /// count these as failures, as Envoy's `consecutive_5xx` does, even where `classify`
+    /// does not (a `500` is not retried, but an endpoint that keeps answering it is sick).
+    fn is_server_error(&self, _response: &Res) -> bool {
+        false
+    }
 }
 
 impl<Res, F> Classify<Res> for F
@@ -97,6 +104,10 @@ impl Classify<reqwest::Response> for HttpClassifier {
     fn pushback(&self, response: &reqwest::Response) -> Option<std::time::Duration> {
         retry_after(response.status().as_u16(), response.headers())
     }
+
+    fn is_server_error(&self, response: &reqwest::Response) -> bool {
+        response.status().is_server_error()
+    }
 }
 
 impl<B: 'static> Classify<http::Response<B>> for HttpClassifier {
@@ -110,5 +121,9 @@ impl<B: 'static> Classify<http::Response<B>> for HttpClassifier {
 
     fn pushback(&self, response: &http::Response<B>) -> Option<std::time::Duration> {
         retry_after(response.status().as_u16(), response.headers())
+    }
+
+    fn is_server_error(&self, response: &http::Response<B>) -> bool {
+        response.status().is_server_error()
     }
 }

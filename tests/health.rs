@@ -234,7 +234,11 @@ async fn ejection_on_paused_time() {
     });
     let endpoints = (1..=4).map(|i| Endpoint::new(([10, 0, 0, i as u8], 8000 + i)));
     let registry = Registry::builder()
-        .discovery(StaticDiscovery::new().with("orders", endpoints).expect("valid"))
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", endpoints)
+                .expect("valid"),
+        )
         .outlier_detection(
             OutlierDetection::default()
                 .max_ejected_share(0.25)
@@ -297,10 +301,35 @@ async fn the_slow_call_breaker_opens_on_a_slow_service() {
         .build()
         .expect("valid client");
     for _ in 0..6 {
-        let response = mesh.get("http://orders/").send().await.expect("slow but fine");
+        let response = mesh
+            .get("http://orders/")
+            .send()
+            .await
+            .expect("slow but fine");
         assert_eq!(response.status(), 200);
     }
     let err = mesh.get("http://orders/").send().await.expect_err("open");
     assert!(err.is_circuit_open(), "six slow calls of six: {err:?}");
     assert_eq!(controls[0].hits.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_500_is_ejected_though_500_is_not_retried() {
+    let (servers, controls) = controlled(2).await;
+    controls[0].status.store(500, Ordering::SeqCst);
+    let mesh = MeshClient::builder()
+        .discovery(discovery(&servers))
+        .disable_health_scoring()
+        .build()
+        .expect("valid client");
+    let mut five_hundreds = 0;
+    for _ in 0..60 {
+        let response = mesh.get("http://orders/").send().await.expect("answered");
+        five_hundreds += usize::from(response.status() == 500);
+    }
+    // A 500 is an answer: not retried, so the caller sees the first few...
+    assert!((5..=8).contains(&five_hundreds), "{five_hundreds}");
+    // ...but five in a row eject the endpoint.
+    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    assert!(status.iter().any(|e| e.ejected), "{status:?}");
 }

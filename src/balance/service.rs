@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 use reqwest::header::{HOST, HeaderValue};
 use tower::{Service, ServiceExt};
 
-use crate::classify::{Classify, HttpClassifier};
+use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::discovery::{BoxFuture, Lookup, Registry, Snapshot};
 use crate::endpoint::{Endpoint, EndpointAddr};
 use crate::error::Error;
@@ -195,7 +195,11 @@ fn observe<R, C: Classify<R>>(
     {
         snapshot.pushback(index, pause);
     }
-    snapshot.record(index, classifier.classify(result), started.elapsed());
+    let outcome = match classifier.classify(result) {
+        Outcome::Success if result.is_ok_and(|r| classifier.is_server_error(r)) => Outcome::Failure,
+        outcome => outcome,
+    };
+    snapshot.record(index, outcome, started.elapsed());
 }
 
 fn attach(error: Error, snapshot: &Snapshot, index: usize) -> Error {
