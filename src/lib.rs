@@ -63,6 +63,8 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "jwt")]
+pub mod auth;
 pub mod balance;
 pub mod breaker;
 pub mod classify;

@@ -1,0 +1,37 @@
+//! JWTs for servers: strict verification (RFC 8725) with static keys or a remote JWKS, and
+//! [`JwtAuthLayer`], a tower layer over `http::Request<B>` for axum, hyper and tonic.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use proxyless::auth::{Jwks, JwksOptions, JwtAuthLayer, Verifier};
+//!
+//! # fn main() -> Result<(), proxyless::Error> {
+//! let jwks = Jwks::new("https://issuer.example/.well-known/jwks.json", JwksOptions::default())?;
+//! let verifier = Verifier::with_jwks(jwks)
+//!     .issuer("https://issuer.example")
+//!     .audience("orders");
+//! let layer = JwtAuthLayer::new(verifier);
+//! // axum: Router::new().route(...).layer(layer)
+//! # Ok(()) }
+//! ```
+//!
+//! Outbound tokens (signing, OAuth2 client credentials) are not here yet.
+
+mod jwks;
+mod layer;
+mod verifier;
+
+pub use jsonwebtoken::Algorithm;
+pub use jwks::{Jwks, JwksOptions};
+pub use layer::{JwtAuth, JwtAuthLayer};
+pub use verifier::{Claims, MAX_TOKEN_BYTES, Rejection, Verifier, VerifyingKey};
+
+/// The least HMAC key length for `algorithm`, in bytes: its hash's output (RFC 7518 §3.2).
+fn hmac_len(algorithm: Algorithm) -> Option<usize> {
+    match algorithm {
+        Algorithm::HS256 => Some(32),
+        Algorithm::HS384 => Some(48),
+        Algorithm::HS512 => Some(64),
+        _ => None,
+    }
+}

@@ -1,0 +1,609 @@
+//! JWT verification against hostile tokens, and JWKS served over HTTP on 127.0.0.1.
+#![cfg(feature = "jwt")]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use base64::Engine as _;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use proxyless::auth::{
+    Algorithm, Claims, Jwks, JwksOptions, JwtAuthLayer, Rejection, Verifier, VerifyingKey,
+};
+use serde_json::{Value, json};
+use support::Served;
+use tower::ServiceExt;
+
+const RSA: &[u8] = include_bytes!("keys/rsa.pem");
+const RSA_PUB: &[u8] = include_bytes!("keys/rsa.pub.pem");
+const RSA2: &[u8] = include_bytes!("keys/rsa2.pem");
+const EC256: &[u8] = include_bytes!("keys/ec256.pem");
+const EC256_PUB: &[u8] = include_bytes!("keys/ec256.pub.pem");
+const EC384: &[u8] = include_bytes!("keys/ec384.pem");
+const EC384_PUB: &[u8] = include_bytes!("keys/ec384.pub.pem");
+const ED: &[u8] = include_bytes!("keys/ed25519.pem");
+const ED_PUB: &[u8] = include_bytes!("keys/ed25519.pub.pem");
+const JWKS: &str = include_str!("keys/jwks.json");
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+fn claims() -> Value {
+    json!({"sub": "alice", "iss": "https://issuer.test", "aud": "orders", "exp": now() + 300, "nbf": now() - 10})
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, key).expect("signs")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token with a hand-written header and payload and the given signature segment.
+fn forged(header: &Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+fn rsa_verifier() -> Verifier {
+    Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB).expect("key")])
+        .audience("orders")
+        .issuer("https://issuer.test")
+}
+
+#[tokio::test]
+async fn every_algorithm_round_trips() {
+    let rsa = EncodingKey::from_rsa_pem(RSA).expect("key");
+    let cases: Vec<(Algorithm, EncodingKey, VerifyingKey)> = vec![
+        (
+            Algorithm::HS256,
+            EncodingKey::from_secret(&SECRET[..32]),
+            VerifyingKey::hmac(Algorithm::HS256, &SECRET[..32]).expect("key"),
+        ),
+        (
+            Algorithm::HS384,
+            EncodingKey::from_secret(&SECRET[..48]),
+            VerifyingKey::hmac(Algorithm::HS384, &SECRET[..48]).expect("key"),
+        ),
+        (
+            Algorithm::HS512,
+            EncodingKey::from_secret(SECRET),
+            VerifyingKey::hmac(Algorithm::HS512, SECRET).expect("key"),
+        ),
+        (
+            Algorithm::RS256,
+            rsa.clone(),
+            VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB).expect("key"),
+        ),
+        (
+            Algorithm::RS384,
+            rsa.clone(),
+            VerifyingKey::from_pem(Algorithm::RS384, RSA_PUB).expect("key"),
+        ),
+        (
+            Algorithm::RS512,
+            rsa.clone(),
+            VerifyingKey::from_pem(Algorithm::RS512, RSA_PUB).expect("key"),
+        ),
+        (
+            Algorithm::PS256,
+            rsa.clone(),
+            VerifyingKey::from_pem(Algorithm::PS256, RSA_PUB).expect("key"),
+        ),
+        (
+            Algorithm::PS384,
+            rsa.clone(),
+            VerifyingKey::from_pem(Algorithm::PS384, RSA_PUB).expect("key"),
+        ),
+        (
+            Algorithm::PS512,
+            rsa,
+            VerifyingKey::from_pem(Algorithm::PS512, RSA_PUB).expect("key"),
+        ),
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(EC256).expect("key"),
+            VerifyingKey::from_pem(Algorithm::ES256, EC256_PUB).expect("key"),
+        ),
+        (
+            Algorithm::ES384,
+            EncodingKey::from_ec_pem(EC384).expect("key"),
+            VerifyingKey::from_pem(Algorithm::ES384, EC384_PUB).expect("key"),
+        ),
+        (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(ED).expect("key"),
+            VerifyingKey::from_pem(Algorithm::EdDSA, ED_PUB).expect("key"),
+        ),
+    ];
+    for (alg, encoding, verifying) in cases {
+        let token = sign(alg, &encoding, None, &claims());
+        let verifier = Verifier::new([verifying]).audience("orders");
+        let verified = verifier
+            .verify(&token)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(verified.subject(), Some("alice"), "{alg:?}");
+    }
+}
+
+#[test]
+fn short_hmac_keys_are_refused() {
+    assert!(VerifyingKey::hmac(Algorithm::HS256, &SECRET[..31]).is_err());
+    assert!(VerifyingKey::hmac(Algorithm::HS512, &SECRET[..63]).is_err());
+    assert!(VerifyingKey::hmac(Algorithm::RS256, SECRET).is_err());
+}
+
+#[tokio::test]
+async fn alg_none_and_empty_signatures_are_refused() {
+    let verifier = rsa_verifier();
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let token = forged(&json!({"alg": alg, "typ": "JWT"}), &claims(), "");
+        assert_eq!(
+            verifier.verify(&token).await,
+            Err(Rejection::Header),
+            "{alg}"
+        );
+    }
+    let good = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        None,
+        &claims(),
+    );
+    let unsigned = format!("{}.", good.rsplit_once('.').expect("dots").0);
+    assert!(verifier.verify(&unsigned).await.is_err());
+    assert!(verifier.verify(&good).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_hs256_token_keyed_with_the_rsa_public_key_is_refused() {
+    // The classic key confusion: sign HS256 with the public key's bytes as the secret.
+    let token = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(RSA_PUB),
+        None,
+        &claims(),
+    );
+    assert_eq!(
+        rsa_verifier().verify(&token).await,
+        Err(Rejection::UnknownKey)
+    );
+}
+
+#[tokio::test]
+async fn an_embedded_jwk_and_remote_key_urls_are_never_used() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let router = Router::new().fallback({
+        let hits = hits.clone();
+        move || {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async { JWKS.to_owned() }
+        }
+    });
+    let trap = Served::start(router);
+    // Signed by the attacker's own key, which the header offers three ways.
+    let attacker = EncodingKey::from_rsa_pem(RSA2).expect("key");
+    let attacker_jwk: Value = serde_json::from_str::<Value>(JWKS).expect("json")["keys"][1].clone();
+    let mut header = Header::new(Algorithm::RS256);
+    header.jku = Some(format!("http://{}/jwks.json", trap.addr));
+    header.x5u = Some(format!("http://{}/cert.pem", trap.addr));
+    header.jwk = serde_json::from_value(attacker_jwk).ok();
+    header.kid = Some("rsa-2".into());
+    let token = encode(&header, &claims(), &attacker).expect("signs");
+    let verifier = Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB)
+        .expect("key")
+        .with_kid("rsa-1")])
+    .audience("orders");
+    assert_eq!(verifier.verify(&token).await, Err(Rejection::UnknownKey));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "jku and x5u were never fetched"
+    );
+}
+
+#[tokio::test]
+async fn hostile_kids_are_unknown_keys() {
+    let verifier = Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB)
+        .expect("key")
+        .with_kid("rsa-1")]);
+    let rsa = EncodingKey::from_rsa_pem(RSA).expect("key");
+    let long = "k".repeat(10 * 1024);
+    for kid in [
+        "../../../etc/passwd",
+        "' OR 1=1 --",
+        "a\0b",
+        long.as_str(),
+        "",
+    ] {
+        let token = sign(Algorithm::RS256, &rsa, Some(kid), &claims());
+        let result = verifier.verify(&token).await;
+        assert!(
+            matches!(
+                result,
+                Err(Rejection::UnknownKey) | Err(Rejection::Malformed)
+            ),
+            "{kid:.20}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exp_and_nbf_at_the_edges_of_the_leeway() {
+    let rsa = EncodingKey::from_rsa_pem(RSA).expect("key");
+    // A frozen clock: the edges are exact, whatever second the test runs in.
+    let frozen = now();
+    let verifier = rsa_verifier()
+        .leeway(Duration::from_secs(60))
+        .clock(move || frozen as u64);
+    let with = |changes: Value| {
+        let mut c = claims();
+        for (k, v) in changes.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        sign(Algorithm::RS256, &rsa, None, &c)
+    };
+    assert!(
+        verifier
+            .verify(&with(json!({"exp": frozen - 59})))
+            .await
+            .is_ok(),
+        "expired within the leeway"
+    );
+    assert_eq!(
+        verifier.verify(&with(json!({"exp": frozen - 61}))).await,
+        Err(Rejection::Expired)
+    );
+    assert!(
+        verifier
+            .verify(&with(json!({"nbf": frozen + 59})))
+            .await
+            .is_ok(),
+        "early within the leeway"
+    );
+    assert_eq!(
+        verifier.verify(&with(json!({"nbf": frozen + 61}))).await,
+        Err(Rejection::NotYetValid)
+    );
+    assert!(
+        verifier
+            .verify(&with(json!({"exp": frozen - 60})))
+            .await
+            .is_ok(),
+        "exactly at the leeway"
+    );
+    assert!(
+        verifier
+            .verify(&with(json!({"exp": (frozen + 300) as f64 + 0.5})))
+            .await
+            .is_ok(),
+        "a fractional NumericDate"
+    );
+    for exp in [json!("9999999999"), json!(-1), json!(null), json!(true)] {
+        let result = verifier.verify(&with(json!({ "exp": exp }))).await;
+        assert!(result.is_err(), "exp {exp}: {result:?}");
+    }
+    // exp missing entirely.
+    let mut c = claims();
+    c.as_object_mut().expect("object").remove("exp");
+    assert!(
+        verifier
+            .verify(&sign(Algorithm::RS256, &rsa, None, &c))
+            .await
+            .is_err()
+    );
+    // A huge exp is a valid NumericDate far in the future: accepted.
+    assert!(
+        verifier
+            .verify(&with(json!({"exp": 4_102_444_800i64})))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_required_when_configured() {
+    let rsa = EncodingKey::from_rsa_pem(RSA).expect("key");
+    let verifier = rsa_verifier();
+    let with = |key: &str, value: Option<Value>| {
+        let mut c = claims();
+        match value {
+            Some(v) => c[key] = v,
+            None => {
+                c.as_object_mut().expect("object").remove(key);
+            }
+        }
+        sign(Algorithm::RS256, &rsa, None, &c)
+    };
+    assert_eq!(
+        verifier.verify(&with("aud", None)).await,
+        Err(Rejection::Audience),
+        "missing"
+    );
+    assert_eq!(
+        verifier.verify(&with("aud", Some(json!("")))).await,
+        Err(Rejection::Audience),
+        "empty"
+    );
+    assert_eq!(
+        verifier.verify(&with("aud", Some(json!([])))).await,
+        Err(Rejection::Audience),
+        "empty list"
+    );
+    assert_eq!(
+        verifier.verify(&with("aud", Some(json!("billing")))).await,
+        Err(Rejection::Audience)
+    );
+    assert!(
+        verifier
+            .verify(&with("aud", Some(json!(["billing", "orders"]))))
+            .await
+            .is_ok(),
+        "one of many"
+    );
+    assert_eq!(
+        verifier
+            .verify(&with("iss", Some(json!("https://evil.test"))))
+            .await,
+        Err(Rejection::Issuer)
+    );
+    assert_eq!(
+        verifier.verify(&with("iss", None)).await,
+        Err(Rejection::Issuer)
+    );
+}
+
+#[tokio::test]
+async fn crit_oversized_and_misshapen_tokens_are_refused_early() {
+    let verifier = rsa_verifier();
+    let rsa = EncodingKey::from_rsa_pem(RSA).expect("key");
+    let good = sign(Algorithm::RS256, &rsa, None, &claims());
+    let (_, rest) = good.split_once('.').expect("dots");
+    let crit = format!(
+        "{}.{rest}",
+        b64(json!({"alg": "RS256", "crit": ["exp"]})
+            .to_string()
+            .as_bytes())
+    );
+    assert_eq!(verifier.verify(&crit).await, Err(Rejection::Header));
+    let mut big = claims();
+    big["padding"] = json!("x".repeat(9000));
+    let oversized = sign(Algorithm::RS256, &rsa, None, &big);
+    assert_eq!(verifier.verify(&oversized).await, Err(Rejection::Malformed));
+    for bad in [
+        "a.b",
+        "a.b.c.d",
+        &".".repeat(5000),
+        "a b.c.d",
+        "ä.b.c",
+        &format!("{good}="),
+        "",
+    ] {
+        assert_eq!(
+            verifier.verify(bad).await,
+            Err(Rejection::Malformed),
+            "{bad:.30}"
+        );
+    }
+}
+
+/// A JWKS endpoint whose body, cache time and availability the test controls.
+#[derive(Clone, Default)]
+struct KeyServer {
+    body: Arc<std::sync::Mutex<String>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    fetches: Arc<AtomicUsize>,
+}
+
+async fn serve_keys(State(keys): State<KeyServer>) -> Response {
+    keys.fetches.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if keys.down.load(Ordering::SeqCst) {
+        return Response::builder()
+            .status(503)
+            .body(Body::empty())
+            .expect("response");
+    }
+    let body = keys.body.lock().expect("lock").clone();
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("cache-control", "public, max-age=3600")
+        .body(Body::from(body))
+        .expect("response")
+}
+
+fn key_server(keys: &KeyServer) -> Served {
+    Served::start(Router::new().fallback(serve_keys).with_state(keys.clone()))
+}
+
+fn jwks_with(kids: &[usize]) -> String {
+    let all: Value = serde_json::from_str(JWKS).expect("json");
+    let keys: Vec<Value> = kids.iter().map(|&i| all["keys"][i].clone()).collect();
+    json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_kid_makes_one_fetch_however_many_miss_and_rotation_fails_nothing() {
+    let keys = KeyServer::default();
+    *keys.body.lock().expect("lock") = jwks_with(&[0]);
+    let server = key_server(&keys);
+    let jwks = Jwks::new(
+        &format!("http://{}/jwks.json", server.addr),
+        JwksOptions::default().refetch_interval(Duration::from_secs(5)),
+    )
+    .expect("valid");
+    let verifier = Arc::new(Verifier::with_jwks(jwks).audience("orders"));
+    let old = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        Some("rsa-1"),
+        &claims(),
+    );
+    assert!(verifier.verify(&old).await.is_ok());
+    assert_eq!(keys.fetches.load(Ordering::SeqCst), 1);
+
+    // Rotation: the issuer publishes rsa-2 and starts signing with it.
+    *keys.body.lock().expect("lock") = jwks_with(&[0, 1]);
+    let new = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA2).expect("key"),
+        Some("rsa-2"),
+        &claims(),
+    );
+    let checks: Vec<_> = (0..1000)
+        .map(|i| {
+            let verifier = verifier.clone();
+            let token = if i % 2 == 0 { new.clone() } else { old.clone() };
+            tokio::spawn(async move { verifier.verify(&token).await })
+        })
+        .collect();
+    for check in checks {
+        assert!(
+            check.await.expect("task").is_ok(),
+            "no request fails across a rotation"
+        );
+    }
+    assert_eq!(
+        keys.fetches.load(Ordering::SeqCst),
+        2,
+        "a thousand misses, one fetch"
+    );
+
+    // A kid that exists nowhere is refused, and does not refetch within the interval.
+    let stranger = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA2).expect("key"),
+        Some("rsa-9"),
+        &claims(),
+    );
+    for _ in 0..50 {
+        assert_eq!(verifier.verify(&stranger).await, Err(Rejection::UnknownKey));
+    }
+    assert!(keys.fetches.load(Ordering::SeqCst) <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_serves_the_last_keys_until_max_stale_and_a_bad_set_is_refused() {
+    let keys = KeyServer::default();
+    *keys.body.lock().expect("lock") = jwks_with(&[0]);
+    let server = key_server(&keys);
+    let jwks = Jwks::new(
+        &format!("http://{}/jwks.json", server.addr),
+        JwksOptions::default()
+            .ttl(Duration::from_millis(200), Duration::from_millis(200))
+            .max_stale(Duration::from_millis(600))
+            .refetch_interval(Duration::from_millis(50)),
+    )
+    .expect("valid");
+    let verifier = Verifier::with_jwks(jwks).audience("orders");
+    let token = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        Some("rsa-1"),
+        &claims(),
+    );
+    assert!(verifier.verify(&token).await.is_ok());
+
+    // A malformed or wrongly-typed set is refused, and the old one kept.
+    *keys.body.lock().expect("lock") =
+        r#"{"keys": [{"kty": "RSA", "kid": "rsa-1", "alg": "RS256", "n": 5}]}"#.into();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(verifier.verify(&token).await.is_ok(), "the old set is kept");
+
+    keys.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        verifier.verify(&token).await.is_ok(),
+        "stale, within max_stale"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(Rejection::KeysUnavailable),
+        "fails closed"
+    );
+
+    *keys.body.lock().expect("lock") = jwks_with(&[0]);
+    keys.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(verifier.verify(&token).await.is_ok(), "recovers");
+}
+
+#[tokio::test]
+async fn the_layer_answers_401_and_passes_claims_on() {
+    let inner = tower::service_fn(|request: http::Request<Body>| async move {
+        let sub = request
+            .extensions()
+            .get::<Claims>()
+            .and_then(|c| c.subject().map(str::to_owned))
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(Response::new(Body::from(sub)))
+    });
+    let service = tower::Layer::layer(&JwtAuthLayer::new(rsa_verifier()), inner);
+    let request = |auth: Option<&str>| {
+        let mut builder = http::Request::builder().uri("/orders");
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(Body::empty()).expect("request")
+    };
+    let token = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        None,
+        &claims(),
+    );
+
+    let ok = service
+        .clone()
+        .oneshot(request(Some(&format!("Bearer {token}"))))
+        .await
+        .expect("response");
+    assert_eq!(ok.status(), 200);
+    let body = axum::body::to_bytes(ok.into_body(), 1024)
+        .await
+        .expect("body");
+    assert_eq!(&body[..], b"alice");
+
+    let missing = service
+        .clone()
+        .oneshot(request(None))
+        .await
+        .expect("response");
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+
+    let bad = service
+        .clone()
+        .oneshot(request(Some("Bearer not.a.token")))
+        .await
+        .expect("response");
+    assert_eq!(bad.status(), 401);
+    assert_eq!(
+        bad.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    let body = axum::body::to_bytes(bad.into_body(), 1024)
+        .await
+        .expect("body");
+    assert!(body.is_empty(), "no detail for an attacker");
+}
