@@ -66,6 +66,8 @@ pub(crate) enum Kind {
     RateLimited,
     /// A local concurrency limit refused the call.
     Overloaded,
+    /// No outbound token could be had (signing failed, the token endpoint refused).
+    Auth,
 }
 
 impl Error {
@@ -233,6 +235,12 @@ impl Error {
         self.inner.kind == Kind::Overloaded
     }
 
+    /// No outbound token could be had: signing failed, or the OAuth2 token endpoint could not
+    /// be reached or refused the client (the message carries its RFC 6749 `error` code).
+    pub fn is_auth(&self) -> bool {
+        self.inner.kind == Kind::Auth
+    }
+
     /// The HTTP status of the response, when the error came from one.
     pub fn status(&self) -> Option<reqwest::StatusCode> {
         self.reqwest().and_then(reqwest::Error::status)
@@ -285,6 +293,7 @@ impl fmt::Display for Error {
             Kind::CircuitOpen => f.write_str("circuit open")?,
             Kind::RateLimited => f.write_str("rate limited")?,
             Kind::Overloaded => f.write_str("overloaded")?,
+            Kind::Auth => f.write_str("no token")?,
         }
         if let Some(service) = service {
             write!(f, " for service `{service}`")?;

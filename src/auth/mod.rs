@@ -1,4 +1,6 @@
-//! JWTs for servers: strict verification (RFC 8725) with static keys or a remote JWKS, and
+//! JWTs: outbound tokens for the mesh's calls ([`TokenSource`]: [`StaticToken`],
+//! [`JwtSigner`], [`OAuth2ClientCredentials`], attached by [`AttachTokenLayer`]), and for
+//! servers, strict verification (RFC 8725) with static keys or a remote JWKS, and
 //! [`JwtAuthLayer`], a tower layer over `http::Request<B>` for axum, hyper and tonic.
 //!
 //! ```no_run
@@ -15,15 +17,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Outbound tokens (signing, OAuth2 client credentials) are not here yet.
-
+mod attach;
 mod jwks;
 mod layer;
+mod oauth2;
+mod source;
 mod verifier;
 
+pub use attach::{AttachToken, AttachTokenLayer};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{Jwks, JwksOptions};
 pub use layer::{JwtAuth, JwtAuthLayer};
+pub use oauth2::{ClientAuth, OAuth2Builder, OAuth2ClientCredentials};
+pub use source::{BearerToken, JwtSigner, JwtSignerBuilder, SigningKey, StaticToken, TokenSource};
 pub use verifier::{Claims, MAX_TOKEN_BYTES, Rejection, Verifier, VerifyingKey};
 
 /// The least HMAC key length for `algorithm`, in bytes: its hash's output (RFC 7518 §3.2).

@@ -34,6 +34,8 @@ pub struct TrafficPolicy {
     breaker: Option<BreakerConfig>,
     rate_limit: Option<(Rate, OnExceed)>,
     concurrency_limit: Option<usize>,
+    #[cfg(feature = "jwt")]
+    auth: Option<crate::auth::AttachTokenLayer>,
 }
 
 impl Default for TrafficPolicy {
@@ -44,6 +46,8 @@ impl Default for TrafficPolicy {
             breaker: Some(BreakerConfig::default()),
             rate_limit: None,
             concurrency_limit: None,
+            #[cfg(feature = "jwt")]
+            auth: None,
         }
     }
 }
@@ -91,6 +95,24 @@ impl TrafficPolicy {
         self
     }
 
+    /// Attaches a bearer token from `source` to every call (feature `jwt`); a call that
+    /// already carries `Authorization` keeps it.
+    #[cfg(feature = "jwt")]
+    pub fn token_source(mut self, source: std::sync::Arc<dyn crate::auth::TokenSource>) -> Self {
+        self.auth = Some(crate::auth::AttachTokenLayer::new(source));
+        self
+    }
+
+    /// Like [`TrafficPolicy::token_source`], replacing any `Authorization` the caller set.
+    #[cfg(feature = "jwt")]
+    pub fn token_source_replacing(
+        mut self,
+        source: std::sync::Arc<dyn crate::auth::TokenSource>,
+    ) -> Self {
+        self.auth = Some(crate::auth::AttachTokenLayer::new(source).replace_existing(true));
+        self
+    }
+
     /// Checks every policy's settings; an error names the one at fault.
     pub fn validate(&self) -> Result<(), Error> {
         if self.timeout.is_some_and(|t| t.is_zero()) {
@@ -119,6 +141,10 @@ impl TrafficPolicy {
             .map(|(rate, on_exceed)| RateLimitLayer::new(rate, on_exceed))
             .transpose()?;
         let retry = self.retry.clone().map(RetryLayer::new).transpose()?;
+        #[cfg(feature = "jwt")]
+        let balance = ServiceBuilder::new()
+            .option_layer(self.auth.clone())
+            .service(balance);
         Ok(ServiceBuilder::new()
             .option_layer(self.timeout.map(TimeoutLayer::new))
             .option_layer(retry)
@@ -130,7 +156,11 @@ impl TrafficPolicy {
 }
 
 type Balanced = Balance<reqwest::Client>;
-type Breaking = Either<CircuitBreaker<Balanced, HttpClassifier>, Balanced>;
+#[cfg(feature = "jwt")]
+type Authed = Either<crate::auth::AttachToken<Balanced>, Balanced>;
+#[cfg(not(feature = "jwt"))]
+type Authed = Balanced;
+type Breaking = Either<CircuitBreaker<Authed, HttpClassifier>, Authed>;
 type Limited = Either<ConcurrencyLimit<Breaking>, Breaking>;
 type Rated = Either<RateLimit<Limited>, Limited>;
 type Retrying = Either<Retry<Rated, HttpClassifier>, Rated>;

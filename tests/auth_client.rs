@@ -1,0 +1,301 @@
+//! Outbound tokens through MeshClient: a signer and OAuth2 client credentials against real
+//! servers on 127.0.0.1 (a JwtAuthLayer-protected service and a token endpoint).
+#![cfg(feature = "jwt")]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use proxyless::auth::{
+    Algorithm, Claims, ClientAuth, JwtAuthLayer, JwtSigner, OAuth2ClientCredentials, SigningKey,
+    TokenSource, Verifier, VerifyingKey,
+};
+use proxyless::client::TrafficPolicy;
+use proxyless::{Endpoint, MeshClient, Secret, StaticDiscovery};
+use support::Served;
+
+const RSA: &[u8] = include_bytes!("keys/rsa.pem");
+const RSA_PUB: &[u8] = include_bytes!("keys/rsa.pub.pem");
+
+/// A service that only answers callers with a valid token for audience `orders`, and echoes
+/// the token's `jti` and `aud`, and the raw Authorization header.
+fn protected_orders() -> Served {
+    let verifier = Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB).expect("key")])
+        .audience("orders")
+        .issuer("https://mesh.test");
+    let router = Router::new()
+        .fallback(|request: Request| async move {
+            let claims = request.extensions().get::<Claims>().cloned();
+            let jti = claims
+                .as_ref()
+                .and_then(|c| c.get("jti").and_then(|j| j.as_str().map(str::to_owned)))
+                .unwrap_or_default();
+            let lifetime = claims
+                .as_ref()
+                .and_then(|c| Some(c.get("exp")?.as_u64()? - c.get("iat")?.as_u64()?))
+                .unwrap_or(0);
+            Response::builder()
+                .header("x-jti", jti)
+                .header("x-lifetime", lifetime.to_string())
+                .header(
+                    "x-sub",
+                    claims.as_ref().and_then(Claims::subject).unwrap_or(""),
+                )
+                .body(Body::empty())
+                .expect("response")
+        })
+        .layer(JwtAuthLayer::new(verifier));
+    Served::start(router)
+}
+
+fn mesh_with(source: Arc<dyn TokenSource>, orders: &Served) -> MeshClient {
+    MeshClient::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", [Endpoint::new(orders.addr)])
+                .expect("valid"),
+        )
+        .traffic(TrafficPolicy::default().token_source(source))
+        .build()
+        .expect("valid client")
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers()[name].to_str().expect("ascii").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_tokens_reach_a_verifying_server_and_are_cached() {
+    let orders = protected_orders();
+    let signer = JwtSigner::builder(SigningKey::from_pem(Algorithm::RS256, RSA).expect("key"))
+        .issuer("https://mesh.test")
+        .subject("checkout")
+        .lifetime(Duration::from_secs(120))
+        .build()
+        .expect("valid");
+    let mesh = mesh_with(signer, &orders);
+    let first = mesh.get("http://orders/").send().await.expect("ok");
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-sub"), "checkout");
+    assert_eq!(header(&first, "x-lifetime"), "120");
+    let jti = header(&first, "x-jti");
+    assert_eq!(jti.len(), 32);
+    for _ in 0..20 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        assert_eq!(
+            header(&response, "x-jti"),
+            jti,
+            "the cached token is reused"
+        );
+    }
+    // A caller's own Authorization is left alone: here it is refused by the server.
+    let own = mesh
+        .get("http://orders/")
+        .bearer_auth("not-a-jwt")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(own.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_re_signed_in_the_background_before_they_expire() {
+    let orders = protected_orders();
+    let signer = JwtSigner::builder(SigningKey::from_pem(Algorithm::RS256, RSA).expect("key"))
+        .issuer("https://mesh.test")
+        .lifetime(Duration::from_secs(2))
+        .build()
+        .expect("valid");
+    let mesh = mesh_with(signer, &orders);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        assert_eq!(response.status(), 200, "no call fails across re-signing");
+        seen.insert(header(&response, "x-jti"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.len() >= 2,
+        "re-signed at 80% of the lifetime: {seen:?}"
+    );
+}
+
+#[test]
+fn signing_keys_are_checked() {
+    assert!(SigningKey::hmac(Algorithm::HS256, &Secret::new("short")).is_err());
+    assert!(SigningKey::hmac(Algorithm::HS256, &Secret::new("x".repeat(32))).is_ok());
+    assert!(SigningKey::from_pem(Algorithm::ES256, RSA).is_err());
+    let jwk = serde_json::json!({"kty": "oct", "alg": "HS256", "kid": "k1", "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"});
+    assert!(SigningKey::from_oct_jwk(&jwk).is_ok());
+    assert!(!format!("{:?}", SigningKey::from_oct_jwk(&jwk).expect("key")).contains("MDEy"));
+}
+
+#[derive(Clone, Default)]
+struct TokenEndpoint {
+    fetches: Arc<AtomicUsize>,
+    expires_in: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
+    refuse: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A token request: its Authorization header and its form body.
+type Seen = (Option<String>, String);
+
+async fn issue(State(endpoint): State<TokenEndpoint>, request: Request) -> Response {
+    let n = endpoint.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+    let auth = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = axum::body::to_bytes(request.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let form = String::from_utf8_lossy(&body).into_owned();
+    endpoint.seen.lock().expect("lock").push((auth, form));
+    tokio::time::sleep(Duration::from_millis(
+        endpoint.delay_ms.load(Ordering::SeqCst),
+    ))
+    .await;
+    if endpoint.refuse.load(Ordering::SeqCst) {
+        return Response::builder()
+            .status(401)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"error":"invalid_client","error_description":"bad secret"}"#,
+            ))
+            .expect("response");
+    }
+    let body = serde_json::json!({
+        "access_token": format!("token-{n}"),
+        "token_type": "Bearer",
+        "expires_in": endpoint.expires_in.load(Ordering::SeqCst),
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("response")
+}
+
+/// A service that echoes the bearer token it got.
+fn echo_token() -> Served {
+    Served::start(Router::new().fallback(|request: Request| async move {
+        let auth = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Response::builder()
+            .header("x-auth", auth)
+            .body(Body::empty())
+            .expect("response")
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_are_fetched_once_and_refreshed_without_stalling() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(2, Ordering::SeqCst);
+    let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", server.addr),
+        "checkout",
+        Secret::new("s3cr3t/with:odd&chars"),
+    )
+    .scope("orders:read")
+    .refresh_margin(Duration::from_secs(1))
+    .build()
+    .expect("valid");
+    assert!(!format!("{source:?}").contains("s3cr3t"));
+    let mesh = mesh_with(source, &orders);
+
+    // Fifty concurrent first calls share one fetch.
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { mesh.get("http://orders/").send().await })
+        })
+        .collect();
+    for call in calls {
+        let response = call.await.expect("task").expect("ok");
+        assert_eq!(header(&response, "x-auth"), "Bearer token-1");
+    }
+    assert_eq!(endpoint.fetches.load(Ordering::SeqCst), 1);
+    let (auth, form) = endpoint.seen.lock().expect("lock")[0].clone();
+    // client_secret_basic: the id and secret form-encoded, then base64 (RFC 6749 §2.3.1).
+    use base64::Engine as _;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode("checkout:s3cr3t%2Fwith%3Aodd%26chars");
+    assert_eq!(auth.as_deref(), Some(format!("Basic {basic}").as_str()));
+    assert_eq!(form, "grant_type=client_credentials&scope=orders%3Aread");
+
+    // Past expires_in minus the margin, a refresh runs in the background; a slow endpoint
+    // does not slow the calls, which keep the valid token meanwhile.
+    endpoint.delay_ms.store(400, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut slowest = Duration::ZERO;
+    let mut tokens = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        slowest = slowest.max(started.elapsed());
+        tokens.insert(header(&response, "x-auth"));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a call waited on the refresh: {slowest:?}"
+    );
+    assert!(tokens.contains("Bearer token-2"), "{tokens:?}");
+    assert_eq!(endpoint.fetches.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_post_and_a_refusing_endpoint() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(3600, Ordering::SeqCst);
+    endpoint.refuse.store(true, Ordering::SeqCst);
+    let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", server.addr),
+        "checkout",
+        Secret::new("hunter2"),
+    )
+    .client_auth(ClientAuth::Post)
+    .audience("https://api.test")
+    .build()
+    .expect("valid");
+    let mesh = mesh_with(source, &orders);
+    let err = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("refused");
+    assert!(err.is_auth(), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("invalid_client"), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("bad secret"),
+        "{shown}"
+    );
+    let (auth, form) = endpoint.seen.lock().expect("lock")[0].clone();
+    assert_eq!(auth, None);
+    assert_eq!(
+        form,
+        "grant_type=client_credentials&audience=https%3A%2F%2Fapi.test&client_id=checkout&client_secret=hunter2"
+    );
+
+    endpoint.refuse.store(false, Ordering::SeqCst);
+    let response = mesh.get("http://orders/").send().await.expect("ok");
+    assert!(header(&response, "x-auth").starts_with("Bearer token-"));
+}
