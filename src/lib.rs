@@ -51,6 +51,8 @@
 //! | `dns` | yes | `discovery::DnsDiscovery` (hickory-resolver) |
 //! | `consul` | yes | `discovery::ConsulDiscovery` |
 //! | `eureka` | yes | `discovery::EurekaDiscovery` |
+//! | `jwt` | no | `auth`: JWT verification, JWKS, signing, OAuth2 client credentials |
+//! | `axum` | no | `auth::Claims` as an axum extractor |
 //! | `rustls` | no | TLS for the mesh's own `reqwest::Client` |
 
 #![forbid(unsafe_code)]

@@ -18,6 +18,8 @@
 //! ```
 //!
 mod attach;
+#[cfg(feature = "axum")]
+mod extract;
 mod jwks;
 mod layer;
 mod oauth2;
