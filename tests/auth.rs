@@ -607,3 +607,17 @@ async fn the_layer_answers_401_and_passes_claims_on() {
         .expect("body");
     assert!(body.is_empty(), "no detail for an attacker");
 }
+
+#[tokio::test]
+async fn typ_is_checked_only_when_required() {
+    let rsa = EncodingKey::from_rsa_pem(RSA).expect("key");
+    let mut header = Header::new(Algorithm::RS256);
+    header.typ = Some("JWT".into());
+    let jwt = encode(&header, &claims(), &rsa).expect("signs");
+    header.typ = Some("at+jwt".into());
+    let access = encode(&header, &claims(), &rsa).expect("signs");
+    assert!(rsa_verifier().verify(&jwt).await.is_ok());
+    let strict = rsa_verifier().require_typ("at+jwt");
+    assert_eq!(strict.verify(&jwt).await, Err(Rejection::Type));
+    assert!(strict.verify(&access).await.is_ok());
+}

@@ -299,3 +299,87 @@ async fn client_secret_post_and_a_refusing_endpoint() {
     let response = mesh.get("http://orders/").send().await.expect("ok");
     assert!(header(&response, "x-auth").starts_with("Bearer token-"));
 }
+
+#[tokio::test]
+async fn the_signer_round_trips_with_the_verifier_for_every_algorithm() {
+    use proxyless::ServiceName;
+    let secret = Secret::new("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    let pem = |name: &str| std::fs::read(format!("tests/keys/{name}")).expect("key file");
+    let orders = ServiceName::new("orders").expect("valid");
+    let mut cases = vec![
+        (
+            SigningKey::hmac(Algorithm::HS256, &secret).expect("key"),
+            VerifyingKey::hmac(Algorithm::HS256, secret.expose().as_bytes()).expect("key"),
+        ),
+        (
+            SigningKey::hmac(Algorithm::HS384, &secret).expect("key"),
+            VerifyingKey::hmac(Algorithm::HS384, secret.expose().as_bytes()).expect("key"),
+        ),
+        (
+            SigningKey::hmac(Algorithm::HS512, &secret).expect("key"),
+            VerifyingKey::hmac(Algorithm::HS512, secret.expose().as_bytes()).expect("key"),
+        ),
+        (
+            SigningKey::from_pem(Algorithm::ES256, &pem("ec256.pem")).expect("key"),
+            VerifyingKey::from_pem(Algorithm::ES256, &pem("ec256.pub.pem")).expect("key"),
+        ),
+        (
+            SigningKey::from_pem(Algorithm::ES384, &pem("ec384.pem")).expect("key"),
+            VerifyingKey::from_pem(Algorithm::ES384, &pem("ec384.pub.pem")).expect("key"),
+        ),
+        (
+            SigningKey::from_pem(Algorithm::EdDSA, &pem("ed25519.pem")).expect("key"),
+            VerifyingKey::from_pem(Algorithm::EdDSA, &pem("ed25519.pub.pem")).expect("key"),
+        ),
+        // RSA from DER (PKCS#1) on both sides.
+        (
+            SigningKey::from_der(Algorithm::RS384, &pem("rsa.der")).expect("key"),
+            VerifyingKey::from_der(Algorithm::RS384, &pem("rsa.pub.der")).expect("key"),
+        ),
+    ];
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ] {
+        cases.push((
+            SigningKey::from_pem(alg, RSA).expect("key"),
+            VerifyingKey::from_pem(alg, RSA_PUB).expect("key"),
+        ));
+    }
+    for (signing, verifying) in cases {
+        let alg = verifying.algorithm();
+        let signer = JwtSigner::builder(signing)
+            .issuer("https://mesh.test")
+            .claim("tenant", serde_json::json!("acme"))
+            .build()
+            .expect("valid");
+        assert!(!format!("{signer:?}").contains("0123456789"), "{alg:?}");
+        let token = signer.token(&orders).await.expect("signed");
+        assert_eq!(format!("{token:?}"), "BearerToken(\"<redacted>\")");
+        let raw = token
+            .header_value()
+            .to_str()
+            .expect("ascii")
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let claims = Verifier::new([verifying])
+            .audience("orders")
+            .issuer("https://mesh.test")
+            .verify(&raw)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(
+            claims.get("tenant"),
+            Some(&serde_json::json!("acme")),
+            "{alg:?}"
+        );
+        assert_eq!(
+            claims.get("aud"),
+            Some(&serde_json::json!("orders")),
+            "{alg:?}"
+        );
+    }
+}

@@ -138,6 +138,28 @@ impl VerifyingKey {
         })
     }
 
+    /// A public key in DER for `algorithm`: PKCS#1 for RSA and PSS, the raw point or key for
+    /// ECDSA and EdDSA (as jsonwebtoken reads them).
+    pub fn from_der(algorithm: Algorithm, der: &[u8]) -> Result<Self, Error> {
+        use jsonwebtoken::Algorithm::*;
+        let key = match algorithm {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_der(der),
+            ES256 | ES384 => DecodingKey::from_ec_der(der),
+            EdDSA => DecodingKey::from_ed_der(der),
+            _ => {
+                return Err(Error::builder(
+                    "auth.algorithm",
+                    "DER keys are for public-key algorithms",
+                ));
+            }
+        };
+        Ok(VerifyingKey {
+            kid: None,
+            algorithm,
+            key,
+        })
+    }
+
     /// A public key from a JWK (RFC 7517), which must name its `alg`.
     pub fn from_jwk(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Self, Error> {
         let algorithm = jwk
