@@ -383,3 +383,95 @@ async fn the_signer_round_trips_with_the_verifier_for_every_algorithm() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sources_come_from_config() {
+    use proxyless::MeshConfig;
+    let orders = protected_orders();
+    let echo = echo_token();
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(3600, Ordering::SeqCst);
+    let token_server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+        [services.orders]
+        endpoints = [{{ addr = "{orders}" }}]
+        [services.orders.traffic.auth]
+        kind = "jwt"
+        algorithm = "RS256"
+        key_file = "tests/keys/rsa.pem"
+        issuer = "https://mesh.test"
+        subject = "from-config"
+
+        [services.billing]
+        endpoints = [{{ addr = "{echo}" }}]
+        [services.billing.traffic.auth]
+        kind = "oauth2"
+        token_url = "http://{token}/token"
+        client_id = "checkout"
+        client_secret = "c0nf1g-secret"
+        client_auth = "post"
+
+        [services.legacy]
+        endpoints = [{{ addr = "{echo}" }}]
+        [services.legacy.traffic.auth]
+        kind = "static"
+        token = "st4tic-token"
+        "#,
+        orders = orders.addr,
+        echo = echo.addr,
+        token = token_server.addr,
+    ))
+    .expect("valid");
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("c0nf1g-secret") && !shown.contains("st4tic-token"),
+        "{shown}"
+    );
+    let mesh = MeshClient::from_config(&config).expect("valid client");
+    let response = mesh.get("http://orders/").send().await.expect("ok");
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-sub"), "from-config");
+    let response = mesh.get("http://billing/").send().await.expect("ok");
+    assert_eq!(header(&response, "x-auth"), "Bearer token-1");
+    let response = mesh.get("http://legacy/").send().await.expect("ok");
+    assert_eq!(header(&response, "x-auth"), "Bearer st4tic-token");
+
+    for (toml, field) in [
+        (
+            "kind = \"jwt\"\nalgorithm = \"RS256\"",
+            "services.x.traffic.auth.key_file",
+        ),
+        (
+            "kind = \"jwt\"\nalgorithm = \"XS256\"\nsecret = \"k\"",
+            "services.x.traffic.auth.algorithm",
+        ),
+        (
+            "kind = \"jwt\"\nalgorithm = \"HS256\"\nsecret = \"short\"",
+            "services.x.traffic.auth.secret",
+        ),
+        (
+            "kind = \"jwt\"\nalgorithm = \"RS256\"\nkey_file = \"/nonexistent.pem\"",
+            "services.x.traffic.auth.key_file",
+        ),
+        (
+            "kind = \"static\"\ntoken_url = \"http://t\"",
+            "services.x.traffic.auth.token_url",
+        ),
+        ("kind = \"static\"", "services.x.traffic.auth.token"),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"http://t\"\nclient_id = \"c\"",
+            "services.x.traffic.auth.client_secret",
+        ),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"http://t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nclient_auth = \"jwt\"",
+            "services.x.traffic.auth.client_auth",
+        ),
+    ] {
+        let toml = format!(
+            "[services.x]\nendpoints = [{{ addr = \"10.0.0.1:80\" }}]\n[services.x.traffic.auth]\n{toml}"
+        );
+        let err = MeshConfig::from_toml_str(&toml).expect_err(field);
+        assert_eq!(err.field(), Some(field), "{toml}\n{err}");
+    }
+}

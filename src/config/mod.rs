@@ -60,7 +60,8 @@ use crate::secret::Secret;
 mod traffic;
 
 pub use traffic::{
-    BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig, RetryConfig, TrafficConfig,
+    AuthConfig, AuthKind, BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig,
+    RetryConfig, TrafficConfig,
 };
 
 /// The whole mesh: client settings and services.

@@ -34,6 +34,78 @@ pub struct TrafficConfig {
     /// The most calls in flight.
     #[serde(default)]
     pub concurrency_limit: Option<usize>,
+    /// The bearer token attached to calls (feature `jwt`).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// The kinds of token source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuthKind {
+    /// One fixed token: `token`.
+    Static,
+    /// Tokens signed here: `algorithm`, `key_file` or `secret`, and the claims.
+    Jwt,
+    /// OAuth2 client credentials: `token_url`, `client_id`, `client_secret`.
+    Oauth2,
+}
+
+/// `[…traffic.auth]`: where outbound tokens come from. Each setting belongs to some kinds
+/// only; secrets are never shown in `Debug`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// Which source.
+    pub kind: AuthKind,
+    /// static: the token.
+    #[serde(default)]
+    pub token: Option<crate::secret::Secret>,
+    /// jwt: `HS256` … `EdDSA`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// jwt: a private key in PEM.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// jwt: an HMAC secret.
+    #[serde(default)]
+    pub secret: Option<crate::secret::Secret>,
+    /// jwt: the key's `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// jwt: `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// jwt: `sub`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// jwt: how long a token is valid; oauth2: unused.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub lifetime: Option<Duration>,
+    /// oauth2: the token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// oauth2: the client id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// oauth2: the client secret.
+    #[serde(default)]
+    pub client_secret: Option<crate::secret::Secret>,
+    /// oauth2: `"basic"` (the default) or `"post"`.
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    /// oauth2: the scope requested.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// jwt: the `aud` of every token instead of the service name; oauth2: the audience
+    /// requested.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Replace an `Authorization` header the caller set.
+    #[serde(default)]
+    pub replace_existing: Option<bool>,
 }
 
 /// `[…traffic.retry]`; unset fields keep [`RetryPolicy`]'s defaults.
@@ -253,6 +325,9 @@ impl TrafficConfig {
             let on_exceed = rate.max_wait.map_or(OnExceed::FailFast, OnExceed::Wait);
             policy = policy.rate_limit(limit, on_exceed);
         }
+        if let Some(auth) = self.auth.as_ref().or(default.auth.as_ref()) {
+            policy = auth.apply(policy, &format!("{prefix}.auth"))?;
+        }
         if let Some(max) = self.concurrency_limit.or(default.concurrency_limit) {
             if max == 0 {
                 return Err(Error::config(
@@ -394,5 +469,183 @@ impl HealthConfig {
         }
         scoring.validate().map_err(under("client.health_scoring"))?;
         Ok(Some(scoring))
+    }
+}
+
+impl AuthConfig {
+    fn settings(&self) -> [(&'static str, bool, &'static [AuthKind]); 14] {
+        use AuthKind::*;
+        [
+            ("token", self.token.is_some(), &[Static]),
+            ("algorithm", self.algorithm.is_some(), &[Jwt]),
+            ("key_file", self.key_file.is_some(), &[Jwt]),
+            ("secret", self.secret.is_some(), &[Jwt]),
+            ("kid", self.kid.is_some(), &[Jwt]),
+            ("issuer", self.issuer.is_some(), &[Jwt]),
+            ("subject", self.subject.is_some(), &[Jwt]),
+            ("lifetime", self.lifetime.is_some(), &[Jwt]),
+            ("token_url", self.token_url.is_some(), &[Oauth2]),
+            ("client_id", self.client_id.is_some(), &[Oauth2]),
+            ("client_secret", self.client_secret.is_some(), &[Oauth2]),
+            ("client_auth", self.client_auth.is_some(), &[Oauth2]),
+            ("scope", self.scope.is_some(), &[Oauth2]),
+            ("audience", self.audience.is_some(), &[Jwt, Oauth2]),
+        ]
+    }
+
+    #[cfg_attr(not(feature = "jwt"), allow(unused_mut, unused_variables))]
+    fn apply(&self, mut policy: TrafficPolicy, field: &str) -> Result<TrafficPolicy, Error> {
+        for (name, given, kinds) in self.settings() {
+            if given && !kinds.contains(&self.kind) {
+                return Err(Error::config(
+                    format!("{field}.{name}"),
+                    format!("is not a setting of {:?} auth", self.kind),
+                ));
+            }
+        }
+        #[cfg(feature = "jwt")]
+        {
+            let source = self.source(field)?;
+            policy = if self.replace_existing == Some(true) {
+                policy.token_source_replacing(source)
+            } else {
+                policy.token_source(source)
+            };
+            Ok(policy)
+        }
+        #[cfg(not(feature = "jwt"))]
+        Err(Error::config(
+            format!("{field}.kind"),
+            "needs the jwt feature of proxyless",
+        ))
+    }
+
+    #[cfg(feature = "jwt")]
+    fn source(&self, field: &str) -> Result<std::sync::Arc<dyn crate::auth::TokenSource>, Error> {
+        use crate::auth::{
+            ClientAuth, JwtSigner, OAuth2ClientCredentials, SigningKey, StaticToken,
+        };
+        let required = |name: &str, given: bool| {
+            if given {
+                Ok(())
+            } else {
+                Err(Error::config(
+                    format!("{field}.{name}"),
+                    format!("is required for {:?} auth", self.kind),
+                ))
+            }
+        };
+        let relabel = |name: &str| {
+            let field = format!("{field}.{name}");
+            move |e: Error| {
+                let message = e.to_string();
+                Error::config(field.clone(), message).with_source(e)
+            }
+        };
+        match self.kind {
+            AuthKind::Static => {
+                required("token", self.token.is_some())?;
+                let token = self.token.as_ref().expect("checked above");
+                Ok(std::sync::Arc::new(
+                    StaticToken::new(token).map_err(relabel("token"))?,
+                ))
+            }
+            AuthKind::Jwt => {
+                required("algorithm", self.algorithm.is_some())?;
+                let algorithm: crate::auth::Algorithm = self
+                    .algorithm
+                    .as_deref()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| {
+                        Error::config(format!("{field}.algorithm"), "is not a JWT algorithm")
+                    })?;
+                let key = match (&self.key_file, &self.secret) {
+                    (Some(path), None) => {
+                        let pem = std::fs::read(path).map_err(|e| {
+                            Error::config(format!("{field}.key_file"), "could not be read")
+                                .with_source(e)
+                        })?;
+                        SigningKey::from_pem(algorithm, &pem).map_err(relabel("key_file"))?
+                    }
+                    (None, Some(secret)) => {
+                        SigningKey::hmac(algorithm, secret).map_err(relabel("secret"))?
+                    }
+                    _ => {
+                        return Err(Error::config(
+                            format!("{field}.key_file"),
+                            "give key_file (PEM) or secret (HMAC), one of them",
+                        ));
+                    }
+                };
+                let key = match &self.kid {
+                    Some(kid) => key.with_kid(kid.clone()),
+                    None => key,
+                };
+                let mut signer = JwtSigner::builder(key);
+                if let Some(issuer) = &self.issuer {
+                    signer = signer.issuer(issuer.clone());
+                }
+                if let Some(subject) = &self.subject {
+                    signer = signer.subject(subject.clone());
+                }
+                if let Some(lifetime) = self.lifetime {
+                    signer = signer.lifetime(lifetime);
+                }
+                let signer = signer.build().map_err(relabel("lifetime"))?;
+                match &self.audience {
+                    None => Ok(signer),
+                    Some(audience) => Ok(std::sync::Arc::new(FixedAudience {
+                        inner: signer,
+                        audience: crate::endpoint::ServiceName::new(audience)
+                            .map_err(relabel("audience"))?,
+                    })),
+                }
+            }
+            AuthKind::Oauth2 => {
+                required("token_url", self.token_url.is_some())?;
+                required("client_id", self.client_id.is_some())?;
+                required("client_secret", self.client_secret.is_some())?;
+                let client_auth = match self.client_auth.as_deref() {
+                    None | Some("basic") => ClientAuth::Basic,
+                    Some("post") => ClientAuth::Post,
+                    Some(_) => {
+                        return Err(Error::config(
+                            format!("{field}.client_auth"),
+                            "must be \"basic\" or \"post\"",
+                        ));
+                    }
+                };
+                let mut builder = OAuth2ClientCredentials::builder(
+                    self.token_url.clone().unwrap_or_default(),
+                    self.client_id.clone().unwrap_or_default(),
+                    self.client_secret.clone().expect("checked above"),
+                )
+                .client_auth(client_auth);
+                if let Some(scope) = &self.scope {
+                    builder = builder.scope(scope.clone());
+                }
+                if let Some(audience) = &self.audience {
+                    builder = builder.audience(audience.clone());
+                }
+                Ok(builder.build().map_err(relabel("token_url"))?)
+            }
+        }
+    }
+}
+
+/// A signer whose tokens name one audience whatever the service called.
+#[cfg(feature = "jwt")]
+struct FixedAudience {
+    inner: std::sync::Arc<crate::auth::JwtSigner>,
+    audience: crate::endpoint::ServiceName,
+}
+
+#[cfg(feature = "jwt")]
+impl crate::auth::TokenSource for FixedAudience {
+    fn token<'a>(
+        &'a self,
+        _: &'a crate::endpoint::ServiceName,
+    ) -> crate::discovery::BoxFuture<'a, Result<crate::auth::BearerToken, Error>> {
+        self.inner.token(&self.audience)
     }
 }
