@@ -255,18 +255,9 @@ impl Jwks {
             .get(CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
-        let mut response = response;
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = crate::discovery::http::read_bounded(response, self.options.max_body_bytes)
             .await
-            .map_err(|e| e.without_url().to_string())?
-        {
-            if body.len() + chunk.len() > self.options.max_body_bytes {
-                return Err("the key set is larger than allowed".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| e.to_string())?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| format!("malformed key set: {e}"))?;
         let mut keys = HashMap::new();

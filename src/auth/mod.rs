@@ -34,6 +34,14 @@ pub use oauth2::{ClientAuth, OAuth2Builder, OAuth2ClientCredentials};
 pub use source::{BearerToken, JwtSigner, JwtSignerBuilder, SigningKey, StaticToken, TokenSource};
 pub use verifier::{Claims, MAX_TOKEN_BYTES, Rejection, Verifier, VerifyingKey};
 
+/// The error for a PEM or DER key given with an HMAC algorithm.
+fn not_public_key(format: &str) -> crate::Error {
+    crate::Error::builder(
+        "auth.algorithm",
+        format!("{format} keys are for public-key algorithms, not HMAC"),
+    )
+}
+
 /// The least HMAC key length for `algorithm`, in bytes: its hash's output (RFC 7518 §3.2).
 fn hmac_len(algorithm: Algorithm) -> Option<usize> {
     match algorithm {

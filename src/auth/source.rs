@@ -110,17 +110,12 @@ impl SigningKey {
 
     /// A private key in PEM (PKCS#8, or PKCS#1 for RSA).
     pub fn from_pem(algorithm: Algorithm, pem: &[u8]) -> Result<Self, Error> {
-        use Algorithm::*;
-        let key = match algorithm {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => EncodingKey::from_rsa_pem(pem),
-            ES256 | ES384 => EncodingKey::from_ec_pem(pem),
-            EdDSA => EncodingKey::from_ed_pem(pem),
-            _ => {
-                return Err(Error::builder(
-                    "auth.algorithm",
-                    "PEM keys are for public-key algorithms",
-                ));
-            }
+        use jsonwebtoken::AlgorithmFamily::*;
+        let key = match algorithm.family() {
+            Rsa => EncodingKey::from_rsa_pem(pem),
+            Ec => EncodingKey::from_ec_pem(pem),
+            Ed => EncodingKey::from_ed_pem(pem),
+            Hmac => return Err(super::not_public_key("PEM")),
         }
         .map_err(|e| Error::builder("auth.key", "is not a valid private key").with_source(e))?;
         Ok(SigningKey {
@@ -132,17 +127,12 @@ impl SigningKey {
 
     /// A private key in DER (PKCS#1 for RSA, PKCS#8 for ECDSA and EdDSA).
     pub fn from_der(algorithm: Algorithm, der: &[u8]) -> Result<Self, Error> {
-        use Algorithm::*;
-        let key = match algorithm {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => EncodingKey::from_rsa_der(der),
-            ES256 | ES384 => EncodingKey::from_ec_der(der),
-            EdDSA => EncodingKey::from_ed_der(der),
-            _ => {
-                return Err(Error::builder(
-                    "auth.algorithm",
-                    "DER keys are for public-key algorithms",
-                ));
-            }
+        use jsonwebtoken::AlgorithmFamily::*;
+        let key = match algorithm.family() {
+            Rsa => EncodingKey::from_rsa_der(der),
+            Ec => EncodingKey::from_ec_der(der),
+            Ed => EncodingKey::from_ed_der(der),
+            Hmac => return Err(super::not_public_key("DER")),
         };
         Ok(SigningKey {
             algorithm,

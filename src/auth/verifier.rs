@@ -118,17 +118,12 @@ impl VerifyingKey {
 
     /// A public key in PEM for `algorithm` (RSA, PSS, ECDSA or EdDSA).
     pub fn from_pem(algorithm: Algorithm, pem: &[u8]) -> Result<Self, Error> {
-        use jsonwebtoken::Algorithm::*;
-        let key = match algorithm {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem),
-            ES256 | ES384 => DecodingKey::from_ec_pem(pem),
-            EdDSA => DecodingKey::from_ed_pem(pem),
-            _ => {
-                return Err(Error::builder(
-                    "auth.algorithm",
-                    "PEM keys are for public-key algorithms",
-                ));
-            }
+        use jsonwebtoken::AlgorithmFamily::*;
+        let key = match algorithm.family() {
+            Rsa => DecodingKey::from_rsa_pem(pem),
+            Ec => DecodingKey::from_ec_pem(pem),
+            Ed => DecodingKey::from_ed_pem(pem),
+            Hmac => return Err(super::not_public_key("PEM")),
         }
         .map_err(key_error)?;
         Ok(VerifyingKey {
@@ -141,17 +136,12 @@ impl VerifyingKey {
     /// A public key in DER for `algorithm`: PKCS#1 for RSA and PSS, the raw point or key for
     /// ECDSA and EdDSA (as jsonwebtoken reads them).
     pub fn from_der(algorithm: Algorithm, der: &[u8]) -> Result<Self, Error> {
-        use jsonwebtoken::Algorithm::*;
-        let key = match algorithm {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_der(der),
-            ES256 | ES384 => DecodingKey::from_ec_der(der),
-            EdDSA => DecodingKey::from_ed_der(der),
-            _ => {
-                return Err(Error::builder(
-                    "auth.algorithm",
-                    "DER keys are for public-key algorithms",
-                ));
-            }
+        use jsonwebtoken::AlgorithmFamily::*;
+        let key = match algorithm.family() {
+            Rsa => DecodingKey::from_rsa_der(der),
+            Ec => DecodingKey::from_ec_der(der),
+            Ed => DecodingKey::from_ed_der(der),
+            Hmac => return Err(super::not_public_key("DER")),
         };
         Ok(VerifyingKey {
             kid: None,

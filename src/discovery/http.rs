@@ -1,5 +1,6 @@
-//! What the HTTP-speaking backends (Consul, Eureka) share: a bounded body read and the
-//! mapping of HTTP failures to discovery errors.
+//! What the HTTP-speaking backends (Consul, Eureka) and key and token fetches share: a
+//! bounded body read and the mapping of HTTP failures to discovery errors.
+#![cfg_attr(not(any(feature = "consul", feature = "eureka")), allow(dead_code))]
 
 use reqwest::Response;
 

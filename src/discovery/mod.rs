@@ -54,8 +54,8 @@ mod consul;
 mod dns;
 #[cfg(feature = "eureka")]
 mod eureka;
-#[cfg(any(feature = "consul", feature = "eureka"))]
-mod http;
+#[cfg(any(feature = "consul", feature = "eureka", feature = "jwt"))]
+pub(crate) mod http;
 mod registry;
 mod static_list;
 
