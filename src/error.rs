@@ -143,6 +143,10 @@ impl Error {
         Error::new(kind).with_source(err)
     }
 
+    pub(crate) fn kind(&self) -> Kind {
+        self.inner.kind
+    }
+
     pub(crate) fn has_service(&self) -> bool {
         self.inner.service.is_some()
     }

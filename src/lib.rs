@@ -76,6 +76,7 @@ pub mod discovery;
 pub mod endpoint;
 mod error;
 pub mod limit;
+pub mod observe;
 pub mod retry;
 mod secret;
 pub mod timeout;

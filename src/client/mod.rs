@@ -128,6 +128,15 @@ impl MeshClient {
     pub fn discovery_status(&self, service: &str) -> Option<DiscoveryStatus> {
         self.registry().status(service)
     }
+
+    /// What `service`'s calls have done: count, error rate, mean response time, throughput,
+    /// percentiles, in-flight calls, and each endpoint's weight and health. `None` before
+    /// its first call.
+    pub fn stats(&self, service: &str) -> Option<crate::observe::ServiceStats> {
+        let endpoints = self.registry().endpoint_status(service).unwrap_or_default();
+        self.stacks
+            .stats_of(service, move |cell| cell.snapshot(endpoints))
+    }
 }
 
 impl fmt::Debug for MeshClient {

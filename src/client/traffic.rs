@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::limit::{
     ConcurrencyLimit, ConcurrencyLimitLayer, OnExceed, Rate, RateLimit, RateLimitLayer,
 };
+use crate::observe::{Metrics, MetricsLayer};
 use crate::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::timeout::{Timeout, TimeoutLayer};
 
@@ -130,7 +131,11 @@ impl TrafficPolicy {
         Ok(())
     }
 
-    fn stack(&self, balance: Balance<reqwest::Client>) -> Result<Stack, Error> {
+    fn stack(
+        &self,
+        balance: Balance<reqwest::Client>,
+        metrics: &MetricsLayer,
+    ) -> Result<Stack, Error> {
         let breaker = self
             .breaker
             .clone()
@@ -146,6 +151,7 @@ impl TrafficPolicy {
             .option_layer(self.auth.clone())
             .service(balance);
         Ok(ServiceBuilder::new()
+            .layer(metrics.clone())
             .option_layer(self.timeout.map(TimeoutLayer::new))
             .option_layer(retry)
             .option_layer(rate)
@@ -165,13 +171,13 @@ type Limited = Either<ConcurrencyLimit<Breaking>, Breaking>;
 type Rated = Either<RateLimit<Limited>, Limited>;
 type Retrying = Either<Retry<Rated, HttpClassifier>, Rated>;
 /// One service's stack: concrete types, so a call allocates nothing for the layers it skips.
-pub(crate) type Stack = Either<Timeout<Retrying>, Retrying>;
+pub(crate) type Stack = Metrics<Either<Timeout<Retrying>, Retrying>>;
 
 /// Every service's stack, built on first use and read without a lock.
 pub(crate) struct Stacks {
     default: TrafficPolicy,
     configured: HashMap<ServiceName, TrafficPolicy>,
-    built: ArcSwap<HashMap<ServiceName, Stack>>,
+    built: ArcSwap<HashMap<ServiceName, (Stack, MetricsLayer)>>,
     building: Mutex<()>,
 }
 
@@ -198,22 +204,34 @@ impl Stacks {
     /// The stack of `host`, a service the registry knows, built on its first call; its
     /// breaker, limits and budget live in it.
     pub(crate) fn get(&self, host: &str, balance: &Balanced) -> Result<Stack, Error> {
-        if let Some(stack) = self.built.load().get(host) {
+        if let Some((stack, _)) = self.built.load().get(host) {
             return Ok(stack.clone());
         }
         let policy = |name: &str| self.configured.get(name).unwrap_or(&self.default);
-        let Ok(name) = ServiceName::new(host) else {
-            return self.default.stack(balance.clone());
-        };
+        let name = ServiceName::new(host)
+            .map_err(|_| Error::invalid_url("the URL's host is not a valid service name"))?;
         let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(stack) = self.built.load().get(host) {
+        if let Some((stack, _)) = self.built.load().get(host) {
             return Ok(stack.clone());
         }
-        let stack = policy(host).stack(balance.clone())?;
+        let metrics = MetricsLayer::new(name.clone());
+        let stack = policy(host).stack(balance.clone(), &metrics)?;
         let mut built = HashMap::clone(&self.built.load());
-        built.insert(name, stack.clone());
+        built.insert(name, (stack.clone(), metrics));
         self.built.store(Arc::new(built));
         Ok(stack)
+    }
+
+    /// The counters of `service`'s calls, if it has been called.
+    pub(crate) fn stats_of<R>(
+        &self,
+        service: &str,
+        read: impl FnOnce(&crate::observe::StatsCell) -> R,
+    ) -> Option<R> {
+        self.built
+            .load()
+            .get(service)
+            .map(|(_, metrics)| read(metrics.stats()))
     }
 }
 

@@ -1,0 +1,232 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::{REQUEST_DURATION, StatsCell};
+use crate::endpoint::ServiceName;
+use crate::error::{Error, Kind};
+
+/// The label values of one histogram series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Series {
+    method: &'static str,
+    status: u16,
+    error: Option<&'static str>,
+}
+
+/// Records each call's duration and outcome for one service: the OpenTelemetry histogram
+/// through the `metrics` facade, and the service's [`ServiceStats`](super::ServiceStats).
+#[derive(Clone, Debug)]
+pub struct MetricsLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    service: ServiceName,
+    stats: StatsCell,
+    handles: ArcSwap<HashMap<Series, metrics::Histogram>>,
+}
+
+impl MetricsLayer {
+    /// Records calls to `service`.
+    pub fn new(service: ServiceName) -> Self {
+        MetricsLayer {
+            shared: Arc::new(Shared {
+                service,
+                stats: StatsCell::new(),
+                handles: ArcSwap::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &StatsCell {
+        &self.shared.stats
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+
+    fn layer(&self, inner: S) -> Metrics<S> {
+        Metrics {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`MetricsLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Metrics<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+fn method_label(method: &reqwest::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+/// A short, bounded name for a failure, for `error.type`.
+fn error_label(error: &Error) -> &'static str {
+    if error.is_connect() {
+        return "connect";
+    }
+    match error.kind() {
+        Kind::Timeout => "timeout",
+        Kind::CircuitOpen => "circuit_open",
+        Kind::RateLimited => "rate_limited",
+        Kind::Overloaded => "overloaded",
+        Kind::NoEndpoints => "no_endpoints",
+        Kind::UnknownService => "unknown_service",
+        Kind::Discovery => "discovery",
+        Kind::Auth => "auth",
+        Kind::InvalidUrl | Kind::Request | Kind::Builder | Kind::Config => "request",
+        Kind::Transport => "transport",
+    }
+}
+
+impl Shared {
+    fn record(&self, series: Series, started: Instant) {
+        let elapsed = started.elapsed();
+        self.stats.finish(elapsed, series.error.is_some());
+        let handle = match self.handles.load().get(&series) {
+            Some(handle) => handle.clone(),
+            None => {
+                // First call with these labels: resolve the handle once and keep it.
+                let status = series.status.to_string();
+                let mut labels = vec![
+                    ("http.request.method", series.method.to_owned()),
+                    ("server.address", self.service.to_string()),
+                ];
+                if series.status != 0 {
+                    labels.push(("http.response.status_code", status));
+                }
+                if let Some(error) = series.error {
+                    labels.push(("error.type", error.to_owned()));
+                }
+                let handle = metrics::histogram!(REQUEST_DURATION, &labels);
+                self.handles.rcu(|map| {
+                    let mut map = HashMap::clone(map);
+                    map.insert(series, handle.clone());
+                    map
+                });
+                handle
+            }
+        };
+        handle.record(elapsed.as_secs_f64());
+    }
+}
+
+impl<S> Service<reqwest::Request> for Metrics<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = Error>,
+{
+    type Response = reqwest::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+        self.shared.stats.start();
+        ResponseFuture {
+            method: method_label(request.method()),
+            future: self.inner.call(request),
+            started: Instant::now(),
+            shared: Some(self.shared.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Metrics`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        method: &'static str,
+        started: Instant,
+        shared: Option<Arc<Shared>>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // A call dropped before it completed (cancelled) leaves the in-flight count.
+            if let Some(shared) = this.project().shared.take() {
+                shared.stats.cancel();
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("metrics::ResponseFuture")
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<reqwest::Response, Error>>,
+{
+    type Output = Result<reqwest::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        if let Some(shared) = this.shared.take() {
+            let series = match &result {
+                Ok(response) => {
+                    let status = response.status();
+                    Series {
+                        method: this.method,
+                        status: status.as_u16(),
+                        error: status
+                            .is_server_error()
+                            .then(|| status_label(status.as_u16())),
+                    }
+                }
+                Err(error) => Series {
+                    method: this.method,
+                    status: error.status().map_or(0, |s| s.as_u16()),
+                    error: Some(error_label(error)),
+                },
+            };
+            shared.record(series, *this.started);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// `error.type` for a 5xx: its code, as OpenTelemetry asks, from a fixed table.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        505 => "505",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,244 @@
+//! Per-service statistics kept with atomics on the request path, read as a [`ServiceStats`]
+//! snapshot.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Latency buckets: four per power of two of nanoseconds, up to 2^40 ns (about 18 minutes).
+const BUCKETS: usize = 160;
+/// The throughput window, in one-second slots.
+const WINDOW: usize = 10;
+
+/// What one service's calls have done, from [`MeshClient::stats`](crate::MeshClient::stats).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ServiceStats {
+    /// Calls completed.
+    pub requests: u64,
+    /// Calls that failed: no response, or a `5xx`.
+    pub errors: u64,
+    /// `errors / requests`, 0 before the first call.
+    pub error_rate: f64,
+    /// Mean response time over every call, `M = (1/N) Σ m(i)`.
+    pub mean: Duration,
+    /// Throughput `S`: calls completed per second over the last 10 seconds (or since the
+    /// first call, if that is sooner).
+    pub throughput: f64,
+    /// Median response time. Percentiles come from a log-scale histogram with four buckets
+    /// per power of two, so each is within 19% above the true value.
+    pub p50: Duration,
+    /// 90th percentile response time.
+    pub p90: Duration,
+    /// 99th percentile response time.
+    pub p99: Duration,
+    /// Calls in flight now.
+    pub in_flight: i64,
+    /// What the mesh knows of each endpoint: configured and effective weight, health score,
+    /// ejected or paused.
+    pub endpoints: Vec<crate::discovery::EndpointStatus>,
+}
+
+/// The counters behind a [`ServiceStats`].
+#[derive(Debug)]
+pub(crate) struct StatsCell {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    total_nanos: AtomicU64,
+    in_flight: AtomicI64,
+    buckets: Box<[AtomicU64]>,
+    /// (second since `origin`, calls completed in it)
+    window: Box<[(AtomicU64, AtomicU64)]>,
+    origin: Instant,
+    first: AtomicU64,
+}
+
+fn bucket(latency: Duration) -> usize {
+    let nanos = latency.as_nanos().clamp(1, u128::from(u64::MAX)) as f64;
+    ((nanos.log2() * 4.0) as usize).min(BUCKETS - 1)
+}
+
+/// The upper bound of a bucket.
+fn bucket_bound(index: usize) -> Duration {
+    Duration::from_nanos(2f64.powf((index + 1) as f64 / 4.0) as u64)
+}
+
+impl StatsCell {
+    pub(crate) fn new() -> Self {
+        StatsCell {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            total_nanos: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            window: (0..WINDOW)
+                .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
+                .collect(),
+            origin: Instant::now(),
+            first: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub(crate) fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call that was dropped before it completed.
+    pub(crate) fn cancel(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finish(&self, latency: Duration, failed: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.total_nanos.fetch_add(
+            latency.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        let second = self.origin.elapsed().as_secs();
+        let _ = self
+            .first
+            .compare_exchange(u64::MAX, second, Ordering::Relaxed, Ordering::Relaxed);
+        let (stamp, count) = &self.window[(second % WINDOW as u64) as usize];
+        let old = stamp.swap(second, Ordering::Relaxed);
+        if old != second {
+            // A new second reuses the slot: it starts from this call. (A call racing the
+            // reset may be lost from the throughput window; the totals are exact.)
+            count.store(1, Ordering::Relaxed);
+        } else {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        endpoints: Vec<crate::discovery::EndpointStatus>,
+    ) -> ServiceStats {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let errors = self.errors.load(Ordering::Relaxed);
+        let total = self.total_nanos.load(Ordering::Relaxed);
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let counted: u64 = counts.iter().sum();
+        let percentile = |q: f64| {
+            if counted == 0 {
+                return Duration::ZERO;
+            }
+            let rank = (q * counted as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, &c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return bucket_bound(i);
+                }
+            }
+            bucket_bound(BUCKETS - 1)
+        };
+        let now = self.origin.elapsed();
+        let second = now.as_secs();
+        let recent: u64 = self
+            .window
+            .iter()
+            .filter(|(s, _)| {
+                let s = s.load(Ordering::Relaxed);
+                s != u64::MAX && second - s < WINDOW as u64
+            })
+            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .sum();
+        let first = self.first.load(Ordering::Relaxed);
+        let span = if first == u64::MAX {
+            0.0
+        } else {
+            let since_first = now.as_secs_f64() - first as f64;
+            since_first.clamp(1.0, WINDOW as f64)
+        };
+        ServiceStats {
+            requests,
+            errors,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            mean: Duration::from_nanos(total.checked_div(requests).unwrap_or(0)),
+            throughput: if span == 0.0 {
+                0.0
+            } else {
+                recent as f64 / span
+            },
+            p50: percentile(0.5),
+            p90: percentile(0.9),
+            p99: percentile(0.99),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            endpoints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_bound_their_values_within_a_fifth() {
+        for micros in [1u64, 7, 100, 999, 12_345, 1_000_000] {
+            let latency = Duration::from_micros(micros);
+            let bound = bucket_bound(bucket(latency));
+            assert!(bound >= latency, "{latency:?} -> {bound:?}");
+            assert!(
+                bound.as_secs_f64() <= latency.as_secs_f64() * 1.19 + 1e-9,
+                "{latency:?} -> {bound:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mean_throughput_and_percentiles_follow_the_calls() {
+        let cell = StatsCell::new();
+        // 5 seconds of 20 calls a second: 90% at 1 ms, 10% at 100 ms; one in twenty fails.
+        for second in 0..5 {
+            for i in 0..20 {
+                cell.start();
+                let latency = if i % 10 == 9 {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis(1)
+                };
+                cell.finish(latency, i == 0);
+            }
+            if second < 4 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+        }
+        tokio::time::advance(Duration::from_millis(999)).await;
+        let stats = cell.snapshot(Vec::new());
+        assert_eq!(stats.requests, 100);
+        assert_eq!(stats.errors, 5);
+        assert!((stats.error_rate - 0.05).abs() < 1e-12);
+        assert_eq!(
+            stats.mean,
+            Duration::from_micros(10_900),
+            "(90·1 ms + 10·100 ms) / 100"
+        );
+        assert!(
+            (stats.throughput - 20.0).abs() < 0.5,
+            "{}",
+            stats.throughput
+        );
+        assert!(stats.p50 >= Duration::from_millis(1) && stats.p50 < Duration::from_micros(1190));
+        assert!(
+            stats.p90 < Duration::from_micros(1190),
+            "the 90th call is still a fast one"
+        );
+        assert!(stats.p99 >= Duration::from_millis(100), "{:?}", stats.p99);
+        assert_eq!(stats.in_flight, 0);
+    }
+}

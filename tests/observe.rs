@@ -1,0 +1,163 @@
+//! Metrics and statistics after known traffic against real servers on 127.0.0.1.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use proxyless::client::TrafficPolicy;
+use proxyless::{MeshClient, StaticDiscovery};
+use support::TestServer;
+
+#[test]
+fn the_duration_histogram_has_the_documented_name_and_labels() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A current-thread runtime under a local recorder: every task runs inside it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let good = TestServer::start("good").await;
+            let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
+            let mesh = MeshClient::builder()
+                .discovery(
+                    StaticDiscovery::new()
+                        .with("orders", [good.endpoint()])
+                        .expect("valid")
+                        .with("billing", [bad.endpoint()])
+                        .expect("valid"),
+                )
+                .traffic(TrafficPolicy::default().no_retries().no_breaker())
+                .build()
+                .expect("valid client");
+            for _ in 0..7 {
+                mesh.get("http://orders/").send().await.expect("ok");
+            }
+            for _ in 0..3 {
+                mesh.post("http://billing/").send().await.expect("a 503");
+            }
+            let purge = reqwest::Method::from_bytes(b"PURGE").expect("method");
+            mesh.request(purge, "http://orders/")
+                .send()
+                .await
+                .expect("ok");
+            let err = mesh
+                .get("http://nowhere/")
+                .send()
+                .await
+                .expect_err("unknown");
+            assert!(err.is_unknown_service());
+        });
+    });
+
+    let mut series: Vec<(Vec<(String, String)>, usize)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "http.client.request.duration")
+        .map(|(key, _, _, value)| {
+            let mut labels: Vec<(String, String)> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            let count = match value {
+                DebugValue::Histogram(samples) => samples.len(),
+                other => panic!("not a histogram: {other:?}"),
+            };
+            (labels, count)
+        })
+        .collect();
+    series.sort();
+    let labels = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut expected = vec![
+        (
+            labels(&[
+                ("error.type", "503"),
+                ("http.request.method", "POST"),
+                ("http.response.status_code", "503"),
+                ("server.address", "billing"),
+            ]),
+            3,
+        ),
+        (
+            labels(&[
+                ("http.request.method", "GET"),
+                ("http.response.status_code", "200"),
+                ("server.address", "orders"),
+            ]),
+            7,
+        ),
+        (
+            labels(&[
+                ("http.request.method", "_OTHER"),
+                ("http.response.status_code", "200"),
+                ("server.address", "orders"),
+            ]),
+            1,
+        ),
+    ];
+    expected.sort();
+    // The unknown service never got a stack: no series for a made-up name.
+    assert_eq!(series, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_match_the_traffic_sent() {
+    let (server, control) = TestServer::start_controlled("slow").await;
+    control.delay_ms.store(20, Ordering::SeqCst);
+    let mesh = MeshClient::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", [server.endpoint()])
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid client");
+    assert!(
+        mesh.stats("orders").is_none(),
+        "no stats before the first call"
+    );
+    let started = std::time::Instant::now();
+    for i in 0..40 {
+        if i == 30 {
+            control.status.store(500, Ordering::SeqCst);
+        }
+        let _ = mesh.get("http://orders/").send().await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = mesh.stats("orders").expect("called");
+    assert_eq!(stats.requests, 40);
+    assert_eq!(stats.errors, 10, "the ten 500s");
+    assert!((stats.error_rate - 0.25).abs() < 1e-12);
+    // Each call waits 20 ms at the server; loopback adds little.
+    assert!(
+        stats.mean >= Duration::from_millis(20) && stats.mean < Duration::from_millis(60),
+        "{:?}",
+        stats.mean
+    );
+    let expected = 40.0 / elapsed;
+    assert!(
+        (stats.throughput - expected).abs() / expected < 0.25,
+        "{} vs {expected}",
+        stats.throughput
+    );
+    assert!(stats.p50 >= Duration::from_millis(20));
+    assert!(stats.p99 >= stats.p50);
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.endpoints.len(), 1);
+    assert_eq!(stats.endpoints[0].weight, 1);
+}
