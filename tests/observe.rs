@@ -161,3 +161,91 @@ async fn stats_match_the_traffic_sent() {
     assert_eq!(stats.endpoints.len(), 1);
     assert_eq!(stats.endpoints[0].weight, 1);
 }
+
+#[test]
+fn mesh_metrics_count_retries_rejections_breaker_transitions_and_ejections() {
+    use proxyless::breaker::{BreakerConfig, SlidingWindow};
+    use proxyless::retry::RetryPolicy;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let bad_a = TestServer::start_answering("a", StatusCode::BAD_GATEWAY).await;
+            let bad_b = TestServer::start_answering("b", StatusCode::BAD_GATEWAY).await;
+            let mesh = MeshClient::builder()
+                .discovery(
+                    StaticDiscovery::new()
+                        .with("orders", [bad_a.endpoint(), bad_b.endpoint()])
+                        .expect("valid"),
+                )
+                .traffic(
+                    TrafficPolicy::default()
+                        .retry(RetryPolicy::default().max_attempts(2))
+                        .breaker(
+                            BreakerConfig::default()
+                                .sliding_window(SlidingWindow::Count(20))
+                                .minimum_calls(20),
+                        ),
+                )
+                .build()
+                .expect("valid client");
+            // Ten calls, each retried once: twenty failures open the breaker.
+            for _ in 0..10 {
+                let _ = mesh.get("http://orders/").send().await;
+            }
+            let err = mesh.get("http://orders/").send().await.expect_err("open");
+            assert!(err.is_circuit_open(), "{err:?}");
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| key.key().name() == name)
+            .filter(|(key, ..)| {
+                label
+                    .is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(h) => h.len() as f64,
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(
+        value("proxyless.retries", Some(("server.address", "orders"))),
+        10.0
+    );
+    assert_eq!(
+        value("proxyless.breaker.transitions", Some(("to", "open"))),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "proxyless.breaker.state",
+            Some(("server.address", "orders"))
+        ),
+        2.0
+    );
+    assert_eq!(
+        value("proxyless.rejected", Some(("reason", "circuit_open"))),
+        1.0
+    );
+    assert_eq!(
+        value("proxyless.endpoint.ejections", None),
+        1.0,
+        "10% of two: one"
+    );
+    assert_eq!(
+        value(
+            "proxyless.discovery.endpoints",
+            Some(("server.address", "orders"))
+        ),
+        2.0
+    );
+}

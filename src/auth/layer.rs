@@ -107,6 +107,8 @@ where
                         reason = rejection.label(),
                         "request refused: bad bearer token"
                     );
+                    metrics::counter!(crate::observe::VERIFICATION_FAILURES, "reason" => rejection.label())
+                        .increment(1);
                     Ok(unauthorized(rejection))
                 }
             }

@@ -178,6 +178,7 @@ impl OAuth2ClientCredentials {
     }
 
     async fn fetch(&self) -> Result<Cached, Error> {
+        metrics::counter!(crate::observe::TOKEN_REFRESHES, "source" => "oauth2").increment(1);
         // The form serializer is not Send: finish it before any await.
         let body = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());

@@ -134,6 +134,8 @@ fn avoid_tried(snapshot: &Snapshot, index: usize) -> usize {
         return index;
     };
     let index = if attempts.any() {
+        metrics::counter!(crate::observe::RETRIES, "server.address" => snapshot.service.to_string())
+            .increment(1);
         snapshot.untried(index, &attempts)
     } else {
         index

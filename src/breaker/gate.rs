@@ -186,6 +186,8 @@ pub enum BreakerState {
 pub struct Breaker {
     config: BreakerConfig,
     machine: Mutex<Machine>,
+    /// The service it guards, for its metrics' `server.address`; empty when used alone.
+    service: String,
 }
 
 #[derive(Debug)]
@@ -236,6 +238,11 @@ impl Drop for Permit {
 impl Breaker {
     /// A closed breaker. The settings must be valid ([`BreakerConfig::validate`]).
     pub fn new(config: BreakerConfig) -> Result<Arc<Self>, Error> {
+        Self::for_service(config, String::new())
+    }
+
+    /// A closed breaker guarding `service`, named in its metrics.
+    pub(crate) fn for_service(config: BreakerConfig, service: String) -> Result<Arc<Self>, Error> {
         config.validate()?;
         let window = Window::new(config.window);
         Ok(Arc::new(Breaker {
@@ -246,6 +253,7 @@ impl Breaker {
                 opens: 0,
                 generation: 0,
             }),
+            service,
         }))
     }
 
@@ -280,7 +288,8 @@ impl Breaker {
                     permits: self.config.half_open_calls - 1,
                     results: Counts::default(),
                 };
-                tracing::info!("circuit breaker half-open");
+                tracing::info!(service = %self.service, "circuit breaker half-open");
+                self.transition("half_open", 1.0);
             }
             State::HalfOpen { permits, .. } => {
                 if *permits == 0 {
@@ -334,11 +343,19 @@ impl Breaker {
                         machine.opens = 0;
                         machine.window = Window::new(self.config.window);
                         machine.state = State::Closed;
-                        tracing::info!("circuit breaker closed");
+                        tracing::info!(service = %self.service, "circuit breaker closed");
+                        self.transition("closed", 0.0);
                     }
                 }
             }
         }
+    }
+
+    fn transition(&self, to: &'static str, state: f64) {
+        let service = self.service.clone();
+        metrics::counter!(crate::observe::BREAKER_TRANSITIONS, "server.address" => service.clone(), "to" => to)
+            .increment(1);
+        metrics::gauge!(crate::observe::BREAKER_STATE, "server.address" => service).set(state);
     }
 
     fn open(&self, machine: &mut Machine, counts: Counts) {
@@ -353,7 +370,9 @@ impl Breaker {
         machine.state = State::Open {
             until: Instant::now() + wait,
         };
+        self.transition("open", 2.0);
         tracing::warn!(
+            service = %self.service,
             calls = counts.calls,
             failure_rate = counts.failure_rate(),
             slow_rate = counts.slow_rate(),

@@ -22,6 +22,14 @@ impl CircuitBreakerLayer {
             classifier: HttpClassifier,
         })
     }
+
+    /// Like [`CircuitBreakerLayer::new`], naming `service` in the breaker's metrics.
+    pub(crate) fn for_service(config: BreakerConfig, service: &str) -> Result<Self, Error> {
+        Ok(CircuitBreakerLayer {
+            breaker: Breaker::for_service(config, service.to_owned())?,
+            classifier: HttpClassifier,
+        })
+    }
 }
 
 impl<C> CircuitBreakerLayer<C> {

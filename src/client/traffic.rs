@@ -136,10 +136,11 @@ impl TrafficPolicy {
         balance: Balance<reqwest::Client>,
         metrics: &MetricsLayer,
     ) -> Result<Stack, Error> {
+        let service = metrics.service().as_str();
         let breaker = self
             .breaker
             .clone()
-            .map(CircuitBreakerLayer::new)
+            .map(|config| CircuitBreakerLayer::for_service(config, service))
             .transpose()?;
         let rate = self
             .rate_limit

@@ -875,6 +875,8 @@ impl ServiceEntry {
             return;
         }
         let time = snapshot.stats[index].eject(self.epoch, now, detection);
+        metrics::counter!(crate::observe::EJECTIONS, "server.address" => self.name.to_string())
+            .increment(1);
         tracing::warn!(service = %self.name, endpoint = %endpoint, ejected_for = ?time, "endpoint ejected");
         self.rebuild();
     }
@@ -919,6 +921,8 @@ impl ServiceEntry {
             version = status.version,
             "discovery update"
         );
+        metrics::gauge!(crate::observe::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
+            .set(endpoints.len() as f64);
         self.current.store(Some(Arc::new(Snapshot {
             service: self.name.clone(),
             endpoints,
@@ -936,6 +940,8 @@ impl ServiceEntry {
             let since = self.epoch.elapsed().as_nanos() as u64 + 1;
             self.failing_since.store(since, Ordering::Relaxed);
         }
+        metrics::counter!(crate::observe::DISCOVERY_ERRORS, "server.address" => self.name.to_string())
+            .increment(1);
         let mut status = self.lock_status();
         status.consecutive_errors += 1;
         status.errors_total += 1;
@@ -999,6 +1005,10 @@ async fn watch(
                 _ = tick(&mut ticks) => {
                     // Effective weights move with health scores, and ejections run out.
                     entry.rebuild();
+                    if let Some(age) = entry.status().age {
+                        metrics::gauge!(crate::observe::DISCOVERY_AGE, "server.address" => entry.name.to_string())
+                            .set(age.as_secs_f64());
+                    }
                     continue;
                 }
             };

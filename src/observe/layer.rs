@@ -50,6 +50,10 @@ impl MetricsLayer {
     pub(crate) fn stats(&self) -> &StatsCell {
         &self.shared.stats
     }
+
+    pub(crate) fn service(&self) -> &ServiceName {
+        &self.shared.service
+    }
 }
 
 impl<S> Layer<S> for MetricsLayer {
@@ -107,6 +111,10 @@ fn error_label(error: &Error) -> &'static str {
 impl Shared {
     fn record(&self, series: Series, started: Instant) {
         let elapsed = started.elapsed();
+        if let Some(reason @ ("rate_limited" | "overloaded" | "circuit_open")) = series.error {
+            metrics::counter!(super::REJECTED, "server.address" => self.service.to_string(), "reason" => reason)
+                .increment(1);
+        }
         self.stats.finish(elapsed, series.error.is_some());
         let handle = match self.handles.load().get(&series) {
             Some(handle) => handle.clone(),

@@ -8,6 +8,16 @@
 //! | metric | kind | labels |
 //! |---|---|---|
 //! | `http.client.request.duration` | histogram, seconds | `http.request.method`, `server.address` (the logical service), `http.response.status_code` or `error.type` |
+//! | `proxyless.retries` | counter | `server.address` |
+//! | `proxyless.rejected` | counter | `server.address`, `reason` (`rate_limited`, `overloaded`, `circuit_open`) |
+//! | `proxyless.breaker.state` | gauge: 0 closed, 1 half-open, 2 open | `server.address` |
+//! | `proxyless.breaker.transitions` | counter | `server.address`, `to` |
+//! | `proxyless.endpoint.ejections` | counter | `server.address` |
+//! | `proxyless.discovery.endpoints` | gauge | `server.address` |
+//! | `proxyless.discovery.snapshot_age` | gauge, seconds | `server.address` |
+//! | `proxyless.discovery.refresh_errors` | counter | `server.address` |
+//! | `proxyless.auth.token_refreshes` | counter | `source` (`jwt`, `oauth2`) |
+//! | `proxyless.auth.verification_failures` | counter | `reason` |
 //!
 //! following OpenTelemetry's semantic conventions for HTTP clients; `error.type` is the
 //! status code for a `5xx`, and otherwise a short name of the failure (`timeout`, `connect`,
@@ -27,3 +37,25 @@ pub(crate) use stats::StatsCell;
 
 /// `http.client.request.duration`, seconds.
 pub const REQUEST_DURATION: &str = "http.client.request.duration";
+/// Retries sent (counter; `server.address`).
+pub const RETRIES: &str = "proxyless.retries";
+/// Calls refused by the mesh itself (counter; `server.address`, `reason`: `rate_limited`,
+/// `overloaded`, `circuit_open`).
+pub const REJECTED: &str = "proxyless.rejected";
+/// A service breaker's state (gauge; `server.address`): 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "proxyless.breaker.state";
+/// Breaker transitions (counter; `server.address`, `to`).
+pub const BREAKER_TRANSITIONS: &str = "proxyless.breaker.transitions";
+/// Endpoints ejected (counter; `server.address`).
+pub const EJECTIONS: &str = "proxyless.endpoint.ejections";
+/// Endpoints in a service's snapshot (gauge; `server.address`).
+pub const DISCOVERY_ENDPOINTS: &str = "proxyless.discovery.endpoints";
+/// Seconds since a service's last successful refresh (gauge; `server.address`).
+pub const DISCOVERY_AGE: &str = "proxyless.discovery.snapshot_age";
+/// Failed discovery refreshes (counter; `server.address`).
+pub const DISCOVERY_ERRORS: &str = "proxyless.discovery.refresh_errors";
+/// Outbound tokens signed or fetched (counter; `source`: `jwt`, `oauth2`).
+pub const TOKEN_REFRESHES: &str = "proxyless.auth.token_refreshes";
+/// Inbound tokens refused (counter; `reason`, from
+/// `Rejection::label`).
+pub const VERIFICATION_FAILURES: &str = "proxyless.auth.verification_failures";
