@@ -94,10 +94,14 @@ where
         match self.registry.lookup(host) {
             Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
-                let index = avoid_tried(&snapshot, index);
+                let (index, attempt) = avoid_tried(&snapshot, index);
                 rewrite(&mut request, &snapshot.endpoints[index], self.preserve_host);
-                let future = self.inner.call(request);
-                ResponseFuture::called(future, snapshot, index, self.classifier.clone())
+                let span = attempt_span(&snapshot, index, attempt);
+                let future = {
+                    let _entered = span.enter();
+                    self.inner.call(request)
+                };
+                ResponseFuture::called(future, snapshot, index, self.classifier.clone(), span)
             }
             Ok(Lookup::Pending(entry)) => {
                 // Cold path: the service's first snapshot is not in yet. Hand the readied
@@ -112,7 +116,7 @@ where
                 ResponseFuture::waiting(Box::pin(async move {
                     let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
                     drop(registry);
-                    let index = avoid_tried(&snapshot, entry.pick(&snapshot)?);
+                    let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
                     rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
                     let started = tokio::time::Instant::now();
                     let result = inner
@@ -127,11 +131,22 @@ where
     }
 }
 
+/// A span for one attempt at one endpoint.
+fn attempt_span(snapshot: &Snapshot, index: usize, attempt: usize) -> tracing::Span {
+    tracing::debug_span!(
+        "proxyless.attempt",
+        service = %snapshot.service,
+        endpoint = %snapshot.endpoints[index].addr(),
+        attempt,
+        outcome = tracing::field::Empty,
+    )
+}
+
 /// Inside a retry layer, steers a retry away from endpoints the call already tried, and
-/// records the one chosen.
-fn avoid_tried(snapshot: &Snapshot, index: usize) -> usize {
+/// records the one chosen. Returns the endpoint and the attempt's number (1 for the first).
+fn avoid_tried(snapshot: &Snapshot, index: usize) -> (usize, usize) {
     let Some(attempts) = crate::retry::attempt::current() else {
-        return index;
+        return (index, 1);
     };
     let index = if attempts.any() {
         metrics::counter!(crate::observe::RETRIES, "server.address" => snapshot.service.to_string())
@@ -141,7 +156,7 @@ fn avoid_tried(snapshot: &Snapshot, index: usize) -> usize {
         index
     };
     attempts.record(snapshot.endpoints[index].addr());
-    index
+    (index, attempts.count())
 }
 
 /// The host of a logical URL, which must be a name, not an address.
@@ -191,7 +206,7 @@ fn observe<R, C: Classify<R>>(
     classifier: &C,
     result: Result<&R, &Error>,
     started: tokio::time::Instant,
-) {
+) -> Outcome {
     if let Ok(response) = result
         && let Some(pause) = classifier.pushback(response)
     {
@@ -202,6 +217,7 @@ fn observe<R, C: Classify<R>>(
         outcome => outcome,
     };
     snapshot.record(index, outcome, started.elapsed());
+    outcome
 }
 
 fn attach(error: Error, snapshot: &Snapshot, index: usize) -> Error {
@@ -236,6 +252,7 @@ pin_project! {
             index: usize,
             classifier: C,
             started: tokio::time::Instant,
+            span: tracing::Span,
         },
         // Waiting for the service's first snapshot.
         Waiting {
@@ -255,7 +272,13 @@ impl<F, R, C> ResponseFuture<F, R, C> {
         }
     }
 
-    fn called(future: F, snapshot: Arc<Snapshot>, index: usize, classifier: C) -> Self {
+    fn called(
+        future: F,
+        snapshot: Arc<Snapshot>,
+        index: usize,
+        classifier: C,
+        span: tracing::Span,
+    ) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
@@ -263,6 +286,7 @@ impl<F, R, C> ResponseFuture<F, R, C> {
                 index,
                 classifier,
                 started: tokio::time::Instant::now(),
+                span,
             },
         }
     }
@@ -300,10 +324,13 @@ where
                 index,
                 classifier,
                 started,
+                span,
             } => {
+                let _entered = span.enter();
                 let result = std::task::ready!(future.poll(cx))
                     .map_err(|error| attach(error.into(), snapshot, *index));
-                observe(snapshot, *index, classifier, result.as_ref(), *started);
+                let outcome = observe(snapshot, *index, classifier, result.as_ref(), *started);
+                span.record("outcome", tracing::field::debug(outcome));
                 Poll::Ready(result)
             }
             Projection::Waiting { future } => future.as_mut().poll(cx),

@@ -158,11 +158,25 @@ where
 
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
         self.shared.stats.start();
+        let method = method_label(request.method());
+        // One span per call: the attempts below it get spans of their own.
+        let span = tracing::info_span!(
+            "proxyless.call",
+            service = %self.shared.service,
+            method,
+            status = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
         ResponseFuture {
-            method: method_label(request.method()),
-            future: self.inner.call(request),
+            method,
+            future,
             started: Instant::now(),
             shared: Some(self.shared.clone()),
+            span,
         }
     }
 }
@@ -175,6 +189,7 @@ pin_project! {
         method: &'static str,
         started: Instant,
         shared: Option<Arc<Shared>>,
+        span: tracing::Span,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -201,6 +216,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let result = std::task::ready!(this.future.poll(cx));
         if let Some(shared) = this.shared.take() {
             let series = match &result {
@@ -220,6 +236,12 @@ where
                     error: Some(error_label(error)),
                 },
             };
+            if series.status != 0 {
+                this.span.record("status", series.status);
+            }
+            if let Some(error) = series.error {
+                this.span.record("error", error);
+            }
             shared.record(series, *this.started);
         }
         Poll::Ready(result)

@@ -38,6 +38,14 @@ impl Attempts {
             .contains(endpoint)
     }
 
+    /// How many endpoints have been tried.
+    pub(crate) fn count(&self) -> usize {
+        self.tried
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     pub(crate) fn any(&self) -> bool {
         !self
             .tried
