@@ -249,3 +249,53 @@ fn mesh_metrics_count_retries_rejections_breaker_transitions_and_ejections() {
         2.0
     );
 }
+
+#[test]
+fn label_cardinality_stays_bounded_with_a_thousand_endpoints() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            // A thousand endpoints on closed loopback ports: every call is refused.
+            let endpoints = (0..1000).map(|i| {
+                proxyless::Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000 + i)))
+            });
+            let mesh = MeshClient::builder()
+                .discovery(
+                    StaticDiscovery::new()
+                        .with("orders", endpoints)
+                        .expect("valid"),
+                )
+                .traffic(TrafficPolicy::default().no_retries().no_breaker())
+                .disable_outlier_detection()
+                .build()
+                .expect("valid client");
+            for _ in 0..2000 {
+                let _ = mesh.get("http://orders/").send().await;
+            }
+        });
+    });
+    let keys: Vec<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, ..)| format!("{:?}", key.key()))
+        .collect();
+    let durations = keys
+        .iter()
+        .filter(|k| k.contains("http.client.request.duration"))
+        .count();
+    assert!(
+        durations <= 2,
+        "one series per outcome, not per endpoint: {keys:#?}"
+    );
+    assert!(keys.len() <= 10, "{keys:#?}");
+    assert!(
+        keys.iter().all(|k| !k.contains("127.0.0.1")),
+        "no endpoint in any label"
+    );
+}
