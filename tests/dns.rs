@@ -338,3 +338,37 @@ async fn dnsmasq_srv_and_not_offered_services() {
         .expect_err("not offered");
     assert!(err.is_discovery(), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_asks_past_the_cache_so_a_confirmation_is_a_real_second_fetch() {
+    use proxyless::{Discovery, ServiceName};
+    let mut dns = TestDns::start(&["test."]).await;
+    dns.set(
+        "_orders._tcp.test.",
+        RecordType::SRV,
+        300,
+        vec![srv(0, 1, 8080, "a.test.")],
+    )
+    .await;
+    dns.set("a.test.", RecordType::A, 300, vec![a([127, 0, 0, 1])])
+        .await;
+    let discovery = srv_discovery(&dns);
+    let orders = ServiceName::new("orders").expect("valid");
+    let srv_queries = |dns: &TestDns| {
+        dns.queries()
+            .iter()
+            .filter(|(_, t)| *t == RecordType::SRV)
+            .count()
+    };
+    assert_eq!(
+        discovery.discover(&orders).await.expect("resolved").len(),
+        1
+    );
+    assert_eq!(srv_queries(&dns), 1);
+    // The answer is cached for 300 s, yet each discover asks the server again.
+    assert_eq!(
+        discovery.discover(&orders).await.expect("resolved").len(),
+        1
+    );
+    assert_eq!(srv_queries(&dns), 2);
+}

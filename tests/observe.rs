@@ -11,53 +11,62 @@ use proxyless::client::TrafficPolicy;
 use proxyless::{MeshClient, StaticDiscovery};
 use support::TestServer;
 
-#[test]
-fn the_duration_histogram_has_the_documented_name_and_labels() {
+/// What was recorded while `test` ran on a current-thread runtime under a local debugging
+/// recorder (so that every task it spawns records there too).
+fn recorded<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce() -> F,
+) -> Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)> {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    // A current-thread runtime under a local recorder: every task runs inside it.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let good = TestServer::start("good").await;
-            let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
-            let mesh = MeshClient::builder()
-                .discovery(
-                    StaticDiscovery::new()
-                        .with("orders", [good.endpoint()])
-                        .expect("valid")
-                        .with("billing", [bad.endpoint()])
-                        .expect("valid"),
-                )
-                .traffic(TrafficPolicy::default().no_retries().no_breaker())
-                .build()
-                .expect("valid client");
-            for _ in 0..7 {
-                mesh.get("http://orders/").send().await.expect("ok");
-            }
-            for _ in 0..3 {
-                mesh.post("http://billing/").send().await.expect("a 503");
-            }
-            let purge = reqwest::Method::from_bytes(b"PURGE").expect("method");
-            mesh.request(purge, "http://orders/")
-                .send()
-                .await
-                .expect("ok");
-            let err = mesh
-                .get("http://nowhere/")
-                .send()
-                .await
-                .expect_err("unknown");
-            assert!(err.is_unknown_service());
-        });
+    metrics::with_local_recorder(&recorder, || runtime.block_on(test()));
+    snapshotter.snapshot().into_vec()
+}
+
+#[test]
+fn the_duration_histogram_has_the_documented_name_and_labels() {
+    let snapshot = recorded(|| async {
+        let good = TestServer::start("good").await;
+        let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
+        let mesh = MeshClient::builder()
+            .discovery(
+                StaticDiscovery::new()
+                    .with("orders", [good.endpoint()])
+                    .expect("valid")
+                    .with("billing", [bad.endpoint()])
+                    .expect("valid"),
+            )
+            .traffic(TrafficPolicy::default().no_retries().no_breaker())
+            .build()
+            .expect("valid client");
+        for _ in 0..7 {
+            mesh.get("http://orders/").send().await.expect("ok");
+        }
+        for _ in 0..3 {
+            mesh.post("http://billing/").send().await.expect("a 503");
+        }
+        let purge = reqwest::Method::from_bytes(b"PURGE").expect("method");
+        mesh.request(purge, "http://orders/")
+            .send()
+            .await
+            .expect("ok");
+        let err = mesh
+            .get("http://nowhere/")
+            .send()
+            .await
+            .expect_err("unknown");
+        assert!(err.is_unknown_service());
     });
 
-    let mut series: Vec<(Vec<(String, String)>, usize)> = snapshotter
-        .snapshot()
-        .into_vec()
+    let mut series: Vec<(Vec<(String, String)>, usize)> = snapshot
         .into_iter()
         .filter(|(key, ..)| key.key().name() == "http.client.request.duration")
         .map(|(key, _, _, value)| {
@@ -166,42 +175,33 @@ async fn stats_match_the_traffic_sent() {
 fn mesh_metrics_count_retries_rejections_breaker_transitions_and_ejections() {
     use proxyless::breaker::{BreakerConfig, SlidingWindow};
     use proxyless::retry::RetryPolicy;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let bad_a = TestServer::start_answering("a", StatusCode::BAD_GATEWAY).await;
-            let bad_b = TestServer::start_answering("b", StatusCode::BAD_GATEWAY).await;
-            let mesh = MeshClient::builder()
-                .discovery(
-                    StaticDiscovery::new()
-                        .with("orders", [bad_a.endpoint(), bad_b.endpoint()])
-                        .expect("valid"),
-                )
-                .traffic(
-                    TrafficPolicy::default()
-                        .retry(RetryPolicy::default().max_attempts(2))
-                        .breaker(
-                            BreakerConfig::default()
-                                .sliding_window(SlidingWindow::Count(20))
-                                .minimum_calls(20),
-                        ),
-                )
-                .build()
-                .expect("valid client");
-            // Ten calls, each retried once: twenty failures open the breaker.
-            for _ in 0..10 {
-                let _ = mesh.get("http://orders/").send().await;
-            }
-            let err = mesh.get("http://orders/").send().await.expect_err("open");
-            assert!(err.is_circuit_open(), "{err:?}");
-        });
+    let snapshot = recorded(|| async {
+        let bad_a = TestServer::start_answering("a", StatusCode::BAD_GATEWAY).await;
+        let bad_b = TestServer::start_answering("b", StatusCode::BAD_GATEWAY).await;
+        let mesh = MeshClient::builder()
+            .discovery(
+                StaticDiscovery::new()
+                    .with("orders", [bad_a.endpoint(), bad_b.endpoint()])
+                    .expect("valid"),
+            )
+            .traffic(
+                TrafficPolicy::default()
+                    .retry(RetryPolicy::default().max_attempts(2))
+                    .breaker(
+                        BreakerConfig::default()
+                            .sliding_window(SlidingWindow::Count(20))
+                            .minimum_calls(20),
+                    ),
+            )
+            .build()
+            .expect("valid client");
+        // Ten calls, each retried once: twenty failures open the breaker.
+        for _ in 0..10 {
+            let _ = mesh.get("http://orders/").send().await;
+        }
+        let err = mesh.get("http://orders/").send().await.expect_err("open");
+        assert!(err.is_circuit_open(), "{err:?}");
     });
-    let snapshot = snapshotter.snapshot().into_vec();
     let value = |name: &str, label: Option<(&str, &str)>| {
         snapshot
             .iter()
@@ -252,36 +252,26 @@ fn mesh_metrics_count_retries_rejections_breaker_transitions_and_ejections() {
 
 #[test]
 fn label_cardinality_stays_bounded_with_a_thousand_endpoints() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            // A thousand endpoints on closed loopback ports: every call is refused.
-            let endpoints = (0..1000).map(|i| {
-                proxyless::Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000 + i)))
-            });
-            let mesh = MeshClient::builder()
-                .discovery(
-                    StaticDiscovery::new()
-                        .with("orders", endpoints)
-                        .expect("valid"),
-                )
-                .traffic(TrafficPolicy::default().no_retries().no_breaker())
-                .disable_outlier_detection()
-                .build()
-                .expect("valid client");
-            for _ in 0..2000 {
-                let _ = mesh.get("http://orders/").send().await;
-            }
+    let snapshot = recorded(|| async {
+        // A thousand endpoints on closed loopback ports: every call is refused.
+        let endpoints = (0..1000).map(|i| {
+            proxyless::Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000 + i)))
         });
+        let mesh = MeshClient::builder()
+            .discovery(
+                StaticDiscovery::new()
+                    .with("orders", endpoints)
+                    .expect("valid"),
+            )
+            .traffic(TrafficPolicy::default().no_retries().no_breaker())
+            .disable_outlier_detection()
+            .build()
+            .expect("valid client");
+        for _ in 0..2000 {
+            let _ = mesh.get("http://orders/").send().await;
+        }
     });
-    let keys: Vec<String> = snapshotter
-        .snapshot()
-        .into_vec()
+    let keys: Vec<String> = snapshot
         .into_iter()
         .map(|(key, ..)| format!("{:?}", key.key()))
         .collect();

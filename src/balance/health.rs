@@ -252,29 +252,21 @@ fn ewma(cell: &AtomicU64, sample: f64, alpha: f64, seed: bool) {
 }
 
 impl EndpointStats {
-    /// Records a call's outcome; true when it completes a run of consecutive failures that
-    /// should eject the endpoint.
-    pub(crate) fn record(
-        &self,
-        outcome: Outcome,
-        latency: Duration,
-        scoring: &HealthScoring,
-        detection: &OutlierDetection,
-    ) -> bool {
-        let alpha = scoring.smoothing;
+    /// Records a call's outcome, moving the averages by `alpha`; returns the run of
+    /// consecutive failures it makes (0 after a success or an ignored call).
+    pub(crate) fn record(&self, outcome: Outcome, latency: Duration, alpha: f64) -> u32 {
         match outcome {
-            Outcome::Ignored => false,
+            Outcome::Ignored => 0,
             Outcome::Success => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 ewma(&self.success, 1.0, alpha, false);
                 ewma(&self.latency, latency.as_secs_f64(), alpha, true);
-                false
+                0
             }
             Outcome::Failure => {
                 ewma(&self.success, 0.0, alpha, false);
                 ewma(&self.latency, latency.as_secs_f64(), alpha, true);
-                let run = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                run == detection.consecutive_failures
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
             }
         }
     }
@@ -380,28 +372,12 @@ mod tests {
     #[test]
     fn scores_fall_with_failures_and_slowness() {
         let scoring = HealthScoring::default().smoothing(1.0);
-        let detection = OutlierDetection::default();
         let fast = EndpointStats::default();
         let slow = EndpointStats::default();
         let failing = EndpointStats::default();
-        fast.record(
-            Outcome::Success,
-            Duration::from_millis(10),
-            &scoring,
-            &detection,
-        );
-        slow.record(
-            Outcome::Success,
-            Duration::from_millis(80),
-            &scoring,
-            &detection,
-        );
-        failing.record(
-            Outcome::Failure,
-            Duration::from_millis(10),
-            &scoring,
-            &detection,
-        );
+        fast.record(Outcome::Success, Duration::from_millis(10), 1.0);
+        slow.record(Outcome::Success, Duration::from_millis(80), 1.0);
+        failing.record(Outcome::Failure, Duration::from_millis(10), 1.0);
         let s = scores(&[&fast, &slow, &failing], &scoring);
         assert_eq!(s[0], 0.0);
         assert!(

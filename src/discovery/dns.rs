@@ -44,7 +44,7 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use super::backoff::{Backoff, jitter};
 use super::{BoxFuture, BoxStream, Discovery, DiscoveryError, DiscoveryResult};
@@ -364,8 +364,29 @@ fn lookup_error(error: NetError) -> DiscoveryError {
 }
 
 impl Discovery for DnsDiscovery {
+    /// Asks the name servers afresh, past the resolver's cache: the registry calls this to
+    /// confirm an update that removes most endpoints, and a cached answer would only repeat
+    /// the one being confirmed.
     fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
-        Box::pin(async move { Ok(self.resolve(service).await?.endpoints) })
+        Box::pin(async move {
+            match &self.settings.mode {
+                Mode::Srv { domain, protocol } => self.resolver.clear_lookup_cache(
+                    format!("_{service}._{protocol}.{domain}."),
+                    RecordType::SRV,
+                ),
+                Mode::Ip { domain, .. } => {
+                    let name = match domain {
+                        Some(domain) => format!("{service}.{domain}."),
+                        None => format!("{service}."),
+                    };
+                    self.resolver
+                        .clear_lookup_cache(name.as_str(), RecordType::A);
+                    self.resolver
+                        .clear_lookup_cache(name.as_str(), RecordType::AAAA);
+                }
+            }
+            Ok(self.resolve(service).await?.endpoints)
+        })
     }
 
     /// Re-resolves when the answer's TTL (clamped) runs out; backs off after failures.

@@ -537,22 +537,26 @@ pub(crate) struct Snapshot {
     stats: Arc<[Arc<EndpointStats>]>,
     effective: Box<[u32]>,
     selection: Selection,
+    safety: Safety,
     entry: Weak<ServiceEntry>,
 }
 
 impl Snapshot {
     /// Records a call's outcome against its endpoint: moving averages, and ejection after a
     /// run of failures.
+    ///
+    /// The request path: atomics only. The entry is reached (a weak reference upgraded) only
+    /// when a run of failures calls for an ejection.
     pub(crate) fn record(&self, index: usize, outcome: Outcome, latency: Duration) {
-        let Some(entry) = self.entry.upgrade() else {
-            return;
-        };
-        let scoring = entry.safety.scoring.unwrap_or_default();
-        let Some(detection) = entry.safety.detection else {
-            self.stats[index].record(outcome, latency, &scoring, &OutlierDetection::default());
-            return;
-        };
-        if self.stats[index].record(outcome, latency, &scoring, &detection) {
+        let alpha = self
+            .safety
+            .scoring
+            .map_or(HealthScoring::default().smoothing, |s| s.smoothing);
+        let run = self.stats[index].record(outcome, latency, alpha);
+        if let Some(detection) = self.safety.detection
+            && run == detection.consecutive_failures
+            && let Some(entry) = self.entry.upgrade()
+        {
             entry.eject(self, index, &detection);
         }
     }
@@ -613,6 +617,8 @@ pub(crate) struct ServiceEntry {
     /// succeed. Read on the request path when a maximum staleness is set.
     failing_since: AtomicU64,
     epoch: Instant,
+    /// Whether the last effective weights were computed in panic mode.
+    panicking: std::sync::atomic::AtomicBool,
     current: ArcSwapOption<Snapshot>,
     changed: Notify,
     status: Mutex<Status>,
@@ -637,6 +643,7 @@ impl ServiceEntry {
             safety,
             failing_since: AtomicU64::new(0),
             epoch: Instant::now(),
+            panicking: std::sync::atomic::AtomicBool::new(false),
             current: ArcSwapOption::empty(),
             changed: Notify::new(),
             status: Mutex::new(Status::default()),
@@ -795,13 +802,18 @@ impl ServiceEntry {
             .safety
             .detection
             .is_some_and(|d| (available_count as f64) < d.panic_threshold * eligible_count as f64);
-        if panic {
-            tracing::warn!(
-                service = %self.name,
-                available = available_count,
-                eligible = eligible_count,
-                "below the panic threshold: balancing across every endpoint"
-            );
+        // Log the change, not every recomputation while it lasts.
+        if self.panicking.swap(panic, Ordering::Relaxed) != panic {
+            if panic {
+                tracing::warn!(
+                    service = %self.name,
+                    available = available_count,
+                    eligible = eligible_count,
+                    "below the panic threshold: balancing across every endpoint"
+                );
+            } else {
+                tracing::info!(service = %self.name, "out of panic mode");
+            }
         }
         let factors: Option<Vec<f64>> = self.safety.scoring.map(|scoring| {
             let stats: Vec<&EndpointStats> = stats.iter().map(|s| &**s).collect();
@@ -850,6 +862,7 @@ impl ServiceEntry {
             stats: current.stats.clone(),
             effective,
             selection,
+            safety: self.safety,
             entry: Arc::downgrade(self),
         })));
     }
@@ -929,6 +942,7 @@ impl ServiceEntry {
             stats,
             effective,
             selection,
+            safety: self.safety,
             entry: Arc::downgrade(self),
         })));
         drop(status);
