@@ -3,7 +3,7 @@
 //! An in-process service mesh. Outbound HTTP calls go through a [`MeshClient`], which finds a
 //! logical service's endpoints through a pluggable [`Discovery`] backend, picks one with a
 //! [`Balancer`], and sends the request with one shared `reqwest::Client`. There is no sidecar
-//! and no proxy hop: the mesh is a few hundred nanoseconds of work inside the caller.
+//! and no proxy hop: the mesh's work happens inside the caller, beside the HTTP call.
 //!
 //! ```no_run
 //! use proxyless::{Endpoint, MeshClient, StaticDiscovery};
