@@ -182,3 +182,105 @@ async fn endpoints_added_or_removed_at_run_time_are_used_or_avoided() {
     assert!(answered.iter().any(|name| name == "s1"));
     assert!(answered.iter().any(|name| name == "s2"));
 }
+
+/// Four endpoints, one answering after 20 ms; `workers` closed loops send `total` GETs.
+/// Returns the slow endpoint's share of them.
+async fn slow_share(balancer: Balancer, workers: usize, total: usize) -> f64 {
+    let mut controls = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..4 {
+        let (server, control) = TestServer::start_controlled(&format!("c{i}")).await;
+        servers.push(server);
+        controls.push(control);
+    }
+    controls[0]
+        .delay_ms
+        .store(20, std::sync::atomic::Ordering::SeqCst);
+    let discovery = StaticDiscovery::new()
+        .with("orders", servers.iter().map(TestServer::endpoint))
+        .expect("valid service");
+    // The balancer alone: health scores would also steer away from the slow endpoint.
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .balancer(balancer)
+        .disable_health_scoring()
+        .disable_outlier_detection()
+        .build()
+        .expect("valid client");
+    let per_worker = total / workers;
+    let loops = (0..workers).map(|_| {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            for _ in 0..per_worker {
+                mesh.get("http://orders/").send().await.expect("ok");
+            }
+        })
+    });
+    for handle in loops.collect::<Vec<_>>() {
+        handle.await.expect("worker");
+    }
+    let hits: Vec<u64> = controls
+        .iter()
+        .map(|c| c.hits.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert_eq!(hits.iter().sum::<u64>(), (per_worker * workers) as u64);
+    hits[0] as f64 / (per_worker * workers) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_steers_away_from_a_slow_endpoint() {
+    // Uniform choice gives the slow endpoint its quarter; the less loaded of two choices
+    // picks it only when both draws are it (1/16), or when it has nothing in flight.
+    let random = slow_share(Balancer::Random, 4, 400).await;
+    let least = slow_share(Balancer::LeastRequest, 4, 400).await;
+    eprintln!("slow endpoint share: random {random:.3}, least request {least:.3}");
+    assert!(random > 0.17, "random: {random}");
+    assert!(least < 0.12, "least request: {least} (random: {random})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_counts_follow_requests_and_their_cancellation() {
+    let (server, control) = TestServer::start_controlled("held").await;
+    control
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let mesh = MeshClient::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", [server.endpoint()])
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid client");
+    let in_flight = |mesh: &MeshClient| {
+        let stats = mesh.stats("orders").expect("called");
+        (stats.in_flight, stats.endpoints[0].in_flight)
+    };
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { mesh.get("http://orders/").send().await })
+        })
+        .collect();
+    let until = |want: (i64, u32)| {
+        let mesh = mesh.clone();
+        async move {
+            for _ in 0..200 {
+                if mesh.stats("orders").is_some() && in_flight(&mesh) == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            panic!("never reached {want:?}: {:?}", in_flight(&mesh));
+        }
+    };
+    until((6, 6)).await;
+    // Two callers give up: their requests leave both counts at once.
+    calls[0].abort();
+    calls[1].abort();
+    until((4, 4)).await;
+    for call in calls.into_iter().skip(2) {
+        call.await.expect("task").expect("ok");
+    }
+    assert_eq!(in_flight(&mesh), (0, 0));
+}

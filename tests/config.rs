@@ -19,9 +19,10 @@ fn field_of(result: Result<MeshConfig, proxyless::Error>) -> String {
 fn toml_and_json_describe_the_same_mesh() {
     let toml = r#"
         [client]
-        balancer = "round_robin"
+        balancer = "least_request"
         first_snapshot_timeout = "250ms"
         preserve_host = true
+        endpoint_labels = 12
 
         [services.orders]
         balancer = "weighted_round_robin"
@@ -32,7 +33,7 @@ fn toml_and_json_describe_the_same_mesh() {
         ]
     "#;
     let json = r#"{
-        "client": {"balancer": "round_robin", "first_snapshot_timeout": "250ms", "preserve_host": true},
+        "client": {"balancer": "least_request", "first_snapshot_timeout": "250ms", "preserve_host": true, "endpoint_labels": 12},
         "services": {"orders": {"balancer": "weighted_round_robin", "endpoints": [
             {"addr": "10.0.0.7:8080", "weight": 1},
             {"addr": "orders-3.internal:8443", "weight": 3, "scheme": "https", "priority": 1,
@@ -46,7 +47,8 @@ fn toml_and_json_describe_the_same_mesh() {
         a.client.first_snapshot_timeout,
         Some(Duration::from_millis(250))
     );
-    assert_eq!(a.client.balancer, Some(Balancer::RoundRobin));
+    assert_eq!(a.client.balancer, Some(Balancer::LeastRequest));
+    assert_eq!(a.client.endpoint_labels, Some(12));
     assert_eq!(
         a.services["orders"].endpoints.as_ref().map(|e| e[1].weight),
         Some(3)
@@ -152,6 +154,8 @@ fn invalid_configs_name_the_field() {
         ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nnameservers = [\"localhost\"]".into(), "discovery.d.nameservers[0]"),
         ("[client]\nmass_removal_share = 1.5".into(), "client.mass_removal_share"),
         ("[client]\nmax_staleness = \"0s\"".into(), "client.max_staleness"),
+        ("[client]\nendpoint_labels = 0".into(), "client.endpoint_labels"),
+        ("[client]\nbalancer = \"least_loaded\"".into(), "client.balancer"),
         ("[client.traffic]\ntimeout = \"0s\"".into(), "client.traffic.timeout"),
         ("[client.traffic.retry]\nmax_attempts = 0".into(), "client.traffic.retry.max_attempts"),
         ("[client.traffic.retry]\nbudget_ratio = 0.0".into(), "client.traffic.retry.budget_ratio"),
@@ -210,6 +214,12 @@ fn builder_errors_name_the_setting() {
         .expect_err("twice");
     assert_eq!(err.field(), Some("services.orders"));
     assert!(err.to_string().contains("configured twice"), "{err}");
+
+    let err = MeshClient::builder()
+        .endpoint_labels(0)
+        .build()
+        .expect_err("a cap of 0");
+    assert_eq!(err.field(), Some("endpoint_labels"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

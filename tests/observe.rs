@@ -289,3 +289,105 @@ fn label_cardinality_stays_bounded_with_a_thousand_endpoints() {
         "no endpoint in any label"
     );
 }
+
+/// The `endpoint` label values of `proxyless.endpoint.attempt.duration` with their sample
+/// counts, summed over outcomes.
+fn endpoint_series(
+    snapshot: Vec<(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshot {
+        if key.key().name() != proxyless::observe::ENDPOINT_ATTEMPT_DURATION {
+            continue;
+        }
+        let endpoint = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "endpoint")
+            .expect("an endpoint label")
+            .value()
+            .to_owned();
+        let DebugValue::Histogram(samples) = value else {
+            panic!("not a histogram");
+        };
+        *counts.entry(endpoint).or_insert(0) += samples.len();
+    }
+    counts
+}
+
+#[test]
+fn per_endpoint_labels_are_off_by_default_and_capped_when_on() {
+    let mut addrs = Vec::new();
+    let snapshot = recorded(|| async {
+        let servers = support::servers(3).await;
+        addrs = servers.iter().map(|s| s.addr.to_string()).collect();
+        let endpoints: Vec<_> = servers.iter().map(|s| s.endpoint()).collect();
+        let discovery = StaticDiscovery::new()
+            .with("orders", endpoints.clone())
+            .expect("valid")
+            .with("billing", endpoints)
+            .expect("valid");
+        let mesh = MeshClient::builder()
+            .discovery(discovery.clone())
+            .balancer(proxyless::Balancer::RoundRobin)
+            .endpoint_labels(2)
+            .build()
+            .expect("valid client");
+        for _ in 0..30 {
+            mesh.get("http://orders/").send().await.expect("ok");
+        }
+        let plain = MeshClient::builder()
+            .discovery(discovery)
+            .build()
+            .expect("valid client");
+        plain.get("http://billing/").send().await.expect("ok");
+    });
+    let counts = endpoint_series(snapshot);
+    assert_eq!(counts.len(), 3, "two endpoints and other: {counts:?}");
+    assert_eq!(counts.get("other"), Some(&10), "{counts:?}");
+    let labelled: Vec<_> = addrs.iter().filter(|a| counts.contains_key(*a)).collect();
+    assert_eq!(labelled.len(), 2, "{counts:?}");
+    for addr in labelled {
+        assert_eq!(counts[addr], 10, "round robin: ten each");
+    }
+}
+
+#[test]
+fn per_endpoint_labels_stay_capped_as_endpoints_churn() {
+    let snapshot = recorded(|| async {
+        let closed = |i: u16| {
+            proxyless::Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000 + i)))
+        };
+        let discovery = StaticDiscovery::new()
+            .with("orders", (0..500).map(closed))
+            .expect("valid");
+        let mesh = MeshClient::builder()
+            .discovery(discovery.clone())
+            .traffic(TrafficPolicy::default().no_retries().no_breaker())
+            .disable_outlier_detection()
+            .disable_mass_removal_guard()
+            .endpoint_labels(8)
+            .build()
+            .expect("valid client");
+        for _ in 0..1000 {
+            let _ = mesh.get("http://orders/").send().await;
+        }
+        // A whole new set of endpoints: none of them gets a label past the cap.
+        discovery
+            .set("orders", (500..1000).map(closed))
+            .expect("valid");
+        support::wait_for_version(&mesh, "orders", 2).await;
+        for _ in 0..1000 {
+            let _ = mesh.get("http://orders/").send().await;
+        }
+    });
+    let counts = endpoint_series(snapshot);
+    assert_eq!(counts.len(), 9, "eight endpoints and other: {counts:?}");
+    assert!(counts["other"] > 1500, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 2000, "every attempt, once");
+}

@@ -6,7 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use proxyless::balance::{Random, RoundRobin, WeightedRandom, WeightedRoundRobin};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use proxyless::balance::{LeastRequest, Random, RoundRobin, WeightedRandom, WeightedRoundRobin};
 
 pub(crate) const SIZES: [usize; 4] = [4, 128, 1024, 10_000];
 
@@ -54,6 +56,15 @@ pub(crate) fn benches(c: &mut Criterion) {
         };
         group.bench_with_input(BenchmarkId::new(id, n), &n, |b, _| {
             b.iter(|| black_box(table.pick()))
+        });
+        // In-flight counts read from atomics, as the mesh keeps them.
+        let table = LeastRequest::new(&weights).expect("weights above 0");
+        let in_flight: Vec<AtomicU32> = (0..n).map(|i| AtomicU32::new((i % 5) as u32)).collect();
+        group.bench_with_input(BenchmarkId::new("least_request", n), &n, |b, _| {
+            b.iter(|| {
+                let (first, second) = (rng.next(), rng.next());
+                black_box(table.pick(first, second, |i| in_flight[i].load(Ordering::Relaxed)))
+            })
         });
     }
     group.finish();

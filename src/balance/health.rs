@@ -38,6 +38,7 @@
 //! A `429` or `503` with `Retry-After` (seconds) pauses that endpoint for that long, at most
 //! `max_ejection`, without counting as a failure anywhere.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::error::Error;
+use crate::observe::EndpointSeries;
 
 /// Outlier ejection settings; the defaults are Envoy's.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -222,18 +224,14 @@ pub(crate) struct EndpointStats {
     paused_until: AtomicU64,
     success: AtomicU64,
     latency: AtomicU64,
+    in_flight: AtomicU32,
+    /// Its per-endpoint metric series, when those are turned on.
+    series: Option<Arc<EndpointSeries>>,
 }
 
 impl Default for EndpointStats {
     fn default() -> Self {
-        EndpointStats {
-            consecutive_failures: AtomicU32::new(0),
-            times_ejected: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            paused_until: AtomicU64::new(0),
-            success: AtomicU64::new(1f64.to_bits()),
-            latency: AtomicU64::new(0f64.to_bits()),
-        }
+        EndpointStats::with_series(None)
     }
 }
 
@@ -252,9 +250,43 @@ fn ewma(cell: &AtomicU64, sample: f64, alpha: f64, seed: bool) {
 }
 
 impl EndpointStats {
+    pub(crate) fn with_series(series: Option<Arc<EndpointSeries>>) -> Self {
+        EndpointStats {
+            consecutive_failures: AtomicU32::new(0),
+            times_ejected: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            paused_until: AtomicU64::new(0),
+            success: AtomicU64::new(1f64.to_bits()),
+            latency: AtomicU64::new(0f64.to_bits()),
+            in_flight: AtomicU32::new(0),
+            series,
+        }
+    }
+
+    /// A request to this endpoint began.
+    #[inline]
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request to this endpoint ended, completed or cancelled.
+    #[inline]
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests to this endpoint in flight now.
+    #[inline]
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Records a call's outcome, moving the averages by `alpha`; returns the run of
     /// consecutive failures it makes (0 after a success or an ignored call).
     pub(crate) fn record(&self, outcome: Outcome, latency: Duration, alpha: f64) -> u32 {
+        if let Some(series) = &self.series {
+            series.record(outcome, latency);
+        }
         match outcome {
             Outcome::Ignored => 0,
             Outcome::Success => {

@@ -20,6 +20,7 @@
 //! | [`Random`] | uniformly, ignoring weights | O(1) |
 //! | [`RoundRobin`] | each in turn, from a random start | O(1): one atomic increment |
 //! | [`WeightedRoundRobin`] | nginx's smooth weighted order | O(1) from a table |
+//! | [`LeastRequest`] | the one with fewer requests in flight per unit of weight, of two weighted random draws | O(1): two draws, two atomic loads |
 //!
 //! Each strategy is also usable by itself over a slice of weights, and
 //! [`BalanceLayer`] puts the whole selection, URL rewriting included, around any
@@ -27,6 +28,7 @@
 
 pub mod health;
 mod layer;
+mod least_request;
 mod random;
 pub(crate) mod rng;
 mod round_robin;
@@ -43,6 +45,7 @@ use crate::endpoint::Endpoint;
 use rng::PickRng;
 
 pub use layer::BalanceLayer;
+pub use least_request::LeastRequest;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use service::{Balance, ResponseFuture};
@@ -52,7 +55,7 @@ pub use weighted_round_robin::{MAX_BUILD_STEPS, MAX_TABLE_LEN, WeightedRoundRobi
 /// The strategy a service's requests are balanced with.
 ///
 /// In configuration it is written in snake case: `"weighted_random"`, `"random"`,
-/// `"round_robin"`, `"weighted_round_robin"`.
+/// `"round_robin"`, `"weighted_round_robin"`, `"least_request"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -66,6 +69,8 @@ pub enum Balancer {
     RoundRobin,
     /// [`WeightedRoundRobin`]: nginx's smooth weighted round robin.
     WeightedRoundRobin,
+    /// [`LeastRequest`]: the less loaded of two weighted random choices.
+    LeastRequest,
 }
 
 /// There is nothing to pick: no weight is above 0.
@@ -92,6 +97,7 @@ enum Picker {
     Random(Random),
     RoundRobin(RoundRobin),
     WeightedRoundRobin(WeightedRoundRobin),
+    LeastRequest(LeastRequest),
 }
 
 /// A service's selection table for one snapshot of its endpoints.
@@ -144,6 +150,7 @@ impl Selection {
             Balancer::WeightedRoundRobin => {
                 WeightedRoundRobin::new(&weights).map(Picker::WeightedRoundRobin)
             }
+            Balancer::LeastRequest => LeastRequest::new(&weights).map(Picker::LeastRequest),
         };
         Selection {
             picker: picker.ok(),
@@ -151,13 +158,15 @@ impl Selection {
     }
 
     /// The index of the chosen endpoint, or `None` when no endpoint may be picked.
+    /// `in_flight` reads an endpoint's requests in flight (for [`Balancer::LeastRequest`]).
     #[inline]
-    pub(crate) fn pick(&self, rng: &PickRng) -> Option<usize> {
+    pub(crate) fn pick(&self, rng: &PickRng, in_flight: impl Fn(usize) -> u32) -> Option<usize> {
         Some(match self.picker.as_ref()? {
             Picker::WeightedRandom(table) => table.pick(rng.next_u64()),
             Picker::Random(table) => table.pick(rng.next_u64()),
             Picker::RoundRobin(table) => table.pick(),
             Picker::WeightedRoundRobin(table) => table.pick(),
+            Picker::LeastRequest(table) => table.pick(rng.next_u64(), rng.next_u64(), in_flight),
         })
     }
 }

@@ -97,11 +97,13 @@ where
                 let (index, attempt) = avoid_tried(&snapshot, index);
                 rewrite(&mut request, &snapshot.endpoints[index], self.preserve_host);
                 let span = attempt_span(&snapshot, index, attempt);
+                // Counted in flight before the inner service sees the request.
+                let call = InFlight::new(snapshot, index);
                 let future = {
                     let _entered = span.enter();
                     self.inner.call(request)
                 };
-                ResponseFuture::called(future, snapshot, index, self.classifier.clone(), span)
+                ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
             Ok(Lookup::Pending(entry)) => {
                 // Cold path: the service's first snapshot is not in yet. Hand the readied
@@ -119,10 +121,12 @@ where
                     let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
                     rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
                     let started = tokio::time::Instant::now();
+                    let mut call = InFlight::new(snapshot.clone(), index);
                     let result = inner
                         .oneshot(request)
                         .await
                         .map_err(|error| attach(error.into(), &snapshot, index));
+                    call.end();
                     observe(&snapshot, index, &classifier, result.as_ref(), started);
                     result
                 }))
@@ -233,6 +237,37 @@ fn attach(error: Error, snapshot: &Snapshot, index: usize) -> Error {
     }
 }
 
+/// One request's place in its endpoint's in-flight count: taken when the request is sent,
+/// given back when it completes or, if it is cancelled, when it is dropped.
+struct InFlight {
+    snapshot: Arc<Snapshot>,
+    index: usize,
+    active: bool,
+}
+
+impl InFlight {
+    fn new(snapshot: Arc<Snapshot>, index: usize) -> Self {
+        snapshot.begin(index);
+        InFlight {
+            snapshot,
+            index,
+            active: true,
+        }
+    }
+
+    fn end(&mut self) {
+        if std::mem::take(&mut self.active) {
+            self.snapshot.end(self.index);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 pin_project! {
     /// The future of [`Balance`].
     pub struct ResponseFuture<F, R, C> {
@@ -248,8 +283,7 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            snapshot: Arc<Snapshot>,
-            index: usize,
+            call: InFlight,
             classifier: C,
             started: tokio::time::Instant,
             span: tracing::Span,
@@ -272,18 +306,11 @@ impl<F, R, C> ResponseFuture<F, R, C> {
         }
     }
 
-    fn called(
-        future: F,
-        snapshot: Arc<Snapshot>,
-        index: usize,
-        classifier: C,
-        span: tracing::Span,
-    ) -> Self {
+    fn called(future: F, call: InFlight, classifier: C, span: tracing::Span) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
-                snapshot,
-                index,
+                call,
                 classifier,
                 started: tokio::time::Instant::now(),
                 span,
@@ -320,16 +347,22 @@ where
         match self.project().state.project() {
             Projection::Called {
                 future,
-                snapshot,
-                index,
+                call,
                 classifier,
                 started,
                 span,
             } => {
                 let _entered = span.enter();
                 let result = std::task::ready!(future.poll(cx))
-                    .map_err(|error| attach(error.into(), snapshot, *index));
-                let outcome = observe(snapshot, *index, classifier, result.as_ref(), *started);
+                    .map_err(|error| attach(error.into(), &call.snapshot, call.index));
+                call.end();
+                let outcome = observe(
+                    &call.snapshot,
+                    call.index,
+                    classifier,
+                    result.as_ref(),
+                    *started,
+                );
                 span.record("outcome", tracing::field::debug(outcome));
                 Poll::Ready(result)
             }

@@ -116,6 +116,13 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Records each attempt's duration by endpoint, for at most `cap` endpoints per service;
+    /// later ones share the label `other`. Off by default. See [`crate::observe`].
+    pub fn endpoint_labels(mut self, cap: usize) -> Self {
+        self.registry = self.registry.endpoint_labels(cap);
+        self
+    }
+
     /// Sends the logical host (`orders`) as the `Host` header instead of the endpoint's
     /// address. Off by default.
     pub fn preserve_host(mut self, preserve: bool) -> Self {

@@ -8,6 +8,7 @@
 //! max_staleness = "10m"             # fail requests after the registry has failed this long
 //! mass_removal_share = 0.5          # updates removing more wait for a second fetch
 //! preserve_host = false
+//! endpoint_labels = 16              # opt-in: per-endpoint metric labels, at most 16 a service
 //!
 //! # Backends, by a name of your choice; `kind` is consul, dns_srv, dns_a or eureka.
 //! [discovery.consul]
@@ -103,6 +104,10 @@ pub struct ClientConfig {
     /// Send the logical host as the `Host` header.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Record attempts by endpoint, for at most this many endpoints a service (off if
+    /// absent).
+    #[serde(default)]
+    pub endpoint_labels: Option<usize>,
     /// The traffic policies of every service without its own.
     #[serde(default)]
     pub traffic: Option<TrafficConfig>,
@@ -290,6 +295,12 @@ impl MeshConfig {
                 "must be greater than zero",
             ));
         }
+        if self.client.endpoint_labels == Some(0) {
+            return Err(Error::config(
+                "client.endpoint_labels",
+                "must be at least 1; leave it out for no per-endpoint labels",
+            ));
+        }
         if let Some(share) = self.client.mass_removal_share
             && !(share > 0.0 && share <= 1.0)
         {
@@ -395,6 +406,9 @@ impl MeshConfig {
         }
         if let Some(share) = self.client.mass_removal_share {
             builder = builder.mass_removal_share(share);
+        }
+        if let Some(cap) = self.client.endpoint_labels {
+            builder = builder.endpoint_labels(cap);
         }
         let default_traffic = self.client.traffic.clone().unwrap_or_default();
         builder =

@@ -19,6 +19,7 @@ use crate::balance::{Balancer, Selection};
 use crate::classify::Outcome;
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
+use crate::observe::{EndpointLabels, EndpointSeries};
 
 /// The most endpoints a snapshot may hold; a larger one is rejected as malformed.
 pub const MAX_ENDPOINTS: usize = 100_000;
@@ -97,6 +98,7 @@ struct Safety {
     mass_removal_share: Option<f64>,
     detection: Option<OutlierDetection>,
     scoring: Option<HealthScoring>,
+    endpoint_labels: Option<usize>,
 }
 
 impl Default for RegistryBuilder {
@@ -112,6 +114,7 @@ impl Default for RegistryBuilder {
                 mass_removal_share: Some(DEFAULT_MASS_REMOVAL_SHARE),
                 detection: Some(OutlierDetection::default()),
                 scoring: Some(HealthScoring::default()),
+                endpoint_labels: None,
             },
         }
     }
@@ -209,6 +212,14 @@ impl RegistryBuilder {
         self
     }
 
+    /// Records each attempt's duration by endpoint, for at most `cap` endpoints per service
+    /// (at least 1); later ones share the label `other`. Off by default. See
+    /// [`observe`](crate::observe) for the series.
+    pub fn endpoint_labels(mut self, cap: usize) -> Self {
+        self.safety.endpoint_labels = Some(cap);
+        self
+    }
+
     /// Checks the settings and builds the registry. Nothing is resolved until first use.
     pub fn build(self) -> Result<Registry, Error> {
         if self.first_snapshot_timeout.is_zero() {
@@ -222,6 +233,12 @@ impl RegistryBuilder {
         }
         if let Some(scoring) = &self.safety.scoring {
             scoring.validate()?;
+        }
+        if self.safety.endpoint_labels == Some(0) {
+            return Err(Error::builder(
+                "endpoint_labels",
+                "must be at least 1; leave it unset for no per-endpoint labels",
+            ));
         }
         if self.safety.max_staleness.is_some_and(|d| d.is_zero()) {
             return Err(Error::builder("max_staleness", "must be greater than zero"));
@@ -356,6 +373,7 @@ impl Registry {
                     latency: Duration::from_secs_f64(stats[i].latency().max(0.0)),
                     ejected: stats[i].is_ejected(entry.epoch, now),
                     paused: stats[i].is_paused(entry.epoch, now),
+                    in_flight: stats[i].in_flight(),
                 })
                 .collect(),
         )
@@ -526,6 +544,8 @@ pub struct EndpointStatus {
     pub ejected: bool,
     /// Paused at its own request (`Retry-After`).
     pub paused: bool,
+    /// Requests to it in flight now, retries included.
+    pub in_flight: u32,
 }
 
 /// One service's snapshot: its endpoints, what the mesh has learnt of each, and the
@@ -559,6 +579,18 @@ impl Snapshot {
         {
             entry.eject(self, index, &detection);
         }
+    }
+
+    /// A request to endpoint `index` began; [`Snapshot::end`] must follow once.
+    #[inline]
+    pub(crate) fn begin(&self, index: usize) {
+        self.stats[index].begin();
+    }
+
+    /// A request to endpoint `index` ended, completed or cancelled.
+    #[inline]
+    pub(crate) fn end(&self, index: usize) {
+        self.stats[index].end();
     }
 
     /// Pauses an endpoint that pushed back.
@@ -622,6 +654,8 @@ pub(crate) struct ServiceEntry {
     current: ArcSwapOption<Snapshot>,
     changed: Notify,
     status: Mutex<Status>,
+    /// Per-endpoint metric series, when they are on; used only to build snapshots.
+    labels: Option<Mutex<EndpointLabels>>,
 }
 
 #[derive(Default)]
@@ -637,6 +671,9 @@ struct Status {
 impl ServiceEntry {
     fn new(name: ServiceName, balancer: Balancer, rng: PickRng, safety: Safety) -> Self {
         ServiceEntry {
+            labels: safety
+                .endpoint_labels
+                .map(|cap| Mutex::new(EndpointLabels::new(name.clone(), cap))),
             name,
             balancer,
             rng,
@@ -655,20 +692,33 @@ impl ServiceEntry {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The metric series of a newly listed endpoint, when per-endpoint labels are on.
+    fn series(&self, endpoint: &Endpoint) -> Option<Arc<EndpointSeries>> {
+        let labels = self.labels.as_ref()?;
+        // The labels are only a cache of handles: a panic elsewhere leaves them usable.
+        let mut labels = labels.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(labels.series(endpoint.addr()))
+    }
+
     pub(crate) fn pick(&self, snapshot: &Snapshot) -> Result<usize, Error> {
-        snapshot.selection.pick(&self.rng).ok_or_else(|| {
-            let message = if snapshot.endpoints.is_empty() {
-                "the registry lists no endpoints".to_owned()
-            } else {
-                format!(
-                    "none of the {} endpoints may take traffic (weight 0 or critical)",
-                    snapshot.endpoints.len()
-                )
-            };
-            Error::new(Kind::NoEndpoints)
-                .with_service(self.name.clone())
-                .with_message(message)
-        })
+        let stats = &snapshot.stats;
+        let in_flight = |i: usize| stats[i].in_flight();
+        snapshot
+            .selection
+            .pick(&self.rng, in_flight)
+            .ok_or_else(|| {
+                let message = if snapshot.endpoints.is_empty() {
+                    "the registry lists no endpoints".to_owned()
+                } else {
+                    format!(
+                        "none of the {} endpoints may take traffic (weight 0 or critical)",
+                        snapshot.endpoints.len()
+                    )
+                };
+                Error::new(Kind::NoEndpoints)
+                    .with_service(self.name.clone())
+                    .with_message(message)
+            })
     }
 
     /// How long refreshes have been failing, if they are.
@@ -923,7 +973,7 @@ impl ServiceEntry {
                             .ok()
                             .map(|i| p.stats[i].clone())
                     })
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| Arc::new(EndpointStats::with_series(self.series(endpoint))))
             })
             .collect();
         let effective = self.effective(&endpoints, &stats);

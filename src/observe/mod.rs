@@ -18,6 +18,7 @@
 //! | `proxyless.discovery.refresh_errors` | counter | `server.address` |
 //! | `proxyless.auth.token_refreshes` | counter | `source` (`jwt`, `oauth2`) |
 //! | `proxyless.auth.verification_failures` | counter | `reason` |
+//! | `proxyless.endpoint.attempt.duration` | histogram, seconds; opt-in | `server.address`, `endpoint`, `outcome` (`success`, `failure`, `ignored`) |
 //!
 //! following OpenTelemetry's semantic conventions for HTTP clients; `error.type` is the
 //! status code for a `5xx`, and otherwise a short name of the failure (`timeout`, `connect`,
@@ -25,12 +26,23 @@
 //! set (others are `_OTHER`), a status code. Handles are resolved once per label set and
 //! cached, so a call makes no registry lookup.
 //!
+//! Per-endpoint series are off unless asked for, with a cap:
+//! [`MeshClientBuilder::endpoint_labels`](crate::MeshClientBuilder::endpoint_labels) (or
+//! `client.endpoint_labels` in configuration) records each attempt's duration by endpoint
+//! (`host:port`) and outcome. The first `cap` endpoints a service lists get a label of
+//! their own, for good; later ones share the label `other`, so a service adds at most
+//! `cap + 1` label values however its endpoints churn. Their handles are resolved when a
+//! snapshot is built, off the request path.
+//!
 //! [`ServiceStats`] answers directly: count, error rate, mean response time, throughput,
 //! percentiles, in-flight calls, and each endpoint's weight and health.
 
+mod endpoint;
 mod layer;
 mod stats;
 
+pub use endpoint::OTHER_ENDPOINT;
+pub(crate) use endpoint::{EndpointLabels, EndpointSeries};
 pub use layer::{Metrics, MetricsLayer};
 pub use stats::ServiceStats;
 pub(crate) use stats::StatsCell;
@@ -59,3 +71,6 @@ pub const TOKEN_REFRESHES: &str = "proxyless.auth.token_refreshes";
 /// Inbound tokens refused (counter; `reason`, from
 /// `Rejection::label`).
 pub const VERIFICATION_FAILURES: &str = "proxyless.auth.verification_failures";
+/// Each attempt's duration by endpoint, when per-endpoint labels are on (histogram, seconds;
+/// `server.address`, `endpoint`, `outcome`).
+pub const ENDPOINT_ATTEMPT_DURATION: &str = "proxyless.endpoint.attempt.duration";
