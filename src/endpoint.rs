@@ -49,7 +49,7 @@ impl ServiceName {
     }
 }
 
-fn validate_service_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn validate_service_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("is empty");
     }

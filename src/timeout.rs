@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::error::{Error, Kind};
@@ -75,7 +75,9 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         ResponseFuture {
             future: self.inner.call(request),
-            sleep: tokio::time::sleep(self.deadline),
+            timer: Timer::Idle {
+                started: Instant::now(),
+            },
             deadline: self.deadline,
         }
     }
@@ -87,8 +89,18 @@ pin_project! {
         #[pin]
         future: F,
         #[pin]
-        sleep: Sleep,
+        timer: Timer,
         deadline: Duration,
+    }
+}
+
+pin_project! {
+    /// The timer is armed the first time the call waits: a call that completes at once never
+    /// touches the runtime's timer wheel. The deadline still runs from the call.
+    #[project = TimerProjection]
+    enum Timer {
+        Idle { started: Instant },
+        Armed { #[pin] sleep: Sleep },
     }
 }
 
@@ -110,7 +122,15 @@ where
         if let Poll::Ready(result) = this.future.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        let mut timer = this.timer;
+        if let TimerProjection::Idle { started } = timer.as_mut().project() {
+            let sleep = tokio::time::sleep_until(*started + *this.deadline);
+            timer.set(Timer::Armed { sleep });
+        }
+        let TimerProjection::Armed { sleep } = timer.project() else {
+            unreachable!("armed above");
+        };
+        match sleep.poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Error::new(Kind::Timeout)
                 .with_message(format!("the call's deadline of {:?} passed", this.deadline)))),
             Poll::Pending => Poll::Pending,

@@ -1,12 +1,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use reqwest::header::AUTHORIZATION;
 use tower::{Layer, Service};
 
 use super::source::TokenSource;
 use crate::discovery::BoxFuture;
-use crate::endpoint::ServiceName;
+use crate::endpoint::{ServiceName, validate_service_name};
 use crate::error::Error;
 
 /// Attaches `Authorization: Bearer …` from a [`TokenSource`] to each request, with the
@@ -70,31 +71,96 @@ where
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<S::Response, Error>>;
+    type Future = ResponseFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+        let keep = request.headers().contains_key(AUTHORIZATION) && !self.layer.replace_existing;
+        let host = request
+            .url()
+            .host_str()
+            .filter(|host| validate_service_name(host).is_ok());
+        let Some(host) = host.filter(|_| !keep) else {
+            return ResponseFuture::direct(self.inner.call(request));
+        };
+        // The fast path: a token ready now (cached and fresh) goes on without a wait.
+        if let Some(token) = self.layer.source.ready(host) {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, token.header_value().clone());
+            return ResponseFuture::direct(self.inner.call(request));
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let keep = request.headers().contains_key(AUTHORIZATION) && !layer.replace_existing;
-            if !keep {
-                let service = request
-                    .url()
-                    .host_str()
-                    .and_then(|host| ServiceName::new(host).ok());
-                if let Some(service) = service {
-                    let token = layer.source.token(&service).await?;
-                    request
-                        .headers_mut()
-                        .insert(AUTHORIZATION, token.header_value().clone());
-                }
+        ResponseFuture::waiting(Box::pin(async move {
+            let service = request
+                .url()
+                .host_str()
+                .and_then(|host| ServiceName::new(host).ok());
+            if let Some(service) = service {
+                let token = layer.source.token(&service).await?;
+                request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, token.header_value().clone());
             }
             inner.call(request).await.map_err(Into::into)
-        })
+        }))
+    }
+}
+
+pin_project! {
+    /// The future of [`AttachToken`].
+    pub struct ResponseFuture<F, R> {
+        #[pin]
+        state: State<F, R>,
+    }
+}
+
+pin_project! {
+    #[project = Projection]
+    enum State<F, R> {
+        // The token was ready; the inner service was called at once.
+        Direct { #[pin] future: F },
+        // Waiting for a token, then for the call.
+        Waiting { future: BoxFuture<'static, Result<R, Error>> },
+    }
+}
+
+impl<F, R> ResponseFuture<F, R> {
+    fn direct(future: F) -> Self {
+        ResponseFuture {
+            state: State::Direct { future },
+        }
+    }
+
+    fn waiting(future: BoxFuture<'static, Result<R, Error>>) -> Self {
+        ResponseFuture {
+            state: State::Waiting { future },
+        }
+    }
+}
+
+impl<F, R> std::fmt::Debug for ResponseFuture<F, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("attach::ResponseFuture")
+    }
+}
+
+impl<F, R, E> std::future::Future for ResponseFuture<F, R>
+where
+    F: std::future::Future<Output = Result<R, E>>,
+    E: Into<Error>,
+{
+    type Output = Result<R, Error>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Projection::Direct { future } => future.poll(cx).map_err(Into::into),
+            Projection::Waiting { future } => future.as_mut().poll(cx),
+        }
     }
 }

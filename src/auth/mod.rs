@@ -26,7 +26,7 @@ mod oauth2;
 mod source;
 mod verifier;
 
-pub use attach::{AttachToken, AttachTokenLayer};
+pub use attach::{AttachToken, AttachTokenLayer, ResponseFuture as AttachTokenFuture};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{Jwks, JwksOptions};
 pub use layer::{JwtAuth, JwtAuthLayer};

@@ -284,6 +284,13 @@ impl OAuth2ClientCredentials {
 }
 
 impl TokenSource for OAuth2ClientCredentials {
+    fn ready(&self, _: &str) -> Option<BearerToken> {
+        let cache = self.cache.load();
+        let cached = cache.as_ref()?;
+        // Past the refresh point, `token` starts the refresh.
+        (Instant::now() < cached.refresh_at).then(|| cached.token.clone())
+    }
+
     fn token<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>> {
         Box::pin(async move {
             let valid = |now: Instant| self.cache.load_full().filter(|c| now < c.expires_at);

@@ -47,6 +47,15 @@ impl fmt::Debug for BearerToken {
 pub trait TokenSource: Send + Sync + 'static {
     /// The token for calls to `audience`, the logical service called.
     fn token<'a>(&'a self, audience: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>>;
+
+    /// The token for `service` if one is ready now, without waiting or allocating: the
+    /// path [`AttachToken`](super::AttachToken) tries first, before it calls
+    /// [`TokenSource::token`]. `None`, the default, means "ask `token`". An implementation
+    /// returns a token here only when `token` would return the same one at once.
+    fn ready(&self, service: &str) -> Option<BearerToken> {
+        let _ = service;
+        None
+    }
 }
 
 /// The same token for every call.
@@ -64,6 +73,10 @@ impl TokenSource for StaticToken {
     fn token<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>> {
         let token = self.0.clone();
         Box::pin(async move { Ok(token) })
+    }
+
+    fn ready(&self, _: &str) -> Option<BearerToken> {
+        Some(self.0.clone())
     }
 }
 
@@ -329,6 +342,14 @@ impl JwtSigner {
 }
 
 impl TokenSource for JwtSigner {
+    fn ready(&self, service: &str) -> Option<BearerToken> {
+        let audience = self.audiences.get(service).map_or(service, String::as_str);
+        let cache = self.cache.load();
+        let cached = cache.get(audience)?;
+        // Past the refresh point, `token` starts the re-signing.
+        (Instant::now() < cached.refresh_at).then(|| cached.token.clone())
+    }
+
     fn token<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>> {
         Box::pin(async move {
             let audience = self

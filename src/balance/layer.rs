@@ -41,6 +41,11 @@ impl BalanceLayer {
         }
     }
 
+    /// The registry it balances over.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Sends the logical host (`orders`) as the `Host` header instead of the endpoint's
     /// address, for endpoints behind virtual hosting. Off by default.
     pub fn preserve_host(mut self, preserve: bool) -> Self {

@@ -149,18 +149,20 @@ fn attempt_span(snapshot: &Snapshot, index: usize, attempt: usize) -> tracing::S
 /// Inside a retry layer, steers a retry away from endpoints the call already tried, and
 /// records the one chosen. Returns the endpoint and the attempt's number (1 for the first).
 fn avoid_tried(snapshot: &Snapshot, index: usize) -> (usize, usize) {
-    let Some(attempts) = crate::retry::attempt::current() else {
-        return (index, 1);
-    };
-    let index = if attempts.any() {
-        metrics::counter!(crate::observe::RETRIES, "server.address" => snapshot.service.to_string())
-            .increment(1);
-        snapshot.untried(index, &attempts)
-    } else {
-        index
-    };
-    attempts.record(snapshot.endpoints[index].addr());
-    (index, attempts.count())
+    crate::retry::attempt::with_current(|attempts| {
+        attempts.next(
+            |tried| {
+                if tried.is_empty() {
+                    return index;
+                }
+                metrics::counter!(crate::observe::RETRIES, "server.address" => snapshot.service.to_string())
+                    .increment(1);
+                snapshot.untried(index, tried)
+            },
+            |i| snapshot.endpoints[i].addr(),
+        )
+    })
+    .unwrap_or((index, 1))
 }
 
 /// The host of a logical URL, which must be a name, not an address.

@@ -1,7 +1,5 @@
 use std::time::Duration;
 
-use tower::Layer;
-
 use std::collections::HashMap;
 
 use super::MeshClient;
@@ -170,9 +168,7 @@ impl MeshClientBuilder {
             }
         }
         let stacks = Stacks::new(self.traffic, configured)?;
-        let balance = BalanceLayer::new(registry)
-            .preserve_host(self.preserve_host)
-            .layer(http.clone());
+        let balance = BalanceLayer::new(registry).preserve_host(self.preserve_host);
         Ok(MeshClient {
             http,
             balance,

@@ -25,13 +25,13 @@ use std::fmt;
 use reqwest::{Method, Response};
 use tower::ServiceExt;
 
-use crate::balance::Balance;
+use crate::balance::BalanceLayer;
 use crate::discovery::{DiscoveryStatus, Registry};
 use crate::error::Error;
 
 pub use builder::MeshClientBuilder;
 pub use request::RequestBuilder;
-pub use traffic::TrafficPolicy;
+pub use traffic::{MeshLayer, MeshService, TrafficPolicy};
 
 /// An HTTP client whose URLs name services, not hosts.
 ///
@@ -58,7 +58,7 @@ pub use traffic::TrafficPolicy;
 #[derive(Clone)]
 pub struct MeshClient {
     http: reqwest::Client,
-    balance: Balance<reqwest::Client>,
+    balance: BalanceLayer,
     stacks: std::sync::Arc<traffic::Stacks>,
 }
 
@@ -115,7 +115,7 @@ impl MeshClient {
             self.registry().endpoints(&host).await?;
         }
         let host = request.url().host_str().unwrap_or_default();
-        let stack = self.stacks.get(host, &self.balance)?;
+        let stack = self.stacks.get(host, &self.balance, &self.http)?;
         stack.oneshot(request).await
     }
 

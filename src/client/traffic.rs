@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tower::ServiceBuilder;
 use tower::util::Either;
+use tower::{Layer, ServiceBuilder};
 
-use crate::balance::Balance;
+use crate::balance::{Balance, BalanceLayer};
 use crate::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::HttpClassifier;
 use crate::endpoint::ServiceName;
@@ -131,11 +131,38 @@ impl TrafficPolicy {
         Ok(())
     }
 
-    fn stack(
-        &self,
-        balance: Balance<reqwest::Client>,
-        metrics: &MetricsLayer,
-    ) -> Result<Stack, Error> {
+    /// The whole stack a [`MeshClient`](crate::MeshClient) builds for `service`, as a tower
+    /// layer over any transport: metrics, then this policy's layers, then `balance`.
+    ///
+    /// Its breaker, limits and retry budget are made here, once: every service the layer
+    /// makes shares them, as the calls of one service in a client do.
+    ///
+    /// ```no_run
+    /// use proxyless::balance::BalanceLayer;
+    /// use proxyless::client::TrafficPolicy;
+    /// use proxyless::{Endpoint, Registry, StaticDiscovery};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # async fn run() -> Result<(), proxyless::Error> {
+    /// let discovery = StaticDiscovery::new()
+    ///     .with("orders", [Endpoint::new(([127, 0, 0, 1], 8081))])?;
+    /// let registry = Registry::builder().discovery(discovery).build()?;
+    /// let layer = TrafficPolicy::default().layer("orders", BalanceLayer::new(registry))?;
+    /// let service = layer.layer(reqwest::Client::new());
+    /// let request = reqwest::Request::new(
+    ///     reqwest::Method::GET,
+    ///     "http://orders/v1/items".parse().expect("valid URL"),
+    /// );
+    /// let response = service.oneshot(request).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn layer(&self, service: &str, balance: BalanceLayer) -> Result<MeshLayer, Error> {
+        self.validate()?;
+        let name = ServiceName::new(service)?;
+        self.mesh_layer(MetricsLayer::new(name), balance)
+    }
+
+    fn mesh_layer(&self, metrics: MetricsLayer, balance: BalanceLayer) -> Result<MeshLayer, Error> {
         let service = metrics.service().as_str();
         let breaker = self
             .breaker
@@ -147,32 +174,86 @@ impl TrafficPolicy {
             .map(|(rate, on_exceed)| RateLimitLayer::new(rate, on_exceed))
             .transpose()?;
         let retry = self.retry.clone().map(RetryLayer::new).transpose()?;
+        Ok(MeshLayer {
+            metrics,
+            timeout: self.timeout.map(TimeoutLayer::new),
+            retry,
+            rate,
+            concurrency: self.concurrency_limit.map(ConcurrencyLimitLayer::new),
+            breaker,
+            #[cfg(feature = "jwt")]
+            auth: self.auth.clone(),
+            balance,
+        })
+    }
+}
+
+/// One service's whole stack as a tower layer, from [`TrafficPolicy::layer`]: what a
+/// [`MeshClient`](crate::MeshClient) puts around its `reqwest::Client`, outermost first:
+///
+/// ```text
+/// Metrics ─► Timeout ─► Retry ─► RateLimit ─► ConcurrencyLimit ─► CircuitBreaker
+///         ─► AttachToken (feature jwt) ─► Balance ─► the transport
+/// ```
+#[derive(Clone, Debug)]
+pub struct MeshLayer {
+    metrics: MetricsLayer,
+    timeout: Option<TimeoutLayer>,
+    retry: Option<RetryLayer>,
+    rate: Option<RateLimitLayer>,
+    concurrency: Option<ConcurrencyLimitLayer>,
+    breaker: Option<CircuitBreakerLayer>,
+    #[cfg(feature = "jwt")]
+    auth: Option<crate::auth::AttachTokenLayer>,
+    balance: BalanceLayer,
+}
+
+impl MeshLayer {
+    /// What this service's calls have done so far.
+    pub fn stats(&self) -> crate::observe::ServiceStats {
+        let endpoints = self
+            .balance
+            .registry()
+            .endpoint_status(self.metrics.service().as_str())
+            .unwrap_or_default();
+        self.metrics.stats().snapshot(endpoints)
+    }
+}
+
+impl<S> Layer<S> for MeshLayer {
+    type Service = MeshService<S>;
+
+    fn layer(&self, transport: S) -> MeshService<S> {
+        let balance = self.balance.layer(transport);
         #[cfg(feature = "jwt")]
         let balance = ServiceBuilder::new()
             .option_layer(self.auth.clone())
             .service(balance);
-        Ok(ServiceBuilder::new()
-            .layer(metrics.clone())
-            .option_layer(self.timeout.map(TimeoutLayer::new))
-            .option_layer(retry)
-            .option_layer(rate)
-            .option_layer(self.concurrency_limit.map(ConcurrencyLimitLayer::new))
-            .option_layer(breaker)
-            .service(balance))
+        ServiceBuilder::new()
+            .layer(self.metrics.clone())
+            .option_layer(self.timeout)
+            .option_layer(self.retry.clone())
+            .option_layer(self.rate.clone())
+            .option_layer(self.concurrency.clone())
+            .option_layer(self.breaker.clone())
+            .service(balance)
     }
 }
 
-type Balanced = Balance<reqwest::Client>;
+type Balanced<S> = Balance<S>;
 #[cfg(feature = "jwt")]
-type Authed = Either<crate::auth::AttachToken<Balanced>, Balanced>;
+type Authed<S> = Either<crate::auth::AttachToken<Balanced<S>>, Balanced<S>>;
 #[cfg(not(feature = "jwt"))]
-type Authed = Balanced;
-type Breaking = Either<CircuitBreaker<Authed, HttpClassifier>, Authed>;
-type Limited = Either<ConcurrencyLimit<Breaking>, Breaking>;
-type Rated = Either<RateLimit<Limited>, Limited>;
-type Retrying = Either<Retry<Rated, HttpClassifier>, Rated>;
-/// One service's stack: concrete types, so a call allocates nothing for the layers it skips.
-pub(crate) type Stack = Metrics<Either<Timeout<Retrying>, Retrying>>;
+type Authed<S> = Balanced<S>;
+type Breaking<S> = Either<CircuitBreaker<Authed<S>, HttpClassifier>, Authed<S>>;
+type Limited<S> = Either<ConcurrencyLimit<Breaking<S>>, Breaking<S>>;
+type Rated<S> = Either<RateLimit<Limited<S>>, Limited<S>>;
+type Retrying<S> = Either<Retry<Rated<S>, HttpClassifier>, Rated<S>>;
+/// The service a [`MeshLayer`] makes around the transport `S`. Concrete types all the way
+/// down, so a call allocates nothing for the layers a policy leaves out.
+pub type MeshService<S> = Metrics<Either<Timeout<Retrying<S>>, Retrying<S>>>;
+/// One service's stack in a client.
+pub(crate) type Stack = MeshService<reqwest::Client>;
 
 /// Every service's stack, built on first use and read without a lock.
 pub(crate) struct Stacks {
@@ -204,7 +285,12 @@ impl Stacks {
 
     /// The stack of `host`, a service the registry knows, built on its first call; its
     /// breaker, limits and budget live in it.
-    pub(crate) fn get(&self, host: &str, balance: &Balanced) -> Result<Stack, Error> {
+    pub(crate) fn get(
+        &self,
+        host: &str,
+        balance: &BalanceLayer,
+        http: &reqwest::Client,
+    ) -> Result<Stack, Error> {
         if let Some((stack, _)) = self.built.load().get(host) {
             return Ok(stack.clone());
         }
@@ -216,7 +302,9 @@ impl Stacks {
             return Ok(stack.clone());
         }
         let metrics = MetricsLayer::new(name.clone());
-        let stack = policy(host).stack(balance.clone(), &metrics)?;
+        let stack = policy(host)
+            .mesh_layer(metrics.clone(), balance.clone())?
+            .layer(http.clone());
         let mut built = HashMap::clone(&self.built.load());
         built.insert(name, (stack.clone(), metrics));
         self.built.store(Arc::new(built));

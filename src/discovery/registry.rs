@@ -615,12 +615,8 @@ impl Snapshot {
     /// `index` if the call has not tried that endpoint yet; otherwise another endpoint that
     /// may take traffic and that it has not tried, preferring the same priority tier; `index`
     /// again when it has tried them all.
-    pub(crate) fn untried(
-        &self,
-        index: usize,
-        attempts: &crate::retry::attempt::Attempts,
-    ) -> usize {
-        if !attempts.tried(self.endpoints[index].addr()) {
+    pub(crate) fn untried(&self, index: usize, attempts: &crate::retry::attempt::Tried) -> usize {
+        if !attempts.contains(self.endpoints[index].addr()) {
             return index;
         }
         let n = self.endpoints.len();
@@ -628,7 +624,7 @@ impl Snapshot {
         let candidates = || (0..n).map(|k| (start + k) % n);
         let fresh = |i: &usize| {
             let endpoint = &self.endpoints[*i];
-            endpoint.is_eligible() && !attempts.tried(endpoint.addr())
+            endpoint.is_eligible() && !attempts.contains(endpoint.addr())
         };
         let tier = self.endpoints[index].priority();
         candidates()

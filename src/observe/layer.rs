@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +31,8 @@ pub struct MetricsLayer {
 struct Shared {
     service: ServiceName,
     stats: StatsCell,
-    handles: ArcSwap<HashMap<Series, metrics::Histogram>>,
+    /// One handle per label set seen, scanned in order: a service sees a handful.
+    handles: ArcSwap<Vec<(Series, metrics::Histogram)>>,
 }
 
 impl MetricsLayer {
@@ -110,36 +110,40 @@ fn error_label(error: &Error) -> &'static str {
 
 impl Shared {
     fn record(&self, series: Series, started: Instant) {
-        let elapsed = started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
         if let Some(reason @ ("rate_limited" | "overloaded" | "circuit_open")) = series.error {
             metrics::counter!(super::REJECTED, "server.address" => self.service.to_string(), "reason" => reason)
                 .increment(1);
         }
-        self.stats.finish(elapsed, series.error.is_some());
-        let handle = match self.handles.load().get(&series) {
-            Some(handle) => handle.clone(),
-            None => {
-                // First call with these labels: resolve the handle once and keep it.
-                let status = series.status.to_string();
-                let mut labels = vec![
-                    ("http.request.method", series.method.to_owned()),
-                    ("server.address", self.service.to_string()),
-                ];
-                if series.status != 0 {
-                    labels.push(("http.response.status_code", status));
-                }
-                if let Some(error) = series.error {
-                    labels.push(("error.type", error.to_owned()));
-                }
-                let handle = metrics::histogram!(REQUEST_DURATION, &labels);
-                self.handles.rcu(|map| {
-                    let mut map = HashMap::clone(map);
-                    map.insert(series, handle.clone());
-                    map
-                });
-                handle
+        self.stats.finish(now, elapsed, series.error.is_some());
+        let handles = self.handles.load();
+        let found = handles.iter().find(|(s, _)| *s == series).map(|(_, h)| h);
+        if let Some(handle) = found {
+            handle.record(elapsed.as_secs_f64());
+            return;
+        }
+        drop(handles);
+        // First call with these labels: resolve the handle once and keep it.
+        let status = series.status.to_string();
+        let mut labels = vec![
+            ("http.request.method", series.method.to_owned()),
+            ("server.address", self.service.to_string()),
+        ];
+        if series.status != 0 {
+            labels.push(("http.response.status_code", status));
+        }
+        if let Some(error) = series.error {
+            labels.push(("error.type", error.to_owned()));
+        }
+        let handle = metrics::histogram!(REQUEST_DURATION, &labels);
+        self.handles.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if !list.iter().any(|(s, _)| *s == series) {
+                list.push((series, handle.clone()));
             }
-        };
+            list
+        });
         handle.record(elapsed.as_secs_f64());
     }
 }

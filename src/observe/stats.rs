@@ -89,7 +89,8 @@ impl StatsCell {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn finish(&self, latency: Duration, failed: bool) {
+    /// A call completed at `now`, after `latency`.
+    pub(crate) fn finish(&self, now: Instant, latency: Duration, failed: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -100,7 +101,7 @@ impl StatsCell {
             Ordering::Relaxed,
         );
         self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
-        let second = self.origin.elapsed().as_secs();
+        let second = now.saturating_duration_since(self.origin).as_secs();
         let _ = self
             .first
             .compare_exchange(u64::MAX, second, Ordering::Relaxed, Ordering::Relaxed);
@@ -212,7 +213,7 @@ mod tests {
                 } else {
                     Duration::from_millis(1)
                 };
-                cell.finish(latency, i == 0);
+                cell.finish(Instant::now(), latency, i == 0);
             }
             if second < 4 {
                 tokio::time::advance(Duration::from_secs(1)).await;

@@ -1,12 +1,12 @@
 //! What one logical call knows across its attempts, shared with the layers below the retry
 //! layer through task-local storage (a `reqwest::Request` carries no extensions of its own).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use crate::endpoint::EndpointAddr;
 
 tokio::task_local! {
-    static ATTEMPTS: Arc<Attempts>;
+    static ATTEMPTS: Attempts;
     static CALL: CallOptions;
 }
 
@@ -20,49 +20,60 @@ pub(crate) struct CallOptions {
 /// The endpoints a call has tried so far.
 #[derive(Debug, Default)]
 pub(crate) struct Attempts {
-    tried: Mutex<Vec<EndpointAddr>>,
+    tried: Mutex<Tried>,
+}
+
+/// A short list kept inline for the first attempt, which is all most calls make.
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    first: Option<EndpointAddr>,
+    rest: Vec<EndpointAddr>,
+}
+
+impl Tried {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub(crate) fn contains(&self, endpoint: &EndpointAddr) -> bool {
+        self.first.as_ref() == Some(endpoint) || self.rest.contains(endpoint)
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn push(&mut self, endpoint: &EndpointAddr) {
+        match self.first {
+            None => self.first = Some(endpoint.clone()),
+            Some(_) => self.rest.push(endpoint.clone()),
+        }
+    }
 }
 
 impl Attempts {
-    pub(crate) fn record(&self, endpoint: &EndpointAddr) {
-        self.tried
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(endpoint.clone());
-    }
-
-    pub(crate) fn tried(&self, endpoint: &EndpointAddr) -> bool {
-        self.tried
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(endpoint)
-    }
-
-    /// How many endpoints have been tried.
-    pub(crate) fn count(&self) -> usize {
-        self.tried
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub(crate) fn any(&self) -> bool {
-        !self
-            .tried
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+    /// Chooses the next attempt's endpoint with `choose`, which sees those tried so far,
+    /// and records it; returns it and the attempt's number (1 for the first). One lock.
+    pub(crate) fn next<'a>(
+        &self,
+        choose: impl FnOnce(&Tried) -> usize,
+        addr: impl FnOnce(usize) -> &'a EndpointAddr,
+    ) -> (usize, usize) {
+        let mut tried = self.tried.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = choose(&tried);
+        tried.push(addr(index));
+        (index, tried.len())
     }
 }
 
 /// Runs `future` as one logical call whose attempts are tracked.
-pub(crate) async fn track<F: std::future::Future>(attempts: Arc<Attempts>, future: F) -> F::Output {
+pub(crate) async fn track<F: std::future::Future>(attempts: Attempts, future: F) -> F::Output {
     ATTEMPTS.scope(attempts, future).await
 }
 
-/// The current call's attempts, inside a retry layer.
-pub(crate) fn current() -> Option<Arc<Attempts>> {
-    ATTEMPTS.try_with(Arc::clone).ok()
+/// Runs `f` on the current call's attempts, inside a retry layer.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Attempts) -> R) -> Option<R> {
+    ATTEMPTS.try_with(|attempts| f(attempts)).ok()
 }
 
 /// Runs `future` with per-call options.

@@ -124,7 +124,7 @@ where
             let Some(template) = template else {
                 return inner.call(request).await.map_err(Into::into);
             };
-            let attempts = Arc::new(Attempts::default());
+            let attempts = Attempts::default();
             attempt::track(attempts, async move {
                 let mut result = inner.call(request).await.map_err(Into::into);
                 for retry in 0..policy.max_attempts - 1 {

@@ -1,0 +1,408 @@
+//! End-to-end overhead: the same `reqwest::Client` calls the same server on 127.0.0.1
+//! directly, through a `MeshClient` with every policy on, and through haproxy as a local
+//! proxy hop (a sidecar's place), alternating request by request.
+//!
+//! ```bash
+//! benches/overhead.sh                       # installs haproxy if missing, then runs this
+//! cargo bench --all-features --bench overhead -- --samples 40000
+//! ```
+//!
+//! The server runs on a runtime of its own with one worker thread; the clients share a
+//! current-thread runtime on the main thread, so that each side has one of a 2-core
+//! machine's cores. haproxy, when found, runs with one thread.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
+use proxyless::client::TrafficPolicy;
+use proxyless::limit::{OnExceed, Rate};
+use proxyless::{Endpoint, MeshClient, Secret, StaticDiscovery};
+
+struct Options {
+    samples: usize,
+    warmup: usize,
+    throughput_secs: f64,
+    rounds: usize,
+}
+
+impl Options {
+    fn from_args() -> Options {
+        let mut options = Options {
+            samples: 40_000,
+            warmup: 2_000,
+            throughput_secs: 2.0,
+            rounds: 3,
+        };
+        let args: Vec<String> = std::env::args().collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse::<f64>().expect("a number"))
+        };
+        if let Some(v) = value("--samples") {
+            options.samples = v as usize;
+        }
+        if let Some(v) = value("--throughput-secs") {
+            options.throughput_secs = v;
+        }
+        if let Some(v) = value("--rounds") {
+            options.rounds = v as usize;
+        }
+        options
+    }
+}
+
+/// The server: a small fixed body, as a health or lookup endpoint would answer.
+fn serve() -> (SocketAddr, tokio::runtime::Runtime) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("local addr");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let router = Router::new().route("/bench", get(|| async { "ok" }));
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(listener, router).await.expect("serve");
+    });
+    (addr, runtime)
+}
+
+/// haproxy on 127.0.0.1 in front of `server`, if it is installed.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn haproxy(server: SocketAddr) -> Option<Proxy> {
+    let binary = [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())?;
+    // A free port: bind, read it, release it for haproxy.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = std::env::temp_dir().join(format!("proxyless-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n\
+             defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend mesh\n  bind {addr}\n  default_backend app\n\
+             backend app\n  http-reuse always\n  server app {server}\n"
+        ),
+    )
+    .expect("write config");
+    let proxy = Proxy {
+        child: Command::new(binary)
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start haproxy"),
+        addr,
+        _dir: dir,
+    };
+    // Wait until it listens.
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some(proxy);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("haproxy did not start listening on {addr}");
+}
+
+/// Every policy on, none of them refusing a call in this run.
+fn every_policy() -> TrafficPolicy {
+    let key = SigningKey::hmac(
+        Algorithm::HS256,
+        &Secret::new("a-benchmark-secret-of-32-bytes!!"),
+    )
+    .expect("valid key");
+    TrafficPolicy::default()
+        .timeout(Duration::from_secs(10))
+        .rate_limit(
+            Rate::per_second(std::num::NonZeroU32::new(1_000_000).expect("above 0")),
+            OnExceed::FailFast,
+        )
+        .concurrency_limit(10_000)
+        .token_source(JwtSigner::builder(key).build().expect("valid signer"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Raw,
+    Mesh,
+    Proxy,
+}
+
+#[derive(Clone)]
+struct Clients {
+    http: reqwest::Client,
+    mesh: MeshClient,
+    raw_url: Arc<str>,
+    proxy_url: Option<Arc<str>>,
+}
+
+impl Clients {
+    async fn call(&self, path: Path) {
+        let response = match path {
+            Path::Raw => self
+                .http
+                .get(&*self.raw_url)
+                .send()
+                .await
+                .expect("raw call"),
+            Path::Mesh => self
+                .mesh
+                .get("http://bench/bench")
+                .send()
+                .await
+                .expect("mesh call"),
+            Path::Proxy => self
+                .http
+                .get(&**self.proxy_url.as_ref().expect("a proxy"))
+                .send()
+                .await
+                .expect("proxy call"),
+        };
+        assert!(
+            response.status().is_success(),
+            "{path:?}: {}",
+            response.status()
+        );
+        let body = response.bytes().await.expect("body");
+        assert_eq!(&body[..], b"ok");
+    }
+}
+
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn mean(&self) -> f64 {
+        self.0.iter().map(|&n| n as f64).sum::<f64>() / self.0.len() as f64
+    }
+
+    fn percentile(&self, q: f64) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_unstable();
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1] as f64
+    }
+}
+
+fn micros(nanos: f64) -> String {
+    format!("{:.2} µs", nanos / 1000.0)
+}
+
+async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
+    let mut paths = vec![Path::Raw, Path::Mesh];
+    if clients.proxy_url.is_some() {
+        paths.push(Path::Proxy);
+    }
+    for _ in 0..options.warmup {
+        for &path in &paths {
+            clients.call(path).await;
+        }
+    }
+    let mut samples: Vec<Vec<u64>> = paths
+        .iter()
+        .map(|_| Vec::with_capacity(options.samples))
+        .collect();
+    for i in 0..options.samples {
+        // Rotate which path goes first, so that no path always follows the same one.
+        for k in 0..paths.len() {
+            let j = (i + k) % paths.len();
+            let started = Instant::now();
+            clients.call(paths[j]).await;
+            samples[j].push(started.elapsed().as_nanos() as u64);
+        }
+    }
+    paths
+        .into_iter()
+        .zip(samples.into_iter().map(Samples))
+        .collect()
+}
+
+/// Calls completed per second by `concurrency` closed loops on `path` for `secs`.
+async fn closed_loop(clients: &Clients, path: Path, concurrency: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let clients = clients.clone();
+            let stop = stop.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    clients.call(path).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let completed = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for task in loops {
+        task.await.expect("loop");
+    }
+    completed as f64 / elapsed
+}
+
+fn main() {
+    let options = Options::from_args();
+    let (server, _server_runtime) = serve();
+    let proxy = haproxy(server);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let _guard = runtime.enter();
+    // A real recorder, as a service in production would have.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the first recorder");
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
+    let mesh = MeshClient::builder()
+        .http_client(http.clone())
+        .discovery(
+            StaticDiscovery::new()
+                .with("bench", [Endpoint::new(server)])
+                .expect("valid"),
+        )
+        .traffic(every_policy())
+        .build()
+        .expect("valid client");
+    let clients = Clients {
+        http,
+        mesh,
+        raw_url: format!("http://{server}/bench").into(),
+        proxy_url: proxy
+            .as_ref()
+            .map(|p| Arc::<str>::from(format!("http://{}/bench", p.addr))),
+    };
+
+    println!(
+        "# proxyless end-to-end overhead ({} samples per path, alternating)",
+        options.samples
+    );
+    if proxy.is_none() {
+        println!(
+            "# haproxy not found: the proxy comparison is skipped (benches/overhead.sh installs it)"
+        );
+    }
+    let results = runtime.block_on(latency(&clients, &options));
+    let raw = &results[0].1;
+    println!();
+    println!("| path | mean | p50 | p99 |");
+    println!("|---|---|---|---|");
+    for (path, samples) in &results {
+        println!(
+            "| {path:?} | {} | {} | {} |",
+            micros(samples.mean()),
+            micros(samples.percentile(0.5)),
+            micros(samples.percentile(0.99))
+        );
+    }
+    let mesh = &results[1].1;
+    let mesh_added = mesh.mean() - raw.mean();
+    println!();
+    println!("mesh / raw mean ratio: {:.4}", mesh.mean() / raw.mean());
+    println!(
+        "mesh added: mean {}, p50 {}, p99 {}",
+        micros(mesh_added),
+        micros(mesh.percentile(0.5) - raw.percentile(0.5)),
+        micros(mesh.percentile(0.99) - raw.percentile(0.99))
+    );
+    if let Some((_, proxied)) = results.get(2) {
+        let proxy_added = proxied.mean() - raw.mean();
+        println!(
+            "proxy hop added: mean {}, p50 {}, p99 {}",
+            micros(proxy_added),
+            micros(proxied.percentile(0.5) - raw.percentile(0.5)),
+            micros(proxied.percentile(0.99) - raw.percentile(0.99))
+        );
+        println!(
+            "mesh added / proxy added (mean): {:.4} (1/{:.0})",
+            mesh_added / proxy_added,
+            proxy_added / mesh_added.max(1.0)
+        );
+    }
+
+    println!();
+    println!("| concurrency | raw calls/s | mesh calls/s | mesh / raw |");
+    println!("|---|---|---|---|");
+    for concurrency in [16, 64] {
+        let (mut raw, mut mesh) = (0.0, 0.0);
+        runtime.block_on(async {
+            // Warm the pool to this concurrency on both paths.
+            closed_loop(&clients, Path::Raw, concurrency, 0.3).await;
+            closed_loop(&clients, Path::Mesh, concurrency, 0.3).await;
+            for round in 0..options.rounds {
+                // Alternate which goes first.
+                let order = if round % 2 == 0 {
+                    [Path::Raw, Path::Mesh]
+                } else {
+                    [Path::Mesh, Path::Raw]
+                };
+                for path in order {
+                    let rate =
+                        closed_loop(&clients, path, concurrency, options.throughput_secs).await;
+                    if path == Path::Raw {
+                        raw += rate;
+                    } else {
+                        mesh += rate;
+                    }
+                }
+            }
+        });
+        let rounds = options.rounds as f64;
+        println!(
+            "| {concurrency} | {:.0} | {:.0} | {:.4} |",
+            raw / rounds,
+            mesh / rounds,
+            mesh / raw
+        );
+    }
+    let stats = clients.mesh.stats("bench").expect("called");
+    assert_eq!(stats.errors, 0, "no mesh call failed");
+    assert!(
+        handle.render().contains("http_client_request_duration"),
+        "the recorder saw the mesh's calls"
+    );
+}
