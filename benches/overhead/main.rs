@@ -160,6 +160,8 @@ fn every_policy() -> TrafficPolicy {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
     Raw,
+    /// The raw call again: an A/A control, whose difference from `Raw` is the noise floor.
+    RawAgain,
     Mesh,
     Proxy,
 }
@@ -168,6 +170,7 @@ enum Path {
 struct Clients {
     http: reqwest::Client,
     mesh: MeshClient,
+    diag: Option<proxyless::balance::Balance<reqwest::Client>>,
     raw_url: Arc<str>,
     proxy_url: Option<Arc<str>>,
 }
@@ -175,12 +178,25 @@ struct Clients {
 impl Clients {
     async fn call(&self, path: Path) {
         let response = match path {
-            Path::Raw => self
+            Path::Raw | Path::RawAgain => self
                 .http
                 .get(&*self.raw_url)
                 .send()
                 .await
                 .expect("raw call"),
+            Path::Mesh if self.diag.is_some() => {
+                use tower::ServiceExt;
+                let request = reqwest::Request::new(
+                    reqwest::Method::GET,
+                    "http://bench/bench".parse().expect("url"),
+                );
+                self.diag
+                    .clone()
+                    .expect("diag")
+                    .oneshot(request)
+                    .await
+                    .expect("balance call")
+            }
             Path::Mesh => self
                 .mesh
                 .get("http://bench/bench")
@@ -224,7 +240,7 @@ fn micros(nanos: f64) -> String {
 }
 
 async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
-    let mut paths = vec![Path::Raw, Path::Mesh];
+    let mut paths = vec![Path::Raw, Path::Mesh, Path::RawAgain];
     if clients.proxy_url.is_some() {
         paths.push(Path::Proxy);
     }
@@ -237,10 +253,19 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
         .iter()
         .map(|_| Vec::with_capacity(options.samples))
         .collect();
-    for i in 0..options.samples {
-        // Rotate which path goes first, so that no path always follows the same one.
-        for k in 0..paths.len() {
-            let j = (i + k) % paths.len();
+    // Each round sends one call per path in a fresh random order: a call is slower after
+    // some paths than after others (the proxy's process wakes, caches cool), so a fixed
+    // order would charge that to whichever path follows.
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..options.samples {
+        for k in (1..order.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(k, (state % (k as u64 + 1)) as usize);
+        }
+        for &j in &order {
             let started = Instant::now();
             clients.call(paths[j]).await;
             samples[j].push(started.elapsed().as_nanos() as u64);
@@ -305,10 +330,30 @@ fn main() {
                 .with("bench", [Endpoint::new(server)])
                 .expect("valid"),
         )
-        .traffic(every_policy())
+        .traffic(match std::env::var("OVERHEAD_POLICY").as_deref() {
+            // Diagnostics: no policy at all, or every policy but the token.
+            Ok("bare") => TrafficPolicy::default().no_retries().no_breaker(),
+            Ok("no_token") => TrafficPolicy::default()
+                .timeout(Duration::from_secs(10))
+                .concurrency_limit(10_000),
+            Ok("timeout") => TrafficPolicy::default()
+                .no_retries()
+                .no_breaker()
+                .timeout(Duration::from_secs(10)),
+            Ok("concurrency") => TrafficPolicy::default()
+                .no_retries()
+                .no_breaker()
+                .concurrency_limit(10_000),
+            _ => every_policy(),
+        })
         .build()
         .expect("valid client");
+    let diag = (std::env::var("OVERHEAD_DIAG").as_deref() == Ok("balance")).then(|| {
+        use tower::Layer;
+        proxyless::balance::BalanceLayer::new(mesh.registry().clone()).layer(http.clone())
+    });
     let clients = Clients {
+        diag,
         http,
         mesh,
         raw_url: format!("http://{server}/bench").into(),
@@ -340,8 +385,15 @@ fn main() {
         );
     }
     let mesh = &results[1].1;
+    let again = &results[2].1;
     let mesh_added = mesh.mean() - raw.mean();
     println!();
+    println!(
+        "A/A control, raw again - raw: mean {}, p50 {}, p99 {}",
+        micros(again.mean() - raw.mean()),
+        micros(again.percentile(0.5) - raw.percentile(0.5)),
+        micros(again.percentile(0.99) - raw.percentile(0.99))
+    );
     println!("mesh / raw mean ratio: {:.4}", mesh.mean() / raw.mean());
     println!(
         "mesh added: mean {}, p50 {}, p99 {}",
@@ -349,7 +401,7 @@ fn main() {
         micros(mesh.percentile(0.5) - raw.percentile(0.5)),
         micros(mesh.percentile(0.99) - raw.percentile(0.99))
     );
-    if let Some((_, proxied)) = results.get(2) {
+    if let Some((_, proxied)) = results.get(3) {
         let proxy_added = proxied.mean() - raw.mean();
         println!(
             "proxy hop added: mean {}, p50 {}, p99 {}",
