@@ -51,7 +51,10 @@ fn allocations(mut f: impl FnMut()) -> u64 {
 #[test]
 fn the_counter_sees_an_allocation() {
     let n = allocations(|| drop(std::hint::black_box(vec![1u8; 64])));
-    assert_eq!(n, 1, "the counting allocator must count, or the tests below prove nothing");
+    assert_eq!(
+        n, 1,
+        "the counting allocator must count, or the tests below prove nothing"
+    );
 }
 
 #[test]
