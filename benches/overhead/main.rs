@@ -244,6 +244,12 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
     if clients.proxy_url.is_some() {
         paths.push(Path::Proxy);
     }
+    // Diagnostics: one path alone, for `perf stat`.
+    match std::env::var("OVERHEAD_ONLY").as_deref() {
+        Ok("raw") => paths = vec![Path::Raw],
+        Ok("mesh") => paths = vec![Path::Mesh],
+        _ => {}
+    }
     for _ in 0..options.warmup {
         for &path in &paths {
             clients.call(path).await;
@@ -372,6 +378,10 @@ fn main() {
         );
     }
     let results = runtime.block_on(latency(&clients, &options));
+    if let [(path, samples)] = &results[..] {
+        println!("{path:?} alone: mean {}", micros(samples.mean()));
+        return;
+    }
     let raw = &results[0].1;
     println!();
     println!("| path | mean | p50 | p99 |");
