@@ -118,6 +118,45 @@ pub(crate) fn benches(c: &mut Criterion) {
         });
     }
 
+    // The same with cold caches: before each call, 16 MiB are written, more than this
+    // machine's caches hold, as the kernel and the server do between two real calls.
+    let mut scratch = vec![0u8; 16 << 20];
+    let mut evict = |request: reqwest::Request| {
+        for chunk in scratch.chunks_mut(64) {
+            chunk[0] = chunk[0].wrapping_add(1);
+        }
+        std::hint::black_box(&scratch);
+        request
+    };
+    let mut cold_inner = transport();
+    group.bench_function("inner_only_cold", |b| {
+        b.iter_batched(
+            || evict(request()),
+            |request| {
+                cold_inner
+                    .call(request)
+                    .now_or_never()
+                    .expect("ready")
+                    .expect("ok")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let mut cold_balance = BalanceLayer::new(registry(&runtime, 4)).layer(transport());
+    group.bench_function("balance_no_io_cold/4", |b| {
+        b.iter_batched(
+            || evict(request()),
+            |request| {
+                cold_balance
+                    .call(request)
+                    .now_or_never()
+                    .expect("ready at once")
+                    .expect("picked")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the first recorder");
@@ -137,6 +176,20 @@ pub(crate) fn benches(c: &mut Criterion) {
                     .expect("ok")
             },
             BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("whole_no_io_cold", |b| {
+        b.iter_batched(
+            || evict(request()),
+            |request| {
+                service
+                    .clone()
+                    .oneshot(request)
+                    .now_or_never()
+                    .expect("ready at once")
+                    .expect("ok")
+            },
+            BatchSize::PerIteration,
         )
     });
     group.finish();

@@ -184,6 +184,14 @@ impl Clients {
                 .send()
                 .await
                 .expect("raw call"),
+            Path::Mesh if std::env::var("OVERHEAD_DIAG").as_deref() == Ok("passthrough") => self
+                .http
+                .execute(reqwest::Request::new(
+                    reqwest::Method::GET,
+                    self.raw_url.parse().expect("url"),
+                ))
+                .await
+                .expect("passthrough call"),
             Path::Mesh if self.diag.is_some() => {
                 use tower::ServiceExt;
                 let request = reqwest::Request::new(
@@ -329,7 +337,13 @@ fn main() {
         .pool_max_idle_per_host(256)
         .build()
         .expect("client");
-    let mesh = MeshClient::builder()
+    let quiet = std::env::var("OVERHEAD_POLICY").as_deref() == Ok("bare_quiet");
+    let mut builder = MeshClient::builder();
+    if quiet {
+        // No health scores or ejection: no maintenance timer either.
+        builder = builder.disable_health_scoring().disable_outlier_detection();
+    }
+    let mesh = builder
         .http_client(http.clone())
         .discovery(
             StaticDiscovery::new()
@@ -339,6 +353,7 @@ fn main() {
         .traffic(match std::env::var("OVERHEAD_POLICY").as_deref() {
             // Diagnostics: no policy at all, or every policy but the token.
             Ok("bare") => TrafficPolicy::default().no_retries().no_breaker(),
+            Ok("bare_quiet") => TrafficPolicy::default().no_retries().no_breaker(),
             Ok("no_token") => TrafficPolicy::default()
                 .timeout(Duration::from_secs(10))
                 .concurrency_limit(10_000),
