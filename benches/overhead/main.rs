@@ -166,11 +166,25 @@ enum Path {
     Proxy,
 }
 
+/// What the mesh path sends, for diagnostics (`OVERHEAD_DIAG`); read once, not per call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Diag {
+    /// A `MeshClient` call: the benchmark itself.
+    Mesh,
+    /// The raw request, built another way: the method's floor.
+    Passthrough,
+    /// The raw call, with a logical URL parsed and rewritten as the balancer does.
+    Rewrite,
+    /// The balance layer alone over the same client.
+    Balance,
+}
+
 #[derive(Clone)]
 struct Clients {
     http: reqwest::Client,
     mesh: MeshClient,
     diag: Option<proxyless::balance::Balance<reqwest::Client>>,
+    mode: Diag,
     raw_url: Arc<str>,
     proxy_url: Option<Arc<str>>,
 }
@@ -184,7 +198,7 @@ impl Clients {
                 .send()
                 .await
                 .expect("raw call"),
-            Path::Mesh if std::env::var("OVERHEAD_DIAG").as_deref() == Ok("passthrough") => self
+            Path::Mesh if self.mode == Diag::Passthrough => self
                 .http
                 .execute(reqwest::Request::new(
                     reqwest::Method::GET,
@@ -192,6 +206,18 @@ impl Clients {
                 ))
                 .await
                 .expect("passthrough call"),
+            Path::Mesh if self.mode == Diag::Rewrite => {
+                let mut url: reqwest::Url = "http://bench/bench".parse().expect("url");
+                let target: SocketAddr = self.raw_url[7..self.raw_url.len() - 6]
+                    .parse()
+                    .expect("addr");
+                url.set_ip_host(target.ip()).expect("ip");
+                url.set_port(Some(target.port())).expect("port");
+                self.http
+                    .execute(reqwest::Request::new(reqwest::Method::GET, url))
+                    .await
+                    .expect("rewritten call")
+            }
             Path::Mesh if self.diag.is_some() => {
                 use tower::ServiceExt;
                 let request = reqwest::Request::new(
@@ -369,11 +395,18 @@ fn main() {
         })
         .build()
         .expect("valid client");
-    let diag = (std::env::var("OVERHEAD_DIAG").as_deref() == Ok("balance")).then(|| {
+    let mode = match std::env::var("OVERHEAD_DIAG").as_deref() {
+        Ok("passthrough") => Diag::Passthrough,
+        Ok("rewrite") => Diag::Rewrite,
+        Ok("balance") => Diag::Balance,
+        _ => Diag::Mesh,
+    };
+    let diag = (mode == Diag::Balance).then(|| {
         use tower::Layer;
         proxyless::balance::BalanceLayer::new(mesh.registry().clone()).layer(http.clone())
     });
     let clients = Clients {
+        mode,
         diag,
         http,
         mesh,
