@@ -269,11 +269,23 @@ impl Samples {
     }
 }
 
+/// CPU time this thread has used, in nanoseconds.
+fn thread_cpu() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "the thread CPU clock");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 fn micros(nanos: f64) -> String {
     format!("{:.2} µs", nanos / 1000.0)
 }
 
-async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
+async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples, Samples)> {
     let mut paths = vec![Path::Raw, Path::Mesh, Path::RawAgain];
     if clients.proxy_url.is_some() {
         paths.push(Path::Proxy);
@@ -293,6 +305,12 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
         .iter()
         .map(|_| Vec::with_capacity(options.samples))
         .collect();
+    // The client thread's CPU per call: the runtime is current-thread, so this is all the
+    // client-side work of the call (user and kernel), wherever it goes.
+    let mut cpu: Vec<Vec<u64>> = paths
+        .iter()
+        .map(|_| Vec::with_capacity(options.samples))
+        .collect();
     // Each round sends one call per path in a fresh random order: a call is slower after
     // some paths than after others (the proxy's process wakes, caches cool), so a fixed
     // order would charge that to whichever path follows.
@@ -306,14 +324,18 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples)> {
             order.swap(k, (state % (k as u64 + 1)) as usize);
         }
         for &j in &order {
+            let cpu_before = thread_cpu();
             let started = Instant::now();
             clients.call(paths[j]).await;
             samples[j].push(started.elapsed().as_nanos() as u64);
+            cpu[j].push(thread_cpu() - cpu_before);
         }
     }
     paths
         .into_iter()
         .zip(samples.into_iter().map(Samples))
+        .zip(cpu.into_iter().map(Samples))
+        .map(|((path, latency), cpu)| (path, latency, cpu))
         .collect()
 }
 
@@ -426,20 +448,21 @@ fn main() {
         );
     }
     let results = runtime.block_on(latency(&clients, &options));
-    if let [(path, samples)] = &results[..] {
+    if let [(path, samples, _)] = &results[..] {
         println!("{path:?} alone: mean {}", micros(samples.mean()));
         return;
     }
     let raw = &results[0].1;
     println!();
-    println!("| path | mean | p50 | p99 |");
-    println!("|---|---|---|---|");
-    for (path, samples) in &results {
+    println!("| path | mean | p50 | p99 | client-thread CPU, mean |");
+    println!("|---|---|---|---|---|");
+    for (path, samples, cpu) in &results {
         println!(
-            "| {path:?} | {} | {} | {} |",
+            "| {path:?} | {} | {} | {} | {} |",
             micros(samples.mean()),
             micros(samples.percentile(0.5)),
-            micros(samples.percentile(0.99))
+            micros(samples.percentile(0.99)),
+            micros(cpu.mean())
         );
     }
     let mesh = &results[1].1;
@@ -454,12 +477,16 @@ fn main() {
     );
     println!("mesh / raw mean ratio: {:.4}", mesh.mean() / raw.mean());
     println!(
+        "client-thread CPU added by the mesh, mean: {}",
+        micros(results[1].2.mean() - results[0].2.mean())
+    );
+    println!(
         "mesh added: mean {}, p50 {}, p99 {}",
         micros(mesh_added),
         micros(mesh.percentile(0.5) - raw.percentile(0.5)),
         micros(mesh.percentile(0.99) - raw.percentile(0.99))
     );
-    if let Some((_, proxied)) = results.get(3) {
+    if let Some((_, proxied, _)) = results.get(3) {
         let proxy_added = proxied.mean() - raw.mean();
         println!(
             "proxy hop added: mean {}, p50 {}, p99 {}",
