@@ -13,7 +13,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use criterion::{BatchSize, BenchmarkId, Criterion};
+use criterion::{BatchSize, Criterion};
 use futures_util::FutureExt;
 use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
 use proxyless::balance::BalanceLayer;
@@ -85,76 +85,25 @@ pub(crate) fn benches(c: &mut Criterion) {
     let url: reqwest::Url = "http://orders/v1/items?limit=10".parse().expect("url");
     let request = || reqwest::Request::new(reqwest::Method::GET, url.clone());
     let mut group = c.benchmark_group("stack");
+    // Before each cold call, 16 MiB are written, more than this machine's caches hold, as
+    // the kernel and the server do between two real calls.
+    let mut cold = Evictor(vec![0u8; 16 << 20]);
 
     let mut inner = transport();
-    group.bench_function("inner_only", |b| {
-        b.iter_batched(
-            request,
-            |request| {
-                inner
-                    .call(request)
-                    .now_or_never()
-                    .expect("ready")
-                    .expect("ok")
-            },
-            BatchSize::SmallInput,
-        )
-    });
-
+    for (id, evict) in [("inner_only", None), ("inner_only_cold", Some(&mut cold))] {
+        timed(&mut group, id, &request, evict, |r| call_now(&mut inner, r));
+    }
     for n in [4, 1024] {
         let mut service = BalanceLayer::new(registry(&runtime, n)).layer(transport());
-        group.bench_with_input(BenchmarkId::new("balance_no_io", n), &n, |b, _| {
-            b.iter_batched(
-                request,
-                |request| {
-                    service
-                        .call(request)
-                        .now_or_never()
-                        .expect("ready at once")
-                        .expect("picked")
-                },
-                BatchSize::SmallInput,
-            )
+        let id = format!("balance_no_io/{n}");
+        timed(&mut group, &id, &request, None, |r| {
+            call_now(&mut service, r)
         });
     }
-
-    // The same with cold caches: before each call, 16 MiB are written, more than this
-    // machine's caches hold, as the kernel and the server do between two real calls.
-    let mut scratch = vec![0u8; 16 << 20];
-    let mut evict = |request: reqwest::Request| {
-        for chunk in scratch.chunks_mut(64) {
-            chunk[0] = chunk[0].wrapping_add(1);
-        }
-        std::hint::black_box(&scratch);
-        request
-    };
-    let mut cold_inner = transport();
-    group.bench_function("inner_only_cold", |b| {
-        b.iter_batched(
-            || evict(request()),
-            |request| {
-                cold_inner
-                    .call(request)
-                    .now_or_never()
-                    .expect("ready")
-                    .expect("ok")
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    let mut cold_balance = BalanceLayer::new(registry(&runtime, 4)).layer(transport());
-    group.bench_function("balance_no_io_cold/4", |b| {
-        b.iter_batched(
-            || evict(request()),
-            |request| {
-                cold_balance
-                    .call(request)
-                    .now_or_never()
-                    .expect("ready at once")
-                    .expect("picked")
-            },
-            BatchSize::PerIteration,
-        )
+    let mut service = BalanceLayer::new(registry(&runtime, 4)).layer(transport());
+    let evict = Some(&mut cold);
+    timed(&mut group, "balance_no_io_cold/4", &request, evict, |r| {
+        call_now(&mut service, r)
     });
 
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -164,34 +113,18 @@ pub(crate) fn benches(c: &mut Criterion) {
         .layer("orders", BalanceLayer::new(registry(&runtime, 4)))
         .expect("valid policy");
     let service = layer.layer(transport());
-    group.bench_function("whole_no_io", |b| {
-        b.iter_batched(
-            request,
-            |request| {
-                service
-                    .clone()
-                    .oneshot(request)
-                    .now_or_never()
-                    .expect("ready at once")
-                    .expect("ok")
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("whole_no_io_cold", |b| {
-        b.iter_batched(
-            || evict(request()),
-            |request| {
-                service
-                    .clone()
-                    .oneshot(request)
-                    .now_or_never()
-                    .expect("ready at once")
-                    .expect("ok")
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // As the client calls it: a clone of the stack, readied, called once.
+    let oneshot = |r| {
+        service
+            .clone()
+            .oneshot(r)
+            .now_or_never()
+            .expect("ready at once")
+            .expect("ok")
+    };
+    for (id, evict) in [("whole_no_io", None), ("whole_no_io_cold", Some(&mut cold))] {
+        timed(&mut group, id, &request, evict, oneshot);
+    }
     group.finish();
     if layer.stats().requests > 0 {
         assert!(
@@ -199,4 +132,50 @@ pub(crate) fn benches(c: &mut Criterion) {
             "the recorder saw the calls"
         );
     }
+}
+
+/// Fills a buffer larger than the caches, so that the call after it starts cold.
+struct Evictor(Vec<u8>);
+
+impl Evictor {
+    fn run(&mut self) {
+        for line in self.0.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&self.0);
+    }
+}
+
+/// One benchmark of `call` on a fresh request: warm, or with the caches flushed before each
+/// call (timed one call at a time, so each timing includes a clock read).
+fn timed<O>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+    request: &dyn Fn() -> reqwest::Request,
+    mut evict: Option<&mut Evictor>,
+    mut call: impl FnMut(reqwest::Request) -> O,
+) {
+    group.bench_function(id, |b| match evict {
+        None => b.iter_batched(request, &mut call, BatchSize::SmallInput),
+        Some(ref mut evictor) => b.iter_batched(
+            || {
+                evictor.run();
+                request()
+            },
+            &mut call,
+            BatchSize::PerIteration,
+        ),
+    });
+}
+
+/// Calls `service` once, with no I/O, and returns its response.
+fn call_now<S>(service: &mut S, request: reqwest::Request) -> reqwest::Response
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error>,
+{
+    service
+        .call(request)
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ok")
 }

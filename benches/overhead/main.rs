@@ -167,7 +167,7 @@ enum Path {
 }
 
 /// What the mesh path sends, for diagnostics (`OVERHEAD_DIAG`); read once, not per call.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone)]
 enum Diag {
     /// A `MeshClient` call: the benchmark itself.
     Mesh,
@@ -176,15 +176,15 @@ enum Diag {
     /// The raw call, with a logical URL parsed and rewritten as the balancer does.
     Rewrite,
     /// The balance layer alone over the same client.
-    Balance,
+    Balance(proxyless::balance::Balance<reqwest::Client>),
 }
 
 #[derive(Clone)]
 struct Clients {
     http: reqwest::Client,
     mesh: MeshClient,
-    diag: Option<proxyless::balance::Balance<reqwest::Client>>,
     mode: Diag,
+    server: SocketAddr,
     raw_url: Arc<str>,
     proxy_url: Option<Arc<str>>,
 }
@@ -198,45 +198,7 @@ impl Clients {
                 .send()
                 .await
                 .expect("raw call"),
-            Path::Mesh if self.mode == Diag::Passthrough => self
-                .http
-                .execute(reqwest::Request::new(
-                    reqwest::Method::GET,
-                    self.raw_url.parse().expect("url"),
-                ))
-                .await
-                .expect("passthrough call"),
-            Path::Mesh if self.mode == Diag::Rewrite => {
-                let mut url: reqwest::Url = "http://bench/bench".parse().expect("url");
-                let target: SocketAddr = self.raw_url[7..self.raw_url.len() - 6]
-                    .parse()
-                    .expect("addr");
-                url.set_ip_host(target.ip()).expect("ip");
-                url.set_port(Some(target.port())).expect("port");
-                self.http
-                    .execute(reqwest::Request::new(reqwest::Method::GET, url))
-                    .await
-                    .expect("rewritten call")
-            }
-            Path::Mesh if self.diag.is_some() => {
-                use tower::ServiceExt;
-                let request = reqwest::Request::new(
-                    reqwest::Method::GET,
-                    "http://bench/bench".parse().expect("url"),
-                );
-                self.diag
-                    .clone()
-                    .expect("diag")
-                    .oneshot(request)
-                    .await
-                    .expect("balance call")
-            }
-            Path::Mesh => self
-                .mesh
-                .get("http://bench/bench")
-                .send()
-                .await
-                .expect("mesh call"),
+            Path::Mesh => self.mesh_call().await,
             Path::Proxy => self
                 .http
                 .get(&**self.proxy_url.as_ref().expect("a proxy"))
@@ -251,6 +213,44 @@ impl Clients {
         );
         let body = response.bytes().await.expect("body");
         assert_eq!(&body[..], b"ok");
+    }
+
+    async fn mesh_call(&self) -> reqwest::Response {
+        let logical = || -> reqwest::Url { "http://bench/bench".parse().expect("url") };
+        match &self.mode {
+            Diag::Mesh => self
+                .mesh
+                .get("http://bench/bench")
+                .send()
+                .await
+                .expect("mesh call"),
+            Diag::Passthrough => self
+                .http
+                .execute(reqwest::Request::new(
+                    reqwest::Method::GET,
+                    self.raw_url.parse().expect("url"),
+                ))
+                .await
+                .expect("passthrough call"),
+            Diag::Rewrite => {
+                let mut url = logical();
+                url.set_ip_host(self.server.ip()).expect("ip");
+                url.set_port(Some(self.server.port())).expect("port");
+                self.http
+                    .execute(reqwest::Request::new(reqwest::Method::GET, url))
+                    .await
+                    .expect("rewritten call")
+            }
+            Diag::Balance(balance) => {
+                use tower::ServiceExt;
+                let request = reqwest::Request::new(reqwest::Method::GET, logical());
+                balance
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .expect("balance call")
+            }
+        }
     }
 }
 
@@ -399,20 +399,8 @@ fn main() {
                 .expect("valid"),
         )
         .traffic(match std::env::var("OVERHEAD_POLICY").as_deref() {
-            // Diagnostics: no policy at all, or every policy but the token.
-            Ok("bare") => TrafficPolicy::default().no_retries().no_breaker(),
-            Ok("bare_quiet") => TrafficPolicy::default().no_retries().no_breaker(),
-            Ok("no_token") => TrafficPolicy::default()
-                .timeout(Duration::from_secs(10))
-                .concurrency_limit(10_000),
-            Ok("timeout") => TrafficPolicy::default()
-                .no_retries()
-                .no_breaker()
-                .timeout(Duration::from_secs(10)),
-            Ok("concurrency") => TrafficPolicy::default()
-                .no_retries()
-                .no_breaker()
-                .concurrency_limit(10_000),
+            // Diagnostics: no policy at all (`bare_quiet`: nor health scores and ejection).
+            Ok("bare" | "bare_quiet") => TrafficPolicy::default().no_retries().no_breaker(),
             _ => every_policy(),
         })
         .build()
@@ -420,16 +408,15 @@ fn main() {
     let mode = match std::env::var("OVERHEAD_DIAG").as_deref() {
         Ok("passthrough") => Diag::Passthrough,
         Ok("rewrite") => Diag::Rewrite,
-        Ok("balance") => Diag::Balance,
+        Ok("balance") => Diag::Balance({
+            use tower::Layer;
+            proxyless::balance::BalanceLayer::new(mesh.registry().clone()).layer(http.clone())
+        }),
         _ => Diag::Mesh,
     };
-    let diag = (mode == Diag::Balance).then(|| {
-        use tower::Layer;
-        proxyless::balance::BalanceLayer::new(mesh.registry().clone()).layer(http.clone())
-    });
     let clients = Clients {
         mode,
-        diag,
+        server,
         http,
         mesh,
         raw_url: format!("http://{server}/bench").into(),
