@@ -115,6 +115,9 @@ where
                 let registry = self.registry.clone();
                 let preserve_host = self.preserve_host;
                 let classifier = self.classifier.clone();
+                // A retry layer above lends its list of tried endpoints only while it
+                // calls, so this attempt neither avoids nor records them: the retry of a
+                // call that waited for the first snapshot may go to the same endpoint.
                 ResponseFuture::waiting(Box::pin(async move {
                     let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
                     drop(registry);

@@ -108,14 +108,20 @@ impl MeshClient {
     /// service's traffic policies.
     pub async fn execute(&self, request: reqwest::Request) -> Result<Response, Error> {
         let host = request.url().host_str().unwrap_or_default();
-        if !self.registry().is_known(host) {
-            // A service's first call: resolve it before building its stack, so that only
-            // real services get one, and a made-up name fails here with its typed error.
-            let host = host.to_owned();
-            self.registry().endpoints(&host).await?;
-        }
-        let host = request.url().host_str().unwrap_or_default();
-        let stack = self.stacks.get(host, &self.balance, &self.http)?;
+        let stack = match self.stacks.built(host) {
+            Some(stack) => stack,
+            None => {
+                if !self.registry().is_known(host) {
+                    // A service's first call: resolve it before building its stack, so that
+                    // only real services get one, and a made-up name fails here with its
+                    // typed error.
+                    let host = host.to_owned();
+                    self.registry().endpoints(&host).await?;
+                }
+                let host = request.url().host_str().unwrap_or_default();
+                self.stacks.get(host, &self.balance, &self.http)?
+            }
+        };
         stack.oneshot(request).await
     }
 

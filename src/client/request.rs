@@ -93,7 +93,12 @@ impl RequestBuilder {
         let client = self.client.clone();
         let options = self.options;
         let request = self.build()?;
-        crate::retry::attempt::with_options(options, client.execute(request)).await
+        if options.is_default() {
+            // Nothing to lend the layers below: no task-local scope to enter on each poll.
+            client.execute(request).await
+        } else {
+            crate::retry::attempt::with_options(options, client.execute(request)).await
+        }
     }
 }
 

@@ -283,6 +283,11 @@ impl Stacks {
         })
     }
 
+    /// The stack of `host`, if its first call built one: one lookup, no lock.
+    pub(crate) fn built(&self, host: &str) -> Option<Stack> {
+        self.built.load().get(host).map(|(stack, _)| stack.clone())
+    }
+
     /// The stack of `host`, a service the registry knows, built on its first call; its
     /// breaker, limits and budget live in it.
     pub(crate) fn get(
@@ -291,8 +296,8 @@ impl Stacks {
         balance: &BalanceLayer,
         http: &reqwest::Client,
     ) -> Result<Stack, Error> {
-        if let Some((stack, _)) = self.built.load().get(host) {
-            return Ok(stack.clone());
+        if let Some(stack) = self.built(host) {
+            return Ok(stack);
         }
         let policy = |name: &str| self.configured.get(name).unwrap_or(&self.default);
         let name = ServiceName::new(host)

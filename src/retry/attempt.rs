@@ -1,7 +1,10 @@
 //! What one logical call knows across its attempts, shared with the layers below the retry
 //! layer through task-local storage (a `reqwest::Request` carries no extensions of its own).
+//!
+//! The retry layer lends the list of endpoints tried to the layers below only while it calls
+//! them, which is when a balance layer picks: no scope is entered on each poll.
 
-use std::sync::{Mutex, PoisonError};
+use std::cell::RefCell;
 
 use crate::endpoint::EndpointAddr;
 
@@ -17,10 +20,17 @@ pub(crate) struct CallOptions {
     pub(crate) retry_non_idempotent: bool,
 }
 
-/// The endpoints a call has tried so far.
+impl CallOptions {
+    /// Whether these are the options a call has when none are set.
+    pub(crate) fn is_default(&self) -> bool {
+        !self.retry_non_idempotent
+    }
+}
+
+/// The endpoints a call has tried so far, while the retry layer calls the layers below.
 #[derive(Debug, Default)]
 pub(crate) struct Attempts {
-    tried: Mutex<Tried>,
+    tried: RefCell<Tried>,
 }
 
 /// A short list kept inline for the first attempt, which is all most calls make.
@@ -53,22 +63,30 @@ impl Tried {
 
 impl Attempts {
     /// Chooses the next attempt's endpoint with `choose`, which sees those tried so far,
-    /// and records it; returns it and the attempt's number (1 for the first). One lock.
+    /// and records it; returns it and the attempt's number (1 for the first).
     pub(crate) fn next<'a>(
         &self,
         choose: impl FnOnce(&Tried) -> usize,
         addr: impl FnOnce(usize) -> &'a EndpointAddr,
     ) -> (usize, usize) {
-        let mut tried = self.tried.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tried = self.tried.borrow_mut();
         let index = choose(&tried);
         tried.push(addr(index));
         (index, tried.len())
     }
 }
 
-/// Runs `future` as one logical call whose attempts are tracked.
-pub(crate) async fn track<F: std::future::Future>(attempts: Attempts, future: F) -> F::Output {
-    ATTEMPTS.scope(attempts, future).await
+/// Runs `call`, which calls the layers below a retry layer, with `tried` lent to them; what
+/// they record is in `tried` afterwards.
+pub(crate) fn tracked<R>(tried: &mut Tried, call: impl FnOnce() -> R) -> R {
+    let attempts = Attempts {
+        tried: RefCell::new(std::mem::take(tried)),
+    };
+    ATTEMPTS.sync_scope(attempts, || {
+        let result = call();
+        *tried = ATTEMPTS.with(|attempts| attempts.tried.take());
+        result
+    })
 }
 
 /// Runs `f` on the current call's attempts, inside a retry layer.

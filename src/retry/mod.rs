@@ -32,4 +32,4 @@ mod tests;
 pub use attempt::allow_non_idempotent_retries;
 pub use budget::{BudgetConfig, RetryBudget};
 pub use policy::RetryPolicy;
-pub use service::{Retry, RetryLayer};
+pub use service::{ResponseFuture, Retry, RetryLayer};

@@ -1,12 +1,15 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use tower::{Layer, Service, ServiceExt};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
-use super::attempt::{self, Attempts};
+use super::attempt::{self, Tried};
 use super::{RetryBudget, RetryPolicy};
 use crate::classify::{Classify, HttpClassifier, Outcome};
-use crate::discovery::BoxFuture;
 use crate::error::Error;
 
 /// Retries failed calls under a [`RetryPolicy`] and a [`RetryBudget`]. Clones of the layer,
@@ -90,68 +93,184 @@ impl<S, C> Retry<S, C> {
 
 impl<S, C> Service<reqwest::Request> for Retry<S, C>
 where
-    S: Service<reqwest::Request> + Clone + Send + 'static,
+    S: Service<reqwest::Request> + Clone,
     S::Error: Into<Error>,
-    S::Future: Send,
-    S::Response: Send + 'static,
     C: Classify<S::Response>,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<S::Response, Error>>;
+    type Future = ResponseFuture<S, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let policy = self.policy.clone();
-        let budget = self.budget.clone();
-        let classifier = self.classifier.clone();
-        let opted_in = attempt::options().retry_non_idempotent;
-        Box::pin(async move {
-            budget.deposit();
-            if let Some(timeout) = policy.per_attempt_timeout
-                && request.timeout().is_none()
-            {
-                *request.timeout_mut() = Some(timeout);
+        self.budget.deposit();
+        if let Some(timeout) = self.policy.per_attempt_timeout
+            && request.timeout().is_none()
+        {
+            *request.timeout_mut() = Some(timeout);
+        }
+        let retryable = self.policy.max_attempts > 1
+            && (attempt::options().retry_non_idempotent
+                || RetryPolicy::is_idempotent(request.method()));
+        let template = if retryable { request.try_clone() } else { None };
+        let mut tried = Tried::default();
+        // The readied service takes the first attempt; a clone, readied when its turn
+        // comes, takes the retries. A call that cannot be retried needs no clone.
+        let (future, retries) = match template {
+            None => (self.inner.call(request), None),
+            Some(template) => {
+                let future = attempt::tracked(&mut tried, || self.inner.call(request));
+                let retries = Box::new(Retries {
+                    inner: self.inner.clone(),
+                    policy: self.policy.clone(),
+                    budget: self.budget.clone(),
+                    classifier: self.classifier.clone(),
+                    template,
+                    tried,
+                    retried: 0,
+                    last: None,
+                });
+                (future, Some(retries))
             }
-            let retryable = policy.max_attempts > 1
-                && (opted_in || RetryPolicy::is_idempotent(request.method()));
-            let template = if retryable { request.try_clone() } else { None };
-            let Some(template) = template else {
-                return inner.call(request).await.map_err(Into::into);
-            };
-            let attempts = Attempts::default();
-            attempt::track(attempts, async move {
-                let mut result = inner.call(request).await.map_err(Into::into);
-                for retry in 0..policy.max_attempts - 1 {
-                    if classifier.classify(result.as_ref()) != Outcome::Failure {
-                        break;
-                    }
-                    if !budget.try_withdraw() {
-                        tracing::debug!("retry budget exhausted; not retrying");
-                        break;
-                    }
-                    let Some(request) = template.try_clone() else {
-                        break;
+        };
+        ResponseFuture {
+            state: State::Calling { future },
+            retries,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`Retry`] call: the attempt in flight, and what a retry needs, on the
+    /// heap so that the layers above move a small future. A call that cannot be retried
+    /// carries nothing else and allocates nothing.
+    pub struct ResponseFuture<S, C>
+    where
+        S: Service<reqwest::Request>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        retries: Option<Box<Retries<S, C>>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        Backoff { sleep: Pin<Box<tokio::time::Sleep>> },
+        Readying,
+    }
+}
+
+/// What a retryable call keeps between its attempts.
+struct Retries<S: Service<reqwest::Request>, C> {
+    inner: S,
+    policy: Arc<RetryPolicy>,
+    budget: Arc<RetryBudget>,
+    classifier: C,
+    template: reqwest::Request,
+    tried: Tried,
+    retried: u32,
+    /// The last real outcome, kept while the next attempt waits or is refused.
+    last: Option<Result<S::Response, Error>>,
+}
+
+impl<S, C> Retries<S, C>
+where
+    S: Service<reqwest::Request>,
+    C: Classify<S::Response>,
+{
+    /// After an attempt's `result`: `Ok` to wait for a retry (the result is kept), or
+    /// `Err` with what the call returns.
+    fn settle(
+        &mut self,
+        result: Result<S::Response, Error>,
+    ) -> Result<Duration, Result<S::Response, Error>> {
+        if self.retried > 0 && result.as_ref().is_err_and(Error::is_circuit_open) {
+            // A breaker below refused the retry: the call ends with its last real outcome.
+            return Err(self.last.take().unwrap_or(result));
+        }
+        if self.retried + 1 >= self.policy.max_attempts
+            || self.classifier.classify(result.as_ref()) != Outcome::Failure
+        {
+            return Err(result);
+        }
+        if !self.budget.try_withdraw() {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return Err(result);
+        }
+        let delay = self.policy.delay(self.retried);
+        self.last = Some(result);
+        Ok(delay)
+    }
+}
+
+impl<S, C> Future for ResponseFuture<S, C>
+where
+    S: Service<reqwest::Request>,
+    S::Error: Into<Error>,
+    C: Classify<S::Response>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let result = match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let Some(retries) = this.retries.as_mut() else {
+                        return Poll::Ready(result);
                     };
-                    tokio::time::sleep(policy.delay(retry)).await;
-                    let ready = inner.ready().await.map_err(Into::into);
-                    let next = match ready {
-                        Ok(ready) => ready.call(request).await.map_err(Into::into),
-                        Err(error) => Err(error),
-                    };
-                    if next.as_ref().is_err_and(Error::is_circuit_open) {
-                        break;
+                    match retries.settle(result) {
+                        Ok(delay) => this.state.set(State::Backoff {
+                            sleep: Box::pin(tokio::time::sleep(delay)),
+                        }),
+                        Err(result) => return Poll::Ready(result),
                     }
-                    result = next;
+                    continue;
                 }
-                result
-            })
-            .await
-        })
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Readying);
+                    continue;
+                }
+                StateProj::Readying => {
+                    let retries = this.retries.as_mut().expect("only a retryable call waits");
+                    match ready!(retries.inner.poll_ready(cx)) {
+                        Ok(()) => {
+                            retries.retried += 1;
+                            // The template's body was cloned once, so it clones again.
+                            let Some(request) = retries.template.try_clone() else {
+                                let last = retries.last.take();
+                                return Poll::Ready(last.unwrap_or_else(|| {
+                                    Err(Error::builder("body", "cannot be sent again"))
+                                }));
+                            };
+                            let Retries { inner, tried, .. } = &mut **retries;
+                            let future = attempt::tracked(tried, || inner.call(request));
+                            this.state.set(State::Calling { future });
+                            continue;
+                        }
+                        Err(error) => {
+                            retries.retried += 1;
+                            Err(error.into())
+                        }
+                    }
+                }
+            };
+            // The service below failed to become ready: that is this attempt's outcome.
+            let retries = this.retries.as_mut().expect("only a retryable call waits");
+            match retries.settle(result) {
+                Ok(delay) => this.state.set(State::Backoff {
+                    sleep: Box::pin(tokio::time::sleep(delay)),
+                }),
+                Err(result) => return Poll::Ready(result),
+            }
+        }
     }
 }
