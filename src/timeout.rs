@@ -75,10 +75,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         ResponseFuture {
             future: self.inner.call(request),
-            timer: Timer::Idle {
-                started: Instant::now(),
-            },
-            deadline: self.deadline,
+            deadline: Deadline::new(self.deadline),
         }
     }
 }
@@ -89,18 +86,56 @@ pin_project! {
         #[pin]
         future: F,
         #[pin]
-        timer: Timer,
-        deadline: Duration,
+        deadline: Deadline,
     }
 }
 
 pin_project! {
-    /// The timer is armed the first time the call waits: a call that completes at once never
-    /// touches the runtime's timer wheel. The deadline still runs from the call.
+    /// A call's deadline. Its timer is armed the first time the call waits: a call that
+    /// completes at once never touches the runtime's timer wheel. The deadline still runs
+    /// from the call.
+    pub(crate) struct Deadline {
+        #[pin]
+        timer: Timer,
+        after: Duration,
+    }
+}
+
+pin_project! {
     #[project = TimerProjection]
     enum Timer {
         Idle { started: Instant },
         Armed { #[pin] sleep: Sleep },
+    }
+}
+
+impl Deadline {
+    /// A deadline `after` from now.
+    pub(crate) fn new(after: Duration) -> Self {
+        Deadline {
+            timer: Timer::Idle {
+                started: Instant::now(),
+            },
+            after,
+        }
+    }
+
+    /// Ready with the timeout error once the deadline has passed; call it only when the
+    /// call itself is not ready.
+    pub(crate) fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Error> {
+        let this = self.project();
+        let mut timer = this.timer;
+        if let TimerProjection::Idle { started } = timer.as_mut().project() {
+            let sleep = tokio::time::sleep_until(*started + *this.after);
+            timer.set(Timer::Armed { sleep });
+        }
+        let TimerProjection::Armed { sleep } = timer.project() else {
+            unreachable!("armed above");
+        };
+        sleep.poll(cx).map(|()| {
+            Error::new(Kind::Timeout)
+                .with_message(format!("the call's deadline of {:?} passed", this.after))
+        })
     }
 }
 
@@ -122,18 +157,6 @@ where
         if let Poll::Ready(result) = this.future.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        let mut timer = this.timer;
-        if let TimerProjection::Idle { started } = timer.as_mut().project() {
-            let sleep = tokio::time::sleep_until(*started + *this.deadline);
-            timer.set(Timer::Armed { sleep });
-        }
-        let TimerProjection::Armed { sleep } = timer.project() else {
-            unreachable!("armed above");
-        };
-        match sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Error::new(Kind::Timeout)
-                .with_message(format!("the call's deadline of {:?} passed", this.deadline)))),
-            Poll::Pending => Poll::Pending,
-        }
+        this.deadline.poll_expired(cx).map(Err)
     }
 }

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use reqwest::header::AUTHORIZATION;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use tower::{Layer, Service};
 
 use super::source::TokenSource;
@@ -78,38 +78,59 @@ where
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
-        let keep = request.headers().contains_key(AUTHORIZATION) && !self.layer.replace_existing;
+        let fetch = match self.layer.attach(&mut request) {
+            Attach::Done => return ResponseFuture::direct(self.inner.call(request)),
+            Attach::Fetch(fetch) => fetch,
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::waiting(Box::pin(async move {
+            insert(&mut request, fetch.await?);
+            inner.call(request).await.map_err(Into::into)
+        }))
+    }
+}
+
+/// What attaching a token to a request took.
+pub(crate) enum Attach {
+    /// Nothing more: a token ready now is on the request, or the request needs none.
+    Done,
+    /// A token must be fetched first: this future gives its header value, which
+    /// [`insert`] puts on.
+    Fetch(BoxFuture<'static, Result<HeaderValue, Error>>),
+}
+
+impl AttachTokenLayer {
+    /// Puts a token on `request` if one is ready now (cached and fresh); otherwise says how
+    /// to fetch one. A request that keeps its own `Authorization`, or whose host is not a
+    /// service name, needs none.
+    pub(crate) fn attach(&self, request: &mut reqwest::Request) -> Attach {
+        let keep = request.headers().contains_key(AUTHORIZATION) && !self.replace_existing;
         let host = request
             .url()
             .host_str()
             .filter(|host| validate_service_name(host).is_ok());
         let Some(host) = host.filter(|_| !keep) else {
-            return ResponseFuture::direct(self.inner.call(request));
+            return Attach::Done;
         };
-        // The fast path: a token ready now (cached and fresh) goes on without a wait.
-        if let Some(token) = self.layer.source.ready(host) {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, token.header_value().clone());
-            return ResponseFuture::direct(self.inner.call(request));
+        if let Some(token) = self.source.ready(host) {
+            insert(request, token.header_value().clone());
+            return Attach::Done;
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        ResponseFuture::waiting(Box::pin(async move {
-            let service = request
-                .url()
-                .host_str()
-                .and_then(|host| ServiceName::new(host).ok());
-            if let Some(service) = service {
-                let token = layer.source.token(&service).await?;
-                request
-                    .headers_mut()
-                    .insert(AUTHORIZATION, token.header_value().clone());
-            }
-            inner.call(request).await.map_err(Into::into)
+        let Ok(service) = ServiceName::new(host) else {
+            return Attach::Done;
+        };
+        let source = self.source.clone();
+        Attach::Fetch(Box::pin(async move {
+            let token = source.token(&service).await?;
+            Ok(token.header_value().clone())
         }))
     }
+}
+
+/// Puts a token's header value on `request` as its `Authorization`.
+pub(crate) fn insert(request: &mut reqwest::Request, value: HeaderValue) {
+    request.headers_mut().insert(AUTHORIZATION, value);
 }
 
 pin_project! {

@@ -6,18 +6,23 @@
 //! ([`Error::is_unknown_service`](crate::Error::is_unknown_service)), never a silent DNS
 //! lookup.
 //!
-//! The request path is a tower stack over one shared `reqwest::Client`:
+//! The request path runs these policies, in this order, over one shared `reqwest::Client`:
 //!
 //! ```text
-//! RequestBuilder::send ─► Timeout ─► Retry ─► RateLimit ─► ConcurrencyLimit ─► CircuitBreaker
-//!                     ─► Balance (pick, rewrite URL) ─► reqwest::Client
+//! RequestBuilder::send ─► Metrics ─► Timeout ─► Retry ─► RateLimit ─► ConcurrencyLimit
+//!                     ─► CircuitBreaker ─► AttachToken ─► Balance (pick, rewrite URL)
+//!                     ─► reqwest::Client
 //! ```
 //!
-//! Each service gets its own stack, with its own breaker, budget and limits, from its
-//! [`TrafficPolicy`]; a policy that is off costs nothing.
+//! Each service gets its own [`MeshService`], with its own breaker, budget and limits, from
+//! its [`TrafficPolicy`]. It is one tower service with one future, not a stack of eight:
+//! the policies share the admission and recording code of the layers of the same names
+//! (each still usable on its own), without a future per layer. A policy that is off costs
+//! nothing.
 
 mod builder;
 mod request;
+mod stack;
 mod traffic;
 
 use std::fmt;
@@ -31,7 +36,8 @@ use crate::error::Error;
 
 pub use builder::MeshClientBuilder;
 pub use request::RequestBuilder;
-pub use traffic::{MeshLayer, MeshService, TrafficPolicy};
+pub use stack::{MeshFuture, MeshService};
+pub use traffic::{MeshLayer, TrafficPolicy};
 
 /// An HTTP client whose URLs name services, not hosts.
 ///

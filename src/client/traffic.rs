@@ -6,20 +6,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tower::util::Either;
-use tower::{Layer, ServiceBuilder};
+use tower::Layer;
 
-use crate::balance::{Balance, BalanceLayer};
-use crate::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
-use crate::classify::HttpClassifier;
+use super::stack::{MeshService, Policies};
+use crate::balance::BalanceLayer;
+use crate::breaker::{BreakerConfig, CircuitBreakerLayer};
 use crate::endpoint::ServiceName;
 use crate::error::Error;
-use crate::limit::{
-    ConcurrencyLimit, ConcurrencyLimitLayer, OnExceed, Rate, RateLimit, RateLimitLayer,
-};
-use crate::observe::{Metrics, MetricsLayer};
-use crate::retry::{Retry, RetryLayer, RetryPolicy};
-use crate::timeout::{Timeout, TimeoutLayer};
+use crate::limit::{ConcurrencyLimitLayer, OnExceed, Rate, RateLimitLayer};
+use crate::observe::MetricsLayer;
+use crate::retry::{RetryLayer, RetryPolicy};
 
 /// The policies around one service's calls, outermost first: an overall deadline, retries,
 /// a rate limit, a concurrency limit and a circuit breaker, then balancing.
@@ -168,55 +164,60 @@ impl TrafficPolicy {
             .breaker
             .clone()
             .map(|config| CircuitBreakerLayer::for_service(config, service))
-            .transpose()?;
+            .transpose()?
+            .map(|layer| layer.breaker().clone());
         let rate = self
             .rate_limit
             .map(|(rate, on_exceed)| RateLimitLayer::new(rate, on_exceed))
-            .transpose()?;
+            .transpose()?
+            .map(|layer| layer.state().clone());
         let retry = self.retry.clone().map(RetryLayer::new).transpose()?;
         Ok(MeshLayer {
-            metrics,
-            timeout: self.timeout.map(TimeoutLayer::new),
-            retry,
-            rate,
-            concurrency: self.concurrency_limit.map(ConcurrencyLimitLayer::new),
-            breaker,
-            #[cfg(feature = "jwt")]
-            auth: self.auth.clone(),
+            policies: Arc::new(Policies {
+                metrics,
+                timeout: self.timeout,
+                retry,
+                rate,
+                concurrency: self.concurrency_limit.map(ConcurrencyLimitLayer::new),
+                breaker,
+                #[cfg(feature = "jwt")]
+                auth: self.auth.clone(),
+            }),
             balance,
         })
     }
 }
 
 /// One service's whole stack as a tower layer, from [`TrafficPolicy::layer`]: what a
-/// [`MeshClient`](crate::MeshClient) puts around its `reqwest::Client`, outermost first:
+/// [`MeshClient`](crate::MeshClient) puts around its `reqwest::Client`. Its policies run in
+/// this order, as the layers of the same names would, outermost first:
 ///
 /// ```text
 /// Metrics ─► Timeout ─► Retry ─► RateLimit ─► ConcurrencyLimit ─► CircuitBreaker
 ///         ─► AttachToken (feature jwt) ─► Balance ─► the transport
 /// ```
+///
+/// but as one service with one future ([`MeshService`]), not a stack of eight.
 #[derive(Clone, Debug)]
 pub struct MeshLayer {
-    metrics: MetricsLayer,
-    timeout: Option<TimeoutLayer>,
-    retry: Option<RetryLayer>,
-    rate: Option<RateLimitLayer>,
-    concurrency: Option<ConcurrencyLimitLayer>,
-    breaker: Option<CircuitBreakerLayer>,
-    #[cfg(feature = "jwt")]
-    auth: Option<crate::auth::AttachTokenLayer>,
+    policies: Arc<Policies>,
     balance: BalanceLayer,
 }
 
 impl MeshLayer {
     /// What this service's calls have done so far.
     pub fn stats(&self) -> crate::observe::ServiceStats {
+        let metrics = &self.policies.metrics;
         let endpoints = self
             .balance
             .registry()
-            .endpoint_status(self.metrics.service().as_str())
+            .endpoint_status(metrics.service().as_str())
             .unwrap_or_default();
-        self.metrics.stats().snapshot(endpoints)
+        metrics.stats().snapshot(endpoints)
+    }
+
+    pub(crate) fn metrics(&self) -> &MetricsLayer {
+        &self.policies.metrics
     }
 }
 
@@ -224,34 +225,10 @@ impl<S> Layer<S> for MeshLayer {
     type Service = MeshService<S>;
 
     fn layer(&self, transport: S) -> MeshService<S> {
-        let balance = self.balance.layer(transport);
-        #[cfg(feature = "jwt")]
-        let balance = ServiceBuilder::new()
-            .option_layer(self.auth.clone())
-            .service(balance);
-        ServiceBuilder::new()
-            .layer(self.metrics.clone())
-            .option_layer(self.timeout)
-            .option_layer(self.retry.clone())
-            .option_layer(self.rate.clone())
-            .option_layer(self.concurrency.clone())
-            .option_layer(self.breaker.clone())
-            .service(balance)
+        MeshService::new(self.policies.clone(), self.balance.layer(transport))
     }
 }
 
-type Balanced<S> = Balance<S>;
-#[cfg(feature = "jwt")]
-type Authed<S> = Either<crate::auth::AttachToken<Balanced<S>>, Balanced<S>>;
-#[cfg(not(feature = "jwt"))]
-type Authed<S> = Balanced<S>;
-type Breaking<S> = Either<CircuitBreaker<Authed<S>, HttpClassifier>, Authed<S>>;
-type Limited<S> = Either<ConcurrencyLimit<Breaking<S>>, Breaking<S>>;
-type Rated<S> = Either<RateLimit<Limited<S>>, Limited<S>>;
-type Retrying<S> = Either<Retry<Rated<S>, HttpClassifier>, Rated<S>>;
-/// The service a [`MeshLayer`] makes around the transport `S`. Concrete types all the way
-/// down, so a call allocates nothing for the layers a policy leaves out.
-pub type MeshService<S> = Metrics<Either<Timeout<Retrying<S>>, Retrying<S>>>;
 /// One service's stack in a client.
 pub(crate) type Stack = MeshService<reqwest::Client>;
 
@@ -306,10 +283,9 @@ impl Stacks {
         if let Some((stack, _)) = self.built.load().get(host) {
             return Ok(stack.clone());
         }
-        let metrics = MetricsLayer::new(name.clone());
-        let stack = policy(host)
-            .mesh_layer(metrics.clone(), balance.clone())?
-            .layer(http.clone());
+        let layer = policy(host).mesh_layer(MetricsLayer::new(name.clone()), balance.clone())?;
+        let metrics = layer.metrics().clone();
+        let stack = layer.layer(http.clone());
         let mut built = HashMap::clone(&self.built.load());
         built.insert(name, (stack.clone(), metrics));
         self.built.store(Arc::new(built));

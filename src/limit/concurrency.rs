@@ -78,22 +78,33 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.semaphore.clone().try_acquire_owned() {
+        match admit(&self.semaphore, self.max) {
             Ok(permit) => ResponseFuture {
                 future: Some(self.inner.call(request)),
                 permit: Some(permit),
                 error: None,
             },
-            Err(_) => ResponseFuture {
+            Err(error) => ResponseFuture {
                 future: None,
                 permit: None,
-                error: Some(
-                    Error::new(Kind::Overloaded)
-                        .with_message(format!("{} calls in flight, the limit", self.max)),
-                ),
+                error: Some(error),
             },
         }
     }
+}
+
+impl ConcurrencyLimitLayer {
+    /// A slot for one more call now, held until the permit is dropped, or the error a call
+    /// over the limit gets.
+    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        admit(&self.semaphore, self.max)
+    }
+}
+
+fn admit(semaphore: &Arc<Semaphore>, max: usize) -> Result<OwnedSemaphorePermit, Error> {
+    semaphore.clone().try_acquire_owned().map_err(|_| {
+        Error::new(Kind::Overloaded).with_message(format!("{max} calls in flight, the limit"))
+    })
 }
 
 pin_project! {

@@ -34,4 +34,5 @@ mod tests;
 
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use gcra::{OnExceed, Rate, RateLimiterState};
+pub(crate) use rate::{Admission, admit};
 pub use rate::{RateLimit, RateLimitLayer};

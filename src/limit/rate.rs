@@ -86,18 +86,13 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let wait = match self.state.check() {
-            Ok(()) => {
-                return ResponseFuture {
-                    state: State::Called {
-                        future: self.inner.call(request),
-                    },
-                };
-            }
-            Err(wait) => wait,
-        };
-        match self.state.on_exceed() {
-            OnExceed::Wait(max) if wait <= max => {
+        match admit(&self.state) {
+            Admission::Now => ResponseFuture {
+                state: State::Called {
+                    future: self.inner.call(request),
+                },
+            },
+            Admission::Wait => {
                 // Cold path: hand the readied service to a future that waits its turn.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
@@ -111,15 +106,35 @@ where
                     },
                 }
             }
-            _ => ResponseFuture {
-                state: State::Failed {
-                    error: Some(Error::new(Kind::RateLimited).with_message(format!(
-                        "over the local rate limit; capacity in {:.3}s",
-                        wait.as_secs_f64()
-                    ))),
-                },
+            Admission::Refused(error) => ResponseFuture {
+                state: State::Failed { error: Some(error) },
             },
         }
+    }
+}
+
+/// What a rate limiter says of one more call now.
+pub(crate) enum Admission {
+    /// It goes now.
+    Now,
+    /// It may wait its turn ([`RateLimiterState::acquire`]).
+    Wait,
+    /// It is refused.
+    Refused(Error),
+}
+
+/// Asks `state` for one more call now: the check every call makes, without I/O.
+pub(crate) fn admit(state: &RateLimiterState) -> Admission {
+    let wait = match state.check() {
+        Ok(()) => return Admission::Now,
+        Err(wait) => wait,
+    };
+    match state.on_exceed() {
+        OnExceed::Wait(max) if wait <= max => Admission::Wait,
+        _ => Admission::Refused(Error::new(Kind::RateLimited).with_message(format!(
+            "over the local rate limit; capacity in {:.3}s",
+            wait.as_secs_f64()
+        ))),
     }
 }
 

@@ -161,26 +161,94 @@ where
     }
 
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
-        self.shared.stats.start();
+        let record = CallRecord::begin(&self.shared, &request);
+        let future = {
+            let _entered = record.span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture { future, record }
+    }
+}
+
+impl MetricsLayer {
+    /// Starts recording one call of `request`: counted in flight from now on.
+    pub(crate) fn begin(&self, request: &reqwest::Request) -> CallRecord {
+        CallRecord::begin(&self.shared, request)
+    }
+}
+
+/// One call being recorded: its span, its start, and the service's counters. Finished with
+/// its result by [`CallRecord::finish`]; dropped unfinished (the call was cancelled), it
+/// leaves the in-flight count.
+pub(crate) struct CallRecord {
+    method: &'static str,
+    started: Instant,
+    shared: Option<Arc<Shared>>,
+    span: tracing::Span,
+}
+
+impl CallRecord {
+    fn begin(shared: &Arc<Shared>, request: &reqwest::Request) -> Self {
+        shared.stats.start();
         let method = method_label(request.method());
         // One span per call: the attempts below it get spans of their own.
         let span = tracing::info_span!(
             "proxyless.call",
-            service = %self.shared.service,
+            service = %shared.service,
             method,
             status = tracing::field::Empty,
             error = tracing::field::Empty,
         );
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
-        ResponseFuture {
+        CallRecord {
             method,
-            future,
             started: Instant::now(),
-            shared: Some(self.shared.clone()),
+            shared: Some(shared.clone()),
             span,
+        }
+    }
+
+    /// The call's span, to enter while the call runs.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records the call's result: its duration under its labels, and the counters.
+    pub(crate) fn finish(&mut self, result: Result<&reqwest::Response, &Error>) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let series = match result {
+            Ok(response) => {
+                let status = response.status();
+                Series {
+                    method: self.method,
+                    status: status.as_u16(),
+                    error: status
+                        .is_server_error()
+                        .then(|| status_label(status.as_u16())),
+                }
+            }
+            Err(error) => Series {
+                method: self.method,
+                status: error.status().map_or(0, |s| s.as_u16()),
+                error: Some(error_label(error)),
+            },
+        };
+        if series.status != 0 {
+            self.span.record("status", series.status);
+        }
+        if let Some(error) = series.error {
+            self.span.record("error", error);
+        }
+        shared.record(series, self.started);
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // A call dropped before it completed (cancelled) leaves the in-flight count.
+        if let Some(shared) = self.shared.take() {
+            shared.stats.cancel();
         }
     }
 }
@@ -190,19 +258,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        method: &'static str,
-        started: Instant,
-        shared: Option<Arc<Shared>>,
-        span: tracing::Span,
-    }
-
-    impl<F> PinnedDrop for ResponseFuture<F> {
-        fn drop(this: Pin<&mut Self>) {
-            // A call dropped before it completed (cancelled) leaves the in-flight count.
-            if let Some(shared) = this.project().shared.take() {
-                shared.stats.cancel();
-            }
-        }
+        record: CallRecord,
     }
 }
 
@@ -220,39 +276,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
-        let result = std::task::ready!(this.future.poll(cx));
-        if let Some(shared) = this.shared.take() {
-            let series = match &result {
-                Ok(response) => {
-                    let status = response.status();
-                    Series {
-                        method: this.method,
-                        status: status.as_u16(),
-                        error: status
-                            .is_server_error()
-                            .then(|| status_label(status.as_u16())),
-                    }
-                }
-                Err(error) => Series {
-                    method: this.method,
-                    status: error.status().map_or(0, |s| s.as_u16()),
-                    error: Some(error_label(error)),
-                },
-            };
-            if series.status != 0 {
-                this.span.record("status", series.status);
-            }
-            if let Some(error) = series.error {
-                this.span.record("error", error);
-            }
-            shared.record(series, *this.started);
-        }
+        let result = {
+            let _entered = this.record.span.enter();
+            std::task::ready!(this.future.poll(cx))
+        };
+        this.record.finish(result.as_ref());
         Poll::Ready(result)
     }
 }
 
-/// `error.type` for a 5xx: its code, as OpenTelemetry asks, from a fixed table.
 fn status_label(status: u16) -> &'static str {
     match status {
         500 => "500",

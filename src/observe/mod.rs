@@ -43,6 +43,7 @@ mod stats;
 
 pub use endpoint::OTHER_ENDPOINT;
 pub(crate) use endpoint::{EndpointLabels, EndpointSeries};
+pub(crate) use layer::CallRecord;
 pub use layer::{Metrics, MetricsLayer};
 pub use stats::ServiceStats;
 pub(crate) use stats::StatsCell;

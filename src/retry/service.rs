@@ -56,9 +56,7 @@ impl<S, C: Clone> Layer<S> for RetryLayer<C> {
     fn layer(&self, inner: S) -> Retry<S, C> {
         Retry {
             inner,
-            policy: self.policy.clone(),
-            budget: self.budget.clone(),
-            classifier: self.classifier.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -74,9 +72,7 @@ impl<S, C: Clone> Layer<S> for RetryLayer<C> {
 #[derive(Clone, Debug)]
 pub struct Retry<S, C> {
     inner: S,
-    policy: Arc<RetryPolicy>,
-    budget: Arc<RetryBudget>,
-    classifier: C,
+    layer: RetryLayer<C>,
 }
 
 impl<S, C> Retry<S, C> {
@@ -106,6 +102,32 @@ where
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+        // The readied service takes the first attempt; a clone, readied when its turn
+        // comes, takes the retries. A call that cannot be retried needs no clone.
+        let Some(mut state) = self.layer.begin(&mut request) else {
+            return ResponseFuture {
+                state: State::Calling {
+                    future: self.inner.call(request),
+                },
+                retries: None,
+            };
+        };
+        let future = state.track(|| self.inner.call(request));
+        ResponseFuture {
+            state: State::Calling { future },
+            retries: Some(Box::new(Retries {
+                inner: self.inner.clone(),
+                state,
+            })),
+        }
+    }
+}
+
+impl<C: Clone> RetryLayer<C> {
+    /// Starts a call of `request` under this policy: a deposit in the budget and the
+    /// per-attempt timeout; then, if the call can be retried (its method, its options and
+    /// its body allow it), what its retries need.
+    pub(crate) fn begin<R>(&self, request: &mut reqwest::Request) -> Option<RetryState<R, C>> {
         self.budget.deposit();
         if let Some(timeout) = self.policy.per_attempt_timeout
             && request.timeout().is_none()
@@ -115,31 +137,16 @@ where
         let retryable = self.policy.max_attempts > 1
             && (attempt::options().retry_non_idempotent
                 || RetryPolicy::is_idempotent(request.method()));
-        let template = if retryable { request.try_clone() } else { None };
-        let mut tried = Tried::default();
-        // The readied service takes the first attempt; a clone, readied when its turn
-        // comes, takes the retries. A call that cannot be retried needs no clone.
-        let (future, retries) = match template {
-            None => (self.inner.call(request), None),
-            Some(template) => {
-                let future = attempt::tracked(&mut tried, || self.inner.call(request));
-                let retries = Box::new(Retries {
-                    inner: self.inner.clone(),
-                    policy: self.policy.clone(),
-                    budget: self.budget.clone(),
-                    classifier: self.classifier.clone(),
-                    template,
-                    tried,
-                    retried: 0,
-                    last: None,
-                });
-                (future, Some(retries))
-            }
-        };
-        ResponseFuture {
-            state: State::Calling { future },
-            retries,
-        }
+        let template = if retryable { request.try_clone() } else { None }?;
+        Some(RetryState {
+            policy: self.policy.clone(),
+            budget: self.budget.clone(),
+            classifier: self.classifier.clone(),
+            template,
+            tried: Tried::default(),
+            retried: 0,
+            last: None,
+        })
     }
 }
 
@@ -166,9 +173,14 @@ pin_project! {
     }
 }
 
-/// What a retryable call keeps between its attempts.
+/// A retryable call's service for its retries, and its state.
 struct Retries<S: Service<reqwest::Request>, C> {
     inner: S,
+    state: RetryState<S::Response, C>,
+}
+
+/// What a retryable call keeps between its attempts.
+pub(crate) struct RetryState<R, C> {
     policy: Arc<RetryPolicy>,
     budget: Arc<RetryBudget>,
     classifier: C,
@@ -176,20 +188,22 @@ struct Retries<S: Service<reqwest::Request>, C> {
     tried: Tried,
     retried: u32,
     /// The last real outcome, kept while the next attempt waits or is refused.
-    last: Option<Result<S::Response, Error>>,
+    last: Option<Result<R, Error>>,
 }
 
-impl<S, C> Retries<S, C>
-where
-    S: Service<reqwest::Request>,
-    C: Classify<S::Response>,
-{
-    /// After an attempt's `result`: `Ok` to wait for a retry (the result is kept), or
-    /// `Err` with what the call returns.
-    fn settle(
+impl<R, C: Classify<R>> RetryState<R, C> {
+    /// Runs `call`, which calls the layers below for one attempt, with the endpoints tried
+    /// so far lent to them.
+    pub(crate) fn track<T>(&mut self, call: impl FnOnce() -> T) -> T {
+        attempt::tracked(&mut self.tried, call)
+    }
+
+    /// After an attempt's `result`: `Ok` with the backoff to wait before the next attempt
+    /// (the result is kept), or `Err` with what the call returns.
+    pub(crate) fn settle(
         &mut self,
-        result: Result<S::Response, Error>,
-    ) -> Result<Duration, Result<S::Response, Error>> {
+        result: Result<R, Error>,
+    ) -> Result<Duration, Result<R, Error>> {
         if self.retried > 0 && result.as_ref().is_err_and(Error::is_circuit_open) {
             // A breaker below refused the retry: the call ends with its last real outcome.
             return Err(self.last.take().unwrap_or(result));
@@ -207,6 +221,24 @@ where
         self.last = Some(result);
         Ok(delay)
     }
+
+    /// The next attempt's request, once its backoff has passed; `Err` with what the call
+    /// returns if there is none.
+    pub(crate) fn next_request(&mut self) -> Result<reqwest::Request, Result<R, Error>> {
+        self.retried += 1;
+        // The template's body was cloned once, so it clones again.
+        self.template.try_clone().ok_or_else(|| {
+            self.last
+                .take()
+                .unwrap_or_else(|| Err(Error::builder("body", "cannot be sent again")))
+        })
+    }
+
+    /// The service below failed to become ready for the next attempt: that is its outcome.
+    pub(crate) fn not_ready(&mut self, error: Error) -> Result<Duration, Result<R, Error>> {
+        self.retried += 1;
+        self.settle(Err(error))
+    }
 }
 
 impl<S, C> Future for ResponseFuture<S, C>
@@ -220,19 +252,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let result = match this.state.as_mut().project() {
+            let settled = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let Some(retries) = this.retries.as_mut() else {
-                        return Poll::Ready(result);
-                    };
-                    match retries.settle(result) {
-                        Ok(delay) => this.state.set(State::Backoff {
-                            sleep: Box::pin(tokio::time::sleep(delay)),
-                        }),
-                        Err(result) => return Poll::Ready(result),
+                    match this.retries.as_mut() {
+                        None => return Poll::Ready(result),
+                        Some(retries) => retries.state.settle(result),
                     }
-                    continue;
                 }
                 StateProj::Backoff { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
@@ -243,29 +269,20 @@ where
                     let retries = this.retries.as_mut().expect("only a retryable call waits");
                     match ready!(retries.inner.poll_ready(cx)) {
                         Ok(()) => {
-                            retries.retried += 1;
-                            // The template's body was cloned once, so it clones again.
-                            let Some(request) = retries.template.try_clone() else {
-                                let last = retries.last.take();
-                                return Poll::Ready(last.unwrap_or_else(|| {
-                                    Err(Error::builder("body", "cannot be sent again"))
-                                }));
+                            let request = match retries.state.next_request() {
+                                Ok(request) => request,
+                                Err(result) => return Poll::Ready(result),
                             };
-                            let Retries { inner, tried, .. } = &mut **retries;
-                            let future = attempt::tracked(tried, || inner.call(request));
+                            let Retries { inner, state } = &mut **retries;
+                            let future = state.track(|| inner.call(request));
                             this.state.set(State::Calling { future });
                             continue;
                         }
-                        Err(error) => {
-                            retries.retried += 1;
-                            Err(error.into())
-                        }
+                        Err(error) => retries.state.not_ready(error.into()),
                     }
                 }
             };
-            // The service below failed to become ready: that is this attempt's outcome.
-            let retries = this.retries.as_mut().expect("only a retryable call waits");
-            match retries.settle(result) {
+            match settled {
                 Ok(delay) => this.state.set(State::Backoff {
                     sleep: Box::pin(tokio::time::sleep(delay)),
                 }),

@@ -1,0 +1,412 @@
+//! One service's whole stack as one tower service with one future.
+//!
+//! The policies run in the order of the layers they replace (metrics, a deadline, retries,
+//! a rate limit, a concurrency limit, a breaker, a token, then balancing), each through the
+//! same admission and recording code as its own layer. What a stack of layers would add is
+//! gone: a future per layer, moved into the next one by value; a clone of every layer per
+//! call and another for retries; `Either` around each optional layer. A call's future is the
+//! balancer's and a few words, and a call that waits for nothing allocates nothing here.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+use tower::Service;
+
+use crate::balance::Balance;
+use crate::breaker::{Breaker, Permit};
+use crate::classify::{Classify, HttpClassifier};
+use crate::discovery::BoxFuture;
+use crate::error::Error;
+use crate::limit::{Admission, ConcurrencyLimitLayer, RateLimiterState};
+use crate::observe::{CallRecord, MetricsLayer};
+use crate::retry::{RetryLayer, RetryState};
+use crate::timeout::Deadline;
+
+/// The policies of one service, shared by its calls.
+#[derive(Debug)]
+pub(crate) struct Policies {
+    pub(crate) metrics: MetricsLayer,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryLayer>,
+    pub(crate) rate: Option<Arc<RateLimiterState>>,
+    pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    #[cfg(feature = "jwt")]
+    pub(crate) auth: Option<crate::auth::AttachTokenLayer>,
+}
+
+/// What one attempt holds while it runs: its concurrency slot and its breaker permit.
+#[derive(Default)]
+struct Permits {
+    slot: Option<OwnedSemaphorePermit>,
+    breaker: Option<Permit>,
+}
+
+/// What the policies say of one attempt.
+enum Admitted {
+    /// Every policy let it through: call the balancer.
+    Go,
+    /// Refused: this is the attempt's outcome.
+    Refused(Error),
+    /// It waits its turn at the rate limiter, then goes on from the concurrency limit.
+    RateWait(BoxFuture<'static, Result<(), Error>>),
+    /// It waits for a token (its header value), then calls the balancer.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    TokenWait(BoxFuture<'static, Result<reqwest::header::HeaderValue, Error>>),
+}
+
+impl Policies {
+    /// Runs one attempt's admission, from the rate limit or, after a wait there, from the
+    /// concurrency limit. The slot and breaker permit it takes go into `permits`.
+    fn admit(
+        &self,
+        request: &mut reqwest::Request,
+        permits: &mut Permits,
+        after_rate: bool,
+    ) -> Admitted {
+        if let Some(rate) = self.rate.as_ref().filter(|_| !after_rate) {
+            match crate::limit::admit(rate) {
+                Admission::Now => {}
+                Admission::Wait => {
+                    let rate = rate.clone();
+                    return Admitted::RateWait(Box::pin(async move { rate.acquire().await }));
+                }
+                Admission::Refused(error) => return Admitted::Refused(error),
+            }
+        }
+        if let Some(concurrency) = &self.concurrency {
+            match concurrency.admit() {
+                Ok(slot) => permits.slot = Some(slot),
+                Err(error) => return Admitted::Refused(error),
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            match breaker.try_acquire() {
+                Ok(permit) => permits.breaker = Some(permit),
+                Err(error) => {
+                    permits.slot = None;
+                    return Admitted::Refused(error);
+                }
+            }
+        }
+        #[cfg(feature = "jwt")]
+        if let Some(auth) = &self.auth
+            && let crate::auth::Attach::Fetch(fetch) = auth.attach(request)
+        {
+            return Admitted::TokenWait(fetch);
+        }
+        #[cfg(not(feature = "jwt"))]
+        let _ = request;
+        Admitted::Go
+    }
+}
+
+/// The service a [`MeshLayer`](super::MeshLayer) makes around the transport `S`: every
+/// policy of one service, then balancing, as one service with one future.
+pub struct MeshService<S> {
+    policies: Arc<Policies>,
+    balance: Balance<S>,
+}
+
+impl<S> MeshService<S> {
+    pub(crate) fn new(policies: Arc<Policies>, balance: Balance<S>) -> Self {
+        MeshService { policies, balance }
+    }
+}
+
+impl<S: Clone> Clone for MeshService<S> {
+    fn clone(&self) -> Self {
+        MeshService {
+            policies: self.policies.clone(),
+            balance: self.balance.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for MeshService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshService")
+            .field("service", self.policies.metrics.service())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One attempt in the balancer's hands.
+type Attempt<S> = crate::balance::ResponseFuture<
+    <S as Service<reqwest::Request>>::Future,
+    <S as Service<reqwest::Request>>::Response,
+    HttpClassifier,
+>;
+
+impl<S> Service<reqwest::Request> for MeshService<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    type Response = reqwest::Response;
+    type Error = Error;
+    type Future = MeshFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.balance.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
+        let policies = &self.policies;
+        let record = policies.metrics.begin(&request);
+        let entered = record.span().clone().entered();
+        let mut retry = policies
+            .retry
+            .as_ref()
+            .and_then(|retry| retry.begin(&mut request))
+            .map(Box::new);
+        let mut permits = Permits::default();
+        let state = match policies.admit(&mut request, &mut permits, false) {
+            // The readied service takes the first attempt.
+            Admitted::Go => State::Calling {
+                future: match retry.as_mut() {
+                    Some(retry) => retry.track(|| self.balance.call(request)),
+                    None => self.balance.call(request),
+                },
+            },
+            Admitted::Refused(error) => State::Ended {
+                result: Some(Err(error)),
+            },
+            Admitted::RateWait(wait) => State::RateWait {
+                wait,
+                request: Some(Box::new(request)),
+            },
+            Admitted::TokenWait(fetch) => State::TokenWait {
+                fetch,
+                request: Some(Box::new(request)),
+            },
+        };
+        // Retries, and attempts that waited, go to a clone, readied when their turn comes.
+        let spare = (retry.is_some() || !matches!(state, State::Calling { .. }))
+            .then(|| self.balance.clone());
+        drop(entered);
+        MeshFuture {
+            state,
+            deadline: match policies.timeout {
+                Some(after) => MaybeDeadline::Set {
+                    deadline: Deadline::new(after),
+                },
+                None => MaybeDeadline::Unset,
+            },
+            permits,
+            policies: policies.clone(),
+            retry,
+            spare,
+            record,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`MeshService`] call.
+    #[project = MeshFutureProjection]
+    pub struct MeshFuture<S>
+    where
+        S: Service<reqwest::Request>,
+    {
+        #[pin]
+        state: State<Attempt<S>>,
+        #[pin]
+        deadline: MaybeDeadline,
+        permits: Permits,
+        policies: Arc<Policies>,
+        retry: Option<Box<RetryState<reqwest::Response, HttpClassifier>>>,
+        spare: Option<Balance<S>>,
+        record: CallRecord,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is in the balancer's hands.
+        Calling { #[pin] future: F },
+        // An attempt ended before it reached the balancer (a policy refused it).
+        Ended { result: Option<Result<reqwest::Response, Error>> },
+        RateWait {
+            wait: BoxFuture<'static, Result<(), Error>>,
+            request: Option<Box<reqwest::Request>>,
+        },
+        TokenWait {
+            fetch: BoxFuture<'static, Result<reqwest::header::HeaderValue, Error>>,
+            request: Option<Box<reqwest::Request>>,
+        },
+        // Admitted; the spare balancer must be ready before it is called.
+        Readying { request: Option<Box<reqwest::Request>> },
+        Backoff { sleep: Pin<Box<tokio::time::Sleep>> },
+    }
+}
+
+pin_project! {
+    #[project = DeadlineProj]
+    enum MaybeDeadline {
+        Unset,
+        Set { #[pin] deadline: Deadline },
+    }
+}
+
+impl<S> std::fmt::Debug for MeshFuture<S>
+where
+    S: Service<reqwest::Request>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshFuture")
+    }
+}
+
+impl<S> Future for MeshFuture<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    type Output = Result<reqwest::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let entered = this.record.span().clone().entered();
+        let result = match poll_attempts(&mut this, cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => match this.deadline.project() {
+                DeadlineProj::Set { deadline } => Err(ready!(deadline.poll_expired(cx))),
+                DeadlineProj::Unset => return Poll::Pending,
+            },
+        };
+        drop(entered);
+        this.record.finish(result.as_ref());
+        Poll::Ready(result)
+    }
+}
+
+/// Drives the call's attempts until one settles it.
+fn poll_attempts<S>(
+    this: &mut MeshFutureProjection<'_, S>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<reqwest::Response, Error>>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    loop {
+        let outcome = match this.state.as_mut().project() {
+            StateProj::Calling { future } => ready!(future.poll(cx)),
+            StateProj::Ended { result } => result
+                .take()
+                .unwrap_or_else(|| Err(Error::builder("call", "polled after its attempt ended"))),
+            StateProj::RateWait { wait, request } => match ready!(wait.as_mut().poll(cx)) {
+                Ok(()) => {
+                    let request = request.take();
+                    admit(this, request, true);
+                    continue;
+                }
+                Err(error) => Err(error),
+            },
+            StateProj::TokenWait { fetch, request } => match ready!(fetch.as_mut().poll(cx)) {
+                Ok(value) => {
+                    let mut request = request.take();
+                    #[cfg(feature = "jwt")]
+                    if let Some(request) = request.as_deref_mut() {
+                        crate::auth::insert_authorization(request, value);
+                    }
+                    #[cfg(not(feature = "jwt"))]
+                    let _ = value;
+                    this.state.set(State::Readying {
+                        request: request.take(),
+                    });
+                    continue;
+                }
+                Err(error) => Err(error),
+            },
+            StateProj::Readying { request } => {
+                let Some(spare) = this.spare.as_mut() else {
+                    return Poll::Ready(Err(Error::builder("call", "no service to retry with")));
+                };
+                match ready!(spare.poll_ready(cx)) {
+                    Ok(()) => {
+                        let Some(request) = request.take() else {
+                            return Poll::Ready(Err(Error::builder("call", "no request to send")));
+                        };
+                        let future = match this.retry.as_mut() {
+                            Some(retry) => retry.track(|| spare.call(*request)),
+                            None => spare.call(*request),
+                        };
+                        this.state.set(State::Calling { future });
+                        continue;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            StateProj::Backoff { sleep } => {
+                ready!(sleep.as_mut().poll(cx));
+                let Some(retry) = this.retry.as_mut() else {
+                    return Poll::Ready(Err(Error::builder("call", "no retry to wait for")));
+                };
+                match retry.next_request() {
+                    Ok(request) => admit(this, Some(Box::new(request)), false),
+                    Err(result) => return Poll::Ready(result),
+                }
+                continue;
+            }
+        };
+        // The attempt ended: the breaker learns its outcome, its slot is given back, and
+        // the retry policy decides what comes next.
+        if let Some(permit) = this.permits.breaker.take() {
+            permit.record(HttpClassifier.classify(outcome.as_ref()));
+        }
+        this.permits.slot = None;
+        let Some(retry) = this.retry.as_mut() else {
+            return Poll::Ready(outcome);
+        };
+        match retry.settle(outcome) {
+            Ok(delay) => this.state.set(State::Backoff {
+                sleep: Box::pin(tokio::time::sleep(delay)),
+            }),
+            Err(result) => return Poll::Ready(result),
+        }
+    }
+}
+
+/// Runs the admission of an attempt after the first, and sets the state it leads to.
+fn admit<S>(
+    this: &mut MeshFutureProjection<'_, S>,
+    request: Option<Box<reqwest::Request>>,
+    after_rate: bool,
+) where
+    S: Service<reqwest::Request>,
+{
+    let Some(mut request) = request else {
+        this.state.set(State::Ended {
+            result: Some(Err(Error::builder("call", "no request to send"))),
+        });
+        return;
+    };
+    let state = match this.policies.admit(&mut request, this.permits, after_rate) {
+        Admitted::Go => State::Readying {
+            request: Some(request),
+        },
+        Admitted::Refused(error) => State::Ended {
+            result: Some(Err(error)),
+        },
+        Admitted::RateWait(wait) => State::RateWait {
+            wait,
+            request: Some(request),
+        },
+        Admitted::TokenWait(fetch) => State::TokenWait {
+            fetch,
+            request: Some(request),
+        },
+    };
+    this.state.set(state);
+}
