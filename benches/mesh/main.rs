@@ -3,9 +3,13 @@
 //! ```bash
 //! cargo bench --all-features --bench mesh              # everything
 //! cargo bench --all-features --bench mesh -- pick/      # one area
+//! benches/instructions.sh                              # instructions per call, callgrind
 //! ```
+//!
+//! With `PROXYLESS_COUNT=<path>:<calls>` set, the binary makes that many calls of one path of
+//! the stack and exits, for callgrind to count (see `benches/instructions.sh`).
 
-use criterion::{criterion_group, criterion_main};
+use criterion::criterion_group;
 
 mod pick;
 mod policy;
@@ -19,4 +23,14 @@ criterion_group!(
     stack::benches,
     registry::benches
 );
-criterion_main!(benches);
+fn main() {
+    if let Ok(count) = std::env::var("PROXYLESS_COUNT") {
+        let (path, calls) = count.split_once(':').unwrap_or((&count, "2000"));
+        stack::count(path, calls.parse().expect("PROXYLESS_COUNT=<path>:<calls>"));
+        return;
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

@@ -134,6 +134,65 @@ pub(crate) fn benches(c: &mut Criterion) {
     }
 }
 
+/// For `benches/instructions.sh`: builds one path of the stack (`inner`, `balance`, `bare`
+/// for metrics and balancing alone, or `whole`) with the same transport, registry and
+/// policies as the benchmarks above, warms it, and makes `calls` calls in [`counted`], the
+/// function callgrind counts instructions in.
+pub(crate) fn count(path: &str, calls: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    metrics::set_global_recorder(recorder).expect("the first recorder");
+    let url: reqwest::Url = "http://orders/v1/items?limit=10".parse().expect("url");
+    let requests = || (0..calls).map(|_| reqwest::Request::new(reqwest::Method::GET, url.clone()));
+    let balance = || BalanceLayer::new(registry(&runtime, 4));
+    let policy = match path {
+        "bare" => TrafficPolicy::default().no_retries().no_breaker(),
+        _ => every_policy(),
+    };
+    let stack = policy.layer("orders", balance()).expect("valid policy");
+    match path {
+        "inner" => {
+            let mut inner = transport();
+            counted(requests().take(100), |r| call_now(&mut inner, r));
+            counted(requests(), |r| call_now(&mut inner, r));
+        }
+        "balance" => {
+            let mut service = balance().layer(transport());
+            counted(requests().take(100), |r| call_now(&mut service, r));
+            counted(requests(), |r| call_now(&mut service, r));
+        }
+        "bare" | "whole" => {
+            let service = stack.layer(transport());
+            let oneshot = |r| {
+                service
+                    .clone()
+                    .oneshot(r)
+                    .now_or_never()
+                    .expect("ready at once")
+                    .expect("ok")
+            };
+            counted(requests().take(100), oneshot);
+            counted(requests(), oneshot);
+        }
+        other => panic!("unknown path {other:?}: inner, balance, bare or whole"),
+    }
+}
+
+/// Makes one call per request; what callgrind counts (the first run of it warms up).
+#[inline(never)]
+fn counted(
+    requests: impl Iterator<Item = reqwest::Request>,
+    mut call: impl FnMut(reqwest::Request) -> reqwest::Response,
+) {
+    for request in requests {
+        std::hint::black_box(call(request));
+    }
+}
+
 /// Fills a buffer larger than the caches, so that the call after it starts cold.
 struct Evictor(Vec<u8>);
 
