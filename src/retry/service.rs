@@ -137,7 +137,7 @@ impl<C: Clone> RetryLayer<C> {
         let retryable = self.policy.max_attempts > 1
             && (attempt::options().retry_non_idempotent
                 || RetryPolicy::is_idempotent(request.method()));
-        let template = if retryable { request.try_clone() } else { None }?;
+        let template = if retryable { try_clone(request) } else { None }?;
         Some(RetryState {
             policy: self.policy.clone(),
             budget: self.budget.clone(),
@@ -227,7 +227,7 @@ impl<R, C: Classify<R>> RetryState<R, C> {
     pub(crate) fn next_request(&mut self) -> Result<reqwest::Request, Result<R, Error>> {
         self.retried += 1;
         // The template's body was cloned once, so it clones again.
-        self.template.try_clone().ok_or_else(|| {
+        try_clone(&self.template).ok_or_else(|| {
             self.last
                 .take()
                 .unwrap_or_else(|| Err(Error::builder("body", "cannot be sent again")))
@@ -290,4 +290,24 @@ where
             }
         }
     }
+}
+
+/// A copy of `request` to send again, or `None` if its body cannot be copied (a stream).
+///
+/// A request with no body (most that can be retried) is copied without allocating the
+/// extensions map `reqwest::Request::try_clone` fills for a timeout even when there is
+/// none: the only extension reqwest keeps on a request is its timeout, copied here when set.
+fn try_clone(request: &reqwest::Request) -> Option<reqwest::Request> {
+    if request.body().is_some() {
+        return request.try_clone();
+    }
+    let mut clone = reqwest::Request::new(request.method().clone(), request.url().clone());
+    if let Some(timeout) = request.timeout() {
+        *clone.timeout_mut() = Some(*timeout);
+    }
+    if !request.headers().is_empty() {
+        *clone.headers_mut() = request.headers().clone();
+    }
+    *clone.version_mut() = request.version();
+    Some(clone)
 }
