@@ -14,7 +14,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
 use crate::balance::Balance;
@@ -43,7 +42,7 @@ pub(crate) struct Policies {
 /// What one attempt holds while it runs: its concurrency slot and its breaker permit.
 #[derive(Default)]
 struct Permits {
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<crate::limit::Slot>,
     breaker: Option<Permit>,
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tower::{Layer, Service};
 
 use crate::error::{Error, Kind};
@@ -13,7 +13,7 @@ use crate::error::{Error, Kind};
 /// [`Error::is_overloaded`](crate::Error::is_overloaded). Clones share the cap.
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimitLayer {
-    semaphore: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
     max: usize,
 }
 
@@ -21,14 +21,14 @@ impl ConcurrencyLimitLayer {
     /// At most `max` calls in flight.
     pub fn new(max: usize) -> Self {
         ConcurrencyLimitLayer {
-            semaphore: Arc::new(Semaphore::new(max)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             max,
         }
     }
 
     /// Calls in flight now.
     pub fn in_flight(&self) -> usize {
-        self.max - self.semaphore.available_permits()
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -38,7 +38,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
     fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
         ConcurrencyLimit {
             inner,
-            semaphore: self.semaphore.clone(),
+            in_flight: self.in_flight.clone(),
             max: self.max,
         }
     }
@@ -48,7 +48,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-    semaphore: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
     max: usize,
 }
 
@@ -78,7 +78,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match admit(&self.semaphore, self.max) {
+        match admit(&self.in_flight, self.max) {
             Ok(permit) => ResponseFuture {
                 future: Some(self.inner.call(request)),
                 permit: Some(permit),
@@ -96,15 +96,32 @@ where
 impl ConcurrencyLimitLayer {
     /// A slot for one more call now, held until the permit is dropped, or the error a call
     /// over the limit gets.
-    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        admit(&self.semaphore, self.max)
+    pub(crate) fn admit(&self) -> Result<Slot, Error> {
+        admit(&self.in_flight, self.max)
     }
 }
 
-fn admit(semaphore: &Arc<Semaphore>, max: usize) -> Result<OwnedSemaphorePermit, Error> {
-    semaphore.clone().try_acquire_owned().map_err(|_| {
-        Error::new(Kind::Overloaded).with_message(format!("{max} calls in flight, the limit"))
-    })
+/// One call's place under a concurrency limit, given back when dropped.
+///
+/// A call over the limit fails at once and never waits, so the limit is one atomic count
+/// rather than a semaphore, whose release takes a lock to wake waiters there never are.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+fn admit(in_flight: &Arc<AtomicUsize>, max: usize) -> Result<Slot, Error> {
+    if in_flight.fetch_add(1, Ordering::Acquire) >= max {
+        in_flight.fetch_sub(1, Ordering::Release);
+        return Err(
+            Error::new(Kind::Overloaded).with_message(format!("{max} calls in flight, the limit"))
+        );
+    }
+    Ok(Slot(in_flight.clone()))
 }
 
 pin_project! {
@@ -112,7 +129,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: Option<F>,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Slot>,
         error: Option<Error>,
     }
 }

@@ -32,6 +32,7 @@ mod rate;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use concurrency::Slot;
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use gcra::{OnExceed, Rate, RateLimiterState};
 pub(crate) use rate::{Admission, admit};
