@@ -94,19 +94,22 @@ impl RetryBudget {
         })
     }
 
-    /// Adds `amount` to the current second's slot and returns the balance after it.
+    /// Adds `amount` to the current second's slot; with `only_if_covered`, only if the
+    /// balance covers it. Returns whether it was added.
     fn adjust(&self, amount: i64, only_if_covered: bool) -> bool {
         let second = self.origin.elapsed().as_secs();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let span = slots.len() as u64;
-        let balance: i64 = self.reserve
-            + slots
-                .iter()
-                .filter(|(s, _)| *s != u64::MAX && second - s < span)
-                .map(|(_, v)| v)
-                .sum::<i64>();
-        if only_if_covered && balance + amount < 0 {
-            return false;
+        if only_if_covered {
+            let balance: i64 = self.reserve
+                + slots
+                    .iter()
+                    .filter(|(s, _)| *s != u64::MAX && second - s < span)
+                    .map(|(_, v)| v)
+                    .sum::<i64>();
+            if balance + amount < 0 {
+                return false;
+            }
         }
         let slot = &mut slots[(second % span) as usize];
         if slot.0 != second {
