@@ -238,3 +238,101 @@ async fn per_service_rate_limits() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_refuses_the_call_over_it_and_frees_slots() {
+    let (server, control) = TestServer::start_controlled("s0").await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [server.endpoint()])
+        .expect("valid");
+    let mesh = mesh(
+        discovery,
+        TrafficPolicy::default().no_retries().concurrency_limit(2),
+    );
+    control
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { mesh.get("http://orders/").send().await })
+        })
+        .collect();
+    // Both held calls have reached the server, so both hold their slots.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while control.hits.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held calls never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("a third call is over the limit");
+    assert!(err.is_overloaded(), "{err:?}");
+    assert_eq!(
+        control.hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the refused call never reached the server"
+    );
+    for call in held {
+        let response = call.await.expect("task").expect("held call");
+        assert_eq!(response.status(), 200);
+    }
+    // The slots came back when the calls completed.
+    control
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        let response = mesh
+            .get("http://orders/")
+            .send()
+            .await
+            .expect("a free slot");
+        assert_eq!(response.status(), 200);
+    }
+    let stats = mesh.stats("orders").expect("called");
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_that_waits_sends_the_call_late_not_never() {
+    let (server, control) = TestServer::start_controlled("s0").await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [server.endpoint()])
+        .expect("valid");
+    let one = NonZeroU32::new(1).expect("above 0");
+    let mesh = mesh(
+        discovery,
+        TrafficPolicy::default().rate_limit(
+            Rate::new(one, Duration::from_millis(300)),
+            OnExceed::Wait(Duration::from_secs(2)),
+        ),
+    );
+    assert_eq!(
+        mesh.get("http://orders/")
+            .send()
+            .await
+            .expect("first")
+            .status(),
+        200
+    );
+    let started = tokio::time::Instant::now();
+    let response = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect("the second call waits its turn");
+    assert_eq!(response.status(), 200);
+    // One call per 300 ms: the second waited for its turn (a lower bound holds on any
+    // machine, however loaded).
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(control.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
