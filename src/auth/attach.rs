@@ -78,7 +78,7 @@ where
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
-        let fetch = match self.layer.attach(&mut request) {
+        let fetch = match self.layer.attach(&mut request, None) {
             Attach::Done => return ResponseFuture::direct(self.inner.call(request)),
             Attach::Fetch(fetch) => fetch,
         };
@@ -103,22 +103,33 @@ pub(crate) enum Attach {
 impl AttachTokenLayer {
     /// Puts a token on `request` if one is ready now (cached and fresh); otherwise says how
     /// to fetch one. A request that keeps its own `Authorization`, or whose host is not a
-    /// service name, needs none.
-    pub(crate) fn attach(&self, request: &mut reqwest::Request) -> Attach {
-        let keep = request.headers().contains_key(AUTHORIZATION) && !self.replace_existing;
-        let host = request
-            .url()
-            .host_str()
-            .filter(|host| validate_service_name(host).is_ok());
-        let Some(host) = host.filter(|_| !keep) else {
+    /// service name, needs none. `known` is a service name already checked, the one a
+    /// request to it names as its host most of the time.
+    pub(crate) fn attach(
+        &self,
+        request: &mut reqwest::Request,
+        known: Option<&ServiceName>,
+    ) -> Attach {
+        if request.headers().contains_key(AUTHORIZATION) && !self.replace_existing {
+            return Attach::Done;
+        }
+        let Some(host) = request.url().host_str() else {
             return Attach::Done;
         };
+        let known = known.filter(|known| known.as_str() == host);
+        if known.is_none() && validate_service_name(host).is_err() {
+            return Attach::Done;
+        }
         if let Some(token) = self.source.ready(host) {
             insert(request, token.header_value().clone());
             return Attach::Done;
         }
-        let Ok(service) = ServiceName::new(host) else {
-            return Attach::Done;
+        let service = match known {
+            Some(known) => known.clone(),
+            None => match ServiceName::new(host) {
+                Ok(service) => service,
+                Err(_) => return Attach::Done,
+            },
         };
         let source = self.source.clone();
         Attach::Fetch(Box::pin(async move {

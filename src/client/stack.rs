@@ -95,7 +95,8 @@ impl Policies {
         }
         #[cfg(feature = "jwt")]
         if let Some(auth) = &self.auth
-            && let crate::auth::Attach::Fetch(fetch) = auth.attach(request)
+            && let crate::auth::Attach::Fetch(fetch) =
+                auth.attach(request, Some(self.metrics.service()))
         {
             return Admitted::TokenWait(fetch);
         }
