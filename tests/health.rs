@@ -147,7 +147,11 @@ async fn a_slow_endpoint_loses_traffic_smoothly_and_wins_it_back() {
     assert!(slow.health_score < -2.0, "{status:?}");
     assert!(!slow.ejected, "slowness bends weights; it does not eject");
     let during = hits(&mesh, "http://orders/", 600).await;
-    assert!(share(&during, "s2") < 0.1, "{}", share(&during, "s2"));
+    // A third of the traffic before. The score is relative to the median latency, which
+    // rises when the machine is busy, so the slow endpoint's share does too: 0.3 – 2% on an
+    // idle machine, 4.5 – 7% with both cores busy, once 11% in CI with this file's other
+    // tests running alongside.
+    assert!(share(&during, "s2") < 0.15, "{}", share(&during, "s2"));
 
     controls[2].delay_ms.store(0, Ordering::SeqCst);
     let mut recovered = 0.0;
