@@ -113,17 +113,10 @@ pub(crate) fn benches(c: &mut Criterion) {
         .layer("orders", BalanceLayer::new(registry(&runtime, 4)))
         .expect("valid policy");
     let service = layer.layer(transport());
-    // As the client calls it: a clone of the stack, readied, called once.
-    let oneshot = |r| {
-        service
-            .clone()
-            .oneshot(r)
-            .now_or_never()
-            .expect("ready at once")
-            .expect("ok")
-    };
     for (id, evict) in [("whole_no_io", None), ("whole_no_io_cold", Some(&mut cold))] {
-        timed(&mut group, id, &request, evict, oneshot);
+        timed(&mut group, id, &request, evict, |r| {
+            as_the_client(&service, r)
+        });
     }
     group.finish();
     if layer.stats().requests > 0 {
@@ -167,16 +160,8 @@ pub(crate) fn count(path: &str, calls: usize) {
         }
         "bare" | "whole" => {
             let service = stack.layer(transport());
-            let oneshot = |r| {
-                service
-                    .clone()
-                    .oneshot(r)
-                    .now_or_never()
-                    .expect("ready at once")
-                    .expect("ok")
-            };
-            counted(requests().take(100), oneshot);
-            counted(requests(), oneshot);
+            counted(requests().take(100), |r| as_the_client(&service, r));
+            counted(requests(), |r| as_the_client(&service, r));
         }
         other => panic!("unknown path {other:?}: inner, balance, bare or whole"),
     }
@@ -225,6 +210,19 @@ fn timed<O>(
             BatchSize::PerIteration,
         ),
     });
+}
+
+/// Calls a service's stack as the client does: a clone of it, readied, called once.
+fn as_the_client<S>(service: &S, request: reqwest::Request) -> reqwest::Response
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error> + Clone,
+{
+    service
+        .clone()
+        .oneshot(request)
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ok")
 }
 
 /// Calls `service` once, with no I/O, and returns its response.

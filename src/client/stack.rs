@@ -117,6 +117,11 @@ impl<S> MeshService<S> {
     pub(crate) fn new(policies: Arc<Policies>, balance: Balance<S>) -> Self {
         MeshService { policies, balance }
     }
+
+    /// The service's call metrics.
+    pub(crate) fn metrics(&self) -> &MetricsLayer {
+        &self.policies.metrics
+    }
 }
 
 impl<S: Clone> Clone for MeshService<S> {

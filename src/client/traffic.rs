@@ -155,11 +155,11 @@ impl TrafficPolicy {
     pub fn layer(&self, service: &str, balance: BalanceLayer) -> Result<MeshLayer, Error> {
         self.validate()?;
         let name = ServiceName::new(service)?;
-        self.mesh_layer(MetricsLayer::new(name), balance)
+        self.mesh_layer(name, balance)
     }
 
-    fn mesh_layer(&self, metrics: MetricsLayer, balance: BalanceLayer) -> Result<MeshLayer, Error> {
-        let service = metrics.service().as_str();
+    fn mesh_layer(&self, name: ServiceName, balance: BalanceLayer) -> Result<MeshLayer, Error> {
+        let service = name.as_str();
         let breaker = self
             .breaker
             .clone()
@@ -174,7 +174,7 @@ impl TrafficPolicy {
         let retry = self.retry.clone().map(RetryLayer::new).transpose()?;
         Ok(MeshLayer {
             policies: Arc::new(Policies {
-                metrics,
+                metrics: MetricsLayer::new(name),
                 timeout: self.timeout,
                 retry,
                 rate,
@@ -215,10 +215,6 @@ impl MeshLayer {
             .unwrap_or_default();
         metrics.stats().snapshot(endpoints)
     }
-
-    pub(crate) fn metrics(&self) -> &MetricsLayer {
-        &self.policies.metrics
-    }
 }
 
 impl<S> Layer<S> for MeshLayer {
@@ -236,7 +232,7 @@ pub(crate) type Stack = MeshService<reqwest::Client>;
 pub(crate) struct Stacks {
     default: TrafficPolicy,
     configured: HashMap<ServiceName, TrafficPolicy>,
-    built: ArcSwap<HashMap<ServiceName, (Stack, MetricsLayer)>>,
+    built: ArcSwap<HashMap<ServiceName, Stack>>,
     building: Mutex<()>,
 }
 
@@ -262,7 +258,7 @@ impl Stacks {
 
     /// The stack of `host`, if its first call built one: one lookup, no lock.
     pub(crate) fn built(&self, host: &str) -> Option<Stack> {
-        self.built.load().get(host).map(|(stack, _)| stack.clone())
+        self.built.load().get(host).cloned()
     }
 
     /// The stack of `host`, a service the registry knows, built on its first call; its
@@ -280,14 +276,13 @@ impl Stacks {
         let name = ServiceName::new(host)
             .map_err(|_| Error::invalid_url("the URL's host is not a valid service name"))?;
         let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((stack, _)) = self.built.load().get(host) {
-            return Ok(stack.clone());
+        if let Some(stack) = self.built(host) {
+            return Ok(stack);
         }
-        let layer = policy(host).mesh_layer(MetricsLayer::new(name.clone()), balance.clone())?;
-        let metrics = layer.metrics().clone();
+        let layer = policy(host).mesh_layer(name.clone(), balance.clone())?;
         let stack = layer.layer(http.clone());
         let mut built = HashMap::clone(&self.built.load());
-        built.insert(name, (stack.clone(), metrics));
+        built.insert(name, stack.clone());
         self.built.store(Arc::new(built));
         Ok(stack)
     }
@@ -301,7 +296,7 @@ impl Stacks {
         self.built
             .load()
             .get(service)
-            .map(|(_, metrics)| read(metrics.stats()))
+            .map(|stack| read(stack.metrics().stats()))
     }
 }
 
