@@ -165,6 +165,8 @@ where
     fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
         let policies = &self.policies;
         let record = policies.metrics.begin(&request);
+        // A handle on the span, not a borrow of it: the record moves into the future below,
+        // built in place.
         let entered = record.span().clone().entered();
         let mut retry = policies
             .retry
@@ -172,29 +174,19 @@ where
             .and_then(|retry| retry.begin(&mut request))
             .map(Box::new);
         let mut permits = Permits::default();
-        let state = match policies.admit(&mut request, &mut permits, false) {
+        let admitted = policies.admit(&mut request, &mut permits, false);
+        let waits = matches!(admitted, Admitted::RateWait(_) | Admitted::TokenWait(_));
+        let state = admitted.into_state(request).unwrap_or_else(|request| {
             // The readied service takes the first attempt.
-            Admitted::Go => State::Calling {
+            State::Calling {
                 future: match retry.as_mut() {
                     Some(retry) => retry.track(|| self.balance.call(request)),
                     None => self.balance.call(request),
                 },
-            },
-            Admitted::Refused(error) => State::Ended {
-                result: Some(Err(error)),
-            },
-            Admitted::RateWait(wait) => State::RateWait {
-                wait,
-                request: Some(Box::new(request)),
-            },
-            Admitted::TokenWait(fetch) => State::TokenWait {
-                fetch,
-                request: Some(Box::new(request)),
-            },
-        };
+            }
+        });
         // Retries, and attempts that waited, go to a clone, readied when their turn comes.
-        let spare = (retry.is_some() || !matches!(state, State::Calling { .. }))
-            .then(|| self.balance.clone());
+        let spare = (retry.is_some() || waits).then(|| self.balance.clone());
         drop(entered);
         MeshFuture {
             state,
@@ -204,10 +196,12 @@ where
                 },
                 None => MaybeDeadline::Unset,
             },
-            permits,
-            policies: policies.clone(),
-            retry,
-            spare,
+            call: Call {
+                permits,
+                policies: policies.clone(),
+                retry,
+                spare,
+            },
             record,
         }
     }
@@ -215,7 +209,6 @@ where
 
 pin_project! {
     /// The future of a [`MeshService`] call.
-    #[project = MeshFutureProjection]
     pub struct MeshFuture<S>
     where
         S: Service<reqwest::Request>,
@@ -224,12 +217,17 @@ pin_project! {
         state: State<Attempt<S>>,
         #[pin]
         deadline: MaybeDeadline,
-        permits: Permits,
-        policies: Arc<Policies>,
-        retry: Option<Box<RetryState<reqwest::Response, HttpClassifier>>>,
-        spare: Option<Balance<S>>,
+        call: Call<S>,
         record: CallRecord,
     }
+}
+
+/// What a call keeps across its attempts.
+struct Call<S> {
+    permits: Permits,
+    policies: Arc<Policies>,
+    retry: Option<Box<RetryState<reqwest::Response, HttpClassifier>>>,
+    spare: Option<Balance<S>>,
 }
 
 pin_project! {
@@ -250,6 +248,30 @@ pin_project! {
         // Admitted; the spare balancer must be ready before it is called.
         Readying { request: Option<Box<reqwest::Request>> },
         Backoff { sleep: Pin<Box<tokio::time::Sleep>> },
+    }
+}
+
+impl Admitted {
+    /// The state an attempt admitted so goes to with its `request`, or, when every policy
+    /// let it through, the request back for the caller to send.
+    fn into_state<F, R>(self, request: R) -> Result<State<F>, R>
+    where
+        Box<reqwest::Request>: From<R>,
+    {
+        Ok(match self {
+            Admitted::Go => return Err(request),
+            Admitted::Refused(error) => State::Ended {
+                result: Some(Err(error)),
+            },
+            Admitted::RateWait(wait) => State::RateWait {
+                wait,
+                request: Some(request.into()),
+            },
+            Admitted::TokenWait(fetch) => State::TokenWait {
+                fetch,
+                request: Some(request.into()),
+            },
+        })
     }
 }
 
@@ -279,16 +301,18 @@ where
     type Output = Result<reqwest::Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let entered = this.record.span().clone().entered();
-        let result = match poll_attempts(&mut this, cx) {
-            Poll::Ready(result) => result,
-            Poll::Pending => match this.deadline.project() {
-                DeadlineProj::Set { deadline } => Err(ready!(deadline.poll_expired(cx))),
-                DeadlineProj::Unset => return Poll::Pending,
-            },
+        let this = self.project();
+        let polled = {
+            let _entered = this.record.span().enter();
+            match poll_attempts(this.state, this.call, cx) {
+                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Pending => match this.deadline.project() {
+                    DeadlineProj::Set { deadline } => deadline.poll_expired(cx).map(Err),
+                    DeadlineProj::Unset => Poll::Pending,
+                },
+            }
         };
-        drop(entered);
+        let result = ready!(polled);
         this.record.finish(result.as_ref());
         Poll::Ready(result)
     }
@@ -296,7 +320,8 @@ where
 
 /// Drives the call's attempts until one settles it.
 fn poll_attempts<S>(
-    this: &mut MeshFutureProjection<'_, S>,
+    mut state: Pin<&mut State<Attempt<S>>>,
+    call: &mut Call<S>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<reqwest::Response, Error>>
 where
@@ -305,7 +330,7 @@ where
     S::Future: Send,
 {
     loop {
-        let outcome = match this.state.as_mut().project() {
+        let outcome = match state.as_mut().project() {
             StateProj::Calling { future } => ready!(future.poll(cx)),
             StateProj::Ended { result } => result
                 .take()
@@ -313,7 +338,7 @@ where
             StateProj::RateWait { wait, request } => match ready!(wait.as_mut().poll(cx)) {
                 Ok(()) => {
                     let request = request.take();
-                    admit(this, request, true);
+                    admit(state.as_mut(), call, request, true);
                     continue;
                 }
                 Err(error) => Err(error),
@@ -327,7 +352,7 @@ where
                     }
                     #[cfg(not(feature = "jwt"))]
                     let _ = value;
-                    this.state.set(State::Readying {
+                    state.set(State::Readying {
                         request: request.take(),
                     });
                     continue;
@@ -335,7 +360,7 @@ where
                 Err(error) => Err(error),
             },
             StateProj::Readying { request } => {
-                let Some(spare) = this.spare.as_mut() else {
+                let Some(spare) = call.spare.as_mut() else {
                     return Poll::Ready(Err(Error::builder("call", "no service to retry with")));
                 };
                 match ready!(spare.poll_ready(cx)) {
@@ -343,11 +368,11 @@ where
                         let Some(request) = request.take() else {
                             return Poll::Ready(Err(Error::builder("call", "no request to send")));
                         };
-                        let future = match this.retry.as_mut() {
+                        let future = match call.retry.as_mut() {
                             Some(retry) => retry.track(|| spare.call(*request)),
                             None => spare.call(*request),
                         };
-                        this.state.set(State::Calling { future });
+                        state.set(State::Calling { future });
                         continue;
                     }
                     Err(error) => Err(error),
@@ -355,11 +380,11 @@ where
             }
             StateProj::Backoff { sleep } => {
                 ready!(sleep.as_mut().poll(cx));
-                let Some(retry) = this.retry.as_mut() else {
+                let Some(retry) = call.retry.as_mut() else {
                     return Poll::Ready(Err(Error::builder("call", "no retry to wait for")));
                 };
                 match retry.next_request() {
-                    Ok(request) => admit(this, Some(Box::new(request)), false),
+                    Ok(request) => admit(state.as_mut(), call, Some(Box::new(request)), false),
                     Err(result) => return Poll::Ready(result),
                 }
                 continue;
@@ -367,15 +392,15 @@ where
         };
         // The attempt ended: the breaker learns its outcome, its slot is given back, and
         // the retry policy decides what comes next.
-        if let Some(permit) = this.permits.breaker.take() {
+        if let Some(permit) = call.permits.breaker.take() {
             permit.record(HttpClassifier.classify(outcome.as_ref()));
         }
-        this.permits.slot = None;
-        let Some(retry) = this.retry.as_mut() else {
+        call.permits.slot = None;
+        let Some(retry) = call.retry.as_mut() else {
             return Poll::Ready(outcome);
         };
         match retry.settle(outcome) {
-            Ok(delay) => this.state.set(State::Backoff {
+            Ok(delay) => state.set(State::Backoff {
                 sleep: Box::pin(tokio::time::sleep(delay)),
             }),
             Err(result) => return Poll::Ready(result),
@@ -384,34 +409,25 @@ where
 }
 
 /// Runs the admission of an attempt after the first, and sets the state it leads to.
-fn admit<S>(
-    this: &mut MeshFutureProjection<'_, S>,
+fn admit<F, S>(
+    mut state: Pin<&mut State<F>>,
+    call: &mut Call<S>,
     request: Option<Box<reqwest::Request>>,
     after_rate: bool,
-) where
-    S: Service<reqwest::Request>,
-{
+) {
     let Some(mut request) = request else {
-        this.state.set(State::Ended {
+        state.set(State::Ended {
             result: Some(Err(Error::builder("call", "no request to send"))),
         });
         return;
     };
-    let state = match this.policies.admit(&mut request, this.permits, after_rate) {
-        Admitted::Go => State::Readying {
+    let admitted = call
+        .policies
+        .admit(&mut request, &mut call.permits, after_rate);
+    let next = admitted
+        .into_state(request)
+        .unwrap_or_else(|request| State::Readying {
             request: Some(request),
-        },
-        Admitted::Refused(error) => State::Ended {
-            result: Some(Err(error)),
-        },
-        Admitted::RateWait(wait) => State::RateWait {
-            wait,
-            request: Some(request),
-        },
-        Admitted::TokenWait(fetch) => State::TokenWait {
-            fetch,
-            request: Some(request),
-        },
-    };
-    this.state.set(state);
+        });
+    state.set(next);
 }
