@@ -71,6 +71,7 @@ pub mod balance;
 pub mod breaker;
 pub mod classify;
 pub mod client;
+mod clock;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;

@@ -114,7 +114,7 @@ impl Deadline {
     pub(crate) fn new(after: Duration) -> Self {
         Deadline {
             timer: Timer::Idle {
-                started: Instant::now(),
+                started: crate::clock::now(),
             },
             after,
         }

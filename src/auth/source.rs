@@ -347,7 +347,7 @@ impl TokenSource for JwtSigner {
         let cache = self.cache.load();
         let cached = cache.get(audience)?;
         // Past the refresh point, `token` starts the re-signing.
-        (Instant::now() < cached.refresh_at).then(|| cached.token.clone())
+        (crate::clock::now() < cached.refresh_at).then(|| cached.token.clone())
     }
 
     fn token<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>> {

@@ -123,7 +123,7 @@ where
                     drop(registry);
                     let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
                     rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
-                    let started = tokio::time::Instant::now();
+                    let started = crate::clock::now();
                     let mut call = InFlight::new(snapshot.clone(), index);
                     let result = inner
                         .oneshot(request)
@@ -225,7 +225,7 @@ fn observe<R, C: Classify<R>>(
         Outcome::Success if result.is_ok_and(|r| classifier.is_server_error(r)) => Outcome::Failure,
         outcome => outcome,
     };
-    snapshot.record(index, outcome, started.elapsed());
+    snapshot.record(index, outcome, crate::clock::since(started));
     outcome
 }
 
@@ -317,7 +317,7 @@ impl<F, R, C> ResponseFuture<F, R, C> {
                 future,
                 call,
                 classifier,
-                started: tokio::time::Instant::now(),
+                started: crate::clock::now(),
                 span,
             },
         }

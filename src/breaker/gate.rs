@@ -222,7 +222,7 @@ impl Permit {
     pub fn record(mut self, outcome: Outcome) {
         self.recorded = true;
         self.breaker
-            .record(self.generation, outcome, self.started.elapsed());
+            .record(self.generation, outcome, crate::clock::since(self.started));
     }
 }
 
@@ -273,7 +273,7 @@ impl Breaker {
 
     /// Admits a call, or says it is rejected.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Error> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut machine = self.lock();
         match &mut machine.state {
             State::Closed => {}
@@ -368,7 +368,7 @@ impl Breaker {
         machine.opens += 1;
         machine.generation += 1;
         machine.state = State::Open {
-            until: Instant::now() + wait,
+            until: crate::clock::now() + wait,
         };
         self.transition("open", 2.0);
         tracing::warn!(

@@ -112,7 +112,7 @@ impl Window {
                 *next = (*next + 1) % ring.len();
             }
             Window::Time { buckets, origin } => {
-                let second = origin.elapsed().as_secs();
+                let second = crate::clock::since(*origin).as_secs();
                 let slot = (second % buckets.len() as u64) as usize;
                 if buckets[slot].0 != second {
                     buckets[slot] = (second, Counts::default());
@@ -126,7 +126,7 @@ impl Window {
         match self {
             Window::Count { totals, .. } => *totals,
             Window::Time { buckets, origin } => {
-                let now = origin.elapsed().as_secs();
+                let now = crate::clock::since(*origin).as_secs();
                 let span = buckets.len() as u64;
                 buckets
                     .iter()

@@ -162,7 +162,19 @@ where
         self.balance.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
+    fn call(&mut self, request: reqwest::Request) -> MeshFuture<S> {
+        // One clock reading for the call's start, shared by every policy.
+        crate::clock::step(|| self.start(request))
+    }
+}
+
+impl<S> MeshService<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    fn start(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
         let policies = &self.policies;
         let record = policies.metrics.begin(&request);
         // A handle on the span, not a borrow of it: the record moves into the future below,
@@ -301,6 +313,22 @@ where
     type Output = Result<reqwest::Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // One clock reading for whatever this poll ends: the attempt's latency, the
+        // breaker's and the budget's windows, the call's metrics.
+        crate::clock::step(|| self.poll_step(cx))
+    }
+}
+
+impl<S> MeshFuture<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    fn poll_step(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<reqwest::Response, Error>> {
         let this = self.project();
         let polled = {
             let _entered = this.record.span().enter();

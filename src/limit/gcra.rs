@@ -76,7 +76,7 @@ impl Clock for TokioClock {
     type Instant = Duration;
 
     fn now(&self) -> Duration {
-        self.start.elapsed()
+        crate::clock::since(self.start)
     }
 }
 

@@ -110,7 +110,7 @@ fn error_label(error: &Error) -> &'static str {
 
 impl Shared {
     fn record(&self, series: Series, started: Instant) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let elapsed = now.saturating_duration_since(started);
         if let Some(reason @ ("rate_limited" | "overloaded" | "circuit_open")) = series.error {
             metrics::counter!(super::REJECTED, "server.address" => self.service.to_string(), "reason" => reason)
@@ -201,7 +201,7 @@ impl CallRecord {
         );
         CallRecord {
             method,
-            started: Instant::now(),
+            started: crate::clock::now(),
             shared: Some(shared.clone()),
             span,
         }

@@ -97,7 +97,7 @@ impl RetryBudget {
     /// Adds `amount` to the current second's slot; with `only_if_covered`, only if the
     /// balance covers it. Returns whether it was added.
     fn adjust(&self, amount: i64, only_if_covered: bool) -> bool {
-        let second = self.origin.elapsed().as_secs();
+        let second = crate::clock::since(self.origin).as_secs();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let span = slots.len() as u64;
         if only_if_covered {
