@@ -8,7 +8,7 @@ use reqwest::header::{HOST, HeaderValue};
 use tower::{Service, ServiceExt};
 
 use crate::classify::{Classify, HttpClassifier, Outcome};
-use crate::discovery::{BoxFuture, Lookup, Registry, Snapshot};
+use crate::discovery::{BoxFuture, Lookup, Registry, ServiceEntry, Snapshot};
 use crate::endpoint::{Endpoint, EndpointAddr};
 use crate::error::Error;
 
@@ -19,12 +19,27 @@ use crate::error::Error;
 /// Each call's outcome, as the classifier `C` sees it, and its latency are recorded against
 /// the endpoint that served it: they feed its health score and outlier ejection (see
 /// [`health`](super::health)), and a response that pushes back pauses the endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Balance<S, C = HttpClassifier> {
     inner: S,
     registry: Registry,
+    /// The one service this balancer's calls name, when it is known: its calls skip the
+    /// registry's map.
+    pinned: Option<Arc<ServiceEntry>>,
     preserve_host: bool,
     classifier: C,
+}
+
+impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Balance<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balance")
+            .field("inner", &self.inner)
+            .field("registry", &self.registry)
+            .field("pinned", &self.pinned.as_ref().map(|entry| entry.name()))
+            .field("preserve_host", &self.preserve_host)
+            .field("classifier", &self.classifier)
+            .finish()
+    }
 }
 
 impl<S> Balance<S> {
@@ -33,6 +48,7 @@ impl<S> Balance<S> {
         Balance {
             inner,
             registry,
+            pinned: None,
             preserve_host,
             classifier: HttpClassifier,
         }
@@ -45,9 +61,15 @@ impl<S, C> Balance<S, C> {
         Balance {
             inner: self.inner,
             registry: self.registry,
+            pinned: self.pinned,
             preserve_host: self.preserve_host,
             classifier,
         }
+    }
+
+    /// Looks calls to `entry`'s service up in `entry` itself, not in the registry's map.
+    pub(crate) fn pin(&mut self, entry: Arc<ServiceEntry>) {
+        self.pinned = Some(entry);
     }
 
     /// The wrapped service.
@@ -91,7 +113,11 @@ where
             Ok(host) => host,
             Err(error) => return ResponseFuture::failed(error),
         };
-        match self.registry.lookup(host) {
+        let lookup = match &self.pinned {
+            Some(entry) if entry.name().as_str() == host => entry.lookup(),
+            _ => self.registry.lookup(host),
+        };
+        match lookup {
             Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index);

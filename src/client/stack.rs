@@ -118,6 +118,11 @@ impl<S> MeshService<S> {
         MeshService { policies, balance }
     }
 
+    /// Looks the service up in `entry` itself on every call, not in the registry's map.
+    pub(crate) fn pin(&mut self, entry: Arc<crate::discovery::ServiceEntry>) {
+        self.balance.pin(entry);
+    }
+
     /// The service's call metrics.
     pub(crate) fn metrics(&self) -> &MetricsLayer {
         &self.policies.metrics

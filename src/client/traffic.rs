@@ -221,7 +221,14 @@ impl<S> Layer<S> for MeshLayer {
     type Service = MeshService<S>;
 
     fn layer(&self, transport: S) -> MeshService<S> {
-        MeshService::new(self.policies.clone(), self.balance.layer(transport))
+        let mut service = MeshService::new(self.policies.clone(), self.balance.layer(transport));
+        // A service that has resolved keeps its registry entry: its calls can go to the
+        // entry directly. (A `MeshClient` resolves a service before building its stack.)
+        let name = self.policies.metrics.service();
+        if let Some(entry) = self.balance.registry().entry(name.as_str()) {
+            service.pin(entry);
+        }
+        service
     }
 }
 

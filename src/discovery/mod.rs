@@ -75,7 +75,7 @@ pub use registry::{
     DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE, DiscoveryStatus, EndpointStatus,
     MAX_ENDPOINTS, Registry, RegistryBuilder, ServiceOptions,
 };
-pub(crate) use registry::{Lookup, Snapshot};
+pub(crate) use registry::{Lookup, ServiceEntry, Snapshot};
 pub use static_list::StaticDiscovery;
 
 #[cfg(feature = "consul")]

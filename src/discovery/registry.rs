@@ -394,17 +394,13 @@ impl Registry {
             drop(services);
             return self.start(host).map(Lookup::Pending);
         };
-        match entry.current.load_full() {
-            Some(snapshot) => {
-                entry.check_staleness()?;
-                let index = entry.pick(&snapshot)?;
-                Ok(Lookup::Picked(snapshot, index))
-            }
-            None => match entry.first_error() {
-                Some(error) => Err(error),
-                None => Ok(Lookup::Pending(entry.clone())),
-            },
-        }
+        entry.lookup()
+    }
+
+    /// The entry of `host`, if it has one. A service that has had a snapshot keeps its entry
+    /// for the registry's life (only a name that never resolved is forgotten).
+    pub(crate) fn entry(&self, host: &str) -> Option<Arc<ServiceEntry>> {
+        self.inner.services.load().get(host).cloned()
     }
 
     /// Whether `host` is a configured service or one with a snapshot.
@@ -686,6 +682,26 @@ impl ServiceEntry {
     fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
         // Status is plain counters, consistent after every statement.
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The service's name.
+    pub(crate) fn name(&self) -> &ServiceName {
+        &self.name
+    }
+
+    /// Picks an endpoint from the current snapshot, or says the call must wait for the first.
+    pub(crate) fn lookup(self: &Arc<Self>) -> Result<Lookup, Error> {
+        match self.current.load_full() {
+            Some(snapshot) => {
+                self.check_staleness()?;
+                let index = self.pick(&snapshot)?;
+                Ok(Lookup::Picked(snapshot, index))
+            }
+            None => match self.first_error() {
+                Some(error) => Err(error),
+                None => Ok(Lookup::Pending(self.clone())),
+            },
+        }
     }
 
     /// The metric series of a newly listed endpoint, when per-endpoint labels are on.
