@@ -40,10 +40,11 @@ pub struct ServiceStats {
     pub endpoints: Vec<crate::discovery::EndpointStatus>,
 }
 
-/// The counters behind a [`ServiceStats`].
+/// The counters behind a [`ServiceStats`]. A completed call costs five atomic updates: the
+/// call count is the sum of the latency buckets, and the first-call and window stamps are
+/// read before they are written, which they are once a second.
 #[derive(Debug)]
 pub(crate) struct StatsCell {
-    requests: AtomicU64,
     errors: AtomicU64,
     total_nanos: AtomicU64,
     in_flight: AtomicI64,
@@ -67,7 +68,6 @@ fn bucket_bound(index: usize) -> Duration {
 impl StatsCell {
     pub(crate) fn new() -> Self {
         StatsCell {
-            requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             total_nanos: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -92,7 +92,6 @@ impl StatsCell {
     /// A call completed at `now`, after `latency`.
     pub(crate) fn finish(&self, now: Instant, latency: Duration, failed: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -102,12 +101,15 @@ impl StatsCell {
         );
         self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
         let second = now.saturating_duration_since(self.origin).as_secs();
-        let _ = self
-            .first
-            .compare_exchange(u64::MAX, second, Ordering::Relaxed, Ordering::Relaxed);
+        if self.first.load(Ordering::Relaxed) == u64::MAX {
+            let _ =
+                self.first
+                    .compare_exchange(u64::MAX, second, Ordering::Relaxed, Ordering::Relaxed);
+        }
         let (stamp, count) = &self.window[(second % WINDOW as u64) as usize];
-        let old = stamp.swap(second, Ordering::Relaxed);
-        if old != second {
+        if stamp.load(Ordering::Relaxed) != second
+            && stamp.swap(second, Ordering::Relaxed) != second
+        {
             // A new second reuses the slot: it starts from this call. (A call racing the
             // reset may be lost from the throughput window; the totals are exact.)
             count.store(1, Ordering::Relaxed);
@@ -120,15 +122,17 @@ impl StatsCell {
         &self,
         endpoints: Vec<crate::discovery::EndpointStatus>,
     ) -> ServiceStats {
-        let requests = self.requests.load(Ordering::Relaxed);
-        let errors = self.errors.load(Ordering::Relaxed);
-        let total = self.total_nanos.load(Ordering::Relaxed);
         let counts: Vec<u64> = self
             .buckets
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
-        let counted: u64 = counts.iter().sum();
+        // Every completed call is in exactly one bucket.
+        let requests: u64 = counts.iter().sum();
+        let counted = requests;
+        // A call completing meanwhile may be counted in one and not the other.
+        let errors = self.errors.load(Ordering::Relaxed).min(requests);
+        let total = self.total_nanos.load(Ordering::Relaxed);
         let percentile = |q: f64| {
             if counted == 0 {
                 return Duration::ZERO;
