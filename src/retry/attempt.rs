@@ -1,16 +1,22 @@
 //! What one logical call knows across its attempts, shared with the layers below the retry
-//! layer through task-local storage (a `reqwest::Request` carries no extensions of its own).
+//! layer (a `reqwest::Request` carries no extensions of its own).
 //!
 //! The retry layer lends the list of endpoints tried to the layers below only while it calls
-//! them, which is when a balance layer picks: no scope is entered on each poll.
+//! them, synchronously, which is when a balance layer picks: a thread-local slot holds it
+//! for that call and no longer, and no scope is entered on each poll. Per-call options, which
+//! must last across the call's awaits, are task-local.
 
 use std::cell::RefCell;
 
 use crate::endpoint::EndpointAddr;
 
 tokio::task_local! {
-    static ATTEMPTS: Attempts;
     static CALL: CallOptions;
+}
+
+thread_local! {
+    /// The tried list a retry layer lends while it calls the layers below, on this thread.
+    static LENT: RefCell<Option<Tried>> = const { RefCell::new(None) };
 }
 
 /// Per-call options set by [`RequestBuilder`](crate::client::RequestBuilder).
@@ -25,12 +31,6 @@ impl CallOptions {
     pub(crate) fn is_default(&self) -> bool {
         !self.retry_non_idempotent
     }
-}
-
-/// The endpoints a call has tried so far, while the retry layer calls the layers below.
-#[derive(Debug, Default)]
-pub(crate) struct Attempts {
-    tried: RefCell<Tried>,
 }
 
 /// A short list kept inline for the first attempt, which is all most calls make.
@@ -61,37 +61,44 @@ impl Tried {
     }
 }
 
-impl Attempts {
+impl Tried {
     /// Chooses the next attempt's endpoint with `choose`, which sees those tried so far,
     /// and records it; returns it and the attempt's number (1 for the first).
     pub(crate) fn next<'a>(
-        &self,
+        &mut self,
         choose: impl FnOnce(&Tried) -> usize,
         addr: impl FnOnce(usize) -> &'a EndpointAddr,
     ) -> (usize, usize) {
-        let mut tried = self.tried.borrow_mut();
-        let index = choose(&tried);
-        tried.push(addr(index));
-        (index, tried.len())
+        let index = choose(self);
+        self.push(addr(index));
+        (index, self.len())
     }
 }
 
 /// Runs `call`, which calls the layers below a retry layer, with `tried` lent to them; what
-/// they record is in `tried` afterwards.
+/// they record is in `tried` afterwards, even if `call` panics. A retry layer below another
+/// lends its own list, and the outer one's comes back when it is done.
 pub(crate) fn tracked<R>(tried: &mut Tried, call: impl FnOnce() -> R) -> R {
-    let attempts = Attempts {
-        tried: RefCell::new(std::mem::take(tried)),
-    };
-    ATTEMPTS.sync_scope(attempts, || {
-        let result = call();
-        *tried = ATTEMPTS.with(|attempts| attempts.tried.take());
-        result
-    })
+    /// Takes the lent list back into the caller's on the way out, and restores the outer one.
+    struct Return<'a> {
+        tried: &'a mut Tried,
+        outer: Option<Tried>,
+    }
+    impl Drop for Return<'_> {
+        fn drop(&mut self) {
+            let outer = self.outer.take();
+            *self.tried = LENT.with(|lent| lent.replace(outer)).unwrap_or_default();
+        }
+    }
+    let outer = LENT.with(|lent| lent.replace(Some(std::mem::take(tried))));
+    let _return = Return { tried, outer };
+    call()
 }
 
-/// Runs `f` on the current call's attempts, inside a retry layer.
-pub(crate) fn with_current<R>(f: impl FnOnce(&Attempts) -> R) -> Option<R> {
-    ATTEMPTS.try_with(|attempts| f(attempts)).ok()
+/// Runs `f` on the list of endpoints the current call has tried, while a retry layer calls
+/// the layers below; `None` outside one.
+pub(crate) fn with_current<R>(f: impl FnOnce(&mut Tried) -> R) -> Option<R> {
+    LENT.with(|lent| lent.borrow_mut().as_mut().map(f))
 }
 
 /// Runs `future` with per-call options.
@@ -119,4 +126,59 @@ pub async fn allow_non_idempotent_retries<F: std::future::Future>(future: F) -> 
         future,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> EndpointAddr {
+        EndpointAddr::Ip(([127, 0, 0, 1], port).into())
+    }
+
+    #[test]
+    fn the_list_is_lent_only_while_the_retry_layer_calls() {
+        let endpoints = [addr(1), addr(2)];
+        assert!(with_current(|_| ()).is_none(), "no list outside a call");
+        let mut tried = Tried::default();
+        let first = tracked(&mut tried, || {
+            with_current(|t| t.next(|_| 0, |i| &endpoints[i])).expect("lent")
+        });
+        assert_eq!(first, (0, 1));
+        assert!(tried.contains(&endpoints[0]) && !tried.contains(&endpoints[1]));
+        assert!(with_current(|_| ()).is_none(), "taken back");
+        // The second attempt sees the first.
+        let second = tracked(&mut tried, || {
+            with_current(|t| {
+                t.next(
+                    |t| usize::from(t.contains(&endpoints[0])),
+                    |i| &endpoints[i],
+                )
+            })
+        });
+        assert_eq!(second, Some((1, 2)));
+        assert!(tried.contains(&endpoints[1]));
+    }
+
+    #[test]
+    fn a_nested_list_and_a_panic_leave_the_outer_list_whole() {
+        let endpoints = [addr(1), addr(2)];
+        let mut outer = Tried::default();
+        tracked(&mut outer, || {
+            with_current(|t| t.next(|_| 0, |i| &endpoints[i]));
+            let mut inner = Tried::default();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tracked(&mut inner, || {
+                    with_current(|t| t.next(|_| 1, |i| &endpoints[i]));
+                    panic!("below the inner retry layer");
+                })
+            }));
+            assert!(inner.contains(&endpoints[1]), "kept through the panic");
+            assert!(!inner.contains(&endpoints[0]));
+            // The outer list is lent again.
+            assert_eq!(with_current(|t| t.len()), Some(1));
+        });
+        assert!(outer.contains(&endpoints[0]) && !outer.contains(&endpoints[1]));
+        assert!(with_current(|_| ()).is_none());
+    }
 }
