@@ -6,6 +6,7 @@
 //! With the defaults (ratio 0.2, 10 per second, ttl 10 s), a service at 100% failure retries
 //! at most 20% of its requests plus 10 per second: retries cannot multiply an outage.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -72,12 +73,19 @@ impl BudgetConfig {
 }
 
 /// A retry budget, shared by every call to one service.
+///
+/// A request's deposit is one atomic add to the current second's slot (and, once a second,
+/// the slot's reset); withdrawals, one per retry, take a lock among themselves so that two
+/// cannot both spend the last of the balance. A deposit racing its slot's reset at a second's
+/// turn may be lost, which leaves the budget a request's worth smaller, never larger.
 #[derive(Debug)]
 pub struct RetryBudget {
     cost: i64,
     reserve: i64,
     origin: Instant,
-    slots: Mutex<Vec<(u64, i64)>>,
+    /// One slot per second of the ttl: (the second it holds, its deposits less withdrawals).
+    slots: Box<[(AtomicU64, AtomicI64)]>,
+    withdrawing: Mutex<()>,
 }
 
 impl RetryBudget {
@@ -90,42 +98,106 @@ impl RetryBudget {
             cost,
             reserve: i64::from(config.min_per_second) * seconds as i64 * cost,
             origin: Instant::now(),
-            slots: Mutex::new(vec![(u64::MAX, 0); seconds as usize]),
+            slots: (0..seconds)
+                .map(|_| (AtomicU64::new(u64::MAX), AtomicI64::new(0)))
+                .collect(),
+            withdrawing: Mutex::new(()),
         })
     }
 
-    /// Adds `amount` to the current second's slot; with `only_if_covered`, only if the
-    /// balance covers it. Returns whether it was added.
-    fn adjust(&self, amount: i64, only_if_covered: bool) -> bool {
-        let second = crate::clock::since(self.origin).as_secs();
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let span = slots.len() as u64;
-        if only_if_covered {
-            let balance: i64 = self.reserve
-                + slots
-                    .iter()
-                    .filter(|(s, _)| *s != u64::MAX && second - s < span)
-                    .map(|(_, v)| v)
-                    .sum::<i64>();
-            if balance + amount < 0 {
-                return false;
-            }
+    /// Adds `amount` to the slot of `second`, starting the slot afresh if it held an
+    /// earlier second.
+    fn add(&self, second: u64, amount: i64) {
+        let (stamp, value) = &self.slots[(second % self.slots.len() as u64) as usize];
+        if stamp.load(Ordering::Relaxed) != second
+            && stamp.swap(second, Ordering::Relaxed) != second
+        {
+            value.store(amount, Ordering::Relaxed);
+        } else {
+            value.fetch_add(amount, Ordering::Relaxed);
         }
-        let slot = &mut slots[(second % span) as usize];
-        if slot.0 != second {
-            *slot = (second, 0);
-        }
-        slot.1 += amount;
-        true
     }
 
     /// Records a request (not a retry).
     pub fn deposit(&self) {
-        self.adjust(SCALE, false);
+        self.add(crate::clock::since(self.origin).as_secs(), SCALE);
     }
 
     /// Takes one retry from the budget, if it has one.
     pub fn try_withdraw(&self) -> bool {
-        self.adjust(-self.cost, true)
+        let _one_at_a_time = self
+            .withdrawing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let second = crate::clock::since(self.origin).as_secs();
+        let span = self.slots.len() as u64;
+        let deposits: i64 = self
+            .slots
+            .iter()
+            .filter_map(|(stamp, value)| {
+                let stamp = stamp.load(Ordering::Relaxed);
+                (stamp != u64::MAX && second.wrapping_sub(stamp) < span)
+                    .then(|| value.load(Ordering::Relaxed))
+            })
+            .sum();
+        if self.reserve + deposits < self.cost {
+            return false;
+        }
+        self.add(second, -self.cost);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racing_withdrawals_spend_the_balance_once() {
+        // No reserve: ten requests buy two retries at a ratio of 0.2.
+        let budget = RetryBudget::new(BudgetConfig::default().min_per_second(0)).expect("valid");
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        let budget = std::sync::Arc::new(budget);
+        let spent: usize = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let budget = &budget;
+                    scope.spawn(move || (0..100).filter(|_| budget.try_withdraw()).count())
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|r| r.join().expect("no panic"))
+                .sum()
+        });
+        assert_eq!(spent, 2);
+        // Deposits from other threads keep adding up.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..5).for_each(|_| budget.deposit()));
+            }
+        });
+        assert_eq!((0..10).filter(|_| budget.try_withdraw()).count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_expire_after_the_ttl_and_the_reserve_stays() {
+        let config = BudgetConfig::default()
+            .min_per_second(1)
+            .ttl(Duration::from_secs(2));
+        let budget = RetryBudget::new(config).expect("valid");
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        // Two from the deposits, two from the reserve (1 a second for 2 s).
+        assert_eq!((0..10).filter(|_| budget.try_withdraw()).count(), 4);
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Those deposits have expired, and the withdrawals with them: the reserve is whole.
+        assert_eq!((0..10).filter(|_| budget.try_withdraw()).count(), 2);
     }
 }
