@@ -206,6 +206,52 @@ async fn a_failing_service_opens_its_breaker_and_stops_being_called() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_half_open_probe_gives_its_place_back() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (server, control) = TestServer::start_controlled("s0").await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [server.endpoint()])
+        .expect("valid");
+    let breaker = BreakerConfig::default()
+        .sliding_window(SlidingWindow::Count(2))
+        .minimum_calls(2)
+        .half_open_calls(1)
+        .open_wait(Duration::from_millis(200));
+    let mesh = mesh(
+        discovery,
+        TrafficPolicy::default().no_retries().breaker(breaker),
+    );
+    control.status.store(503, SeqCst);
+    for _ in 0..2 {
+        let response = mesh.get("http://orders/").send().await.expect("a 503");
+        assert_eq!(response.status(), 503);
+    }
+    let err = mesh.get("http://orders/").send().await.expect_err("open");
+    assert!(err.is_circuit_open(), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The one probe the half-open breaker lets through is dropped before its answer comes.
+    control.status.store(0, SeqCst);
+    control.delay_ms.store(2_000, SeqCst);
+    let probe = tokio::time::timeout(
+        Duration::from_millis(200),
+        mesh.get("http://orders/").send(),
+    )
+    .await;
+    assert!(probe.is_err(), "the probe was cancelled: {probe:?}");
+    assert_eq!(control.hits.load(SeqCst), 3, "the probe reached the server");
+    // Its place is free again: the next call is the probe, and its success closes the breaker.
+    control.delay_ms.store(0, SeqCst);
+    let response = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect("admitted as the probe");
+    assert_eq!(response.status(), 200);
+    let response = mesh.get("http://orders/").send().await.expect("closed");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_service_rate_limits() {
     let servers = servers(1).await;
     let discovery = StaticDiscovery::new()

@@ -1,5 +1,6 @@
 //! The breaker's state machine: closed, open, half-open, moved by call outcomes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -186,6 +187,11 @@ pub enum BreakerState {
 pub struct Breaker {
     config: BreakerConfig,
     machine: Mutex<Machine>,
+    /// The machine's generation while it is closed, [`NOT_CLOSED`] otherwise, written under
+    /// its lock: a call admitted by a closed breaker reads this and takes no lock. (One
+    /// admitted as the breaker opens carries the old generation, so its outcome is ignored,
+    /// as if it had been admitted just before.)
+    closed: AtomicU64,
     /// The service it guards, for its metrics' `server.address`; empty when used alone.
     service: String,
 }
@@ -206,31 +212,39 @@ enum State {
     HalfOpen { permits: u32, results: Counts },
 }
 
+/// [`Breaker::closed`] when the breaker is open or half-open.
+const NOT_CLOSED: u64 = u64::MAX;
+
 /// Admission to one call: record its outcome with [`Permit::record`]. A permit dropped
 /// unrecorded (a cancelled call) counts as ignored.
 #[derive(Debug)]
 #[must_use = "a permit must record the call's outcome"]
 pub struct Permit {
     breaker: Arc<Breaker>,
+    ticket: Ticket,
+    recorded: bool,
+}
+
+/// What a permit is, without its handle on the breaker: for callers that keep the breaker
+/// at hand and must give the ticket back to it ([`Breaker::settle`] or [`Breaker::release`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
     generation: u64,
     started: Instant,
-    recorded: bool,
 }
 
 impl Permit {
     /// Records the call's outcome; its duration is measured from admission.
     pub fn record(mut self, outcome: Outcome) {
         self.recorded = true;
-        self.breaker
-            .record(self.generation, outcome, crate::clock::since(self.started));
+        self.breaker.settle(self.ticket, outcome);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker
-                .record(self.generation, Outcome::Ignored, Duration::ZERO);
+            self.breaker.release(self.ticket);
         }
     }
 }
@@ -253,6 +267,7 @@ impl Breaker {
                 opens: 0,
                 generation: 0,
             }),
+            closed: AtomicU64::new(0),
             service,
         }))
     }
@@ -273,7 +288,38 @@ impl Breaker {
 
     /// Admits a call, or says it is rejected.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Error> {
+        self.admit().map(|ticket| Permit {
+            breaker: self.clone(),
+            ticket,
+            recorded: false,
+        })
+    }
+
+    /// Records the outcome of the call `ticket` admitted.
+    pub(crate) fn settle(&self, ticket: Ticket, outcome: Outcome) {
+        self.record(
+            ticket.generation,
+            outcome,
+            crate::clock::since(ticket.started),
+        );
+    }
+
+    /// Gives back the ticket of a call that ended with no outcome (cancelled).
+    pub(crate) fn release(&self, ticket: Ticket) {
+        self.record(ticket.generation, Outcome::Ignored, Duration::ZERO);
+    }
+
+    /// Admits a call, or says it is rejected; the ticket must go back through
+    /// [`Breaker::settle`] or [`Breaker::release`].
+    pub(crate) fn admit(&self) -> Result<Ticket, Error> {
         let now = crate::clock::now();
+        let generation = self.closed.load(Ordering::Acquire);
+        if generation != NOT_CLOSED {
+            return Ok(Ticket {
+                generation,
+                started: now,
+            });
+        }
         let mut machine = self.lock();
         match &mut machine.state {
             State::Closed => {}
@@ -299,11 +345,9 @@ impl Breaker {
                 *permits -= 1;
             }
         }
-        Ok(Permit {
-            breaker: self.clone(),
+        Ok(Ticket {
             generation: machine.generation,
             started: now,
-            recorded: false,
         })
     }
 
@@ -343,6 +387,7 @@ impl Breaker {
                         machine.opens = 0;
                         machine.window = Window::new(self.config.window);
                         machine.state = State::Closed;
+                        self.closed.store(machine.generation, Ordering::Release);
                         tracing::info!(service = %self.service, "circuit breaker closed");
                         self.transition("closed", 0.0);
                     }
@@ -367,6 +412,7 @@ impl Breaker {
         let wait = Duration::from_secs_f64(grown.min(self.config.max_open_wait.as_secs_f64()));
         machine.opens += 1;
         machine.generation += 1;
+        self.closed.store(NOT_CLOSED, Ordering::Release);
         machine.state = State::Open {
             until: crate::clock::now() + wait,
         };

@@ -35,6 +35,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use gate::Ticket;
 pub use gate::{Breaker, BreakerConfig, BreakerState, Permit};
 pub use layer::CircuitBreakerLayer;
 pub use service::{CircuitBreaker, ResponseFuture};

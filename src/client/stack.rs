@@ -17,7 +17,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::balance::Balance;
-use crate::breaker::{Breaker, Permit};
+use crate::breaker::{Breaker, Ticket};
 use crate::classify::{Classify, HttpClassifier};
 use crate::discovery::BoxFuture;
 use crate::error::Error;
@@ -39,11 +39,13 @@ pub(crate) struct Policies {
     pub(crate) auth: Option<crate::auth::AttachTokenLayer>,
 }
 
-/// What one attempt holds while it runs: its concurrency slot and its breaker permit.
+/// What one attempt holds while it runs: its concurrency slot and its breaker ticket (given
+/// back to the breaker, which the call's policies hold, when the attempt ends or the call is
+/// dropped).
 #[derive(Default)]
 struct Permits {
     slot: Option<crate::limit::Slot>,
-    breaker: Option<Permit>,
+    breaker: Option<Ticket>,
 }
 
 /// What the policies say of one attempt.
@@ -85,8 +87,8 @@ impl Policies {
             }
         }
         if let Some(breaker) = &self.breaker {
-            match breaker.try_acquire() {
-                Ok(permit) => permits.breaker = Some(permit),
+            match breaker.admit() {
+                Ok(ticket) => permits.breaker = Some(ticket),
                 Err(error) => {
                     permits.slot = None;
                     return Admitted::Refused(error);
@@ -245,6 +247,16 @@ struct Call<S> {
     policies: Arc<Policies>,
     retry: Option<Box<RetryState<reqwest::Response, HttpClassifier>>>,
     spare: Option<Balance<S>>,
+}
+
+impl<S> Drop for Call<S> {
+    fn drop(&mut self) {
+        // A call dropped mid-attempt (cancelled) gives its breaker ticket back unrecorded.
+        if let (Some(ticket), Some(breaker)) = (self.permits.breaker.take(), &self.policies.breaker)
+        {
+            breaker.release(ticket);
+        }
+    }
 }
 
 pin_project! {
@@ -425,8 +437,9 @@ where
         };
         // The attempt ended: the breaker learns its outcome, its slot is given back, and
         // the retry policy decides what comes next.
-        if let Some(permit) = call.permits.breaker.take() {
-            permit.record(HttpClassifier.classify(outcome.as_ref()));
+        if let (Some(ticket), Some(breaker)) = (call.permits.breaker.take(), &call.policies.breaker)
+        {
+            breaker.settle(ticket, HttpClassifier.classify(outcome.as_ref()));
         }
         call.permits.slot = None;
         let Some(retry) = call.retry.as_mut() else {
