@@ -19,15 +19,29 @@ for line in sys.stdin:
         print(m["executable"])')
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-echo "| path | instructions per call | added to the transport |"
-echo "|---|---|---|"
+# Lines touched: the same calls with callgrind simulating 4 KiB direct-mapped L1 caches, so
+# small that nearly every cache line a call touches misses once per call. A real call finds
+# much of what the mesh touches gone from the core's private caches (the kernel, the
+# transport and the server run in between), so these, more than instructions, track what
+# the mesh costs end to end.
+echo "| path | instructions per call | added to the transport | code lines touched, added | data lines touched, added |"
+echo "|---|---|---|---|---|"
 inner=0
+inner_code=0
+inner_data=0
+n=$(( calls + 100 ))
 for path in inner balance bare whole; do
   # Counts only inside `counted`; its first, 100-call run warms up and is counted too.
   PROXYLESS_COUNT="$path:$calls" valgrind --tool=callgrind --toggle-collect='*stack::counted*' \
+    --cache-sim=yes --I1=4096,1,64 --D1=4096,1,64 --LL=8388608,16,64 \
     --callgrind-out-file="$out/$path" "$bin" >/dev/null 2>&1
-  total=$(grep -m1 '^totals:\|^summary:' "$out/$path" | awk '{print $2}')
-  per=$(( total / (calls + 100) ))
-  [ "$path" = inner ] && inner=$per
-  echo "| $path | $per | $(( per - inner )) |"
+  # events: Ir Dr Dw I1mr D1mr D1mw ...
+  read -r per code data < <(grep -m1 '^summary:' "$out/$path" |
+    awk -v n="$n" '{printf "%d %d %d\n", $2 / n, $5 / n, ($6 + $7) / n}')
+  if [ "$path" = inner ]; then
+    inner=$per
+    inner_code=$code
+    inner_data=$data
+  fi
+  echo "| $path | $per | $(( per - inner )) | $(( code - inner_code )) | $(( data - inner_data )) |"
 done
