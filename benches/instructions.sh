@@ -19,8 +19,9 @@ for line in sys.stdin:
         print(m["executable"])')
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-# Lines touched: the same calls with callgrind simulating 4 KiB direct-mapped L1 caches, so
-# small that nearly every cache line a call touches misses once per call. A real call finds
+# Lines touched: the same calls with callgrind simulating fully associative 4 KiB L1 caches
+# (64 lines, least recently used out first), so small that nearly every cache line a call
+# touches misses once per call, whatever the memory layout. A real call finds
 # much of what the mesh touches gone from the core's private caches (the kernel, the
 # transport and the server run in between), so these, more than instructions, track what
 # the mesh costs end to end.
@@ -33,7 +34,7 @@ n=$(( calls + 100 ))
 for path in inner balance bare whole; do
   # Counts only inside `counted`; its first, 100-call run warms up and is counted too.
   PROXYLESS_COUNT="$path:$calls" valgrind --tool=callgrind --toggle-collect='*stack::counted*' \
-    --cache-sim=yes --I1=4096,1,64 --D1=4096,1,64 --LL=8388608,16,64 \
+    --cache-sim=yes --I1=4096,64,64 --D1=4096,64,64 --LL=8388608,16,64 \
     --callgrind-out-file="$out/$path" "$bin" >/dev/null 2>&1
   # events: Ir Dr Dw I1mr D1mr D1mw ...
   read -r per code data < <(grep -m1 '^summary:' "$out/$path" |
