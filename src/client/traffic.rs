@@ -225,7 +225,7 @@ impl<S> Layer<S> for MeshLayer {
         // A service that has resolved keeps its registry entry: its calls can go to the
         // entry directly. (A `MeshClient` resolves a service before building its stack.)
         let name = self.policies.metrics.service();
-        if let Some(entry) = self.balance.registry().entry(name.as_str()) {
+        if let Some(entry) = self.balance.registry().resolved_entry(name.as_str()) {
             service.pin(entry);
         }
         service

@@ -397,10 +397,16 @@ impl Registry {
         entry.lookup()
     }
 
-    /// The entry of `host`, if it has one. A service that has had a snapshot keeps its entry
-    /// for the registry's life (only a name that never resolved is forgotten).
-    pub(crate) fn entry(&self, host: &str) -> Option<Arc<ServiceEntry>> {
-        self.inner.services.load().get(host).cloned()
+    /// The entry of `host`, if it has resolved: a service that has had a snapshot keeps its
+    /// entry for the registry's life (only a name that never resolved is forgotten, and
+    /// looked up afresh on its next call).
+    pub(crate) fn resolved_entry(&self, host: &str) -> Option<Arc<ServiceEntry>> {
+        self.inner
+            .services
+            .load()
+            .get(host)
+            .filter(|entry| entry.current.load().is_some())
+            .cloned()
     }
 
     /// Whether `host` is a configured service or one with a snapshot.
