@@ -169,60 +169,51 @@ where
         self.balance.poll_ready(cx)
     }
 
-    fn call(&mut self, request: reqwest::Request) -> MeshFuture<S> {
+    fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
         // One clock reading for the call's start, shared by every policy.
-        crate::clock::step(|| self.start(request))
-    }
-}
-
-impl<S> MeshService<S>
-where
-    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
-    S::Error: Into<Error>,
-    S::Future: Send,
-{
-    fn start(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
-        let policies = &self.policies;
-        let record = policies.metrics.begin(&request);
-        // A handle on the span, not a borrow of it: the record moves into the future below,
-        // built in place.
-        let entered = record.span().clone().entered();
-        let mut retry = policies
-            .retry
-            .as_ref()
-            .and_then(|retry| retry.begin(&mut request))
-            .map(Box::new);
-        let mut permits = Permits::default();
-        let admitted = policies.admit(&mut request, &mut permits, false);
-        let waits = matches!(admitted, Admitted::RateWait(_) | Admitted::TokenWait(_));
-        let state = admitted.into_state(request).unwrap_or_else(|request| {
-            // The readied service takes the first attempt.
-            State::Calling {
-                future: match retry.as_mut() {
-                    Some(retry) => retry.track(|| self.balance.call(request)),
-                    None => self.balance.call(request),
+        crate::clock::step(move || {
+            let policies = &self.policies;
+            let record = policies.metrics.begin(&request);
+            // A handle on the span, not a borrow of it: the record moves into the future below,
+            // built in place.
+            let entered = record.span().clone().entered();
+            let mut retry = policies
+                .retry
+                .as_ref()
+                .and_then(|retry| retry.begin(&mut request))
+                .map(Box::new);
+            let mut permits = Permits::default();
+            let admitted = policies.admit(&mut request, &mut permits, false);
+            let waits = matches!(admitted, Admitted::RateWait(_) | Admitted::TokenWait(_));
+            let state = admitted.into_state(request).unwrap_or_else(|request| {
+                // The readied service takes the first attempt.
+                State::Calling {
+                    future: match retry.as_mut() {
+                        Some(retry) => retry.track(|| self.balance.call(request)),
+                        None => self.balance.call(request),
+                    },
+                }
+            });
+            // Retries, and attempts that waited, go to a clone, readied when their turn comes.
+            let spare = (retry.is_some() || waits).then(|| self.balance.clone());
+            drop(entered);
+            MeshFuture {
+                state,
+                deadline: match policies.timeout {
+                    Some(after) => MaybeDeadline::Set {
+                        deadline: Deadline::new(after),
+                    },
+                    None => MaybeDeadline::Unset,
                 },
+                call: Call {
+                    permits,
+                    policies: policies.clone(),
+                    retry,
+                    spare,
+                },
+                record,
             }
-        });
-        // Retries, and attempts that waited, go to a clone, readied when their turn comes.
-        let spare = (retry.is_some() || waits).then(|| self.balance.clone());
-        drop(entered);
-        MeshFuture {
-            state,
-            deadline: match policies.timeout {
-                Some(after) => MaybeDeadline::Set {
-                    deadline: Deadline::new(after),
-                },
-                None => MaybeDeadline::Unset,
-            },
-            call: Call {
-                permits,
-                policies: policies.clone(),
-                retry,
-                spare,
-            },
-            record,
-        }
+        })
     }
 }
 
@@ -332,34 +323,22 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // One clock reading for whatever this poll ends: the attempt's latency, the
         // breaker's and the budget's windows, the call's metrics.
-        crate::clock::step(|| self.poll_step(cx))
-    }
-}
-
-impl<S> MeshFuture<S>
-where
-    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
-    S::Error: Into<Error>,
-    S::Future: Send,
-{
-    fn poll_step(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<reqwest::Response, Error>> {
-        let this = self.project();
-        let polled = {
-            let _entered = this.record.span().enter();
-            match poll_attempts(this.state, this.call, cx) {
-                Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending => match this.deadline.project() {
-                    DeadlineProj::Set { deadline } => deadline.poll_expired(cx).map(Err),
-                    DeadlineProj::Unset => Poll::Pending,
-                },
-            }
-        };
-        let result = ready!(polled);
-        this.record.finish(result.as_ref());
-        Poll::Ready(result)
+        crate::clock::step(move || {
+            let this = self.project();
+            let polled = {
+                let _entered = this.record.span().enter();
+                match poll_attempts(this.state, this.call, cx) {
+                    Poll::Ready(result) => Poll::Ready(result),
+                    Poll::Pending => match this.deadline.project() {
+                        DeadlineProj::Set { deadline } => deadline.poll_expired(cx).map(Err),
+                        DeadlineProj::Unset => Poll::Pending,
+                    },
+                }
+            };
+            let result = ready!(polled);
+            this.record.finish(result.as_ref());
+            Poll::Ready(result)
+        })
     }
 }
 
