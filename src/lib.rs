@@ -78,6 +78,7 @@ pub mod endpoint;
 mod error;
 pub mod limit;
 pub mod observe;
+mod per_second;
 pub mod retry;
 mod secret;
 pub mod timeout;

@@ -2,6 +2,8 @@
 //! snapshot.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::per_second::SecondSlot;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,8 +51,8 @@ pub(crate) struct StatsCell {
     total_nanos: AtomicU64,
     in_flight: AtomicI64,
     buckets: Box<[AtomicU64]>,
-    /// (second since `origin`, calls completed in it)
-    window: Box<[(AtomicU64, AtomicU64)]>,
+    /// Calls completed in each of the last seconds since `origin`.
+    window: Box<[SecondSlot]>,
     origin: Instant,
     first: AtomicU64,
 }
@@ -72,9 +74,7 @@ impl StatsCell {
             total_nanos: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            window: (0..WINDOW)
-                .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
-                .collect(),
+            window: (0..WINDOW).map(|_| SecondSlot::default()).collect(),
             origin: Instant::now(),
             first: AtomicU64::new(u64::MAX),
         }
@@ -106,16 +106,7 @@ impl StatsCell {
                 self.first
                     .compare_exchange(u64::MAX, second, Ordering::Relaxed, Ordering::Relaxed);
         }
-        let (stamp, count) = &self.window[(second % WINDOW as u64) as usize];
-        if stamp.load(Ordering::Relaxed) != second
-            && stamp.swap(second, Ordering::Relaxed) != second
-        {
-            // A new second reuses the slot: it starts from this call. (A call racing the
-            // reset may be lost from the throughput window; the totals are exact.)
-            count.store(1, Ordering::Relaxed);
-        } else {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
+        self.window[(second % WINDOW as u64) as usize].add(second, 1);
     }
 
     pub(crate) fn snapshot(
@@ -152,11 +143,8 @@ impl StatsCell {
         let recent: u64 = self
             .window
             .iter()
-            .filter(|(s, _)| {
-                let s = s.load(Ordering::Relaxed);
-                s != u64::MAX && second - s < WINDOW as u64
-            })
-            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .filter_map(|slot| slot.within(second, WINDOW as u64))
+            .map(|calls| calls.max(0) as u64)
             .sum();
         let first = self.first.load(Ordering::Relaxed);
         let span = if first == u64::MAX {

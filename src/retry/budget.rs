@@ -6,13 +6,13 @@
 //! With the defaults (ratio 0.2, 10 per second, ttl 10 s), a service at 100% failure retries
 //! at most 20% of its requests plus 10 per second: retries cannot multiply an outage.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::per_second::SecondSlot;
 
 /// Fixed-point unit of one request's deposit.
 const SCALE: i64 = 1000;
@@ -83,8 +83,8 @@ pub struct RetryBudget {
     cost: i64,
     reserve: i64,
     origin: Instant,
-    /// One slot per second of the ttl: (the second it holds, its deposits less withdrawals).
-    slots: Box<[(AtomicU64, AtomicI64)]>,
+    /// One slot per second of the ttl: its deposits less its withdrawals.
+    slots: Box<[SecondSlot]>,
     withdrawing: Mutex<()>,
 }
 
@@ -98,24 +98,14 @@ impl RetryBudget {
             cost,
             reserve: i64::from(config.min_per_second) * seconds as i64 * cost,
             origin: Instant::now(),
-            slots: (0..seconds)
-                .map(|_| (AtomicU64::new(u64::MAX), AtomicI64::new(0)))
-                .collect(),
+            slots: (0..seconds).map(|_| SecondSlot::default()).collect(),
             withdrawing: Mutex::new(()),
         })
     }
 
-    /// Adds `amount` to the slot of `second`, starting the slot afresh if it held an
-    /// earlier second.
+    /// Adds `amount` to the slot of `second`.
     fn add(&self, second: u64, amount: i64) {
-        let (stamp, value) = &self.slots[(second % self.slots.len() as u64) as usize];
-        if stamp.load(Ordering::Relaxed) != second
-            && stamp.swap(second, Ordering::Relaxed) != second
-        {
-            value.store(amount, Ordering::Relaxed);
-        } else {
-            value.fetch_add(amount, Ordering::Relaxed);
-        }
+        self.slots[(second % self.slots.len() as u64) as usize].add(second, amount);
     }
 
     /// Records a request (not a retry).
@@ -134,11 +124,7 @@ impl RetryBudget {
         let deposits: i64 = self
             .slots
             .iter()
-            .filter_map(|(stamp, value)| {
-                let stamp = stamp.load(Ordering::Relaxed);
-                (stamp != u64::MAX && second.wrapping_sub(stamp) < span)
-                    .then(|| value.load(Ordering::Relaxed))
-            })
+            .filter_map(|slot| slot.within(second, span))
             .sum();
         if self.reserve + deposits < self.cost {
             return false;
