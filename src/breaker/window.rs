@@ -128,9 +128,11 @@ impl Window {
             Window::Time { buckets, origin } => {
                 let now = crate::clock::since(*origin).as_secs();
                 let span = buckets.len() as u64;
+                // A bucket stamped after `now` counts: the call that wrote it read the clock
+                // later than this one (readings are taken before the breaker's lock).
                 buckets
                     .iter()
-                    .filter(|(second, _)| now - second < span)
+                    .filter(|(second, _)| now.saturating_sub(*second) < span)
                     .fold(Counts::default(), |mut sum, (_, c)| {
                         sum.calls += c.calls;
                         sum.failures += c.failures;
@@ -139,5 +141,31 @@ impl Window {
                     })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_stamped_after_the_reading_counts() {
+        let mut window = Window::new(SlidingWindow::Time(Duration::from_secs(10)));
+        window.record(true, false);
+        let Window::Time { buckets, .. } = &mut window else {
+            unreachable!("a time window");
+        };
+        // Written by a call on another thread whose reading was a second later than the
+        // one `totals` reads now (second 0).
+        buckets[1] = (
+            1,
+            Counts {
+                calls: 2,
+                failures: 0,
+                slow: 1,
+            },
+        );
+        let totals = window.totals();
+        assert_eq!((totals.calls, totals.failures, totals.slow), (3, 1, 1));
     }
 }
