@@ -12,7 +12,7 @@ use proxyless::client::TrafficPolicy;
 use proxyless::limit::{OnExceed, Rate};
 use proxyless::retry::RetryPolicy;
 use proxyless::{Balancer, MeshClient, StaticDiscovery};
-use support::{TestServer, server_of, servers};
+use support::{Control, TestServer, server_of, servers};
 
 fn mesh(discovery: StaticDiscovery, traffic: TrafficPolicy) -> MeshClient {
     MeshClient::builder()
@@ -20,6 +20,15 @@ fn mesh(discovery: StaticDiscovery, traffic: TrafficPolicy) -> MeshClient {
         .traffic(traffic)
         .build()
         .expect("valid client")
+}
+
+/// A mesh whose service `orders` is one server the test steers through its [`Control`].
+async fn one_controlled_server(traffic: TrafficPolicy) -> (MeshClient, TestServer, Control) {
+    let (server, control) = TestServer::start_controlled("s0").await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [server.endpoint()])
+        .expect("valid");
+    (mesh(discovery, traffic), server, control)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,19 +217,13 @@ async fn a_failing_service_opens_its_breaker_and_stops_being_called() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_half_open_probe_gives_its_place_back() {
     use std::sync::atomic::Ordering::SeqCst;
-    let (server, control) = TestServer::start_controlled("s0").await;
-    let discovery = StaticDiscovery::new()
-        .with("orders", [server.endpoint()])
-        .expect("valid");
     let breaker = BreakerConfig::default()
         .sliding_window(SlidingWindow::Count(2))
         .minimum_calls(2)
         .half_open_calls(1)
         .open_wait(Duration::from_millis(200));
-    let mesh = mesh(
-        discovery,
-        TrafficPolicy::default().no_retries().breaker(breaker),
-    );
+    let (mesh, _server, control) =
+        one_controlled_server(TrafficPolicy::default().no_retries().breaker(breaker)).await;
     control.status.store(503, SeqCst);
     for _ in 0..2 {
         let response = mesh.get("http://orders/").send().await.expect("a 503");
@@ -287,14 +290,8 @@ async fn per_service_rate_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_limit_refuses_the_call_over_it_and_frees_slots() {
-    let (server, control) = TestServer::start_controlled("s0").await;
-    let discovery = StaticDiscovery::new()
-        .with("orders", [server.endpoint()])
-        .expect("valid");
-    let mesh = mesh(
-        discovery,
-        TrafficPolicy::default().no_retries().concurrency_limit(2),
-    );
+    let (mesh, _server, control) =
+        one_controlled_server(TrafficPolicy::default().no_retries().concurrency_limit(2)).await;
     control
         .delay_ms
         .store(400, std::sync::atomic::Ordering::SeqCst);
@@ -346,18 +343,12 @@ async fn a_concurrency_limit_refuses_the_call_over_it_and_frees_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_that_waits_sends_the_call_late_not_never() {
-    let (server, control) = TestServer::start_controlled("s0").await;
-    let discovery = StaticDiscovery::new()
-        .with("orders", [server.endpoint()])
-        .expect("valid");
     let one = NonZeroU32::new(1).expect("above 0");
-    let mesh = mesh(
-        discovery,
-        TrafficPolicy::default().rate_limit(
-            Rate::new(one, Duration::from_millis(300)),
-            OnExceed::Wait(Duration::from_secs(2)),
-        ),
-    );
+    let (mesh, _server, control) = one_controlled_server(TrafficPolicy::default().rate_limit(
+        Rate::new(one, Duration::from_millis(300)),
+        OnExceed::Wait(Duration::from_secs(2)),
+    ))
+    .await;
     assert_eq!(
         mesh.get("http://orders/")
             .send()
