@@ -42,9 +42,9 @@ pub struct ServiceStats {
     pub endpoints: Vec<crate::discovery::EndpointStatus>,
 }
 
-/// The counters behind a [`ServiceStats`]. A completed call costs five atomic updates: the
-/// call count is the sum of the latency buckets, and the first-call and window stamps are
-/// read before they are written, which they are once a second.
+/// The counters behind a [`ServiceStats`]. A completed call costs four atomic updates, five
+/// if it failed: the call count is the sum of the latency buckets, and the first-call stamp
+/// (written once) and the window's stamps (once a second) are read before they are written.
 #[derive(Debug)]
 pub(crate) struct StatsCell {
     errors: AtomicU64,
