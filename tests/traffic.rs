@@ -341,6 +341,39 @@ async fn a_concurrency_limit_refuses_the_call_over_it_and_frees_slots() {
     assert_eq!(stats.in_flight, 0, "{stats:?}");
 }
 
+#[tokio::test]
+async fn a_call_starts_at_send_and_a_dropped_one_gives_its_slot_back() {
+    let (mesh, _server, control) =
+        one_controlled_server(TrafficPolicy::default().no_retries().concurrency_limit(1)).await;
+    // The service's first call builds its stack; later calls start when sent, as reqwest's do.
+    let first = mesh.get("http://orders/").send().await.expect("first call");
+    assert_eq!(first.status(), 200);
+    let unpolled = mesh.get("http://orders/").send();
+    let err = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("the unpolled call holds the only slot");
+    assert!(err.is_overloaded(), "{err:?}");
+    drop(unpolled);
+    let stats = mesh.stats("orders").expect("called");
+    assert_eq!(
+        stats.in_flight, 0,
+        "a dropped call leaves the count: {stats:?}"
+    );
+    let response = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect("the slot came back");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        control.hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "neither the dropped nor the refused call reached the server"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_that_waits_sends_the_call_late_not_never() {
     let one = NonZeroU32::new(1).expect("above 0");

@@ -26,12 +26,15 @@ mod stack;
 mod traffic;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use reqwest::{Method, Response};
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::balance::BalanceLayer;
-use crate::discovery::{DiscoveryStatus, Registry};
+use crate::discovery::{BoxFuture, DiscoveryStatus, Registry};
 use crate::error::Error;
 
 pub use builder::MeshClientBuilder;
@@ -112,7 +115,29 @@ impl MeshClient {
 
     /// Sends a request built elsewhere (its URL must still name a service) through the
     /// service's traffic policies.
-    pub async fn execute(&self, request: reqwest::Request) -> Result<Response, Error> {
+    ///
+    /// Once the service's stack is built (its first call builds it), the call starts here,
+    /// before the future is first polled: the returned future is the stack's own, with no
+    /// `async` wrapper around it to move. The first call of a service resolves it first.
+    pub fn execute(&self, request: reqwest::Request) -> ResponseFuture {
+        let host = request.url().host_str().unwrap_or_default();
+        if let Some(mut stack) = self.stacks.built(host) {
+            // The stack over reqwest's client is always ready; polled, as tower asks, all
+            // the same.
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(ready) = stack.poll_ready(&mut cx) {
+                return match ready {
+                    Ok(()) => ResponseFuture::calling(stack.call(request)),
+                    Err(error) => ResponseFuture::failed(error),
+                };
+            }
+        }
+        let client = self.clone();
+        ResponseFuture::boxed(async move { client.first_call(request).await })
+    }
+
+    /// A call whose service's stack is not built yet, or not ready.
+    async fn first_call(&self, request: reqwest::Request) -> Result<Response, Error> {
         let host = request.url().host_str().unwrap_or_default();
         let stack = match self.stacks.built(host) {
             Some(stack) => stack,
@@ -156,5 +181,70 @@ impl fmt::Debug for MeshClient {
         f.debug_struct("MeshClient")
             .field("registry", self.registry())
             .finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a request sent through a [`MeshClient`]: what
+    /// [`RequestBuilder::send`] and [`MeshClient::execute`] return. It resolves to the
+    /// response, or to the [`Error`] that ended the call.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture {
+        #[pin]
+        state: Pending,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = PendingProj]
+    enum Pending {
+        // The call is in its service's stack.
+        Calling { #[pin] future: MeshFuture<reqwest::Client> },
+        // A service's first call, or a call with per-call options.
+        Boxed { future: BoxFuture<'static, Result<Response, Error>> },
+        // Failed before it started (an invalid request).
+        Failed { error: Option<Error> },
+    }
+}
+
+impl ResponseFuture {
+    fn calling(future: MeshFuture<reqwest::Client>) -> Self {
+        ResponseFuture {
+            state: Pending::Calling { future },
+        }
+    }
+
+    fn boxed(future: impl Future<Output = Result<Response, Error>> + Send + 'static) -> Self {
+        ResponseFuture {
+            state: Pending::Boxed {
+                future: Box::pin(future),
+            },
+        }
+    }
+
+    fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: Pending::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            PendingProj::Calling { future } => future.poll(cx),
+            PendingProj::Boxed { future } => future.as_mut().poll(cx),
+            PendingProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| Error::builder("call", "polled after it failed")))),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
     }
 }

@@ -2,10 +2,10 @@ use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Body, Method, Response, Url};
+use reqwest::{Body, Method, Url};
 use serde::Serialize;
 
-use super::MeshClient;
+use super::{MeshClient, ResponseFuture};
 use crate::error::Error;
 
 /// A request being built, with reqwest's methods. Errors (a malformed URL, a bad header) are
@@ -88,16 +88,29 @@ impl RequestBuilder {
         self.request?.build().map_err(Error::from_reqwest)
     }
 
-    /// Sends the request through the mesh.
-    pub async fn send(self) -> Result<Response, Error> {
-        let client = self.client.clone();
-        let options = self.options;
-        let request = self.build()?;
+    /// Sends the request through the mesh. An invalid request (a malformed URL, a bad
+    /// header) fails when the future is awaited.
+    ///
+    /// As with reqwest's `send`, the call starts here, not when the future is first polled
+    /// (see [`MeshClient::execute`]): dropping the future unpolled cancels the call.
+    pub fn send(self) -> ResponseFuture {
+        let RequestBuilder {
+            client,
+            request,
+            options,
+        } = self;
+        let request = match request.and_then(|r| r.build().map_err(Error::from_reqwest)) {
+            Ok(request) => request,
+            Err(error) => return ResponseFuture::failed(error),
+        };
         if options.is_default() {
             // Nothing to lend the layers below: no task-local scope to enter on each poll.
-            client.execute(request).await
+            client.execute(request)
         } else {
-            crate::retry::attempt::with_options(options, client.execute(request)).await
+            // The call starts inside the scope, where the retry layer reads the options.
+            ResponseFuture::boxed(crate::retry::attempt::with_options(options, async move {
+                client.execute(request).await
+            }))
         }
     }
 }
