@@ -8,8 +8,9 @@
 //!
 //! A service's stack runs each synchronous step (starting a call, polling it) inside
 //! [`step`]. The first [`now`] in a step reads the clock; the others in the same step get
-//! that reading. Outside a step, [`now`] is the clock. A step is a closure, so it never
-//! spans an `.await`: a reading is never older than the synchronous code that shares it.
+//! that reading. Outside a step, [`now`] is the clock. A step's guard is not `Send` and is
+//! only ever held by synchronous code (a `call`, a `poll`), never across an `.await`: a
+//! reading is never older than the synchronous code that shares it.
 //! Envoy's dispatcher offers the same trade with its approximate time, one reading per
 //! event-loop iteration.
 
@@ -52,18 +53,29 @@ pub(crate) fn since(earlier: Instant) -> Duration {
     now().saturating_duration_since(earlier)
 }
 
-/// Runs `f` as one step: every [`now`] in it after the first returns the first's reading.
+/// Starts a step, which lasts until the returned guard is dropped: every [`now`] in it after
+/// the first returns the first's reading. Dropping the guard (on unwinding too) puts back the
+/// enclosing step's state. A guard, not a closure, so that what a step works on is not moved
+/// into and out of one.
 #[inline]
-pub(crate) fn step<R>(f: impl FnOnce() -> R) -> R {
-    /// Puts back the enclosing step's state, on unwinding too.
-    struct Restore(Step);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            STEP.with(|step| step.set(self.0));
-        }
+pub(crate) fn step() -> StepGuard {
+    StepGuard {
+        enclosing: STEP.with(|step| step.replace(Step::Unread)),
+        _not_send: std::marker::PhantomData,
     }
-    let _restore = Restore(STEP.with(|step| step.replace(Step::Unread)));
-    f()
+}
+
+/// The guard of a [`step`]; not `Send`, so that it stays on its thread.
+pub(crate) struct StepGuard {
+    enclosing: Step,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for StepGuard {
+    #[inline]
+    fn drop(&mut self) {
+        STEP.with(|step| step.set(self.enclosing));
+    }
 }
 
 #[cfg(test)]
@@ -72,11 +84,12 @@ mod tests {
 
     #[test]
     fn a_step_reads_the_clock_once() {
-        let (first, second) = step(|| {
+        let (first, second) = {
+            let _step = step();
             let first = now();
             std::thread::sleep(Duration::from_millis(2));
             (first, now())
-        });
+        };
         assert_eq!(first, second);
         // Outside the step, the clock has moved on.
         assert!(since(first) >= Duration::from_millis(2));
@@ -90,17 +103,25 @@ mod tests {
     }
 
     #[test]
-    fn a_step_ends_with_its_closure_even_a_panicking_one() {
-        let outer = step(|| {
+    fn a_step_ends_with_its_guard_even_on_a_panic() {
+        let outer = {
+            let _step = step();
             let outer = now();
             // A nested step reads the clock afresh, and the outer one's reading comes back.
             std::thread::sleep(Duration::from_millis(2));
-            let inner = step(now);
+            let inner = {
+                let _step = step();
+                now()
+            };
             assert!(inner >= outer + Duration::from_millis(2));
             assert_eq!(now(), outer);
             outer
+        };
+        let _ = std::panic::catch_unwind(|| {
+            let _step = step();
+            now();
+            panic!("in a step")
         });
-        let _ = std::panic::catch_unwind(|| step(|| panic!("in a step")));
         std::thread::sleep(Duration::from_millis(2));
         assert!(now() >= outer + Duration::from_millis(2));
     }

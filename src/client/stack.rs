@@ -171,49 +171,47 @@ where
 
     fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
         // One clock reading for the call's start, shared by every policy.
-        crate::clock::step(move || {
-            let policies = &self.policies;
-            let record = policies.metrics.begin(&request);
-            // A handle on the span, not a borrow of it: the record moves into the future below,
-            // built in place.
-            let entered = record.span().clone().entered();
-            let mut retry = policies
-                .retry
-                .as_ref()
-                .and_then(|retry| retry.begin(&mut request))
-                .map(Box::new);
-            let mut permits = Permits::default();
-            let admitted = policies.admit(&mut request, &mut permits, false);
-            let waits = matches!(admitted, Admitted::RateWait(_) | Admitted::TokenWait(_));
-            let state = admitted.into_state(request).unwrap_or_else(|request| {
-                // The readied service takes the first attempt.
+        let _step = crate::clock::step();
+        let policies = &self.policies;
+        let record = policies.metrics.begin(&request);
+        // A handle on the span, not a borrow of it: the record moves into the future below.
+        let entered = record.span().clone().entered();
+        let mut retry = policies
+            .retry
+            .as_ref()
+            .and_then(|retry| retry.begin_boxed(&mut request));
+        let mut permits = Permits::default();
+        let admitted = policies.admit(&mut request, &mut permits, false);
+        let waits = matches!(admitted, Admitted::RateWait(_) | Admitted::TokenWait(_));
+        let state = match admitted {
+            // The readied service takes the first attempt.
+            Admitted::Go => {
+                let _lent = retry.as_mut().map(|retry| retry.lend());
                 State::Calling {
-                    future: match retry.as_mut() {
-                        Some(retry) => retry.track(|| self.balance.call(request)),
-                        None => self.balance.call(request),
-                    },
+                    future: self.balance.call(request),
                 }
-            });
-            // Retries, and attempts that waited, go to a clone, readied when their turn comes.
-            let spare = (retry.is_some() || waits).then(|| self.balance.clone());
-            drop(entered);
-            MeshFuture {
-                state,
-                deadline: match policies.timeout {
-                    Some(after) => MaybeDeadline::Set {
-                        deadline: Deadline::new(after),
-                    },
-                    None => MaybeDeadline::Unset,
-                },
-                call: Call {
-                    permits,
-                    policies: policies.clone(),
-                    retry,
-                    spare,
-                },
-                record,
             }
-        })
+            admitted => admitted.into_state(Box::new(request)),
+        };
+        // Retries, and attempts that waited, go to a clone, readied when their turn comes.
+        let spare = (retry.is_some() || waits).then(|| self.balance.clone());
+        drop(entered);
+        MeshFuture {
+            state,
+            deadline: match policies.timeout {
+                Some(after) => MaybeDeadline::Set {
+                    deadline: Deadline::new(after),
+                },
+                None => MaybeDeadline::Unset,
+            },
+            call: Call {
+                permits,
+                policies: policies.clone(),
+                retry,
+                spare,
+            },
+            record,
+        }
     }
 }
 
@@ -272,26 +270,25 @@ pin_project! {
 }
 
 impl Admitted {
-    /// The state an attempt admitted so goes to with its `request`, or, when every policy
-    /// let it through, the request back for the caller to send.
-    fn into_state<F, R>(self, request: R) -> Result<State<F>, R>
-    where
-        Box<reqwest::Request>: From<R>,
-    {
-        Ok(match self {
-            Admitted::Go => return Err(request),
+    /// The state an attempt admitted so goes to with its `request`: when every policy let
+    /// it through, readying the spare balancer to send it.
+    fn into_state<F>(self, request: Box<reqwest::Request>) -> State<F> {
+        match self {
+            Admitted::Go => State::Readying {
+                request: Some(request),
+            },
             Admitted::Refused(error) => State::Ended {
                 result: Some(Err(error)),
             },
             Admitted::RateWait(wait) => State::RateWait {
                 wait,
-                request: Some(request.into()),
+                request: Some(request),
             },
             Admitted::TokenWait(fetch) => State::TokenWait {
                 fetch,
-                request: Some(request.into()),
+                request: Some(request),
             },
-        })
+        }
     }
 }
 
@@ -323,22 +320,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // One clock reading for whatever this poll ends: the attempt's latency, the
         // breaker's and the budget's windows, the call's metrics.
-        crate::clock::step(move || {
-            let this = self.project();
-            let polled = {
-                let _entered = this.record.span().enter();
-                match poll_attempts(this.state, this.call, cx) {
-                    Poll::Ready(result) => Poll::Ready(result),
-                    Poll::Pending => match this.deadline.project() {
-                        DeadlineProj::Set { deadline } => deadline.poll_expired(cx).map(Err),
-                        DeadlineProj::Unset => Poll::Pending,
-                    },
-                }
-            };
-            let result = ready!(polled);
-            this.record.finish(result.as_ref());
-            Poll::Ready(result)
-        })
+        let _step = crate::clock::step();
+        let this = self.project();
+        let polled = {
+            let _entered = this.record.span().enter();
+            match poll_attempts(this.state, this.call, cx) {
+                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Pending => match this.deadline.project() {
+                    DeadlineProj::Set { deadline } => deadline.poll_expired(cx).map(Err),
+                    DeadlineProj::Unset => Poll::Pending,
+                },
+            }
+        };
+        let result = ready!(polled);
+        this.record.finish(result.as_ref());
+        Poll::Ready(result)
     }
 }
 
@@ -392,9 +388,9 @@ where
                         let Some(request) = request.take() else {
                             return Poll::Ready(Err(Error::builder("call", "no request to send")));
                         };
-                        let future = match call.retry.as_mut() {
-                            Some(retry) => retry.track(|| spare.call(*request)),
-                            None => spare.call(*request),
+                        let future = {
+                            let _lent = call.retry.as_mut().map(|retry| retry.lend());
+                            spare.call(*request)
                         };
                         state.set(State::Calling { future });
                         continue;
@@ -449,10 +445,5 @@ fn admit<F, S>(
     let admitted = call
         .policies
         .admit(&mut request, &mut call.permits, after_rate);
-    let next = admitted
-        .into_state(request)
-        .unwrap_or_else(|request| State::Readying {
-            request: Some(request),
-        });
-    state.set(next);
+    state.set(admitted.into_state(request));
 }

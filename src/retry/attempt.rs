@@ -79,20 +79,30 @@ impl Tried {
 /// they record is in `tried` afterwards, even if `call` panics. A retry layer below another
 /// lends its own list, and the outer one's comes back when it is done.
 pub(crate) fn tracked<R>(tried: &mut Tried, call: impl FnOnce() -> R) -> R {
-    /// Takes the lent list back into the caller's on the way out, and restores the outer one.
-    struct Return<'a> {
-        tried: &'a mut Tried,
-        outer: Option<Tried>,
-    }
-    impl Drop for Return<'_> {
-        fn drop(&mut self) {
-            let outer = self.outer.take();
-            *self.tried = LENT.with(|lent| lent.replace(outer)).unwrap_or_default();
-        }
-    }
-    let outer = LENT.with(|lent| lent.replace(Some(std::mem::take(tried))));
-    let _return = Return { tried, outer };
+    let _lent = lend(tried);
     call()
+}
+
+/// Lends `tried` to the layers below a retry layer until the returned guard is dropped,
+/// which takes it back, with what they recorded, and restores the list of a retry layer
+/// further out (on unwinding too). A guard, not a closure, so that the request is not moved
+/// through one.
+pub(crate) fn lend(tried: &mut Tried) -> Lent<'_> {
+    let outer = LENT.with(|lent| lent.replace(Some(std::mem::take(tried))));
+    Lent { tried, outer }
+}
+
+/// The guard of [`lend`].
+pub(crate) struct Lent<'a> {
+    tried: &'a mut Tried,
+    outer: Option<Tried>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        *self.tried = LENT.with(|lent| lent.replace(outer)).unwrap_or_default();
+    }
 }
 
 /// Runs `f` on the list of endpoints the current call has tried, while a retry layer calls

@@ -128,17 +128,47 @@ impl<C: Clone> RetryLayer<C> {
     /// per-attempt timeout; then, if the call can be retried (its method, its options and
     /// its body allow it), what its retries need.
     pub(crate) fn begin<R>(&self, request: &mut reqwest::Request) -> Option<RetryState<R, C>> {
+        if !self.start(request) {
+            return None;
+        }
+        let template = try_clone(request)?;
+        Some(self.state(template))
+    }
+
+    /// [`begin`](Self::begin), with what the retries need on the heap, put there directly.
+    pub(crate) fn begin_boxed<R>(
+        &self,
+        request: &mut reqwest::Request,
+    ) -> Option<Box<RetryState<R, C>>> {
+        if !self.start(request) {
+            return None;
+        }
+        if request.body().is_some() {
+            return Some(Box::new(self.state(request.try_clone()?)));
+        }
+        let mut state = Box::new(self.state(reqwest::Request::new(
+            request.method().clone(),
+            request.url().clone(),
+        )));
+        copy_bodiless(request, &mut state.template);
+        Some(state)
+    }
+
+    /// The deposit and per-attempt timeout every call makes; whether it may be retried.
+    fn start(&self, request: &mut reqwest::Request) -> bool {
         self.budget.deposit();
         if let Some(timeout) = self.policy.per_attempt_timeout
             && request.timeout().is_none()
         {
             *request.timeout_mut() = Some(timeout);
         }
-        let retryable = self.policy.max_attempts > 1
+        self.policy.max_attempts > 1
             && (attempt::options().retry_non_idempotent
-                || RetryPolicy::is_idempotent(request.method()));
-        let template = if retryable { try_clone(request) } else { None }?;
-        Some(RetryState {
+                || RetryPolicy::is_idempotent(request.method()))
+    }
+
+    fn state<R>(&self, template: reqwest::Request) -> RetryState<R, C> {
+        RetryState {
             policy: self.policy.clone(),
             budget: self.budget.clone(),
             classifier: self.classifier.clone(),
@@ -146,7 +176,7 @@ impl<C: Clone> RetryLayer<C> {
             tried: Tried::default(),
             retried: 0,
             last: None,
-        })
+        }
     }
 }
 
@@ -196,6 +226,11 @@ impl<R, C: Classify<R>> RetryState<R, C> {
     /// so far lent to them.
     pub(crate) fn track<T>(&mut self, call: impl FnOnce() -> T) -> T {
         attempt::tracked(&mut self.tried, call)
+    }
+
+    /// Lends the endpoints tried so far to the layers below until the guard is dropped.
+    pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {
+        attempt::lend(&mut self.tried)
     }
 
     /// After an attempt's `result`: `Ok` with the backoff to wait before the next attempt
@@ -302,6 +337,12 @@ fn try_clone(request: &reqwest::Request) -> Option<reqwest::Request> {
         return request.try_clone();
     }
     let mut clone = reqwest::Request::new(request.method().clone(), request.url().clone());
+    copy_bodiless(request, &mut clone);
+    Some(clone)
+}
+
+/// Copies what a bodiless `request` has beyond its method and URL into `clone`.
+fn copy_bodiless(request: &reqwest::Request, clone: &mut reqwest::Request) {
     if let Some(timeout) = request.timeout() {
         *clone.timeout_mut() = Some(*timeout);
     }
@@ -309,5 +350,4 @@ fn try_clone(request: &reqwest::Request) -> Option<reqwest::Request> {
         *clone.headers_mut() = request.headers().clone();
     }
     *clone.version_mut() = request.version();
-    Some(clone)
 }
