@@ -76,6 +76,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoint;
 mod error;
+mod hash;
 pub mod limit;
 pub mod observe;
 mod per_second;

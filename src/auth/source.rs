@@ -204,7 +204,7 @@ pub struct JwtSigner {
     audiences: HashMap<String, String>,
     lifetime: Duration,
     custom: Map<String, Value>,
-    cache: ArcSwap<HashMap<String, Arc<Cached>>>,
+    cache: ArcSwap<HashMap<String, Arc<Cached>, crate::hash::BuildNameHasher>>,
     refreshing: Mutex<std::collections::HashSet<String>>,
     me: std::sync::Weak<JwtSigner>,
 }
