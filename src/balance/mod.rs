@@ -48,6 +48,7 @@ pub use layer::BalanceLayer;
 pub use least_request::LeastRequest;
 pub use random::Random;
 pub use round_robin::RoundRobin;
+pub(crate) use service::Router;
 pub use service::{Balance, ResponseFuture};
 pub use weighted_random::WeightedRandom;
 pub use weighted_round_robin::{MAX_BUILD_STEPS, MAX_TABLE_LEN, WeightedRoundRobin};

@@ -22,6 +22,13 @@ use crate::error::Error;
 #[derive(Clone)]
 pub struct Balance<S, C = HttpClassifier> {
     inner: S,
+    router: Router<C>,
+}
+
+/// All of a balancer but the service it sends to: where a call goes, and what its outcome
+/// teaches. A mesh stack shares one among its calls and lends it each call's transport.
+#[derive(Clone)]
+pub(crate) struct Router<C = HttpClassifier> {
     registry: Registry,
     /// The one service this balancer's calls name, when it is known: its calls skip the
     /// registry's map.
@@ -32,12 +39,13 @@ pub struct Balance<S, C = HttpClassifier> {
 
 impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Balance<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let router = &self.router;
         f.debug_struct("Balance")
             .field("inner", &self.inner)
-            .field("registry", &self.registry)
-            .field("pinned", &self.pinned.as_ref().map(|entry| entry.name()))
-            .field("preserve_host", &self.preserve_host)
-            .field("classifier", &self.classifier)
+            .field("registry", &router.registry)
+            .field("pinned", &router.pinned.as_ref().map(|entry| entry.name()))
+            .field("preserve_host", &router.preserve_host)
+            .field("classifier", &router.classifier)
             .finish()
     }
 }
@@ -47,10 +55,12 @@ impl<S> Balance<S> {
     pub fn new(inner: S, registry: Registry, preserve_host: bool) -> Self {
         Balance {
             inner,
-            registry,
-            pinned: None,
-            preserve_host,
-            classifier: HttpClassifier,
+            router: Router {
+                registry,
+                pinned: None,
+                preserve_host,
+                classifier: HttpClassifier,
+            },
         }
     }
 }
@@ -58,18 +68,31 @@ impl<S> Balance<S> {
 impl<S, C> Balance<S, C> {
     /// Classifies outcomes with `classifier` instead of [`HttpClassifier`].
     pub fn with_classifier<D>(self, classifier: D) -> Balance<S, D> {
+        let Router {
+            registry,
+            pinned,
+            preserve_host,
+            classifier: _,
+        } = self.router;
         Balance {
             inner: self.inner,
-            registry: self.registry,
-            pinned: self.pinned,
-            preserve_host: self.preserve_host,
-            classifier,
+            router: Router {
+                registry,
+                pinned,
+                preserve_host,
+                classifier,
+            },
         }
     }
 
     /// Looks calls to `entry`'s service up in `entry` itself, not in the registry's map.
     pub(crate) fn pin(&mut self, entry: Arc<ServiceEntry>) {
-        self.pinned = Some(entry);
+        self.router.pinned = Some(entry);
+    }
+
+    /// The wrapped service and the rest.
+    pub(crate) fn into_parts(self) -> (S, Router<C>) {
+        (self.inner, self.router)
     }
 
     /// The wrapped service.
@@ -89,7 +112,7 @@ impl<S, C> Balance<S, C> {
 
     /// The registry this service balances over.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.router.registry
     }
 }
 
@@ -108,7 +131,25 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+        self.router.call(&mut self.inner, request)
+    }
+}
+
+impl<C> Router<C> {
+    /// Picks an endpoint for `request`, rewrites its URL to it and sends it with `inner`,
+    /// which must be ready.
+    pub(crate) fn call<S>(
+        &self,
+        inner: &mut S,
+        mut request: reqwest::Request,
+    ) -> ResponseFuture<S::Future, S::Response, C>
+    where
+        S: Service<reqwest::Request> + Clone + Send + 'static,
+        S::Error: Into<Error>,
+        S::Future: Send,
+        C: Classify<S::Response>,
+    {
         let host = match logical_host(request.url()) {
             Ok(host) => host,
             Err(error) => return ResponseFuture::failed(error),
@@ -127,15 +168,15 @@ where
                 let call = InFlight::new(snapshot, index);
                 let future = {
                     let _entered = span.enter();
-                    self.inner.call(request)
+                    inner.call(request)
                 };
                 ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
             Ok(Lookup::Pending(entry)) => {
                 // Cold path: the service's first snapshot is not in yet. Hand the readied
-                // inner service to the future and keep a fresh clone here.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
+                // inner service to the future and keep a fresh clone in its place.
+                let clone = inner.clone();
+                let inner = std::mem::replace(inner, clone);
                 // The future keeps the registry, and so the service's watch task, alive: a
                 // `oneshot` drops this service as soon as it has called it.
                 let registry = self.registry.clone();

@@ -16,7 +16,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::balance::Balance;
+use crate::balance::{Balance, Router};
 use crate::breaker::{Breaker, Ticket};
 use crate::classify::{Classify, HttpClassifier};
 use crate::discovery::BoxFuture;
@@ -111,31 +111,38 @@ impl Policies {
 /// The service a [`MeshLayer`](super::MeshLayer) makes around the transport `S`: every
 /// policy of one service, then balancing, as one service with one future.
 pub struct MeshService<S> {
+    shared: Arc<Shared>,
+    /// The transport this service readies and calls; each clone of the service has its own.
+    inner: S,
+}
+
+/// What a service's clones and their calls share: the policies and the balancer, without
+/// the transport (which need not be `Sync`). A call takes one reference to it.
+struct Shared {
     policies: Arc<Policies>,
-    balance: Balance<S>,
+    router: Router,
 }
 
 impl<S> MeshService<S> {
     pub(crate) fn new(policies: Arc<Policies>, balance: Balance<S>) -> Self {
-        MeshService { policies, balance }
-    }
-
-    /// Looks the service up in `entry` itself on every call, not in the registry's map.
-    pub(crate) fn pin(&mut self, entry: Arc<crate::discovery::ServiceEntry>) {
-        self.balance.pin(entry);
+        let (inner, router) = balance.into_parts();
+        MeshService {
+            shared: Arc::new(Shared { policies, router }),
+            inner,
+        }
     }
 
     /// The service's call metrics.
     pub(crate) fn metrics(&self) -> &MetricsLayer {
-        &self.policies.metrics
+        &self.shared.policies.metrics
     }
 }
 
 impl<S: Clone> Clone for MeshService<S> {
     fn clone(&self) -> Self {
         MeshService {
-            policies: self.policies.clone(),
-            balance: self.balance.clone(),
+            shared: self.shared.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
@@ -143,7 +150,7 @@ impl<S: Clone> Clone for MeshService<S> {
 impl<S> std::fmt::Debug for MeshService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshService")
-            .field("service", self.policies.metrics.service())
+            .field("service", self.shared.policies.metrics.service())
             .finish_non_exhaustive()
     }
 }
@@ -166,13 +173,14 @@ where
     type Future = MeshFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.balance.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
         // One clock reading for the call's start, shared by every policy.
         let _step = crate::clock::step();
-        let policies = &self.policies;
+        let shared = &self.shared;
+        let policies = &*shared.policies;
         let record = policies.metrics.begin(&request);
         // A handle on the span, not a borrow of it: the record moves into the future below.
         let entered = record.span().clone().entered();
@@ -182,19 +190,20 @@ where
             .and_then(|retry| retry.begin_boxed(&mut request));
         let mut permits = Permits::default();
         let admitted = policies.admit(&mut request, &mut permits, false);
-        let waits = matches!(admitted, Admitted::RateWait(_) | Admitted::TokenWait(_));
         let state = match admitted {
             // The readied service takes the first attempt.
             Admitted::Go => {
                 let _lent = retry.as_mut().map(|retry| retry.lend());
                 State::Calling {
-                    future: self.balance.call(request),
+                    future: shared.router.call(&mut self.inner, request),
                 }
             }
             admitted => admitted.into_state(Box::new(request)),
         };
-        // Retries, and attempts that waited, go to a clone, readied when their turn comes.
-        let spare = (retry.is_some() || waits).then(|| self.balance.clone());
+        // Retries, and attempts that waited, go to a clone of the transport, readied when
+        // their turn comes.
+        let spare = (retry.is_some() || !matches!(state, State::Calling { .. }))
+            .then(|| self.inner.clone());
         drop(entered);
         MeshFuture {
             state,
@@ -206,7 +215,7 @@ where
             },
             call: Call {
                 permits,
-                policies: policies.clone(),
+                shared: shared.clone(),
                 retry,
                 spare,
             },
@@ -233,15 +242,16 @@ pin_project! {
 /// What a call keeps across its attempts.
 struct Call<S> {
     permits: Permits,
-    policies: Arc<Policies>,
+    shared: Arc<Shared>,
     retry: Option<Box<RetryState<reqwest::Response, HttpClassifier>>>,
-    spare: Option<Balance<S>>,
+    spare: Option<S>,
 }
 
 impl<S> Drop for Call<S> {
     fn drop(&mut self) {
         // A call dropped mid-attempt (cancelled) gives its breaker ticket back unrecorded.
-        if let (Some(ticket), Some(breaker)) = (self.permits.breaker.take(), &self.policies.breaker)
+        if let (Some(ticket), Some(breaker)) =
+            (self.permits.breaker.take(), &self.shared.policies.breaker)
         {
             breaker.release(ticket);
         }
@@ -383,14 +393,14 @@ where
                 let Some(spare) = call.spare.as_mut() else {
                     return Poll::Ready(Err(Error::builder("call", "no service to retry with")));
                 };
-                match ready!(spare.poll_ready(cx)) {
+                match ready!(spare.poll_ready(cx).map_err(Into::into)) {
                     Ok(()) => {
                         let Some(request) = request.take() else {
                             return Poll::Ready(Err(Error::builder("call", "no request to send")));
                         };
                         let future = {
                             let _lent = call.retry.as_mut().map(|retry| retry.lend());
-                            spare.call(*request)
+                            call.shared.router.call(spare, *request)
                         };
                         state.set(State::Calling { future });
                         continue;
@@ -412,7 +422,8 @@ where
         };
         // The attempt ended: the breaker learns its outcome, its slot is given back, and
         // the retry policy decides what comes next.
-        if let (Some(ticket), Some(breaker)) = (call.permits.breaker.take(), &call.policies.breaker)
+        if let (Some(ticket), Some(breaker)) =
+            (call.permits.breaker.take(), &call.shared.policies.breaker)
         {
             breaker.settle(ticket, HttpClassifier.classify(outcome.as_ref()));
         }
@@ -443,6 +454,7 @@ fn admit<F, S>(
         return;
     };
     let admitted = call
+        .shared
         .policies
         .admit(&mut request, &mut call.permits, after_rate);
     state.set(admitted.into_state(request));

@@ -221,14 +221,14 @@ impl<S> Layer<S> for MeshLayer {
     type Service = MeshService<S>;
 
     fn layer(&self, transport: S) -> MeshService<S> {
-        let mut service = MeshService::new(self.policies.clone(), self.balance.layer(transport));
+        let mut balance = self.balance.layer(transport);
         // A service that has resolved keeps its registry entry: its calls can go to the
         // entry directly. (A `MeshClient` resolves a service before building its stack.)
         let name = self.policies.metrics.service();
         if let Some(entry) = self.balance.registry().resolved_entry(name.as_str()) {
-            service.pin(entry);
+            balance.pin(entry);
         }
-        service
+        MeshService::new(self.policies.clone(), balance)
     }
 }
 
