@@ -85,7 +85,7 @@ impl RequestBuilder {
 
     /// Builds the request without sending it.
     pub fn build(self) -> Result<reqwest::Request, Error> {
-        self.request?.build().map_err(Error::from_reqwest)
+        build(self.request)
     }
 
     /// Sends the request through the mesh. An invalid request (a malformed URL, a bad
@@ -99,7 +99,7 @@ impl RequestBuilder {
             request,
             options,
         } = self;
-        let request = match request.and_then(|r| r.build().map_err(Error::from_reqwest)) {
+        let request = match build(request) {
             Ok(request) => request,
             Err(error) => return ResponseFuture::failed(error),
         };
@@ -123,6 +123,11 @@ impl fmt::Debug for RequestBuilder {
             Err(error) => f.debug_tuple("RequestBuilder").field(error).finish(),
         }
     }
+}
+
+/// The request `builder` makes, or the first error on the way to it.
+fn build(builder: Result<reqwest::RequestBuilder, Error>) -> Result<reqwest::Request, Error> {
+    builder?.build().map_err(Error::from_reqwest)
 }
 
 /// Parses a logical URL: `http` or `https`, with a host that names a service.

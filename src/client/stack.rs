@@ -273,7 +273,7 @@ pin_project! {
             fetch: BoxFuture<'static, Result<reqwest::header::HeaderValue, Error>>,
             request: Option<Box<reqwest::Request>>,
         },
-        // Admitted; the spare balancer must be ready before it is called.
+        // Admitted; the spare transport must be ready before it is called.
         Readying { request: Option<Box<reqwest::Request>> },
         Backoff { sleep: Pin<Box<tokio::time::Sleep>> },
     }
@@ -281,7 +281,7 @@ pin_project! {
 
 impl Admitted {
     /// The state an attempt admitted so goes to with its `request`: when every policy let
-    /// it through, readying the spare balancer to send it.
+    /// it through, readying the spare transport to send it.
     fn into_state<F>(self, request: Box<reqwest::Request>) -> State<F> {
         match self {
             Admitted::Go => State::Readying {
