@@ -170,9 +170,11 @@ impl MeshClientBuilder {
         let stacks = Stacks::new(self.traffic, configured)?;
         let balance = BalanceLayer::new(registry).preserve_host(self.preserve_host);
         Ok(MeshClient {
-            http,
-            balance,
-            stacks: std::sync::Arc::new(stacks),
+            inner: std::sync::Arc::new(super::ClientInner {
+                http,
+                balance,
+                stacks,
+            }),
         })
     }
 }

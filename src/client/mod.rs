@@ -44,7 +44,7 @@ pub use traffic::{MeshLayer, TrafficPolicy};
 
 /// An HTTP client whose URLs name services, not hosts.
 ///
-/// Cheap to clone (reference counts) and `Send + Sync`: make one and share it. Clones share
+/// Cheap to clone (one reference count) and `Send + Sync`: make one and share it. Clones share
 /// the connection pool and the registry; the registry's watch tasks stop when the last clone
 /// is dropped.
 ///
@@ -66,9 +66,14 @@ pub use traffic::{MeshLayer, TrafficPolicy};
 /// ```
 #[derive(Clone)]
 pub struct MeshClient {
+    inner: std::sync::Arc<ClientInner>,
+}
+
+/// What a client's clones share; a clone (one per request) takes one reference count.
+struct ClientInner {
     http: reqwest::Client,
     balance: BalanceLayer,
-    stacks: std::sync::Arc<traffic::Stacks>,
+    stacks: traffic::Stacks,
 }
 
 impl MeshClient {
@@ -121,7 +126,7 @@ impl MeshClient {
     /// `async` wrapper around it to move. The first call of a service resolves it first.
     pub fn execute(&self, request: reqwest::Request) -> ResponseFuture {
         let host = request.url().host_str().unwrap_or_default();
-        if let Some(mut stack) = self.stacks.built(host) {
+        if let Some(mut stack) = self.inner.stacks.built(host) {
             // The stack over reqwest's client is always ready; polled, as tower asks, all
             // the same.
             let mut cx = Context::from_waker(Waker::noop());
@@ -139,7 +144,7 @@ impl MeshClient {
     /// A call whose service's stack is not built yet, or not ready.
     async fn first_call(&self, request: reqwest::Request) -> Result<Response, Error> {
         let host = request.url().host_str().unwrap_or_default();
-        let stack = match self.stacks.built(host) {
+        let stack = match self.inner.stacks.built(host) {
             Some(stack) => stack,
             None => {
                 if !self.registry().is_known(host) {
@@ -150,7 +155,9 @@ impl MeshClient {
                     self.registry().endpoints(&host).await?;
                 }
                 let host = request.url().host_str().unwrap_or_default();
-                self.stacks.get(host, &self.balance, &self.http)?
+                self.inner
+                    .stacks
+                    .get(host, &self.inner.balance, &self.inner.http)?
             }
         };
         stack.oneshot(request).await
@@ -158,7 +165,7 @@ impl MeshClient {
 
     /// The registry of discovered services.
     pub fn registry(&self) -> &Registry {
-        self.balance.registry()
+        self.inner.balance.registry()
     }
 
     /// The state of `service`'s discovery, if it has been used.
@@ -171,7 +178,8 @@ impl MeshClient {
     /// its first call.
     pub fn stats(&self, service: &str) -> Option<crate::observe::ServiceStats> {
         let endpoints = self.registry().endpoint_status(service).unwrap_or_default();
-        self.stacks
+        self.inner
+            .stacks
             .stats_of(service, move |cell| cell.snapshot(endpoints))
     }
 }

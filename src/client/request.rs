@@ -19,7 +19,7 @@ pub struct RequestBuilder {
 
 impl RequestBuilder {
     pub(super) fn new(client: MeshClient, method: Method, url: &str) -> Self {
-        let request = parse_logical_url(url).map(|url| client.http.request(method, url));
+        let request = parse_logical_url(url).map(|url| client.inner.http.request(method, url));
         RequestBuilder {
             client,
             request,
