@@ -2,11 +2,11 @@
 //! snapshot.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-use crate::per_second::SecondSlot;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::per_second::SecondSlot;
 
 /// Latency buckets: four per power of two of nanoseconds, up to 2^40 ns (about 18 minutes).
 const BUCKETS: usize = 160;
@@ -130,15 +130,14 @@ impl StatsCell {
             .collect();
         // Every completed call is in exactly one bucket.
         let requests: u64 = counts.iter().sum();
-        let counted = requests;
         // A call completing meanwhile may be counted in one and not the other.
         let errors = self.errors.load(Ordering::Relaxed).min(requests);
         let total = self.total_nanos.load(Ordering::Relaxed);
         let percentile = |q: f64| {
-            if counted == 0 {
+            if requests == 0 {
                 return Duration::ZERO;
             }
-            let rank = (q * counted as f64).ceil().max(1.0) as u64;
+            let rank = (q * requests as f64).ceil().max(1.0) as u64;
             let mut seen = 0;
             for (i, &c) in counts.iter().enumerate() {
                 seen += c;

@@ -75,18 +75,10 @@ impl Tried {
     }
 }
 
-/// Runs `call`, which calls the layers below a retry layer, with `tried` lent to them; what
-/// they record is in `tried` afterwards, even if `call` panics. A retry layer below another
-/// lends its own list, and the outer one's comes back when it is done.
-pub(crate) fn tracked<R>(tried: &mut Tried, call: impl FnOnce() -> R) -> R {
-    let _lent = lend(tried);
-    call()
-}
-
-/// Lends `tried` to the layers below a retry layer until the returned guard is dropped,
-/// which takes it back, with what they recorded, and restores the list of a retry layer
-/// further out (on unwinding too). A guard, not a closure, so that the request is not moved
-/// through one.
+/// Lends `tried` to the layers below a retry layer, while it calls them, until the returned
+/// guard is dropped: dropping it takes the list back, with what they recorded, and restores
+/// the list of a retry layer further out (on unwinding too). A guard, not a closure, so that
+/// the request is not moved through one.
 pub(crate) fn lend(tried: &mut Tried) -> Lent<'_> {
     let outer = LENT.with(|lent| lent.replace(Some(std::mem::take(tried))));
     Lent { tried, outer }
@@ -151,21 +143,23 @@ mod tests {
         let endpoints = [addr(1), addr(2)];
         assert!(with_current(|_| ()).is_none(), "no list outside a call");
         let mut tried = Tried::default();
-        let first = tracked(&mut tried, || {
+        let first = {
+            let _lent = lend(&mut tried);
             with_current(|t| t.next(|_| 0, |i| &endpoints[i])).expect("lent")
-        });
+        };
         assert_eq!(first, (0, 1));
         assert!(tried.contains(&endpoints[0]) && !tried.contains(&endpoints[1]));
         assert!(with_current(|_| ()).is_none(), "taken back");
         // The second attempt sees the first.
-        let second = tracked(&mut tried, || {
+        let second = {
+            let _lent = lend(&mut tried);
             with_current(|t| {
                 t.next(
                     |t| usize::from(t.contains(&endpoints[0])),
                     |i| &endpoints[i],
                 )
             })
-        });
+        };
         assert_eq!(second, Some((1, 2)));
         assert!(tried.contains(&endpoints[1]));
     }
@@ -174,20 +168,20 @@ mod tests {
     fn a_nested_list_and_a_panic_leave_the_outer_list_whole() {
         let endpoints = [addr(1), addr(2)];
         let mut outer = Tried::default();
-        tracked(&mut outer, || {
+        {
+            let _lent = lend(&mut outer);
             with_current(|t| t.next(|_| 0, |i| &endpoints[i]));
             let mut inner = Tried::default();
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                tracked(&mut inner, || {
-                    with_current(|t| t.next(|_| 1, |i| &endpoints[i]));
-                    panic!("below the inner retry layer");
-                })
+                let _lent = lend(&mut inner);
+                with_current(|t| t.next(|_| 1, |i| &endpoints[i]));
+                panic!("below the inner retry layer");
             }));
             assert!(inner.contains(&endpoints[1]), "kept through the panic");
             assert!(!inner.contains(&endpoints[0]));
             // The outer list is lent again.
             assert_eq!(with_current(|t| t.len()), Some(1));
-        });
+        }
         assert!(outer.contains(&endpoints[0]) && !outer.contains(&endpoints[1]));
         assert!(with_current(|_| ()).is_none());
     }

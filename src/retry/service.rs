@@ -112,7 +112,10 @@ where
                 retries: None,
             };
         };
-        let future = state.track(|| self.inner.call(request));
+        let future = {
+            let _lent = state.lend();
+            self.inner.call(request)
+        };
         ResponseFuture {
             state: State::Calling { future },
             retries: Some(Box::new(Retries {
@@ -135,7 +138,8 @@ impl<C: Clone> RetryLayer<C> {
         Some(self.state(template))
     }
 
-    /// [`begin`](Self::begin), with what the retries need on the heap, put there directly.
+    /// [`begin`](Self::begin), with what the retries need in a box, built with the copy of
+    /// `request` in place (not moved through an `Option` first).
     pub(crate) fn begin_boxed<R>(
         &self,
         request: &mut reqwest::Request,
@@ -222,13 +226,8 @@ pub(crate) struct RetryState<R, C> {
 }
 
 impl<R, C: Classify<R>> RetryState<R, C> {
-    /// Runs `call`, which calls the layers below for one attempt, with the endpoints tried
-    /// so far lent to them.
-    pub(crate) fn track<T>(&mut self, call: impl FnOnce() -> T) -> T {
-        attempt::tracked(&mut self.tried, call)
-    }
-
-    /// Lends the endpoints tried so far to the layers below until the guard is dropped.
+    /// Lends the endpoints tried so far to the layers below, which call one attempt, until
+    /// the guard is dropped.
     pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {
         attempt::lend(&mut self.tried)
     }
@@ -309,7 +308,10 @@ where
                                 Err(result) => return Poll::Ready(result),
                             };
                             let Retries { inner, state } = &mut **retries;
-                            let future = state.track(|| inner.call(request));
+                            let future = {
+                                let _lent = state.lend();
+                                inner.call(request)
+                            };
                             this.state.set(State::Calling { future });
                             continue;
                         }
