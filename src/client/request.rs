@@ -13,13 +13,19 @@ use crate::error::Error;
 #[must_use = "a RequestBuilder does nothing until it is sent"]
 pub struct RequestBuilder {
     client: MeshClient,
-    request: Result<reqwest::RequestBuilder, Error>,
+    // The request itself, not reqwest's builder around it: a call copies it fewer times on
+    // its way to the stack. The builder methods lend it to reqwest's builder, for reqwest's
+    // semantics.
+    request: Result<reqwest::Request, Error>,
     options: crate::retry::attempt::CallOptions,
 }
 
 impl RequestBuilder {
     pub(super) fn new(client: MeshClient, method: Method, url: &str) -> Self {
-        let request = parse_logical_url(url).map(|url| client.inner.http.request(method, url));
+        let request = match parse_logical_url(url) {
+            Ok(url) => Ok(reqwest::Request::new(method, url)),
+            Err(error) => Err(error),
+        };
         RequestBuilder {
             client,
             request,
@@ -28,7 +34,10 @@ impl RequestBuilder {
     }
 
     fn map(mut self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
-        self.request = self.request.map(f);
+        self.request = self.request.and_then(|request| {
+            let http = self.client.inner.http.clone();
+            build(f(reqwest::RequestBuilder::from_parts(http, request)))
+        });
         self
     }
 
@@ -85,7 +94,7 @@ impl RequestBuilder {
 
     /// Builds the request without sending it.
     pub fn build(self) -> Result<reqwest::Request, Error> {
-        build(self.request)
+        self.request
     }
 
     /// Sends the request through the mesh. An invalid request (a malformed URL, a bad
@@ -99,7 +108,7 @@ impl RequestBuilder {
             request,
             options,
         } = self;
-        let request = match build(request) {
+        let request = match request {
             Ok(request) => request,
             Err(error) => return ResponseFuture::failed(error),
         };
@@ -125,9 +134,9 @@ impl fmt::Debug for RequestBuilder {
     }
 }
 
-/// The request `builder` makes, or the first error on the way to it.
-fn build(builder: Result<reqwest::RequestBuilder, Error>) -> Result<reqwest::Request, Error> {
-    builder?.build().map_err(Error::from_reqwest)
+/// The request `builder` makes, or its error as the mesh's.
+fn build(builder: reqwest::RequestBuilder) -> Result<reqwest::Request, Error> {
+    builder.build().map_err(Error::from_reqwest)
 }
 
 /// Parses a logical URL: `http` or `https`, with a host that names a service.
