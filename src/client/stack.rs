@@ -23,7 +23,7 @@ use crate::discovery::BoxFuture;
 use crate::error::Error;
 use crate::limit::{Admission, ConcurrencyLimitLayer, RateLimiterState};
 use crate::observe::{CallRecord, MetricsLayer};
-use crate::retry::{RetryLayer, RetryState};
+use crate::retry::{RetryLayer, RetryState, Settled};
 use crate::timeout::Deadline;
 
 /// The policies of one service, shared by its calls.
@@ -431,11 +431,15 @@ where
         let Some(retry) = call.retry.as_mut() else {
             return Poll::Ready(outcome);
         };
-        match retry.settle(outcome) {
-            Ok(delay) => state.set(State::Backoff {
-                sleep: Box::pin(tokio::time::sleep(delay)),
-            }),
-            Err(result) => return Poll::Ready(result),
+        match retry.settle(&outcome) {
+            Settled::Done => return Poll::Ready(outcome),
+            Settled::Last => return Poll::Ready(retry.last_or(outcome)),
+            Settled::Retry(delay) => {
+                retry.keep(outcome);
+                state.set(State::Backoff {
+                    sleep: Box::pin(tokio::time::sleep(delay)),
+                });
+            }
         }
     }
 }

@@ -32,5 +32,5 @@ mod tests;
 pub use attempt::allow_non_idempotent_retries;
 pub use budget::{BudgetConfig, RetryBudget};
 pub use policy::RetryPolicy;
-pub(crate) use service::RetryState;
 pub use service::{ResponseFuture, Retry, RetryLayer};
+pub(crate) use service::{RetryState, Settled};

@@ -214,6 +214,16 @@ struct Retries<S: Service<reqwest::Request>, C> {
 }
 
 /// What a retryable call keeps between its attempts.
+/// What follows an attempt, from [`RetryState::settle`].
+pub(crate) enum Settled {
+    /// The call returns the attempt's result.
+    Done,
+    /// The call returns the last real outcome before this attempt (a breaker refused it).
+    Last,
+    /// The call waits this long, then tries again.
+    Retry(Duration),
+}
+
 pub(crate) struct RetryState<R, C> {
     policy: Arc<RetryPolicy>,
     budget: Arc<RetryBudget>,
@@ -221,8 +231,9 @@ pub(crate) struct RetryState<R, C> {
     template: reqwest::Request,
     tried: Tried,
     retried: u32,
-    /// The last real outcome, kept while the next attempt waits or is refused.
-    last: Option<Result<R, Error>>,
+    /// The last real outcome, kept while the next attempt waits or is refused. Boxed: a
+    /// call that is not retried (most) moves this state into its box once, smaller without.
+    last: Option<Box<Result<R, Error>>>,
 }
 
 impl<R, C: Classify<R>> RetryState<R, C> {
@@ -232,28 +243,35 @@ impl<R, C: Classify<R>> RetryState<R, C> {
         attempt::lend(&mut self.tried)
     }
 
-    /// After an attempt's `result`: `Ok` with the backoff to wait before the next attempt
-    /// (the result is kept), or `Err` with what the call returns.
-    pub(crate) fn settle(
-        &mut self,
-        result: Result<R, Error>,
-    ) -> Result<Duration, Result<R, Error>> {
+    /// What follows an attempt that ended with `result`. The result stays with the caller,
+    /// which returns it or hands it to [`keep`](Self::keep): a response is not moved through
+    /// here on every call.
+    pub(crate) fn settle(&mut self, result: &Result<R, Error>) -> Settled {
         if self.retried > 0 && result.as_ref().is_err_and(Error::is_circuit_open) {
             // A breaker below refused the retry: the call ends with its last real outcome.
-            return Err(self.last.take().unwrap_or(result));
+            return Settled::Last;
         }
         if self.retried + 1 >= self.policy.max_attempts
             || self.classifier.classify(result.as_ref()) != Outcome::Failure
         {
-            return Err(result);
+            return Settled::Done;
         }
         if !self.budget.try_withdraw() {
             tracing::debug!("retry budget exhausted; not retrying");
-            return Err(result);
+            return Settled::Done;
         }
-        let delay = self.policy.delay(self.retried);
-        self.last = Some(result);
-        Ok(delay)
+        Settled::Retry(self.policy.delay(self.retried))
+    }
+
+    /// Keeps the outcome of an attempt that is retried (after [`Settled::Retry`]).
+    pub(crate) fn keep(&mut self, result: Result<R, Error>) {
+        self.last = Some(Box::new(result));
+    }
+
+    /// What the call returns after [`Settled::Last`]: the last real outcome, or `result`
+    /// if there was none.
+    pub(crate) fn last_or(&mut self, result: Result<R, Error>) -> Result<R, Error> {
+        self.last.take().map_or(result, |last| *last)
     }
 
     /// The next attempt's request, once its backoff has passed; `Err` with what the call
@@ -262,16 +280,16 @@ impl<R, C: Classify<R>> RetryState<R, C> {
         self.retried += 1;
         // The template's body was cloned once, so it clones again.
         try_clone(&self.template).ok_or_else(|| {
-            self.last
-                .take()
-                .unwrap_or_else(|| Err(Error::builder("body", "cannot be sent again")))
+            self.last.take().map_or_else(
+                || Err(Error::builder("body", "cannot be sent again")),
+                |last| *last,
+            )
         })
     }
 
     /// The service below failed to become ready for the next attempt: that is its outcome.
-    pub(crate) fn not_ready(&mut self, error: Error) -> Result<Duration, Result<R, Error>> {
+    pub(crate) fn not_ready(&mut self) {
         self.retried += 1;
-        self.settle(Err(error))
     }
 }
 
@@ -286,12 +304,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let settled = match this.state.as_mut().project() {
+            let (result, retries) = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     match this.retries.as_mut() {
                         None => return Poll::Ready(result),
-                        Some(retries) => retries.state.settle(result),
+                        Some(retries) => (result, retries),
                     }
                 }
                 StateProj::Backoff { sleep } => {
@@ -315,15 +333,22 @@ where
                             this.state.set(State::Calling { future });
                             continue;
                         }
-                        Err(error) => retries.state.not_ready(error.into()),
+                        Err(error) => {
+                            retries.state.not_ready();
+                            (Err(error.into()), retries)
+                        }
                     }
                 }
             };
-            match settled {
-                Ok(delay) => this.state.set(State::Backoff {
-                    sleep: Box::pin(tokio::time::sleep(delay)),
-                }),
-                Err(result) => return Poll::Ready(result),
+            match retries.state.settle(&result) {
+                Settled::Done => return Poll::Ready(result),
+                Settled::Last => return Poll::Ready(retries.state.last_or(result)),
+                Settled::Retry(delay) => {
+                    retries.state.keep(result);
+                    this.state.set(State::Backoff {
+                        sleep: Box::pin(tokio::time::sleep(delay)),
+                    });
+                }
             }
         }
     }
