@@ -206,8 +206,10 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = PendingProj]
     enum Pending {
-        // The call is in its service's stack.
-        Calling { #[pin] future: MeshFuture<reqwest::Client> },
+        // The call is in its service's stack. Boxed: the caller moves this future around
+        // (into its own state, through `IntoFuture`), and a pointer moves cheaper than the
+        // stack's few hundred bytes.
+        Calling { future: Pin<Box<MeshFuture<reqwest::Client>>> },
         // A service's first call, or a call with per-call options.
         Boxed { future: BoxFuture<'static, Result<Response, Error>> },
         // Failed before it started (an invalid request).
@@ -218,7 +220,9 @@ pin_project_lite::pin_project! {
 impl ResponseFuture {
     fn calling(future: MeshFuture<reqwest::Client>) -> Self {
         ResponseFuture {
-            state: Pending::Calling { future },
+            state: Pending::Calling {
+                future: Box::pin(future),
+            },
         }
     }
 
@@ -242,7 +246,7 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            PendingProj::Calling { future } => future.poll(cx),
+            PendingProj::Calling { future } => future.as_mut().poll(cx),
             PendingProj::Boxed { future } => future.as_mut().poll(cx),
             PendingProj::Failed { error } => Poll::Ready(Err(error
                 .take()
