@@ -172,36 +172,52 @@ impl<C> Router<C> {
                 };
                 ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
-            Ok(Lookup::Pending(entry)) => {
-                // Cold path: the service's first snapshot is not in yet. Hand the readied
-                // inner service to the future and keep a fresh clone in its place.
-                let clone = inner.clone();
-                let inner = std::mem::replace(inner, clone);
-                // The future keeps the registry, and so the service's watch task, alive: a
-                // `oneshot` drops this service as soon as it has called it.
-                let registry = self.registry.clone();
-                let preserve_host = self.preserve_host;
-                let classifier = self.classifier.clone();
-                // A retry layer above lends its list of tried endpoints only while it
-                // calls, so this attempt neither avoids nor records them: the retry of a
-                // call that waited for the first snapshot may go to the same endpoint.
-                ResponseFuture::waiting(Box::pin(async move {
-                    let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
-                    drop(registry);
-                    let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
-                    rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
-                    let started = crate::clock::now();
-                    let mut call = InFlight::new(snapshot.clone(), index);
-                    let result = inner
-                        .oneshot(request)
-                        .await
-                        .map_err(|error| attach(error.into(), &snapshot, index));
-                    call.end();
-                    observe(&snapshot, index, &classifier, result.as_ref(), started);
-                    result
-                }))
-            }
+            Ok(Lookup::Pending(entry)) => self.wait_first(inner, request, entry),
         }
+    }
+
+    /// The call of a service whose first snapshot is not in yet. Out of line: its future is
+    /// built on the stack, and the common path should not reserve room for it while the
+    /// service below runs.
+    #[inline(never)]
+    fn wait_first<S>(
+        &self,
+        inner: &mut S,
+        mut request: reqwest::Request,
+        entry: Arc<ServiceEntry>,
+    ) -> ResponseFuture<S::Future, S::Response, C>
+    where
+        S: Service<reqwest::Request> + Clone + Send + 'static,
+        S::Error: Into<Error>,
+        S::Future: Send,
+        C: Classify<S::Response>,
+    {
+        // Hand the readied inner service to the future and keep a fresh clone in its place.
+        let clone = inner.clone();
+        let inner = std::mem::replace(inner, clone);
+        // The future keeps the registry, and so the service's watch task, alive: a
+        // `oneshot` drops this service as soon as it has called it.
+        let registry = self.registry.clone();
+        let preserve_host = self.preserve_host;
+        let classifier = self.classifier.clone();
+        // A retry layer above lends its list of tried endpoints only while it calls, so
+        // this attempt neither avoids nor records them: the retry of a call that waited
+        // for the first snapshot may go to the same endpoint.
+        ResponseFuture::waiting(Box::pin(async move {
+            let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
+            drop(registry);
+            let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
+            rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
+            let started = crate::clock::now();
+            let mut call = InFlight::new(snapshot.clone(), index);
+            let result = inner
+                .oneshot(request)
+                .await
+                .map_err(|error| attach(error.into(), &snapshot, index));
+            call.end();
+            observe(&snapshot, index, &classifier, result.as_ref(), started);
+            result
+        }))
     }
 }
 

@@ -137,6 +137,14 @@ impl MeshClient {
                 };
             }
         }
+        self.call_later(request)
+    }
+
+    /// A service's first call, in a boxed future. Out of line: that future is built on the
+    /// stack, and a call whose stack is built should not reserve room for it while the
+    /// layers below it run.
+    #[inline(never)]
+    fn call_later(&self, request: reqwest::Request) -> ResponseFuture {
         let client = self.clone();
         ResponseFuture::boxed(async move { client.first_call(request).await })
     }

@@ -198,7 +198,7 @@ where
                     future: shared.router.call(&mut self.inner, request),
                 }
             }
-            admitted => admitted.into_state(Box::new(request)),
+            admitted => park(admitted, request),
         };
         // Retries, and attempts that waited, go to a clone of the transport, readied when
         // their turn comes.
@@ -362,63 +362,10 @@ where
     loop {
         let outcome = match state.as_mut().project() {
             StateProj::Calling { future } => ready!(future.poll(cx)),
-            StateProj::Ended { result } => result
-                .take()
-                .unwrap_or_else(|| Err(Error::builder("call", "polled after its attempt ended"))),
-            StateProj::RateWait { wait, request } => match ready!(wait.as_mut().poll(cx)) {
-                Ok(()) => {
-                    let request = request.take();
-                    admit(state.as_mut(), call, request, true);
-                    continue;
-                }
-                Err(error) => Err(error),
+            _ => match ready!(poll_between(state.as_mut(), call, cx)) {
+                Some(outcome) => outcome,
+                None => continue,
             },
-            StateProj::TokenWait { fetch, request } => match ready!(fetch.as_mut().poll(cx)) {
-                Ok(value) => {
-                    let mut request = request.take();
-                    #[cfg(feature = "jwt")]
-                    if let Some(request) = request.as_deref_mut() {
-                        crate::auth::insert_authorization(request, value);
-                    }
-                    #[cfg(not(feature = "jwt"))]
-                    let _ = value;
-                    state.set(State::Readying {
-                        request: request.take(),
-                    });
-                    continue;
-                }
-                Err(error) => Err(error),
-            },
-            StateProj::Readying { request } => {
-                let Some(spare) = call.spare.as_mut() else {
-                    return Poll::Ready(Err(Error::builder("call", "no service to retry with")));
-                };
-                match ready!(spare.poll_ready(cx).map_err(Into::into)) {
-                    Ok(()) => {
-                        let Some(request) = request.take() else {
-                            return Poll::Ready(Err(Error::builder("call", "no request to send")));
-                        };
-                        let future = {
-                            let _lent = call.retry.as_mut().map(|retry| retry.lend());
-                            call.shared.router.call(spare, *request)
-                        };
-                        state.set(State::Calling { future });
-                        continue;
-                    }
-                    Err(error) => Err(error),
-                }
-            }
-            StateProj::Backoff { sleep } => {
-                ready!(sleep.as_mut().poll(cx));
-                let Some(retry) = call.retry.as_mut() else {
-                    return Poll::Ready(Err(Error::builder("call", "no retry to wait for")));
-                };
-                match retry.next_request() {
-                    Ok(request) => admit(state.as_mut(), call, Some(Box::new(request)), false),
-                    Err(result) => return Poll::Ready(result),
-                }
-                continue;
-            }
         };
         // The attempt ended: the breaker learns its outcome, its slot is given back, and
         // the retry policy decides what comes next.
@@ -436,12 +383,108 @@ where
             Settled::Last => return Poll::Ready(retry.last_or(outcome)),
             Settled::Retry(delay) => {
                 retry.keep(outcome);
-                state.set(State::Backoff {
-                    sleep: Box::pin(tokio::time::sleep(delay)),
-                });
+                back_off(state.as_mut(), delay);
             }
         }
     }
+}
+
+/// Polls a call between attempts: waiting for a rate limit, a token, a ready service or
+/// a backoff. `Some` with an outcome that ends an attempt; `None` when the state moved on.
+/// Out of line: the attempt in flight, the common case, runs in a smaller stack frame.
+#[inline(never)]
+fn poll_between<S>(
+    mut state: Pin<&mut State<Attempt<S>>>,
+    call: &mut Call<S>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<reqwest::Response, Error>>>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    let outcome = match state.as_mut().project() {
+        StateProj::Calling { .. } => return Poll::Ready(None),
+        StateProj::Ended { result } => result
+            .take()
+            .unwrap_or_else(|| Err(Error::builder("call", "polled after its attempt ended"))),
+        StateProj::RateWait { wait, request } => match ready!(wait.as_mut().poll(cx)) {
+            Ok(()) => {
+                let request = request.take();
+                admit(state.as_mut(), call, request, true);
+                return Poll::Ready(None);
+            }
+            Err(error) => Err(error),
+        },
+        StateProj::TokenWait { fetch, request } => match ready!(fetch.as_mut().poll(cx)) {
+            Ok(value) => {
+                let mut request = request.take();
+                #[cfg(feature = "jwt")]
+                if let Some(request) = request.as_deref_mut() {
+                    crate::auth::insert_authorization(request, value);
+                }
+                #[cfg(not(feature = "jwt"))]
+                let _ = value;
+                state.set(State::Readying {
+                    request: request.take(),
+                });
+                return Poll::Ready(None);
+            }
+            Err(error) => Err(error),
+        },
+        StateProj::Readying { request } => {
+            let Some(spare) = call.spare.as_mut() else {
+                return Poll::Ready(Some(Err(Error::builder(
+                    "call",
+                    "no service to retry with",
+                ))));
+            };
+            match ready!(spare.poll_ready(cx).map_err(Into::into)) {
+                Ok(()) => {
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Some(Err(Error::builder(
+                            "call",
+                            "no request to send",
+                        ))));
+                    };
+                    let future = {
+                        let _lent = call.retry.as_mut().map(|retry| retry.lend());
+                        call.shared.router.call(spare, *request)
+                    };
+                    state.set(State::Calling { future });
+                    return Poll::Ready(None);
+                }
+                Err(error) => Err(error),
+            }
+        }
+        StateProj::Backoff { sleep } => {
+            ready!(sleep.as_mut().poll(cx));
+            let Some(retry) = call.retry.as_mut() else {
+                return Poll::Ready(Some(Err(Error::builder("call", "no retry to wait for"))));
+            };
+            match retry.next_request() {
+                Ok(request) => admit(state.as_mut(), call, Some(Box::new(request)), false),
+                Err(result) => return Poll::Ready(Some(result)),
+            }
+            return Poll::Ready(None);
+        }
+    };
+    Poll::Ready(Some(outcome))
+}
+
+/// The state of a first attempt that was refused or waits, its request boxed. Out of line,
+/// as `poll_between`: the common path calls the balancer with a smaller stack frame.
+#[inline(never)]
+fn park<F>(admitted: Admitted, request: reqwest::Request) -> State<F> {
+    admitted.into_state(Box::new(request))
+}
+
+/// Sets the backoff before the next attempt. Out of line, as `poll_between`.
+#[inline(never)]
+fn back_off<F>(mut state: Pin<&mut State<F>>, delay: Duration) {
+    state.set(State::Backoff {
+        sleep: Box::pin(tokio::time::sleep(delay)),
+    });
 }
 
 /// Runs the admission of an attempt after the first, and sets the state it leads to.
