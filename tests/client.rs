@@ -225,3 +225,28 @@ async fn the_balance_layer_works_alone_around_a_plain_reqwest_client() {
     let response = service.oneshot(request).await.expect("ok");
     assert_eq!(header(&response, "x-path"), "/alone");
 }
+
+#[test]
+fn a_request_builder_shows_its_request_but_no_credential() {
+    let mesh = MeshClient::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", [Endpoint::new(([127, 0, 0, 1], 9))])
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid client");
+    let shown = format!(
+        "{:?}",
+        mesh.get("http://orders/v1/items")
+            .header("x-trace", "t-1")
+            .bearer_auth("s3cret-token")
+    );
+    assert!(shown.starts_with("RequestBuilder"), "{shown}");
+    assert!(
+        shown.contains("/v1/items") && shown.contains("x-trace"),
+        "{shown}"
+    );
+    assert!(shown.contains("Sensitive"), "{shown}");
+    assert!(!shown.contains("s3cret-token"), "{shown}");
+}

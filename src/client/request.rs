@@ -127,8 +127,13 @@ impl RequestBuilder {
 impl fmt::Debug for RequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.request {
-            // reqwest's Debug shows the method, URL and headers, with sensitive ones redacted.
-            Ok(request) => fmt::Debug::fmt(request, f),
+            // What reqwest's builder shows; a sensitive header's value shows as `Sensitive`.
+            Ok(request) => f
+                .debug_struct("RequestBuilder")
+                .field("method", request.method())
+                .field("url", request.url())
+                .field("headers", request.headers())
+                .finish(),
             Err(error) => f.debug_tuple("RequestBuilder").field(error).finish(),
         }
     }
