@@ -388,6 +388,14 @@ pin_project! {
 }
 
 impl<F, R, C> ResponseFuture<F, R, C> {
+    /// The endpoint this attempt was sent to, once it was picked.
+    pub(crate) fn endpoint(&self) -> Option<&EndpointAddr> {
+        match &self.state {
+            State::Called { call, .. } => Some(call.snapshot.endpoints[call.index].addr()),
+            State::Waiting { .. } | State::Failed { .. } => None,
+        }
+    }
+
     fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },

@@ -193,7 +193,13 @@ where
         let state = match admitted {
             // The readied service takes the first attempt.
             Admitted::Go => {
-                let _lent = retry.as_mut().map(|retry| retry.lend());
+                // The first attempt's endpoint is read from its future if the call is
+                // retried, so its list is not lent, unless an outer retry layer has one
+                // out: the balancer would record into that one.
+                let _lent = retry
+                    .as_mut()
+                    .filter(|_| crate::retry::attempt::is_lent())
+                    .map(|retry| retry.lend());
                 State::Calling {
                     future: shared.router.call(&mut self.inner, request),
                 }
@@ -382,6 +388,11 @@ where
             Settled::Done => return Poll::Ready(outcome),
             Settled::Last => return Poll::Ready(retry.last_or(outcome)),
             Settled::Retry(delay) => {
+                if let StateProj::Calling { future } = state.as_mut().project()
+                    && let Some(endpoint) = future.endpoint()
+                {
+                    retry.record_first(endpoint);
+                }
                 retry.keep(outcome);
                 back_off(state.as_mut(), delay);
             }

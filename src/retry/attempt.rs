@@ -49,6 +49,13 @@ impl Tried {
         self.first.as_ref() == Some(endpoint) || self.rest.contains(endpoint)
     }
 
+    /// Records the endpoint of a call's first attempt, made without the list lent.
+    pub(crate) fn record_first(&mut self, endpoint: &EndpointAddr) {
+        if self.is_empty() {
+            self.push(endpoint);
+        }
+    }
+
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
@@ -95,6 +102,11 @@ impl Drop for Lent<'_> {
         let outer = self.outer.take();
         *self.tried = LENT.with(|lent| lent.replace(outer)).unwrap_or_default();
     }
+}
+
+/// Whether a retry layer has lent its list to the layers it is calling now.
+pub(crate) fn is_lent() -> bool {
+    LENT.with(|lent| lent.borrow().is_some())
 }
 
 /// Runs `f` on the list of endpoints the current call has tried, while a retry layer calls

@@ -243,6 +243,11 @@ impl<R, C: Classify<R>> RetryState<R, C> {
         attempt::lend(&mut self.tried)
     }
 
+    /// Records where the first attempt went, when it went without the list lent.
+    pub(crate) fn record_first(&mut self, endpoint: &crate::endpoint::EndpointAddr) {
+        self.tried.record_first(endpoint);
+    }
+
     /// What follows an attempt that ended with `result`. The result stays with the caller,
     /// which returns it or hands it to [`keep`](Self::keep): a response is not moved through
     /// here on every call.
