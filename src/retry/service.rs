@@ -166,9 +166,11 @@ impl<C: Clone> RetryLayer<C> {
         {
             *request.timeout_mut() = Some(timeout);
         }
+        // The method first: the options are read from a task-local only for a method that
+        // is not idempotent.
         self.policy.max_attempts > 1
-            && (attempt::options().retry_non_idempotent
-                || RetryPolicy::is_idempotent(request.method()))
+            && (RetryPolicy::is_idempotent(request.method())
+                || attempt::options().retry_non_idempotent)
     }
 
     fn state<R>(&self, template: reqwest::Request) -> RetryState<R, C> {
