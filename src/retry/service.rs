@@ -215,7 +215,6 @@ struct Retries<S: Service<reqwest::Request>, C> {
     state: RetryState<S::Response, C>,
 }
 
-/// What a retryable call keeps between its attempts.
 /// What follows an attempt, from [`RetryState::settle`].
 pub(crate) enum Settled {
     /// The call returns the attempt's result.
@@ -226,6 +225,7 @@ pub(crate) enum Settled {
     Retry(Duration),
 }
 
+/// What a retryable call keeps between its attempts.
 pub(crate) struct RetryState<R, C> {
     policy: Arc<RetryPolicy>,
     budget: Arc<RetryBudget>,
@@ -294,7 +294,8 @@ impl<R, C: Classify<R>> RetryState<R, C> {
         })
     }
 
-    /// The service below failed to become ready for the next attempt: that is its outcome.
+    /// The service below failed to become ready for the next attempt: the attempt counts,
+    /// and the failure is its outcome, to [`settle`](Self::settle).
     pub(crate) fn not_ready(&mut self) {
         self.retried += 1;
     }
