@@ -26,6 +26,9 @@ fn header(response: &reqwest::Response, key: &str) -> String {
 fn the_client_is_cheap_to_share() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync_clone::<MeshClient>();
+    // A call's future can be sent to another task and polled without pinning it first.
+    fn assert_send_unpin<T: Send + Unpin + 'static>() {}
+    assert_send_unpin::<proxyless::client::ResponseFuture>();
 }
 
 #[tokio::test]

@@ -200,51 +200,41 @@ impl fmt::Debug for MeshClient {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future of a request sent through a [`MeshClient`]: what
-    /// [`RequestBuilder::send`] and [`MeshClient::execute`] return. It resolves to the
-    /// response, or to the [`Error`] that ended the call.
-    #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture {
-        #[pin]
-        state: Pending,
-    }
+/// The future of a request sent through a [`MeshClient`]: what [`RequestBuilder::send`]
+/// and [`MeshClient::execute`] return. It resolves to the response, or to the [`Error`] that
+/// ended the call. It is `Unpin`: what it drives is boxed.
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture {
+    state: Pending,
 }
 
-pin_project_lite::pin_project! {
-    #[project = PendingProj]
-    enum Pending {
-        // The call is in its service's stack. Boxed: the caller moves this future around
-        // (into its own state, through `IntoFuture`), and a pointer moves cheaper than the
-        // stack's few hundred bytes.
-        Calling { future: Pin<Box<MeshFuture<reqwest::Client>>> },
-        // A service's first call, or a call with per-call options.
-        Boxed { future: BoxFuture<'static, Result<Response, Error>> },
-        // Failed before it started (an invalid request).
-        Failed { error: Option<Error> },
-    }
+enum Pending {
+    // The call is in its service's stack. Boxed: the caller moves this future around (into
+    // its own state, through `IntoFuture`), and a pointer moves cheaper than the stack's few
+    // hundred bytes.
+    Calling(Pin<Box<MeshFuture<reqwest::Client>>>),
+    // A service's first call, or a call with per-call options.
+    Boxed(BoxFuture<'static, Result<Response, Error>>),
+    // Failed before it started (an invalid request).
+    Failed(Option<Error>),
 }
 
 impl ResponseFuture {
     fn calling(future: MeshFuture<reqwest::Client>) -> Self {
         ResponseFuture {
-            state: Pending::Calling {
-                future: Box::pin(future),
-            },
+            state: Pending::Calling(Box::pin(future)),
         }
     }
 
     fn boxed(future: impl Future<Output = Result<Response, Error>> + Send + 'static) -> Self {
         ResponseFuture {
-            state: Pending::Boxed {
-                future: Box::pin(future),
-            },
+            state: Pending::Boxed(Box::pin(future)),
         }
     }
 
     fn failed(error: Error) -> Self {
         ResponseFuture {
-            state: Pending::Failed { error: Some(error) },
+            state: Pending::Failed(Some(error)),
         }
     }
 }
@@ -253,10 +243,10 @@ impl Future for ResponseFuture {
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            PendingProj::Calling { future } => future.as_mut().poll(cx),
-            PendingProj::Boxed { future } => future.as_mut().poll(cx),
-            PendingProj::Failed { error } => Poll::Ready(Err(error
+        match &mut self.get_mut().state {
+            Pending::Calling(future) => future.as_mut().poll(cx),
+            Pending::Boxed(future) => future.as_mut().poll(cx),
+            Pending::Failed(error) => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| Error::builder("call", "polled after it failed")))),
         }
