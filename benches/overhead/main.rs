@@ -142,19 +142,37 @@ fn haproxy(server: SocketAddr) -> Option<Proxy> {
 
 /// Every policy on, none of them refusing a call in this run.
 fn every_policy() -> TrafficPolicy {
-    let key = SigningKey::hmac(
-        Algorithm::HS256,
-        &Secret::new("a-benchmark-secret-of-32-bytes!!"),
-    )
-    .expect("valid key");
-    TrafficPolicy::default()
-        .timeout(Duration::from_secs(10))
-        .rate_limit(
+    ["timeout", "rate_limit", "concurrency_limit", "token"]
+        .into_iter()
+        .fold(TrafficPolicy::default(), with_policy)
+}
+
+/// The policy `policy` of [`every_policy`] added to `traffic`, with the same settings.
+/// Retries and the breaker are on by default; `retry` and `breaker` turn them on again
+/// after `no_retries()` and `no_breaker()`.
+fn with_policy(traffic: TrafficPolicy, policy: &str) -> TrafficPolicy {
+    match policy {
+        "timeout" => traffic.timeout(Duration::from_secs(10)),
+        "retry" => traffic.retry(proxyless::retry::RetryPolicy::default()),
+        "breaker" => traffic.breaker(proxyless::breaker::BreakerConfig::default()),
+        "rate_limit" => traffic.rate_limit(
             Rate::per_second(std::num::NonZeroU32::new(1_000_000).expect("above 0")),
             OnExceed::FailFast,
-        )
-        .concurrency_limit(10_000)
-        .token_source(JwtSigner::builder(key).build().expect("valid signer"))
+        ),
+        "concurrency_limit" => traffic.concurrency_limit(10_000),
+        "token" => {
+            let key = SigningKey::hmac(
+                Algorithm::HS256,
+                &Secret::new("a-benchmark-secret-of-32-bytes!!"),
+            )
+            .expect("valid key");
+            traffic.token_source(JwtSigner::builder(key).build().expect("valid signer"))
+        }
+        other => panic!(
+            "OVERHEAD_POLICY=only:{other}: expected timeout, retry, breaker, rate_limit, \
+             concurrency_limit or token"
+        ),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -401,6 +419,11 @@ fn main() {
         .traffic(match std::env::var("OVERHEAD_POLICY").as_deref() {
             // Diagnostics: no policy at all (`bare_quiet`: nor health scores and ejection).
             Ok("bare" | "bare_quiet") => TrafficPolicy::default().no_retries().no_breaker(),
+            // One policy alone over `bare`: what it costs on a real call.
+            Ok(only) if only.starts_with("only:") => with_policy(
+                TrafficPolicy::default().no_retries().no_breaker(),
+                &only["only:".len()..],
+            ),
             _ => every_policy(),
         })
         .build()
