@@ -24,13 +24,13 @@ use crate::error::Error;
 use crate::limit::{Admission, ConcurrencyLimitLayer, RateLimiterState};
 use crate::observe::{CallRecord, MetricsLayer};
 use crate::retry::{RetryLayer, RetryState, Settled};
-use crate::timeout::Deadline;
+use crate::timeout::{Deadline, Deadlines};
 
 /// The policies of one service, shared by its calls.
 #[derive(Debug)]
 pub(crate) struct Policies {
     pub(crate) metrics: MetricsLayer,
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) timeout: Option<Arc<Deadlines>>,
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) rate: Option<Arc<RateLimiterState>>,
     pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
@@ -213,9 +213,9 @@ where
         drop(entered);
         MeshFuture {
             state,
-            deadline: match policies.timeout {
-                Some(after) => MaybeDeadline::Set {
-                    deadline: Deadline::new(after),
+            deadline: match &policies.timeout {
+                Some(deadlines) => MaybeDeadline::Set {
+                    deadline: Deadline::new(deadlines),
                 },
                 None => MaybeDeadline::Unset,
             },
@@ -342,10 +342,14 @@ where
             let _entered = this.record.span().enter();
             match poll_attempts(this.state, this.call, cx) {
                 Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending => match this.deadline.project() {
-                    DeadlineProj::Set { deadline } => deadline.poll_expired(cx).map(Err),
-                    DeadlineProj::Unset => Poll::Pending,
-                },
+                Poll::Pending => {
+                    match (this.deadline.project(), &this.call.shared.policies.timeout) {
+                        (DeadlineProj::Set { deadline }, Some(deadlines)) => {
+                            deadline.poll_expired(cx, deadlines).map(Err)
+                        }
+                        _ => Poll::Pending,
+                    }
+                }
             }
         };
         let result = ready!(polled);

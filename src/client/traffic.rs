@@ -175,7 +175,7 @@ impl TrafficPolicy {
         Ok(MeshLayer {
             policies: Arc::new(Policies {
                 metrics: MetricsLayer::new(name),
-                timeout: self.timeout,
+                timeout: self.timeout.map(crate::timeout::Deadlines::new),
                 retry,
                 rate,
                 concurrency: self.concurrency_limit.map(ConcurrencyLimitLayer::new),
