@@ -147,12 +147,20 @@ fn every_policy() -> TrafficPolicy {
         .fold(TrafficPolicy::default(), with_policy)
 }
 
+/// The call timeout of [`every_policy`]: 10 s, or `OVERHEAD_TIMEOUT_MS`.
+fn call_timeout() -> Duration {
+    std::env::var("OVERHEAD_TIMEOUT_MS")
+        .ok()
+        .map(|ms| Duration::from_millis(ms.parse().expect("OVERHEAD_TIMEOUT_MS: milliseconds")))
+        .unwrap_or(Duration::from_secs(10))
+}
+
 /// The policy `policy` of [`every_policy`] added to `traffic`, with the same settings.
 /// Retries and the breaker are on by default; `retry` and `breaker` turn them on again
 /// after `no_retries()` and `no_breaker()`.
 fn with_policy(traffic: TrafficPolicy, policy: &str) -> TrafficPolicy {
     match policy {
-        "timeout" => traffic.timeout(Duration::from_secs(10)),
+        "timeout" => traffic.timeout(call_timeout()),
         "retry" => traffic.retry(proxyless::retry::RetryPolicy::default()),
         "breaker" => traffic.breaker(proxyless::breaker::BreakerConfig::default()),
         "rate_limit" => traffic.rate_limit(
@@ -195,6 +203,82 @@ enum Diag {
     Rewrite,
     /// The balance layer alone over the same client.
     Balance(proxyless::balance::Balance<reqwest::Client>),
+    /// The least any balancer on reqwest does: the rewrite, a round-robin pick, an in-flight
+    /// count, and the call's latency measured and summed.
+    Floor(Arc<Floor>),
+    /// The floor plus what every policy does on a call, written inline with the same crates:
+    /// a GCRA check, a concurrency count, a breaker's state and outcome counts, a JWT header,
+    /// a copy of the request for a retry and a budget deposit, a timeout, moving averages of
+    /// success and latency, and a histogram and counter recorded.
+    FloorAll(Arc<FloorAll>),
+}
+
+/// What [`Diag::FloorAll`] keeps.
+struct FloorAll {
+    floor: Floor,
+    /// The parts left out (`FLOOR_SKIP`, comma-separated: rate, concurrency, breaker, token,
+    /// retry, timeout, averages, metrics), to measure each one's share.
+    skip: Vec<String>,
+    rate: governor::DefaultDirectRateLimiter,
+    limit: u64,
+    timeout: Duration,
+    breaker_open: AtomicBool,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    budget: AtomicU64,
+    token: reqwest::header::HeaderValue,
+    success_average: AtomicU64,
+    latency_average: AtomicU64,
+    duration: metrics::Histogram,
+    requests: metrics::Counter,
+}
+
+/// Moves the f64 average in `cell` a tenth of the way to `sample`.
+fn average(cell: &AtomicU64, sample: f64) {
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        let old = f64::from_bits(bits);
+        Some((old + 0.1 * (sample - old)).to_bits())
+    });
+}
+
+/// A balancer reduced to what every balancer does on each call, for `OVERHEAD_DIAG=floor`.
+struct Floor {
+    endpoints: Box<[SocketAddr]>,
+    next: AtomicU64,
+    in_flight: AtomicU64,
+    calls: AtomicU64,
+    latency_nanos: AtomicU64,
+}
+
+impl Floor {
+    fn new(server: SocketAddr) -> Floor {
+        Floor {
+            endpoints: Box::new([server]),
+            next: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            latency_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Checks the logical URL names the service, picks an endpoint round robin, points the
+    /// URL at it and counts the call in flight; returns the count before it.
+    fn begin(&self, url: &mut reqwest::Url) -> u64 {
+        assert_eq!(url.host_str(), Some("bench"), "the service's name");
+        let next = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        let addr = self.endpoints[next % self.endpoints.len()];
+        url.set_ip_host(addr.ip()).expect("ip");
+        url.set_port(Some(addr.port())).expect("port");
+        self.in_flight.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a call that took `elapsed`.
+    fn end(&self, elapsed: Duration) {
+        self.latency_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -258,6 +342,73 @@ impl Clients {
                     .execute(reqwest::Request::new(reqwest::Method::GET, url))
                     .await
                     .expect("rewritten call")
+            }
+            Diag::Floor(floor) => {
+                let mut url = logical();
+                floor.begin(&mut url);
+                let started = Instant::now();
+                let response = self
+                    .http
+                    .execute(reqwest::Request::new(reqwest::Method::GET, url))
+                    .await
+                    .expect("floor call");
+                floor.end(started.elapsed());
+                response
+            }
+            Diag::FloorAll(all) => {
+                let floor = &all.floor;
+                let on = |part: &str| !all.skip.iter().any(|s| s == part);
+                let mut url = logical();
+                if on("rate") {
+                    all.rate.check().expect("under the rate");
+                }
+                let in_flight = floor.begin(&mut url);
+                if on("concurrency") {
+                    assert!(in_flight < all.limit, "under the concurrency limit");
+                }
+                if on("breaker") {
+                    assert!(
+                        !all.breaker_open.load(Ordering::Relaxed),
+                        "a closed breaker"
+                    );
+                }
+                let mut request = reqwest::Request::new(reqwest::Method::GET, url);
+                if on("token") {
+                    request
+                        .headers_mut()
+                        .insert(reqwest::header::AUTHORIZATION, all.token.clone());
+                }
+                let for_retry = if on("retry") {
+                    all.budget.fetch_add(1, Ordering::Relaxed);
+                    request.try_clone()
+                } else {
+                    None
+                };
+                let started = Instant::now();
+                let response = if on("timeout") {
+                    tokio::time::timeout(all.timeout, self.http.execute(request))
+                        .await
+                        .expect("in time")
+                } else {
+                    self.http.execute(request).await
+                }
+                .expect("floor call");
+                let elapsed = started.elapsed();
+                let ok = !response.status().is_server_error();
+                if on("breaker") {
+                    if ok { &all.successes } else { &all.failures }.fetch_add(1, Ordering::Relaxed);
+                }
+                if on("averages") {
+                    average(&all.success_average, if ok { 1.0 } else { 0.0 });
+                    average(&all.latency_average, elapsed.as_secs_f64());
+                }
+                if on("metrics") {
+                    all.duration.record(elapsed.as_secs_f64());
+                    all.requests.increment(1);
+                }
+                floor.end(elapsed);
+                drop(for_retry);
+                response
             }
             Diag::Balance(balance) => {
                 use tower::ServiceExt;
@@ -431,12 +582,63 @@ fn main() {
     let mode = match std::env::var("OVERHEAD_DIAG").as_deref() {
         Ok("passthrough") => Diag::Passthrough,
         Ok("rewrite") => Diag::Rewrite,
+        Ok("floor") => Diag::Floor(Arc::new(Floor::new(server))),
+        Ok("floor_all") => Diag::FloorAll(Arc::new(FloorAll {
+            floor: Floor::new(server),
+            skip: std::env::var("FLOOR_SKIP")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            rate: governor::RateLimiter::direct(governor::Quota::per_second(
+                std::num::NonZeroU32::new(1_000_000).expect("above 0"),
+            )),
+            limit: 10_000,
+            timeout: call_timeout(),
+            breaker_open: AtomicBool::new(false),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            budget: AtomicU64::new(0),
+            token: {
+                // A token of the size the signer's: HS256, `aud`, `iat`, `nbf`, `exp` and a
+                // 32-digit `jti`.
+                let claims = serde_json::json!({
+                    "aud": "bench", "iat": 1_790_000_000u64, "nbf": 1_790_000_000u64,
+                    "exp": 1_790_000_300u64, "jti": format!("{:032x}", 0x1234_5678_u128),
+                });
+                let token = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                    &claims,
+                    &jsonwebtoken::EncodingKey::from_secret(b"a-benchmark-secret-of-32-bytes!!"),
+                )
+                .expect("signed");
+                let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                    .expect("a header value");
+                value.set_sensitive(true);
+                value
+            },
+            success_average: AtomicU64::new(1f64.to_bits()),
+            latency_average: AtomicU64::new(0),
+            duration: metrics::histogram!("floor_duration_seconds", "server.address" => "bench"),
+            requests: metrics::counter!("floor_requests_total", "server.address" => "bench"),
+        })),
         Ok("balance") => Diag::Balance({
             use tower::Layer;
             proxyless::balance::BalanceLayer::new(mesh.registry().clone()).layer(http.clone())
         }),
         _ => Diag::Mesh,
     };
+    if let Diag::FloorAll(_) = mode {
+        // A timer nearer than a call's deadline, as the mesh's own background work
+        // keeps: without one, each call's timer is the runtime's earliest and tokio wakes its
+        // driver to re-arm (an eventfd write and one more turn of the event loop per call).
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+            }
+        });
+    }
     let clients = Clients {
         mode,
         server,
