@@ -133,6 +133,9 @@ struct Table {
     /// Whether a deadline was registered since the sweeper's last tick: it stops only after a
     /// whole tick without calls, so a steady stream of calls does not restart it.
     busy: bool,
+    /// No deadline waiting to be woken is earlier than this: a tick before it has nothing
+    /// to look at. Calls that end leave it where it is (still a lower bound).
+    earliest: Option<Instant>,
 }
 
 enum Slot {
@@ -189,6 +192,7 @@ impl Deadlines {
         };
         table.waiting += 1;
         table.busy = true;
+        table.earliest = Some(table.earliest.map_or(at, |earliest| earliest.min(at)));
         self.ensure_sweeping(&mut table);
         key
     }
@@ -245,14 +249,22 @@ async fn sweep(deadlines: Arc<Deadlines>) {
                 return;
             }
             table.busy = false;
-            for slot in &mut table.slots {
-                if let Slot::Waiting { at, waker, woken } = slot
-                    && !*woken
-                    && *at <= now
-                {
-                    *woken = true;
-                    waker.wake_by_ref();
+            if table.earliest.is_some_and(|earliest| earliest <= now) {
+                // Wake what has expired; the earliest of the rest bounds the next look.
+                let mut earliest = None;
+                for slot in &mut table.slots {
+                    if let Slot::Waiting { at, waker, woken } = slot
+                        && !*woken
+                    {
+                        if *at <= now {
+                            *woken = true;
+                            waker.wake_by_ref();
+                        } else {
+                            earliest = Some(earliest.map_or(*at, |e: Instant| e.min(*at)));
+                        }
+                    }
                 }
+                table.earliest = earliest;
             }
         }
         sleep.as_mut().reset(now + deadlines.tick);
@@ -380,10 +392,9 @@ mod tests {
         // 320 ms: a tick of 10 ms.
         let layer = TimeoutLayer::new(Duration::from_millis(320));
         let started = Instant::now();
-        let error = layer
-            .layer(service_fn(never))
-            .oneshot(())
+        let error = within_10s(layer.layer(service_fn(never)).oneshot(()))
             .await
+            .expect("the layer's deadline fired, not the test's")
             .expect_err("never answers");
         let took = started.elapsed();
         assert!(error.is_timeout(), "{error:?}");
@@ -391,6 +402,31 @@ mod tests {
             took >= Duration::from_millis(320) && took <= Duration::from_millis(331),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn staggered_calls_each_fail_within_one_tick_of_their_own_deadline() {
+        let layer = TimeoutLayer::new(Duration::from_millis(320));
+        let started = Instant::now();
+        let calls = (0..3u64).map(|i| {
+            let service = layer.layer(service_fn(never));
+            async move {
+                tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                let error = service.oneshot(()).await.expect_err("never answers");
+                assert!(error.is_timeout(), "{error:?}");
+                started.elapsed()
+            }
+        });
+        let took = within_10s(futures_util::future::join_all(calls))
+            .await
+            .expect("the layer's deadlines fired, not the test's");
+        for (i, took) in (0u64..).zip(took) {
+            let deadline = Duration::from_millis(320 + 100 * i);
+            assert!(
+                took >= deadline && took <= deadline + Duration::from_millis(11),
+                "call {i}: {took:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -402,7 +438,9 @@ mod tests {
         }));
         // Some answer, some time out, one is cancelled while it waits.
         let calls = (0..8u64).map(|i| service.clone().oneshot(i * 400));
-        let results = futures_util::future::join_all(calls).await;
+        let results = within_10s(futures_util::future::join_all(calls))
+            .await
+            .expect("every call ended by the layer's deadline or its answer");
         assert_eq!(
             results.iter().filter(|r| r.is_ok()).count(),
             3,
@@ -438,7 +476,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(!table(&layer).sweeping, "stopped while idle");
         // And the next call starts one again.
-        let error = service.oneshot(5_000).await.expect_err("too slow");
+        let error = within_10s(service.oneshot(5_000))
+            .await
+            .expect("the layer's deadline fired, not the test's")
+            .expect_err("too slow");
         assert!(error.is_timeout(), "{error:?}");
     }
 
