@@ -97,7 +97,6 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        #[pin]
         deadline: Deadline,
         deadlines: Arc<Deadlines>,
     }
@@ -309,21 +308,20 @@ impl Deadline {
     /// Ready with the timeout error once the deadline has passed; call it only when the
     /// call itself is not ready, always with the `deadlines` it was made with.
     pub(crate) fn poll_expired(
-        self: Pin<&mut Self>,
+        &mut self,
         cx: &mut Context<'_>,
         deadlines: &Arc<Deadlines>,
     ) -> Poll<Error> {
-        let this = self.get_mut();
-        if crate::clock::now() >= this.at {
+        if crate::clock::now() >= self.at {
             return Poll::Ready(Error::new(Kind::Timeout).with_message(format!(
                 "the call's deadline of {:?} passed",
                 deadlines.after
             )));
         }
-        match &this.registered {
+        match &self.registered {
             None => {
-                let key = deadlines.register(this.at, cx.waker());
-                this.registered = Some((Arc::clone(deadlines), key));
+                let key = deadlines.register(self.at, cx.waker());
+                self.registered = Some((Arc::clone(deadlines), key));
             }
             Some((deadlines, key)) => deadlines.refresh(*key, cx.waker()),
         }

@@ -213,12 +213,7 @@ where
         drop(entered);
         MeshFuture {
             state,
-            deadline: match &policies.timeout {
-                Some(deadlines) => MaybeDeadline::Set {
-                    deadline: Deadline::new(deadlines),
-                },
-                None => MaybeDeadline::Unset,
-            },
+            deadline: policies.timeout.as_deref().map(Deadline::new),
             call: Call {
                 permits,
                 shared: shared.clone(),
@@ -238,8 +233,8 @@ pin_project! {
     {
         #[pin]
         state: State<Attempt<S>>,
-        #[pin]
-        deadline: MaybeDeadline,
+        // Set when the service has a timeout (`call.shared.policies.timeout`).
+        deadline: Option<Deadline>,
         call: Call<S>,
         record: CallRecord,
     }
@@ -308,14 +303,6 @@ impl Admitted {
     }
 }
 
-pin_project! {
-    #[project = DeadlineProj]
-    enum MaybeDeadline {
-        Unset,
-        Set { #[pin] deadline: Deadline },
-    }
-}
-
 impl<S> std::fmt::Debug for MeshFuture<S>
 where
     S: Service<reqwest::Request>,
@@ -342,14 +329,12 @@ where
             let _entered = this.record.span().enter();
             match poll_attempts(this.state, this.call, cx) {
                 Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending => {
-                    match (this.deadline.project(), &this.call.shared.policies.timeout) {
-                        (DeadlineProj::Set { deadline }, Some(deadlines)) => {
-                            deadline.poll_expired(cx, deadlines).map(Err)
-                        }
-                        _ => Poll::Pending,
+                Poll::Pending => match (this.deadline, &this.call.shared.policies.timeout) {
+                    (Some(deadline), Some(deadlines)) => {
+                        deadline.poll_expired(cx, deadlines).map(Err)
                     }
-                }
+                    _ => Poll::Pending,
+                },
             }
         };
         let result = ready!(polled);
