@@ -375,6 +375,14 @@ mod tests {
         layer.deadlines.lock()
     }
 
+    /// A runtime of its own, on the test's thread.
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
     /// `future`'s output, or `None` if 10 s pass first. The test's timer is checked first,
     /// so a call that only its wake-up ends does not count as ended by its own deadline.
     async fn within_10s<F: Future>(future: F) -> Option<F::Output> {
@@ -484,15 +492,9 @@ mod tests {
     #[test]
     fn a_sweeper_is_started_again_on_the_next_runtime() {
         let layer = TimeoutLayer::new(Duration::from_millis(40));
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-        };
         for round in 0..3 {
             // Each runtime is dropped with its sweeper mid-tick.
-            let error = runtime()
+            let error = current_thread()
                 .block_on(within_10s(layer.layer(service_fn(never)).oneshot(())))
                 .expect("the layer's deadline fired, not the test's")
                 .expect_err("never answers");
@@ -510,19 +512,24 @@ mod tests {
             .expect("runtime");
         // A call on the first runtime starts the sweeper there.
         let waiting = first.spawn(layer.layer(service_fn(never)).oneshot(()));
+        let since = std::time::Instant::now();
         while !table(&layer).sweeping {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "no sweeper started"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
-        let second = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let result = second.block_on(async {
+        let result = current_thread().block_on(async {
             let call = tokio::spawn(layer.layer(service_fn(never)).oneshot(()));
             // Registered with the first runtime's sweeper...
-            while table(&layer).waiting < 2 {
-                tokio::task::yield_now().await;
-            }
+            within_10s(async {
+                while table(&layer).waiting < 2 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the second call registered");
             // ...which goes away with its runtime; the call must still time out.
             first.shutdown_background();
             within_10s(call).await
