@@ -31,7 +31,7 @@ inner=0
 inner_code=0
 inner_data=0
 n=$(( calls + 100 ))
-for path in inner balance bare whole; do
+for path in inner balance bare whole unique; do
   # Counts only inside `counted`; its first, 100-call run warms up and is counted too.
   PROXYLESS_COUNT="$path:$calls" valgrind --tool=callgrind --toggle-collect='*stack::counted*' \
     --cache-sim=yes --I1=4096,64,64 --D1=4096,64,64 --LL=8388608,16,64 \

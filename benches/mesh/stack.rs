@@ -6,6 +6,8 @@
 //!   on (metrics, timeout, retries with a budget, rate limit, concurrency limit, breaker,
 //!   a signed JWT attached, balancing) and Prometheus's recorder installed, cloned and
 //!   called once per request as the client does.
+//! - `whole_no_io_unique_urls`: the same, each call to a URL no call used before, so that
+//!   the balancer's table of rewritten URLs never serves one.
 //! - `inner_only`: the service under both, which makes the response; subtract it.
 //!
 //! Building the request is left out of all three.
@@ -118,6 +120,17 @@ pub(crate) fn benches(c: &mut Criterion) {
             as_the_client(&service, r)
         });
     }
+    // Every call a URL never seen before (an id in the path): the balancer's table of
+    // rewritten URLs never helps, and this is what the rewrite costs without it.
+    let next = std::cell::Cell::new(0u64);
+    let unique = || {
+        next.set(next.get() + 1);
+        let url = format!("http://orders/v1/items/{}?limit=10", next.get());
+        reqwest::Request::new(reqwest::Method::GET, url.parse().expect("url"))
+    };
+    timed(&mut group, "whole_no_io_unique_urls", &unique, None, |r| {
+        as_the_client(&service, r)
+    });
     group.finish();
     if layer.stats().requests > 0 {
         assert!(
@@ -128,7 +141,8 @@ pub(crate) fn benches(c: &mut Criterion) {
 }
 
 /// For `benches/instructions.sh`: builds one path of the stack (`inner`, `balance`, `bare`
-/// for metrics and balancing alone, or `whole`) with the same transport, registry and
+/// for metrics and balancing alone, `whole`, or `unique` for the whole stack with a URL no
+/// call used before on each call) with the same transport, registry and
 /// policies as the benchmarks above, warms it, and makes `calls` calls in [`counted`], the
 /// function callgrind counts instructions in.
 pub(crate) fn count(path: &str, calls: usize) {
@@ -163,7 +177,26 @@ pub(crate) fn count(path: &str, calls: usize) {
             counted(requests().take(100), |r| as_the_client(&service, r));
             counted(requests(), |r| as_the_client(&service, r));
         }
-        other => panic!("unknown path {other:?}: inner, balance, bare or whole"),
+        "unique" => {
+            let service = stack.layer(transport());
+            // Built before counting starts: the URLs' parsing is not the stack's.
+            let unique: Vec<Vec<reqwest::Request>> = [100, calls]
+                .into_iter()
+                .enumerate()
+                .map(|(run, n)| {
+                    (0..n)
+                        .map(|i| {
+                            let url = format!("http://orders/v1/items/{run}-{i}?limit=10");
+                            reqwest::Request::new(reqwest::Method::GET, url.parse().expect("url"))
+                        })
+                        .collect()
+                })
+                .collect();
+            for run in unique {
+                counted(run.into_iter(), |r| as_the_client(&service, r));
+            }
+        }
+        other => panic!("unknown path {other:?}: inner, balance, bare, whole or unique"),
     }
 }
 

@@ -9,8 +9,10 @@ use tower::{Service, ServiceExt};
 
 use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::discovery::{BoxFuture, Lookup, Registry, ServiceEntry, Snapshot};
-use crate::endpoint::{Endpoint, EndpointAddr};
+use crate::endpoint::EndpointAddr;
 use crate::error::Error;
+
+use super::rewrite::{Rewrites, rewrite};
 
 /// The service [`BalanceLayer`](super::BalanceLayer) produces: it reads the logical service
 /// from the request URL's host, picks one of its endpoints and rewrites the URL's scheme,
@@ -35,6 +37,8 @@ pub(crate) struct Router<C = HttpClassifier> {
     pinned: Option<Arc<ServiceEntry>>,
     preserve_host: bool,
     classifier: C,
+    /// The URLs this balancer rewrote lately, shared by its clones.
+    rewrites: Arc<Rewrites>,
 }
 
 impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Balance<S, C> {
@@ -60,6 +64,7 @@ impl<S> Balance<S> {
                 pinned: None,
                 preserve_host,
                 classifier: HttpClassifier,
+                rewrites: Arc::default(),
             },
         }
     }
@@ -73,6 +78,7 @@ impl<S, C> Balance<S, C> {
             pinned,
             preserve_host,
             classifier: _,
+            rewrites,
         } = self.router;
         Balance {
             inner: self.inner,
@@ -81,6 +87,7 @@ impl<S, C> Balance<S, C> {
                 pinned,
                 preserve_host,
                 classifier,
+                rewrites,
             },
         }
     }
@@ -162,7 +169,11 @@ impl<C> Router<C> {
             Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index);
-                rewrite(&mut request, &snapshot.endpoints[index], self.preserve_host);
+                let endpoint = &snapshot.endpoints[index];
+                if self.preserve_host {
+                    preserve_host(&mut request);
+                }
+                self.rewrites.rewrite(request.url_mut(), endpoint);
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
                 let call = InFlight::new(snapshot, index);
@@ -207,7 +218,10 @@ impl<C> Router<C> {
             let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
             drop(registry);
             let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
-            rewrite(&mut request, &snapshot.endpoints[index], preserve_host);
+            if preserve_host {
+                self::preserve_host(&mut request);
+            }
+            rewrite(request.url_mut(), &snapshot.endpoints[index]);
             let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner
@@ -262,33 +276,21 @@ fn logical_host(url: &reqwest::Url) -> Result<&str, Error> {
     }
 }
 
-fn rewrite(request: &mut reqwest::Request, endpoint: &Endpoint, preserve_host: bool) {
-    if preserve_host && !request.headers().contains_key(HOST) {
-        let logical = match request.url().port() {
-            Some(port) => HeaderValue::from_str(&format!(
-                "{}:{port}",
-                request.url().host_str().unwrap_or_default()
-            )),
-            None => HeaderValue::from_str(request.url().host_str().unwrap_or_default()),
-        };
-        if let Ok(value) = logical {
-            request.headers_mut().insert(HOST, value);
-        }
+/// Sets the `Host` header to the logical URL's host and port, unless the request sets it.
+fn preserve_host(request: &mut reqwest::Request) {
+    if request.headers().contains_key(HOST) {
+        return;
     }
-    let url = request.url_mut();
-    // These setters fail only for URLs that cannot have a host, which `logical_host` refused.
-    if let Some(scheme) = endpoint.scheme() {
-        let _ = url.set_scheme(scheme.as_str());
+    let logical = match request.url().port() {
+        Some(port) => HeaderValue::from_str(&format!(
+            "{}:{port}",
+            request.url().host_str().unwrap_or_default()
+        )),
+        None => HeaderValue::from_str(request.url().host_str().unwrap_or_default()),
+    };
+    if let Ok(value) = logical {
+        request.headers_mut().insert(HOST, value);
     }
-    match endpoint.addr() {
-        EndpointAddr::Ip(addr) => {
-            let _ = url.set_ip_host(addr.ip());
-        }
-        EndpointAddr::Host(host, _) => {
-            let _ = url.set_host(Some(host));
-        }
-    }
-    let _ = url.set_port(Some(endpoint.addr().port()));
 }
 
 /// Records a call's outcome against its endpoint, and any pushback.
