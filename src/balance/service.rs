@@ -16,7 +16,9 @@ use super::rewrite::{Rewrites, rewrite};
 
 /// The service [`BalanceLayer`](super::BalanceLayer) produces: it reads the logical service
 /// from the request URL's host, picks one of its endpoints and rewrites the URL's scheme,
-/// host and port to it, keeping path and query.
+/// host and port to it, keeping path and query. It remembers up to 64 of the URLs it
+/// rewrote, keyed by the logical URL and the endpoint, and its clones share them: a URL
+/// seen twice in a row is kept, and a call to a kept URL gets a copy of the rewritten one.
 ///
 /// Each call's outcome, as the classifier `C` sees it, and its latency are recorded against
 /// the endpoint that served it: they feed its health score and outlier ejection (see
