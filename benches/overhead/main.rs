@@ -289,21 +289,32 @@ struct Clients {
     server: SocketAddr,
     raw_url: Arc<str>,
     proxy_url: Option<Arc<str>>,
+    /// With `OVERHEAD_QUERY=unique`, the number of the next call: every call on every path
+    /// carries `?n=<number>`, a URL no call used before.
+    unique: Option<Arc<AtomicU64>>,
 }
 
 impl Clients {
+    /// `base`, or with `OVERHEAD_QUERY=unique` `base` and a query no call used before.
+    fn url<'a>(&self, base: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.unique {
+            Some(next) => format!("{base}?n={}", next.fetch_add(1, Ordering::Relaxed)).into(),
+            None => base.into(),
+        }
+    }
+
     async fn call(&self, path: Path) {
         let response = match path {
             Path::Raw | Path::RawAgain => self
                 .http
-                .get(&*self.raw_url)
+                .get(&*self.url(&self.raw_url))
                 .send()
                 .await
                 .expect("raw call"),
             Path::Mesh => self.mesh_call().await,
             Path::Proxy => self
                 .http
-                .get(&**self.proxy_url.as_ref().expect("a proxy"))
+                .get(&*self.url(self.proxy_url.as_deref().expect("a proxy")))
                 .send()
                 .await
                 .expect("proxy call"),
@@ -322,7 +333,7 @@ impl Clients {
         match &self.mode {
             Diag::Mesh => self
                 .mesh
-                .get("http://bench/bench")
+                .get(&*self.url("http://bench/bench"))
                 .send()
                 .await
                 .expect("mesh call"),
@@ -648,6 +659,11 @@ fn main() {
         proxy_url: proxy
             .as_ref()
             .map(|p| Arc::<str>::from(format!("http://{}/bench", p.addr))),
+        unique: match std::env::var("OVERHEAD_QUERY").as_deref() {
+            Ok("unique") => Some(Arc::default()),
+            Ok(other) => panic!("OVERHEAD_QUERY={other}: only `unique` is known"),
+            Err(_) => None,
+        },
     };
 
     println!(
