@@ -227,6 +227,8 @@ pub(crate) struct EndpointStats {
     in_flight: AtomicU32,
     /// Its per-endpoint metric series, when those are turned on.
     series: Option<Arc<EndpointSeries>>,
+    /// The URLs rewritten to it lately.
+    pub(crate) rewrites: super::rewrite::Rewrites,
 }
 
 impl Default for EndpointStats {
@@ -260,6 +262,7 @@ impl EndpointStats {
             latency: AtomicU64::new(0f64.to_bits()),
             in_flight: AtomicU32::new(0),
             series,
+            rewrites: Default::default(),
         }
     }
 

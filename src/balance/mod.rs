@@ -30,7 +30,7 @@ pub mod health;
 mod layer;
 mod least_request;
 mod random;
-mod rewrite;
+pub(crate) mod rewrite;
 pub(crate) mod rng;
 mod round_robin;
 mod service;

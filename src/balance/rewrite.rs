@@ -8,18 +8,20 @@
 //! whole costs more, and so do `Url::join` and `set_path` against a base URL kept per
 //! endpoint. Cloning a `Url` costs one allocation and a copy.
 //!
-//! So a balancer remembers, in a small table, the URLs it rewrote: the logical URL and the
-//! endpoint (scheme and address, all the rewrite reads) are the key, the rewritten URL is
-//! the value, and a call that finds its key gets a clone of it. The rewrite is a pure
-//! function of the key, so a remembered URL is exactly the one the rewrite would make.
+//! So each endpoint remembers, in a small table kept with what else is learnt of it (its
+//! [`EndpointStats`](super::health::EndpointStats), carried across snapshots while it stays
+//! listed), the URLs rewritten to it: the logical URL is the key, the rewritten URL the
+//! value, and a call that finds its key gets a clone of it. The rewrite is a pure function
+//! of the logical URL and the endpoint's scheme and address, and an entry keeps and checks
+//! those too, so a remembered URL is exactly the one the rewrite would make.
 //!
 //! A URL is remembered the second time in a row its slot sees it, not the first: calls whose
 //! URLs never repeat (an id in the path, a nonce in the query) then pay a hash and an
-//! atomic load and store per call, not an allocation. The table has a fixed number of
-//! slots per balancer, each holding one URL, so its memory is bounded whatever the calls;
-//! a URL longer than [`MAX_REMEMBERED`] or carrying a password is never kept.
+//! atomic load and store per call, not an allocation. An endpoint has [`SLOTS`] slots, each
+//! holding one URL, so the memory is bounded whatever the calls; a URL longer than
+//! [`MAX_REMEMBERED`] or carrying a password is never kept.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,15 +30,16 @@ use arc_swap::ArcSwapOption;
 use crate::endpoint::{Endpoint, EndpointAddr, Scheme};
 use crate::hash::BuildNameHasher;
 
-/// Slots in a balancer's table. A power of two.
-const SLOTS: usize = 64;
+/// Slots in an endpoint's table. A power of two.
+pub(crate) const SLOTS: usize = 4;
 
 /// The longest logical URL, in bytes, a balancer remembers.
 pub(crate) const MAX_REMEMBERED: usize = 512;
 
-/// The URLs one balancer rewrote lately. Its clones share it.
+/// The URLs rewritten to one endpoint lately.
+#[derive(Default)]
 pub(crate) struct Rewrites {
-    slots: Box<[Slot]>,
+    slots: [Slot; SLOTS],
 }
 
 #[derive(Default)]
@@ -65,12 +68,6 @@ pub(crate) enum Rewrote {
     Rewritten,
 }
 
-impl Default for Rewrites {
-    fn default() -> Self {
-        Rewrites::with_slots(SLOTS)
-    }
-}
-
 impl std::fmt::Debug for Rewrites {
     // The table holds whole URLs, queries and all: it is not printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,14 +76,6 @@ impl std::fmt::Debug for Rewrites {
 }
 
 impl Rewrites {
-    /// A table of `slots` slots, a power of two.
-    fn with_slots(slots: usize) -> Self {
-        debug_assert!(slots.is_power_of_two());
-        Rewrites {
-            slots: (0..slots).map(|_| Slot::default()).collect(),
-        }
-    }
-
     /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
     /// remembers this URL for this endpoint.
     pub(crate) fn rewrite(&self, url: &mut url::Url, endpoint: &Endpoint) -> Rewrote {
@@ -95,8 +84,8 @@ impl Rewrites {
             rewrite(url, endpoint);
             return Rewrote::Rewritten;
         }
-        let hash = key_hash(logical, endpoint);
-        let slot = &self.slots[(hash >> 32) as usize & (self.slots.len() - 1)];
+        let hash = key_hash(logical);
+        let slot = &self.slots[(hash >> 32) as usize % SLOTS];
         if let Some(kept) = &*slot.kept.load()
             && kept.logical.as_ref() == logical
             && kept.scheme == endpoint.scheme()
@@ -128,25 +117,9 @@ impl Rewrites {
     }
 }
 
-/// The key's hash. Never 0, the hash a slot that missed nothing holds.
-fn key_hash(logical: &str, endpoint: &Endpoint) -> u64 {
-    let mut hasher = BuildNameHasher::default().build_hasher();
-    hasher.write(logical.as_bytes());
-    match endpoint.addr() {
-        EndpointAddr::Ip(addr) => {
-            match addr.ip() {
-                std::net::IpAddr::V4(ip) => hasher.write_u32(ip.to_bits()),
-                std::net::IpAddr::V6(ip) => hasher.write_u128(ip.to_bits()),
-            }
-            hasher.write_u16(addr.port());
-        }
-        EndpointAddr::Host(host, port) => {
-            hasher.write(host.as_bytes());
-            hasher.write_u16(*port);
-        }
-    }
-    endpoint.scheme().hash(&mut hasher);
-    hasher.finish().max(1)
+/// The hash of a logical URL. Never 0, the hash a slot that missed nothing holds.
+fn key_hash(logical: &str) -> u64 {
+    BuildNameHasher::default().hash_one(logical).max(1)
 }
 
 /// Rewrites `url`'s scheme (when the endpoint sets one), host and port to `endpoint`'s,
@@ -235,6 +208,8 @@ mod tests {
 
     #[test]
     fn a_remembered_url_is_for_its_own_endpoint_only() {
+        // One table for every endpoint (an endpoint's own table could only meet another
+        // endpoint if its stats were carried over to a changed one): entries are checked.
         let rewrites = Rewrites::default();
         let endpoints = endpoints();
         for _ in 0..3 {
@@ -246,11 +221,15 @@ mod tests {
                 assert_eq!(url, plain(URLS[0], endpoint), "for {endpoint:?}");
             }
         }
-        let mut url = url::Url::parse(URLS[0]).expect("url");
-        assert_eq!(
-            rewrites.rewrite(&mut url, &endpoints[0]),
-            Rewrote::Remembered
-        );
+        // The last entry kept is another endpoint's: the first call misses and keeps its
+        // own, the next is served from it.
+        let ways: Vec<Rewrote> = (0..2)
+            .map(|_| {
+                let mut url = url::Url::parse(URLS[0]).expect("url");
+                rewrites.rewrite(&mut url, &endpoints[0])
+            })
+            .collect();
+        assert_eq!(ways, [Rewrote::Kept, Rewrote::Remembered]);
     }
 
     #[test]
@@ -288,10 +267,10 @@ mod tests {
         #[test]
         fn the_table_rewrites_as_the_setters_do(
             calls in proptest::collection::vec((0..URLS.len(), 0..7usize), 1..200),
-            // One slot: every key shares it, so every part of the key is compared.
-            slots in prop_oneof![Just(1usize), Just(SLOTS)],
         ) {
-            let rewrites = Rewrites::with_slots(slots);
+            // One table for every endpoint, as above: seven URLs and seven endpoints in
+            // four slots, so every part of an entry is compared.
+            let rewrites = Rewrites::default();
             let endpoints = endpoints();
             for (u, e) in calls {
                 let mut url = url::Url::parse(URLS[u]).expect("url");

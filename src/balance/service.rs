@@ -12,13 +12,11 @@ use crate::discovery::{BoxFuture, Lookup, Registry, ServiceEntry, Snapshot};
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
 
-use super::rewrite::{Rewrites, rewrite};
-
 /// The service [`BalanceLayer`](super::BalanceLayer) produces: it reads the logical service
 /// from the request URL's host, picks one of its endpoints and rewrites the URL's scheme,
-/// host and port to it, keeping path and query. It remembers up to 64 of the URLs it
-/// rewrote, keyed by the logical URL and the endpoint, and its clones share them: a URL
-/// seen twice in a row is kept, and a call to a kept URL gets a copy of the rewritten one.
+/// host and port to it, keeping path and query. Each endpoint remembers up to four URLs
+/// rewritten to it (a URL seen twice in a row is kept), and a call to a kept URL gets a
+/// copy of the rewritten one.
 ///
 /// Each call's outcome, as the classifier `C` sees it, and its latency are recorded against
 /// the endpoint that served it: they feed its health score and outlier ejection (see
@@ -39,8 +37,6 @@ pub(crate) struct Router<C = HttpClassifier> {
     pinned: Option<Arc<ServiceEntry>>,
     preserve_host: bool,
     classifier: C,
-    /// The URLs this balancer rewrote lately, shared by its clones.
-    rewrites: Arc<Rewrites>,
 }
 
 impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Balance<S, C> {
@@ -66,7 +62,6 @@ impl<S> Balance<S> {
                 pinned: None,
                 preserve_host,
                 classifier: HttpClassifier,
-                rewrites: Arc::default(),
             },
         }
     }
@@ -80,7 +75,6 @@ impl<S, C> Balance<S, C> {
             pinned,
             preserve_host,
             classifier: _,
-            rewrites,
         } = self.router;
         Balance {
             inner: self.inner,
@@ -89,7 +83,6 @@ impl<S, C> Balance<S, C> {
                 pinned,
                 preserve_host,
                 classifier,
-                rewrites,
             },
         }
     }
@@ -171,11 +164,10 @@ impl<C> Router<C> {
             Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index);
-                let endpoint = &snapshot.endpoints[index];
                 if self.preserve_host {
                     preserve_host(&mut request);
                 }
-                self.rewrites.rewrite(request.url_mut(), endpoint);
+                snapshot.rewrite(index, request.url_mut());
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
                 let call = InFlight::new(snapshot, index);
@@ -223,7 +215,7 @@ impl<C> Router<C> {
             if preserve_host {
                 self::preserve_host(&mut request);
             }
-            rewrite(request.url_mut(), &snapshot.endpoints[index]);
+            snapshot.rewrite(index, request.url_mut());
             let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner

@@ -564,6 +564,14 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can.
+    #[inline]
+    pub(crate) fn rewrite(&self, index: usize, url: &mut url::Url) {
+        self.stats[index]
+            .rewrites
+            .rewrite(url, &self.endpoints[index]);
+    }
+
     /// Records a call's outcome against its endpoint: moving averages, and ejection after a
     /// run of failures.
     ///
