@@ -33,7 +33,7 @@ use crate::hash::BuildNameHasher;
 /// Slots in an endpoint's table. A power of two.
 pub(crate) const SLOTS: usize = 4;
 
-/// The longest logical URL, in bytes, a balancer remembers.
+/// The longest logical URL, in bytes, an endpoint remembers.
 pub(crate) const MAX_REMEMBERED: usize = 512;
 
 /// The URLs rewritten to one endpoint lately.
@@ -46,7 +46,7 @@ pub(crate) struct Rewrites {
 struct Slot {
     /// The URL this slot remembers.
     kept: ArcSwapOption<Rewritten>,
-    /// The hash of the key this slot last missed: a key seen twice in a row is kept.
+    /// The hash of the URL this slot last missed: a URL seen twice in a row is kept.
     missed: AtomicU64,
 }
 
