@@ -22,10 +22,8 @@
 //! [`MAX_REMEMBERED`] or carrying a password is never kept.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use arc_swap::ArcSwapOption;
 
 use crate::endpoint::{Endpoint, EndpointAddr, Scheme};
 use crate::hash::BuildNameHasher;
@@ -42,10 +40,14 @@ pub(crate) struct Rewrites {
     slots: [Slot; SLOTS],
 }
 
+/// One URL's place. A lock, not an `ArcSwap`: every endpoint has four, made and dropped with
+/// each snapshot that adds or removes it, and an `ArcSwap`'s drop walks every thread's debt
+/// list (40 000 of them added 0.6 – 1.1 ms to a 10 000-endpoint update). Reading takes the
+/// lock's word shared, as the endpoint's in-flight count already is.
 #[derive(Default)]
 struct Slot {
     /// The URL this slot remembers.
-    kept: ArcSwapOption<Rewritten>,
+    kept: RwLock<Option<Box<Rewritten>>>,
     /// The hash of the URL this slot last missed: a URL seen twice in a row is kept.
     missed: AtomicU64,
 }
@@ -86,7 +88,9 @@ impl Rewrites {
         }
         let hash = key_hash(logical);
         let slot = &self.slots[(hash >> 32) as usize % SLOTS];
-        if let Some(kept) = &*slot.kept.load()
+        // A poisoned lock (a panic while it was held, which nothing here does) is a miss.
+        if let Ok(kept) = slot.kept.read()
+            && let Some(kept) = kept.as_deref()
             && kept.logical.as_ref() == logical
             && kept.scheme == endpoint.scheme()
             && &kept.addr == endpoint.addr()
@@ -104,12 +108,17 @@ impl Rewrites {
         rewrite(url, endpoint);
         match logical {
             Some(logical) => {
-                slot.kept.store(Some(Arc::new(Rewritten {
+                let rewritten = Box::new(Rewritten {
                     logical,
                     scheme: endpoint.scheme(),
                     addr: endpoint.addr().clone(),
                     url: url.clone(),
-                })));
+                });
+                // The old entry is dropped after the lock is let go.
+                let _old = match slot.kept.write() {
+                    Ok(mut kept) => kept.replace(rewritten),
+                    Err(_) => return Rewrote::Rewritten,
+                };
                 Rewrote::Kept
             }
             None => Rewrote::Rewritten,
@@ -258,7 +267,12 @@ mod tests {
             assert_eq!(rewrites.rewrite(&mut url, endpoint), Rewrote::Rewritten);
             assert_eq!(url, plain(&logical, endpoint));
         }
-        assert!(rewrites.slots.iter().all(|slot| slot.kept.load().is_none()));
+        assert!(
+            rewrites
+                .slots
+                .iter()
+                .all(|slot| slot.kept.read().expect("not poisoned").is_none())
+        );
     }
 
     proptest! {
