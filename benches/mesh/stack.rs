@@ -7,7 +7,7 @@
 //!   a signed JWT attached, balancing) and Prometheus's recorder installed, cloned and
 //!   called once per request as the client does.
 //! - `whole_no_io_unique_urls`: the same, each call to a URL no call used before, so that
-//!   the balancer's table of rewritten URLs never serves one.
+//!   the endpoints' tables of rewritten URLs never serve one.
 //! - `inner_only`: the service under both, which makes the response; subtract it.
 //!
 //! Building the request is left out of all three.
@@ -120,8 +120,8 @@ pub(crate) fn benches(c: &mut Criterion) {
             as_the_client(&service, r)
         });
     }
-    // Every call a URL never seen before (an id in the path): the balancer's table of
-    // rewritten URLs never helps, and this is what the rewrite costs without it.
+    // Every call a URL never seen before (an id in the path): the endpoints' tables of
+    // rewritten URLs never help, and this is what the rewrite costs without them.
     let next = std::cell::Cell::new(0u64);
     let unique = || {
         next.set(next.get() + 1);

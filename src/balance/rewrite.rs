@@ -16,8 +16,8 @@
 //! those too, so a remembered URL is exactly the one the rewrite would make.
 //!
 //! A URL is remembered the second time in a row its slot sees it, not the first: calls whose
-//! URLs never repeat (an id in the path, a nonce in the query) then pay a hash and an
-//! atomic load and store per call, not an allocation. An endpoint has [`SLOTS`] slots, each
+//! URLs never repeat (an id in the path, a nonce in the query) then pay a hash, a shared
+//! read of the slot's lock and an atomic load and store per call, not an allocation. An endpoint has [`SLOTS`] slots, each
 //! holding one URL, so the memory is bounded whatever the calls; a URL longer than
 //! [`MAX_REMEMBERED`] or carrying a password is never kept.
 
@@ -29,10 +29,10 @@ use crate::endpoint::{Endpoint, EndpointAddr, Scheme};
 use crate::hash::BuildNameHasher;
 
 /// Slots in an endpoint's table. A power of two.
-pub(crate) const SLOTS: usize = 4;
+const SLOTS: usize = 4;
 
 /// The longest logical URL, in bytes, an endpoint remembers.
-pub(crate) const MAX_REMEMBERED: usize = 512;
+const MAX_REMEMBERED: usize = 512;
 
 /// The URLs rewritten to one endpoint lately.
 #[derive(Default)]
@@ -133,7 +133,7 @@ fn key_hash(logical: &str) -> u64 {
 
 /// Rewrites `url`'s scheme (when the endpoint sets one), host and port to `endpoint`'s,
 /// keeping the rest.
-pub(crate) fn rewrite(url: &mut url::Url, endpoint: &Endpoint) {
+fn rewrite(url: &mut url::Url, endpoint: &Endpoint) {
     // These setters fail only for URLs that cannot have a host, which the balancer refused
     // before it picked an endpoint.
     if let Some(scheme) = endpoint.scheme() {
