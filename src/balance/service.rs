@@ -164,10 +164,7 @@ impl<C> Router<C> {
             Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index);
-                if self.preserve_host {
-                    preserve_host(&mut request);
-                }
-                snapshot.rewrite(index, request.url_mut());
+                rewrite(&mut request, &snapshot, index, self.preserve_host);
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
                 let call = InFlight::new(snapshot, index);
@@ -212,10 +209,7 @@ impl<C> Router<C> {
             let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
             drop(registry);
             let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
-            if preserve_host {
-                self::preserve_host(&mut request);
-            }
-            snapshot.rewrite(index, request.url_mut());
+            rewrite(&mut request, &snapshot, index, preserve_host);
             let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner
@@ -270,11 +264,18 @@ fn logical_host(url: &reqwest::Url) -> Result<&str, Error> {
     }
 }
 
-/// Sets the `Host` header to the logical URL's host and port, unless the request sets it.
-fn preserve_host(request: &mut reqwest::Request) {
-    if request.headers().contains_key(HOST) {
-        return;
+/// Sends `request` to endpoint `index`: its URL rewritten (see [`Snapshot::rewrite`]) and,
+/// with `preserve_host`, its `Host` header set to the logical URL's host and port unless the
+/// request sets one.
+fn rewrite(request: &mut reqwest::Request, snapshot: &Snapshot, index: usize, preserve_host: bool) {
+    if preserve_host && !request.headers().contains_key(HOST) {
+        set_logical_host(request);
     }
+    snapshot.rewrite(index, request.url_mut());
+}
+
+/// Sets the `Host` header to the logical URL's host and port.
+fn set_logical_host(request: &mut reqwest::Request) {
     let logical = match request.url().port() {
         Some(port) => HeaderValue::from_str(&format!(
             "{}:{port}",
