@@ -564,12 +564,18 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can.
+    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can;
+    /// the URL as it was goes to `logical`, if given.
     #[inline]
-    pub(crate) fn rewrite(&self, index: usize, url: &mut url::Url) {
+    pub(crate) fn rewrite(
+        &self,
+        index: usize,
+        url: &mut url::Url,
+        logical: Option<&mut Option<url::Url>>,
+    ) {
         self.stats[index]
             .rewrites
-            .rewrite(url, &self.endpoints[index]);
+            .rewrite(url, &self.endpoints[index], logical);
     }
 
     /// Records a call's outcome against its endpoint: moving averages, and ejection after a
