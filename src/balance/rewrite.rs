@@ -102,9 +102,9 @@ impl Rewrites {
             && kept.scheme == endpoint.scheme()
             && &kept.addr == endpoint.addr()
         {
-            let was = std::mem::replace(url, kept.url.clone());
-            if let Some(logical) = logical {
-                *logical = Some(was);
+            match logical {
+                Some(logical) => *logical = Some(std::mem::replace(url, kept.url.clone())),
+                None => *url = kept.url.clone(),
             }
             return Rewrote::Remembered;
         }

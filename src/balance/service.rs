@@ -221,7 +221,7 @@ impl<C> Router<C> {
             drop(registry);
             let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
             rewrite(&mut request, &snapshot, index, preserve_host, None);
-            let started = crate::clock::now();
+            let started = crate::clock::tick();
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner
                 .oneshot(request)
@@ -318,7 +318,7 @@ fn observe<R, C: Classify<R>>(
     index: usize,
     classifier: &C,
     result: Result<&R, &Error>,
-    started: tokio::time::Instant,
+    started: crate::clock::Tick,
 ) -> Outcome {
     if let Ok(response) = result
         && let Some(pause) = classifier.pushback(response)
@@ -394,7 +394,7 @@ pin_project! {
             future: F,
             call: InFlight,
             classifier: C,
-            started: tokio::time::Instant,
+            started: crate::clock::Tick,
             span: tracing::Span,
         },
         // Waiting for the service's first snapshot.
@@ -429,7 +429,7 @@ impl<F, R, C> ResponseFuture<F, R, C> {
                 future,
                 call,
                 classifier,
-                started: crate::clock::now(),
+                started: crate::clock::tick(),
                 span,
             },
         }

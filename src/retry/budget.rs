@@ -9,8 +9,6 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::error::Error;
 use crate::per_second::SecondSlot;
 
@@ -82,7 +80,7 @@ impl BudgetConfig {
 pub struct RetryBudget {
     cost: i64,
     reserve: i64,
-    origin: Instant,
+    origin: crate::clock::Tick,
     /// One slot per second of the ttl: its deposits less its withdrawals.
     slots: Box<[SecondSlot]>,
     withdrawing: Mutex<()>,
@@ -97,7 +95,7 @@ impl RetryBudget {
         Ok(RetryBudget {
             cost,
             reserve: i64::from(config.min_per_second) * seconds as i64 * cost,
-            origin: Instant::now(),
+            origin: crate::clock::tick(),
             slots: (0..seconds).map(|_| SecondSlot::default()).collect(),
             withdrawing: Mutex::new(()),
         })
@@ -110,7 +108,7 @@ impl RetryBudget {
 
     /// Records a request (not a retry).
     pub fn deposit(&self) {
-        self.add(crate::clock::since(self.origin).as_secs(), SCALE);
+        self.add(crate::clock::tick().secs_since(self.origin), SCALE);
     }
 
     /// Takes one retry from the budget, if it has one.
@@ -119,7 +117,7 @@ impl RetryBudget {
             .withdrawing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let second = crate::clock::since(self.origin).as_secs();
+        let second = crate::clock::tick().secs_since(self.origin);
         let span = self.slots.len() as u64;
         let deposits: i64 = self
             .slots
