@@ -79,33 +79,23 @@ impl std::fmt::Debug for Rewrites {
 
 impl Rewrites {
     /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
-    /// remembers this URL for this endpoint. With `logical`, the URL as it was goes there: a
-    /// remembered URL's replaces it, so it moves there, uncopied (a retry's copy of the
-    /// request keeps it).
-    pub(crate) fn rewrite(
-        &self,
-        url: &mut url::Url,
-        endpoint: &Endpoint,
-        logical: Option<&mut Option<url::Url>>,
-    ) -> Rewrote {
-        let key = url.as_str();
-        if key.len() > MAX_REMEMBERED {
-            rewrite_keeping(url, endpoint, logical);
+    /// remembers this URL for this endpoint.
+    pub(crate) fn rewrite(&self, url: &mut url::Url, endpoint: &Endpoint) -> Rewrote {
+        let logical = url.as_str();
+        if logical.len() > MAX_REMEMBERED {
+            rewrite(url, endpoint);
             return Rewrote::Rewritten;
         }
-        let hash = key_hash(key);
+        let hash = key_hash(logical);
         let slot = &self.slots[(hash >> 32) as usize % SLOTS];
         // A poisoned lock (a panic while it was held, which nothing here does) is a miss.
         if let Ok(kept) = slot.kept.read()
             && let Some(kept) = kept.as_deref()
-            && kept.logical.as_ref() == key
+            && kept.logical.as_ref() == logical
             && kept.scheme == endpoint.scheme()
             && &kept.addr == endpoint.addr()
         {
-            match logical {
-                Some(logical) => *logical = Some(std::mem::replace(url, kept.url.clone())),
-                None => *url = kept.url.clone(),
-            }
+            *url = kept.url.clone();
             return Rewrote::Remembered;
         }
         // Seen twice in a row: keep it, unless it holds a password. A load before the
@@ -114,12 +104,12 @@ impl Rewrites {
         if !again {
             slot.missed.store(hash, Ordering::Relaxed);
         }
-        let key: Option<Box<str>> = (again && url.password().is_none()).then(|| key.into());
-        rewrite_keeping(url, endpoint, logical);
-        match key {
-            Some(key) => {
+        let logical: Option<Box<str>> = (again && url.password().is_none()).then(|| logical.into());
+        rewrite(url, endpoint);
+        match logical {
+            Some(logical) => {
                 let rewritten = Box::new(Rewritten {
-                    logical: key,
+                    logical,
                     scheme: endpoint.scheme(),
                     addr: endpoint.addr().clone(),
                     url: url.clone(),
@@ -139,18 +129,6 @@ impl Rewrites {
 /// The hash of a logical URL. Never 0, the hash a slot that missed nothing holds.
 fn key_hash(logical: &str) -> u64 {
     BuildNameHasher::default().hash_one(logical).max(1)
-}
-
-/// [`rewrite`], with a copy of the URL as it was put in `logical` first.
-fn rewrite_keeping(
-    url: &mut url::Url,
-    endpoint: &Endpoint,
-    logical: Option<&mut Option<url::Url>>,
-) {
-    if let Some(logical) = logical {
-        *logical = Some(url.clone());
-    }
-    rewrite(url, endpoint);
 }
 
 /// Rewrites `url`'s scheme (when the endpoint sets one), host and port to `endpoint`'s,
@@ -221,11 +199,8 @@ mod tests {
         let ways: Vec<Rewrote> = (0..4)
             .map(|_| {
                 let mut url = url::Url::parse(URLS[1]).expect("url");
-                let mut logical = None;
-                let way = rewrites.rewrite(&mut url, endpoint, Some(&mut logical));
+                let way = rewrites.rewrite(&mut url, endpoint);
                 assert_eq!(url.as_str(), "http://10.0.0.1:8080/v1/items?id=42");
-                // The URL as it was comes back, whichever way it was rewritten.
-                assert_eq!(logical.as_ref().map(url::Url::as_str), Some(URLS[1]));
                 way
             })
             .collect();
@@ -249,9 +224,9 @@ mod tests {
         for _ in 0..3 {
             for endpoint in &endpoints {
                 let mut url = url::Url::parse(URLS[0]).expect("url");
-                rewrites.rewrite(&mut url, &endpoints[0], None);
+                rewrites.rewrite(&mut url, &endpoints[0]);
                 let mut url = url::Url::parse(URLS[0]).expect("url");
-                rewrites.rewrite(&mut url, endpoint, None);
+                rewrites.rewrite(&mut url, endpoint);
                 assert_eq!(url, plain(URLS[0], endpoint), "for {endpoint:?}");
             }
         }
@@ -260,7 +235,7 @@ mod tests {
         let ways: Vec<Rewrote> = (0..2)
             .map(|_| {
                 let mut url = url::Url::parse(URLS[0]).expect("url");
-                rewrites.rewrite(&mut url, &endpoints[0], None)
+                rewrites.rewrite(&mut url, &endpoints[0])
             })
             .collect();
         assert_eq!(ways, [Rewrote::Kept, Rewrote::Remembered]);
@@ -274,15 +249,9 @@ mod tests {
         let secret = "http://user:hunter2@orders/v1/items";
         for logical in [long.as_str(), secret] {
             for _ in 0..3 {
-                let original = url::Url::parse(logical).expect("url");
-                let mut url = original.clone();
-                let mut was = None;
-                assert_eq!(
-                    rewrites.rewrite(&mut url, endpoint, Some(&mut was)),
-                    Rewrote::Rewritten
-                );
+                let mut url = url::Url::parse(logical).expect("url");
+                assert_eq!(rewrites.rewrite(&mut url, endpoint), Rewrote::Rewritten);
                 assert_eq!(url, plain(logical, endpoint));
-                assert_eq!(was, Some(original));
             }
         }
         assert!(!format!("{rewrites:?}").contains("hunter2"));
@@ -295,10 +264,7 @@ mod tests {
         for id in 0..1_000 {
             let logical = format!("http://orders/v1/items/{id}");
             let mut url = url::Url::parse(&logical).expect("url");
-            assert_eq!(
-                rewrites.rewrite(&mut url, endpoint, None),
-                Rewrote::Rewritten
-            );
+            assert_eq!(rewrites.rewrite(&mut url, endpoint), Rewrote::Rewritten);
             assert_eq!(url, plain(&logical, endpoint));
         }
         assert!(
@@ -311,7 +277,7 @@ mod tests {
 
     proptest! {
         /// Whatever the order of calls and however they share slots, a rewrite through the
-        /// table gives the URL the plain rewrite gives, and gives back the URL as it was.
+        /// table gives the URL the plain rewrite gives.
         #[test]
         fn the_table_rewrites_as_the_setters_do(
             calls in proptest::collection::vec((0..URLS.len(), 0..7usize), 1..200),
@@ -321,12 +287,9 @@ mod tests {
             let rewrites = Rewrites::default();
             let endpoints = endpoints();
             for (u, e) in calls {
-                let original = url::Url::parse(URLS[u]).expect("url");
-                let mut url = original.clone();
-                let mut logical = None;
-                rewrites.rewrite(&mut url, &endpoints[e], Some(&mut logical));
+                let mut url = url::Url::parse(URLS[u]).expect("url");
+                rewrites.rewrite(&mut url, &endpoints[e]);
                 prop_assert_eq!(url, plain(URLS[u], &endpoints[e]));
-                prop_assert_eq!(logical, Some(original));
             }
         }
     }

@@ -134,19 +134,17 @@ where
     }
 
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
-        self.router.call(&mut self.inner, request, None)
+        self.router.call(&mut self.inner, request)
     }
 }
 
 impl<C> Router<C> {
     /// Picks an endpoint for `request`, rewrites its URL to it and sends it with `inner`,
-    /// which must be ready. With `logical`, the request's URL as it came goes there, however
-    /// the call goes: moved, not copied, when the endpoint remembers the rewritten URL.
+    /// which must be ready.
     pub(crate) fn call<S>(
         &self,
         inner: &mut S,
         mut request: reqwest::Request,
-        logical: Option<&mut Option<url::Url>>,
     ) -> ResponseFuture<S::Future, S::Response, C>
     where
         S: Service<reqwest::Request> + Clone + Send + 'static,
@@ -156,23 +154,17 @@ impl<C> Router<C> {
     {
         let host = match logical_host(request.url()) {
             Ok(host) => host,
-            Err(error) => {
-                copy_url(&request, logical);
-                return ResponseFuture::failed(error);
-            }
+            Err(error) => return ResponseFuture::failed(error),
         };
         let lookup = match &self.pinned {
             Some(entry) if entry.name().as_str() == host => entry.lookup(),
             _ => self.registry.lookup(host),
         };
         match lookup {
-            Err(error) => {
-                copy_url(&request, logical);
-                ResponseFuture::failed(error)
-            }
+            Err(error) => ResponseFuture::failed(error),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index);
-                rewrite(&mut request, &snapshot, index, self.preserve_host, logical);
+                rewrite(&mut request, &snapshot, index, self.preserve_host);
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
                 let call = InFlight::new(snapshot, index);
@@ -182,10 +174,7 @@ impl<C> Router<C> {
                 };
                 ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
-            Ok(Lookup::Pending(entry)) => {
-                copy_url(&request, logical);
-                self.wait_first(inner, request, entry)
-            }
+            Ok(Lookup::Pending(entry)) => self.wait_first(inner, request, entry),
         }
     }
 
@@ -220,8 +209,8 @@ impl<C> Router<C> {
             let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
             drop(registry);
             let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
-            rewrite(&mut request, &snapshot, index, preserve_host, None);
-            let started = crate::clock::tick();
+            rewrite(&mut request, &snapshot, index, preserve_host);
+            let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner
                 .oneshot(request)
@@ -275,27 +264,14 @@ fn logical_host(url: &reqwest::Url) -> Result<&str, Error> {
     }
 }
 
-/// Sends `request` to endpoint `index`: its URL rewritten (see [`Snapshot::rewrite`]; the
-/// logical URL goes to `logical`, if given) and, with `preserve_host`, its `Host` header set
-/// to the logical URL's host and port unless the request sets one.
-fn rewrite(
-    request: &mut reqwest::Request,
-    snapshot: &Snapshot,
-    index: usize,
-    preserve_host: bool,
-    logical: Option<&mut Option<url::Url>>,
-) {
+/// Sends `request` to endpoint `index`: its URL rewritten (see [`Snapshot::rewrite`]) and,
+/// with `preserve_host`, its `Host` header set to the logical URL's host and port unless the
+/// request sets one.
+fn rewrite(request: &mut reqwest::Request, snapshot: &Snapshot, index: usize, preserve_host: bool) {
     if preserve_host && !request.headers().contains_key(HOST) {
         set_logical_host(request);
     }
-    snapshot.rewrite(index, request.url_mut(), logical);
-}
-
-/// Puts a copy of `request`'s URL in `logical`, if given.
-fn copy_url(request: &reqwest::Request, logical: Option<&mut Option<url::Url>>) {
-    if let Some(logical) = logical {
-        *logical = Some(request.url().clone());
-    }
+    snapshot.rewrite(index, request.url_mut());
 }
 
 /// Sets the `Host` header to the logical URL's host and port.
@@ -318,7 +294,7 @@ fn observe<R, C: Classify<R>>(
     index: usize,
     classifier: &C,
     result: Result<&R, &Error>,
-    started: crate::clock::Tick,
+    started: tokio::time::Instant,
 ) -> Outcome {
     if let Ok(response) = result
         && let Some(pause) = classifier.pushback(response)
@@ -394,7 +370,7 @@ pin_project! {
             future: F,
             call: InFlight,
             classifier: C,
-            started: crate::clock::Tick,
+            started: tokio::time::Instant,
             span: tracing::Span,
         },
         // Waiting for the service's first snapshot.
@@ -429,7 +405,7 @@ impl<F, R, C> ResponseFuture<F, R, C> {
                 future,
                 call,
                 classifier,
-                started: crate::clock::tick(),
+                started: crate::clock::now(),
                 span,
             },
         }

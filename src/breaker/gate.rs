@@ -230,7 +230,7 @@ pub struct Permit {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
     generation: u64,
-    started: crate::clock::Tick,
+    started: Instant,
 }
 
 impl Permit {
@@ -312,18 +312,18 @@ impl Breaker {
     /// Admits a call, or says it is rejected; the ticket must go back through
     /// [`Breaker::settle`] or [`Breaker::release`].
     pub(crate) fn admit(&self) -> Result<Ticket, Error> {
+        let now = crate::clock::now();
         let generation = self.closed.load(Ordering::Acquire);
         if generation != NOT_CLOSED {
             return Ok(Ticket {
                 generation,
-                started: crate::clock::tick(),
+                started: now,
             });
         }
         let mut machine = self.lock();
         match &mut machine.state {
             State::Closed => {}
             State::Open { until } => {
-                let now = crate::clock::now();
                 if now < *until {
                     let wait = *until - now;
                     return Err(Error::new(Kind::CircuitOpen)
@@ -347,7 +347,7 @@ impl Breaker {
         }
         Ok(Ticket {
             generation: machine.generation,
-            started: crate::clock::tick(),
+            started: now,
         })
     }
 

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 /// Calls, failures and slow calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
@@ -66,7 +68,7 @@ pub(crate) enum Window {
     Time {
         /// (second the bucket holds, its counts)
         buckets: Box<[(u64, Counts)]>,
-        origin: crate::clock::Tick,
+        origin: Instant,
     },
 }
 
@@ -82,7 +84,7 @@ impl Window {
             SlidingWindow::Time(span) => Window::Time {
                 buckets: vec![(0, Counts::default()); span.as_secs().max(1) as usize]
                     .into_boxed_slice(),
-                origin: crate::clock::tick(),
+                origin: Instant::now(),
             },
         }
     }
@@ -110,7 +112,7 @@ impl Window {
                 *next = (*next + 1) % ring.len();
             }
             Window::Time { buckets, origin } => {
-                let second = crate::clock::tick().secs_since(*origin);
+                let second = crate::clock::since(*origin).as_secs();
                 let slot = (second % buckets.len() as u64) as usize;
                 if buckets[slot].0 != second {
                     buckets[slot] = (second, Counts::default());
@@ -124,7 +126,7 @@ impl Window {
         match self {
             Window::Count { totals, .. } => *totals,
             Window::Time { buckets, origin } => {
-                let now = crate::clock::tick().secs_since(*origin);
+                let now = crate::clock::since(*origin).as_secs();
                 let span = buckets.len() as u64;
                 // A bucket stamped after `now` counts: the call that wrote it read the clock
                 // later than this one (readings are taken before the breaker's lock).

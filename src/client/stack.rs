@@ -195,22 +195,16 @@ where
             Admitted::Go => {
                 // The first attempt's endpoint is read from its future if the call is
                 // retried, so its list is not lent, unless an outer retry layer has one
-                // out: the balancer would record into that one. The retries' copy of the
-                // request takes the logical URL the balancer replaces.
-                let (_lent, logical) = match retry.as_mut() {
-                    Some(retry) => retry.lend_and_take_url(crate::retry::attempt::is_lent()),
-                    None => (None, None),
-                };
+                // out: the balancer would record into that one.
+                let _lent = retry
+                    .as_mut()
+                    .filter(|_| crate::retry::attempt::is_lent())
+                    .map(|retry| retry.lend());
                 State::Calling {
-                    future: shared.router.call(&mut self.inner, request, logical),
+                    future: shared.router.call(&mut self.inner, request),
                 }
             }
-            admitted => {
-                if let Some(logical) = retry.as_mut().and_then(|retry| retry.logical_url()) {
-                    *logical = Some(request.url().clone());
-                }
-                park(admitted, request)
-            }
+            admitted => park(admitted, request),
         };
         // Retries, and attempts that waited, go to a clone of the transport, readied when
         // their turn comes.
@@ -455,7 +449,7 @@ where
                     };
                     let future = {
                         let _lent = call.retry.as_mut().map(|retry| retry.lend());
-                        call.shared.router.call(spare, *request, None)
+                        call.shared.router.call(spare, *request)
                     };
                     state.set(State::Calling { future });
                     return Poll::Ready(None);

@@ -564,18 +564,12 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can;
-    /// the URL as it was goes to `logical`, if given.
+    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can.
     #[inline]
-    pub(crate) fn rewrite(
-        &self,
-        index: usize,
-        url: &mut url::Url,
-        logical: Option<&mut Option<url::Url>>,
-    ) {
+    pub(crate) fn rewrite(&self, index: usize, url: &mut url::Url) {
         self.stats[index]
             .rewrites
-            .rewrite(url, &self.endpoints[index], logical);
+            .rewrite(url, &self.endpoints[index]);
     }
 
     /// Records a call's outcome against its endpoint: moving averages, and ejection after a

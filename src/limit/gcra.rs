@@ -69,7 +69,7 @@ impl Rate {
 /// governor's clock on tokio's time: durations since the limiter was made.
 #[derive(Clone, Debug)]
 struct TokioClock {
-    start: crate::clock::Tick,
+    start: tokio::time::Instant,
 }
 
 impl Clock for TokioClock {
@@ -92,7 +92,7 @@ impl RateLimiterState {
     /// A limiter for `rate`.
     pub fn new(rate: Rate, on_exceed: OnExceed) -> Result<Self, Error> {
         let clock = TokioClock {
-            start: crate::clock::tick(),
+            start: tokio::time::Instant::now(),
         };
         Ok(RateLimiterState {
             limiter: RateLimiter::direct_with_clock(rate.quota()?, clock.clone()),

@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::{REQUEST_DURATION, StatsCell};
@@ -108,9 +109,9 @@ fn error_label(error: &Error) -> &'static str {
 }
 
 impl Shared {
-    fn record(&self, series: Series, started: crate::clock::Tick) {
-        let now = crate::clock::tick();
-        let elapsed = now.since(started);
+    fn record(&self, series: Series, started: Instant) {
+        let now = crate::clock::now();
+        let elapsed = now.saturating_duration_since(started);
         if let Some(reason @ ("rate_limited" | "overloaded" | "circuit_open")) = series.error {
             metrics::counter!(super::REJECTED, "server.address" => self.service.to_string(), "reason" => reason)
                 .increment(1);
@@ -181,7 +182,7 @@ impl MetricsLayer {
 /// leaves the in-flight count.
 pub(crate) struct CallRecord {
     method: &'static str,
-    started: crate::clock::Tick,
+    started: Instant,
     shared: Option<Arc<Shared>>,
     span: tracing::Span,
 }
@@ -200,7 +201,7 @@ impl CallRecord {
         );
         CallRecord {
             method,
-            started: crate::clock::tick(),
+            started: crate::clock::now(),
             shared: Some(shared.clone()),
             span,
         }

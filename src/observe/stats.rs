@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::per_second::SecondSlot;
 
 /// Latency buckets: four per power of two of nanoseconds, up to 2^40 ns (about 18 minutes).
@@ -51,7 +53,7 @@ pub(crate) struct StatsCell {
     buckets: Box<[AtomicU64]>,
     /// Calls completed in each of the last seconds since `origin`.
     window: Box<[SecondSlot]>,
-    origin: crate::clock::Tick,
+    origin: Instant,
     first: AtomicU64,
 }
 
@@ -83,7 +85,7 @@ impl StatsCell {
             in_flight: AtomicI64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             window: (0..WINDOW).map(|_| SecondSlot::default()).collect(),
-            origin: crate::clock::tick(),
+            origin: Instant::now(),
             first: AtomicU64::new(u64::MAX),
         }
     }
@@ -98,7 +100,7 @@ impl StatsCell {
     }
 
     /// A call completed at `now`, after `latency`.
-    pub(crate) fn finish(&self, now: crate::clock::Tick, latency: Duration, failed: bool) {
+    pub(crate) fn finish(&self, now: Instant, latency: Duration, failed: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +110,7 @@ impl StatsCell {
             Ordering::Relaxed,
         );
         self.buckets[bucket(latency)].fetch_add(1, Ordering::Relaxed);
-        let second = now.secs_since(self.origin);
+        let second = now.saturating_duration_since(self.origin).as_secs();
         if self.first.load(Ordering::Relaxed) == u64::MAX {
             let _ =
                 self.first
@@ -145,7 +147,7 @@ impl StatsCell {
             }
             bucket_bound(BUCKETS - 1)
         };
-        let now = crate::clock::since(self.origin);
+        let now = self.origin.elapsed();
         let second = now.as_secs();
         let recent: u64 = self
             .window
@@ -243,7 +245,7 @@ mod tests {
                 } else {
                     Duration::from_millis(1)
                 };
-                cell.finish(crate::clock::tick(), latency, i == 0);
+                cell.finish(Instant::now(), latency, i == 0);
             }
             if second < 4 {
                 tokio::time::advance(Duration::from_secs(1)).await;

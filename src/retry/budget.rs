@@ -9,6 +9,8 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::error::Error;
 use crate::per_second::SecondSlot;
 
@@ -80,7 +82,7 @@ impl BudgetConfig {
 pub struct RetryBudget {
     cost: i64,
     reserve: i64,
-    origin: crate::clock::Tick,
+    origin: Instant,
     /// One slot per second of the ttl: its deposits less its withdrawals.
     slots: Box<[SecondSlot]>,
     withdrawing: Mutex<()>,
@@ -95,7 +97,7 @@ impl RetryBudget {
         Ok(RetryBudget {
             cost,
             reserve: i64::from(config.min_per_second) * seconds as i64 * cost,
-            origin: crate::clock::tick(),
+            origin: Instant::now(),
             slots: (0..seconds).map(|_| SecondSlot::default()).collect(),
             withdrawing: Mutex::new(()),
         })
@@ -108,7 +110,7 @@ impl RetryBudget {
 
     /// Records a request (not a retry).
     pub fn deposit(&self) {
-        self.add(crate::clock::tick().secs_since(self.origin), SCALE);
+        self.add(crate::clock::since(self.origin).as_secs(), SCALE);
     }
 
     /// Takes one retry from the budget, if it has one.
@@ -117,7 +119,7 @@ impl RetryBudget {
             .withdrawing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let second = crate::clock::tick().secs_since(self.origin);
+        let second = crate::clock::since(self.origin).as_secs();
         let span = self.slots.len() as u64;
         let deposits: i64 = self
             .slots

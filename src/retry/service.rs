@@ -134,18 +134,12 @@ impl<C: Clone> RetryLayer<C> {
         if !self.start(request) {
             return None;
         }
-        let template = if request.body().is_some() {
-            Template::Whole(request.try_clone()?)
-        } else {
-            Template::bodiless(request, Some(request.url().clone()))
-        };
+        let template = try_clone(request)?;
         Some(self.state(template))
     }
 
-    /// [`begin`](Self::begin), with what the retries need in a box. A bodiless request's
-    /// copy leaves its URL out: the caller must give it one with
-    /// [`RetryState::logical_url`] before a retry can be sent, and can move in the logical
-    /// URL the balancer replaces rather than copy it.
+    /// [`begin`](Self::begin), with what the retries need in a box, built with the copy of
+    /// `request` in place (not moved through an `Option` first).
     pub(crate) fn begin_boxed<R>(
         &self,
         request: &mut reqwest::Request,
@@ -154,9 +148,14 @@ impl<C: Clone> RetryLayer<C> {
             return None;
         }
         if request.body().is_some() {
-            return Some(Box::new(self.state(Template::Whole(request.try_clone()?))));
+            return Some(Box::new(self.state(request.try_clone()?)));
         }
-        Some(Box::new(self.state(Template::bodiless(request, None))))
+        let mut state = Box::new(self.state(reqwest::Request::new(
+            request.method().clone(),
+            request.url().clone(),
+        )));
+        copy_bodiless(request, &mut state.template);
+        Some(state)
     }
 
     /// The deposit and per-attempt timeout every call makes; whether it may be retried.
@@ -174,7 +173,7 @@ impl<C: Clone> RetryLayer<C> {
                 || attempt::options().retry_non_idempotent)
     }
 
-    fn state<R>(&self, template: Template) -> RetryState<R, C> {
+    fn state<R>(&self, template: reqwest::Request) -> RetryState<R, C> {
         RetryState {
             policy: self.policy.clone(),
             budget: self.budget.clone(),
@@ -231,7 +230,7 @@ pub(crate) struct RetryState<R, C> {
     policy: Arc<RetryPolicy>,
     budget: Arc<RetryBudget>,
     classifier: C,
-    template: Template,
+    template: reqwest::Request,
     tried: Tried,
     retried: u32,
     /// The last real outcome, kept while the next attempt waits or is refused. Boxed: a
@@ -244,23 +243,6 @@ impl<R, C: Classify<R>> RetryState<R, C> {
     /// the guard is dropped.
     pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {
         attempt::lend(&mut self.tried)
-    }
-
-    /// Where the logical URL of a bodiless call begun by
-    /// [`begin_boxed`](RetryLayer::begin_boxed) goes, until it is there; `None` once it is,
-    /// and for every other call.
-    pub(crate) fn logical_url(&mut self) -> Option<&mut Option<url::Url>> {
-        self.template.missing_url()
-    }
-
-    /// [`lend`](Self::lend) when `lend` is set, and [`logical_url`](Self::logical_url), at
-    /// once.
-    pub(crate) fn lend_and_take_url(
-        &mut self,
-        lend: bool,
-    ) -> (Option<attempt::Lent<'_>>, Option<&mut Option<url::Url>>) {
-        let lent = lend.then(|| attempt::lend(&mut self.tried));
-        (lent, self.template.missing_url())
     }
 
     /// Records where the first attempt went, when it went without the list lent.
@@ -303,7 +285,8 @@ impl<R, C: Classify<R>> RetryState<R, C> {
     /// returns if there is none.
     pub(crate) fn next_request(&mut self) -> Result<reqwest::Request, Result<R, Error>> {
         self.retried += 1;
-        self.template.request().ok_or_else(|| {
+        // The template's body was cloned once, so it clones again.
+        try_clone(&self.template).ok_or_else(|| {
             self.last.take().map_or_else(
                 || Err(Error::builder("body", "cannot be sent again")),
                 |last| *last,
@@ -379,66 +362,27 @@ where
     }
 }
 
-/// What each retry's request is copied from.
-enum Template {
-    /// A copy of a request with a body. The body was cloned once, so it clones again.
-    Whole(reqwest::Request),
-    /// The parts of a request with no body (most that can be retried). They are copied
-    /// without the extensions map `reqwest::Request::try_clone` fills for a timeout even when
-    /// there is none: the only extension reqwest keeps on a request is its timeout.
-    Bodiless {
-        method: reqwest::Method,
-        /// `None` until the caller gives it (see [`RetryState::logical_url`]).
-        url: Option<url::Url>,
-        /// `None` when the request has none.
-        headers: Option<reqwest::header::HeaderMap>,
-        version: reqwest::Version,
-        timeout: Option<Duration>,
-    },
+/// A copy of `request` to send again, or `None` if its body cannot be copied (a stream).
+///
+/// A request with no body (most that can be retried) is copied without allocating the
+/// extensions map `reqwest::Request::try_clone` fills for a timeout even when there is
+/// none: the only extension reqwest keeps on a request is its timeout, copied here when set.
+fn try_clone(request: &reqwest::Request) -> Option<reqwest::Request> {
+    if request.body().is_some() {
+        return request.try_clone();
+    }
+    let mut clone = reqwest::Request::new(request.method().clone(), request.url().clone());
+    copy_bodiless(request, &mut clone);
+    Some(clone)
 }
 
-impl Template {
-    /// The parts of a bodiless `request`, with `url`.
-    fn bodiless(request: &reqwest::Request, url: Option<url::Url>) -> Template {
-        Template::Bodiless {
-            method: request.method().clone(),
-            url,
-            headers: (!request.headers().is_empty()).then(|| request.headers().clone()),
-            version: request.version(),
-            timeout: request.timeout().copied(),
-        }
+/// Copies what a bodiless `request` has beyond its method and URL into `clone`.
+fn copy_bodiless(request: &reqwest::Request, clone: &mut reqwest::Request) {
+    if let Some(timeout) = request.timeout() {
+        *clone.timeout_mut() = Some(*timeout);
     }
-
-    /// Where the URL goes, if it is missing.
-    fn missing_url(&mut self) -> Option<&mut Option<url::Url>> {
-        match self {
-            Template::Bodiless {
-                url: url @ None, ..
-            } => Some(url),
-            _ => None,
-        }
+    if !request.headers().is_empty() {
+        *clone.headers_mut() = request.headers().clone();
     }
-
-    /// A request to send again, or `None` if there is none: its body cannot be copied (a
-    /// stream), or it has no URL.
-    fn request(&self) -> Option<reqwest::Request> {
-        match self {
-            Template::Whole(request) => request.try_clone(),
-            Template::Bodiless {
-                method,
-                url,
-                headers,
-                version,
-                timeout,
-            } => {
-                let mut request = reqwest::Request::new(method.clone(), url.clone()?);
-                if let Some(headers) = headers {
-                    *request.headers_mut() = headers.clone();
-                }
-                *request.version_mut() = *version;
-                *request.timeout_mut() = *timeout;
-                Some(request)
-            }
-        }
-    }
+    *clone.version_mut() = request.version();
 }
