@@ -31,7 +31,10 @@ inner=0
 inner_code=0
 inner_data=0
 n=$(( calls + 100 ))
-for path in inner balance bare whole unique; do
+# `waits` is the whole stack over a transport that answers on its second poll, as a real call
+# does: what a call that waits adds (its deadline registered, the future polled again); it is
+# measured against that transport alone, `inner_waits`.
+for path in inner balance bare whole unique inner_waits waits; do
   # Counts only inside `counted`; its first, 100-call run warms up and is counted too.
   PROXYLESS_COUNT="$path:$calls" valgrind --tool=callgrind --toggle-collect='*stack::counted*' \
     --cache-sim=yes --I1=4096,64,64 --D1=4096,64,64 --LL=8388608,16,64 \
@@ -39,7 +42,7 @@ for path in inner balance bare whole unique; do
   # events: Ir Dr Dw I1mr D1mr D1mw ...
   read -r per code data < <(grep -m1 '^summary:' "$out/$path" |
     awk -v n="$n" '{printf "%d %d %d\n", $2 / n, $5 / n, ($6 + $7) / n}')
-  if [ "$path" = inner ]; then
+  if [ "$path" = inner ] || [ "$path" = inner_waits ]; then
     inner=$per
     inner_code=$code
     inner_data=$data

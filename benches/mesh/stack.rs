@@ -40,6 +40,42 @@ fn transport() -> impl Service<
     })
 }
 
+/// A transport whose answer comes on the second poll, as a real call's does (the reply
+/// arrives after the request is sent): its first poll wakes the task and is pending.
+fn waiting_transport() -> impl Service<
+    reqwest::Request,
+    Response = reqwest::Response,
+    Error = proxyless::Error,
+    Future = SecondPoll,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|_: reqwest::Request| SecondPoll { polled: false })
+}
+
+/// The future of [`waiting_transport`].
+struct SecondPoll {
+    polled: bool,
+}
+
+impl std::future::Future for SecondPoll {
+    type Output = Result<reqwest::Response, proxyless::Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if !self.polled {
+            self.polled = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(reqwest::Response::from(http::Response::new(
+            reqwest::Body::from(""),
+        ))))
+    }
+}
+
 fn registry(runtime: &tokio::runtime::Runtime, n: usize) -> Registry {
     let endpoints = super::pick::weights(n)
         .into_iter()
@@ -141,10 +177,11 @@ pub(crate) fn benches(c: &mut Criterion) {
 }
 
 /// For `benches/instructions.sh`: builds one path of the stack (`inner`, `balance`, `bare`
-/// for metrics and balancing alone, `whole`, or `unique` for the whole stack with a URL no
-/// call used before on each call) with the same transport, registry and
-/// policies as the benchmarks above, warms it, and makes `calls` calls in [`counted`], the
-/// function callgrind counts instructions in.
+/// for metrics and balancing alone, `whole`, `unique` for the whole stack with a URL no
+/// call used before on each call, and `inner_waits` and `waits` for the transport alone and
+/// the whole stack over a transport that answers on its second poll) with the same
+/// transport, registry and policies as the benchmarks above, warms it, and makes `calls`
+/// calls in [`counted`], the function callgrind counts instructions in.
 pub(crate) fn count(path: &str, calls: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,7 +233,25 @@ pub(crate) fn count(path: &str, calls: usize) {
                 counted(run.into_iter(), |r| as_the_client(&service, r));
             }
         }
-        other => panic!("unknown path {other:?}: inner, balance, bare, whole or unique"),
+        "inner_waits" => {
+            let mut inner = waiting_transport();
+            counted(requests().take(100), |r| call_polled(&mut inner, r));
+            counted(requests(), |r| call_polled(&mut inner, r));
+        }
+        "waits" => {
+            let service = stack.layer(waiting_transport());
+            let call = |r| {
+                let mut service = service.clone();
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(service.poll_ready(&mut cx).is_ready(), "ready at once");
+                call_polled(&mut service, r)
+            };
+            counted(requests().take(100), call);
+            counted(requests(), call);
+        }
+        other => panic!(
+            "unknown path {other:?}: inner, balance, bare, whole, unique, inner_waits or waits"
+        ),
     }
 }
 
@@ -254,6 +309,24 @@ where
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(service.poll_ready(&mut cx).is_ready(), "ready at once");
     call_now(&mut service, request)
+}
+
+/// Calls `service` once and polls its future until it is ready (twice, over
+/// [`waiting_transport`]), with no I/O; returns the response.
+fn call_polled<S>(service: &mut S, request: reqwest::Request) -> reqwest::Response
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error>,
+{
+    let mut future = std::pin::pin!(service.call(request));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        if let std::task::Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+            assert_eq!(polls, 2, "answered on the second poll");
+            return result.expect("ok");
+        }
+    }
 }
 
 /// Calls `service` once, with no I/O, and returns its response.
