@@ -9,7 +9,8 @@
 //!
 //! The server runs on a runtime of its own with one worker thread; the clients share a
 //! current-thread runtime on the main thread, so that each side has one of a 2-core
-//! machine's cores. haproxy, when found, runs with one thread.
+//! machine's cores. haproxy, when found, runs with one thread. With `OVERHEAD_PIN=1` the
+//! clients are pinned to CPU 0 and the server and haproxy to CPU 1.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -59,13 +60,42 @@ impl Options {
     }
 }
 
+/// With `OVERHEAD_PIN=1`, the clients' thread runs on CPU 0 and the server's threads and
+/// haproxy on CPU 1, so that neither evicts the other's work from its core's caches between
+/// calls, as on two machines; by default the scheduler places them.
+fn pinned() -> bool {
+    std::env::var("OVERHEAD_PIN").as_deref() == Ok("1")
+}
+
+/// Pins the calling thread to `cpu`, with `taskset` (util-linux).
+fn pin_current_thread(cpu: usize) {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = link
+        .file_name()
+        .and_then(|name| name.to_str())
+        .expect("a thread id")
+        .to_owned();
+    let status = Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &tid])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run taskset");
+    assert!(status.success(), "taskset -p -c {cpu} {tid} failed");
+}
+
 /// The server: a small fixed body, as a health or lookup endpoint would answer.
 fn serve() -> (SocketAddr, tokio::runtime::Runtime) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("local addr");
+    let pin = pinned();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .on_thread_start(move || {
+            if pin {
+                pin_current_thread(1);
+            }
+        })
         .enable_all()
         .build()
         .expect("server runtime");
@@ -118,8 +148,16 @@ fn haproxy(server: SocketAddr) -> Option<Proxy> {
         ),
     )
     .expect("write config");
+    // Pinned, haproxy runs on the server's CPU.
+    let mut command = if pinned() {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "1", binary]);
+        taskset
+    } else {
+        Command::new(binary)
+    };
     let proxy = Proxy {
-        child: Command::new(binary)
+        child: command
             .arg("-db")
             .arg("-f")
             .arg(&config)
@@ -549,6 +587,9 @@ async fn closed_loop(clients: &Clients, path: Path, concurrency: usize, secs: f6
 
 fn main() {
     let options = Options::from_args();
+    if pinned() {
+        pin_current_thread(0);
+    }
     let (server, _server_runtime) = serve();
     let proxy = haproxy(server);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -670,6 +711,9 @@ fn main() {
         "# proxyless end-to-end overhead ({} samples per path, alternating)",
         options.samples
     );
+    if pinned() {
+        println!("# pinned: clients on CPU 0, the server and haproxy on CPU 1 (OVERHEAD_PIN=1)");
+    }
     if proxy.is_none() {
         println!(
             "# haproxy not found: the proxy comparison is skipped (benches/overhead.sh installs it)"
