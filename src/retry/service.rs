@@ -148,14 +148,26 @@ impl<C: Clone> RetryLayer<C> {
             return None;
         }
         if request.body().is_some() {
-            return Some(Box::new(self.state(request.try_clone()?)));
+            return self.begin_with_body(request);
         }
-        let mut state = Box::new(self.state(reqwest::Request::new(
-            request.method().clone(),
-            request.url().clone(),
-        )));
+        // Written into its box, not built on the stack and copied there.
+        let mut state = Box::write(
+            Box::new_uninit(),
+            self.state(reqwest::Request::new(
+                request.method().clone(),
+                request.url().clone(),
+            )),
+        );
         copy_bodiless(request, &mut state.template);
         Some(state)
+    }
+
+    /// [`begin_boxed`](Self::begin_boxed) for a request with a body. Out of line: reqwest's
+    /// `try_clone` and its copy of the request take stack room the common, bodiless call
+    /// should not reserve.
+    #[inline(never)]
+    fn begin_with_body<R>(&self, request: &reqwest::Request) -> Option<Box<RetryState<R, C>>> {
+        Some(Box::new(self.state(request.try_clone()?)))
     }
 
     /// The deposit and per-attempt timeout every call makes; whether it may be retried.
