@@ -116,12 +116,23 @@ impl RequestBuilder {
             // Nothing to lend the layers below: no task-local scope to enter on each poll.
             client.execute(request)
         } else {
-            // The call starts inside the scope, where the retry layer reads the options.
-            ResponseFuture::boxed(crate::retry::attempt::with_options(options, async move {
-                client.execute(request).await
-            }))
+            send_with_options(client, request, options)
         }
     }
+}
+
+/// Sends a request with per-call options: the call starts inside their task-local scope,
+/// where the retry layer reads them. Out of line: the boxed future is built on the stack
+/// first, and a call without options should not reserve room for it.
+#[inline(never)]
+fn send_with_options(
+    client: MeshClient,
+    request: reqwest::Request,
+    options: crate::retry::attempt::CallOptions,
+) -> ResponseFuture {
+    ResponseFuture::boxed(crate::retry::attempt::with_options(options, async move {
+        client.execute(request).await
+    }))
 }
 
 impl fmt::Debug for RequestBuilder {
