@@ -313,10 +313,7 @@ impl Deadline {
         deadlines: &Arc<Deadlines>,
     ) -> Poll<Error> {
         if crate::clock::now() >= self.at {
-            return Poll::Ready(Error::new(Kind::Timeout).with_message(format!(
-                "the call's deadline of {:?} passed",
-                deadlines.after
-            )));
+            return Poll::Ready(expired(deadlines.after));
         }
         match &self.registered {
             None => {
@@ -327,6 +324,13 @@ impl Deadline {
         }
         Poll::Pending
     }
+}
+
+/// The error of a call whose deadline, `after` from its start, passed. Out of line: every
+/// poll of a waiting call checks the deadline, and few find it passed.
+#[inline(never)]
+fn expired(after: Duration) -> Error {
+    Error::new(Kind::Timeout).with_message(format!("the call's deadline of {after:?} passed"))
 }
 
 impl Drop for Deadline {

@@ -113,8 +113,7 @@ impl Shared {
         let now = crate::clock::now();
         let elapsed = now.saturating_duration_since(started);
         if let Some(reason @ ("rate_limited" | "overloaded" | "circuit_open")) = series.error {
-            metrics::counter!(super::REJECTED, "server.address" => self.service.to_string(), "reason" => reason)
-                .increment(1);
+            self.count_rejected(reason);
         }
         self.stats.finish(now, elapsed, series.error.is_some());
         let handles = self.handles.load();
@@ -124,7 +123,21 @@ impl Shared {
             return;
         }
         drop(handles);
-        // First call with these labels: resolve the handle once and keep it.
+        self.record_first(series, elapsed);
+    }
+
+    /// Counts a call a policy refused. Out of line, as [`record_first`](Self::record_first).
+    #[inline(never)]
+    fn count_rejected(&self, reason: &'static str) {
+        metrics::counter!(super::REJECTED, "server.address" => self.service.to_string(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Records the first call with these labels: resolves the histogram's handle once and
+    /// keeps it. Out of line: its labels are built on the stack, and every other call should
+    /// not reserve room for them.
+    #[inline(never)]
+    fn record_first(&self, series: Series, elapsed: std::time::Duration) {
         let status = series.status.to_string();
         let mut labels = vec![
             ("http.request.method", series.method.to_owned()),
