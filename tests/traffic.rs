@@ -104,7 +104,7 @@ async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
         .retry(RetryPolicy::default().max_attempts(2));
     let mesh = mesh(discovery, traffic);
     // The same URL each time: after two calls each endpoint remembers its rewrite, and the
-    // retry's copy of the request keeps the logical URL the rewrite replaced.
+    // retry is still built from the logical request, its path, query and headers.
     for _ in 0..50 {
         let response = mesh
             .get("http://orders/v1/items?id=42")
