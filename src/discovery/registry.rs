@@ -988,17 +988,12 @@ impl ServiceEntry {
         status.version += 1;
         // What was learnt of an endpoint stays with it while it stays listed.
         let previous = self.current.load_full();
+        let mut carried = Carried::new(previous.as_deref());
         let stats: Arc<[Arc<EndpointStats>]> = endpoints
             .iter()
             .map(|endpoint| {
-                previous
-                    .as_ref()
-                    .and_then(|p| {
-                        p.endpoints
-                            .binary_search_by(|e| e.addr().cmp(endpoint.addr()))
-                            .ok()
-                            .map(|i| p.stats[i].clone())
-                    })
+                carried
+                    .find(endpoint.addr())
                     .unwrap_or_else(|| Arc::new(EndpointStats::with_series(self.series(endpoint))))
             })
             .collect();
@@ -1046,6 +1041,45 @@ impl ServiceEntry {
         status.last_error = Some(Arc::new(error));
         drop(status);
         self.changed.notify_waiters();
+    }
+}
+
+/// The records of the endpoints of the snapshot before, found by address for the next one.
+///
+/// Both lists are sorted by address (see [`canonical`]), and the next one's addresses are
+/// asked for in order, so one pass over the previous list finds them all: a 10 000-endpoint
+/// update compares about 20 000 addresses, where a binary search per endpoint compared
+/// about 140 000.
+struct Carried<'a> {
+    previous: std::iter::Peekable<
+        std::iter::Zip<std::slice::Iter<'a, Endpoint>, std::slice::Iter<'a, Arc<EndpointStats>>>,
+    >,
+}
+
+impl<'a> Carried<'a> {
+    fn new(previous: Option<&'a Snapshot>) -> Self {
+        let (endpoints, stats): (&[Endpoint], &[Arc<EndpointStats>]) = match previous {
+            Some(previous) => (&previous.endpoints, &previous.stats),
+            None => (&[], &[]),
+        };
+        Carried {
+            previous: endpoints.iter().zip(stats.iter()).peekable(),
+        }
+    }
+
+    /// The record of the endpoint at `addr`, if the snapshot before listed it. Each call must
+    /// ask for an address after the one before.
+    fn find(&mut self, addr: &crate::endpoint::EndpointAddr) -> Option<Arc<EndpointStats>> {
+        while let Some((endpoint, stats)) = self.previous.peek() {
+            match endpoint.addr().cmp(addr) {
+                std::cmp::Ordering::Less => {
+                    self.previous.next();
+                }
+                std::cmp::Ordering::Equal => return Some(Arc::clone(stats)),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
     }
 }
 
@@ -1165,5 +1199,115 @@ async fn tick(ticks: &mut Option<tokio::time::Interval>) {
             ticks.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::StaticDiscovery;
+
+    /// Endpoint `i` of a pool of 64 addresses, two of them host names.
+    fn endpoint(i: u8) -> Endpoint {
+        match i {
+            62 => Endpoint::new(
+                "orders-a.internal:8080"
+                    .parse::<crate::EndpointAddr>()
+                    .expect("address"),
+            ),
+            63 => Endpoint::new(
+                "orders-b.internal:8080"
+                    .parse::<crate::EndpointAddr>()
+                    .expect("address"),
+            ),
+            i => Endpoint::new(([10, 0, i / 8, i % 8], 8080 + u16::from(i % 3))),
+        }
+    }
+
+    /// The current snapshot of `orders`.
+    fn snapshot(registry: &Registry) -> Arc<Snapshot> {
+        match registry.lookup("orders").expect("resolved") {
+            Lookup::Picked(snapshot, _) => snapshot,
+            Lookup::Pending(_) => panic!("resolved before"),
+        }
+    }
+
+    /// Applies the sets `before` and then `after` (indices into the pool), and checks that
+    /// an endpoint in both keeps its record and any other gets a fresh one.
+    fn carried_across(before: &[u8], after: &[u8]) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let discovery = StaticDiscovery::new()
+                .with("orders", before.iter().map(|&i| endpoint(i)))
+                .expect("valid");
+            let registry = Registry::builder()
+                .discovery(discovery.clone())
+                .disable_mass_removal_guard()
+                .build()
+                .expect("valid registry");
+            registry.endpoints("orders").await.expect("resolved");
+            let first = snapshot(&registry);
+            let version = registry.status("orders").expect("status").version;
+            discovery
+                .set("orders", after.iter().map(|&i| endpoint(i)))
+                .expect("valid");
+            let unchanged = before.iter().collect::<std::collections::BTreeSet<_>>()
+                == after.iter().collect::<std::collections::BTreeSet<_>>();
+            if !unchanged {
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    while registry.status("orders").expect("status").version == version {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await
+                .expect("the update applied");
+            }
+            let second = snapshot(&registry);
+            for (endpoint, stats) in second.endpoints.iter().zip(second.stats.iter()) {
+                let before = first
+                    .endpoints
+                    .iter()
+                    .position(|e| e.addr() == endpoint.addr())
+                    .map(|i| &first.stats[i]);
+                match before {
+                    Some(before) => assert!(
+                        Arc::ptr_eq(before, stats),
+                        "{} stays listed and keeps its record",
+                        endpoint.addr()
+                    ),
+                    None => assert!(
+                        !first.stats.iter().any(|s| Arc::ptr_eq(s, stats)),
+                        "{} is new and gets a fresh record",
+                        endpoint.addr()
+                    ),
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn an_update_keeps_the_records_of_endpoints_that_stay() {
+        // Kept at both ends and in the middle, added before, between and after, removed.
+        carried_across(&[1, 3, 5, 62], &[0, 1, 2, 5, 6, 62, 63]);
+        carried_across(&[0, 1, 2, 5, 6, 62, 63], &[1, 3, 5]);
+        // Nothing in common, and a set given in another order.
+        carried_across(&[1, 2], &[3, 4]);
+        carried_across(&[9, 4, 7], &[7, 9, 4, 8]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn an_endpoint_keeps_its_record_exactly_while_it_stays_listed(
+            before in proptest::collection::vec(0..64u8, 1..40),
+            after in proptest::collection::vec(0..64u8, 1..40),
+        ) {
+            carried_across(&before, &after);
+        }
     }
 }
