@@ -240,12 +240,7 @@ pub(crate) fn count(path: &str, calls: usize) {
         }
         "waits" => {
             let service = stack.layer(waiting_transport());
-            let call = |r| {
-                let mut service = service.clone();
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                assert!(service.poll_ready(&mut cx).is_ready(), "ready at once");
-                call_polled(&mut service, r)
-            };
+            let call = |r| call_polled(&mut readied(&service), r);
             counted(requests().take(100), call);
             counted(requests(), call);
         }
@@ -305,10 +300,18 @@ fn as_the_client<S>(service: &S, request: reqwest::Request) -> reqwest::Response
 where
     S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error> + Clone,
 {
+    call_now(&mut readied(service), request)
+}
+
+/// A clone of `service`, readied, as the client takes one for each call.
+fn readied<S>(service: &S) -> S
+where
+    S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error> + Clone,
+{
     let mut service = service.clone();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(service.poll_ready(&mut cx).is_ready(), "ready at once");
-    call_now(&mut service, request)
+    service
 }
 
 /// Calls `service` once and polls its future until it is ready (twice, over

@@ -17,9 +17,9 @@
 //!
 //! A URL is remembered the second time in a row its slot sees it, not the first: calls whose
 //! URLs never repeat (an id in the path, a nonce in the query) then pay a hash, a shared
-//! read of the slot's lock and an atomic load and store per call, not an allocation. An endpoint has [`SLOTS`] slots, each
-//! holding one URL, so the memory is bounded whatever the calls; a URL longer than
-//! [`MAX_REMEMBERED`] or carrying a password is never kept.
+//! read of the slot's lock and an atomic load and store per call, not an allocation. An
+//! endpoint has [`SLOTS`] slots, each holding one URL, so the memory is bounded whatever the
+//! calls; a URL longer than [`MAX_REMEMBERED`] or carrying a password is never kept.
 
 use std::hash::BuildHasher;
 use std::sync::RwLock;

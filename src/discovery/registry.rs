@@ -1051,31 +1051,35 @@ impl ServiceEntry {
 /// update compares at most 20 000 addresses, where a binary search per endpoint compared
 /// about 125 000.
 struct Carried<'a> {
-    previous: std::iter::Peekable<
-        std::iter::Zip<std::slice::Iter<'a, Endpoint>, std::slice::Iter<'a, Arc<EndpointStats>>>,
-    >,
+    endpoints: &'a [Endpoint],
+    stats: &'a [Arc<EndpointStats>],
+    /// The first of `endpoints` not yet passed.
+    next: usize,
 }
 
 impl<'a> Carried<'a> {
     fn new(previous: Option<&'a Snapshot>) -> Self {
-        let (endpoints, stats): (&[Endpoint], &[Arc<EndpointStats>]) = match previous {
-            Some(previous) => (&previous.endpoints, &previous.stats),
-            None => (&[], &[]),
-        };
-        Carried {
-            previous: endpoints.iter().zip(stats.iter()).peekable(),
+        match previous {
+            Some(previous) => Carried {
+                endpoints: &previous.endpoints,
+                stats: &previous.stats,
+                next: 0,
+            },
+            None => Carried {
+                endpoints: &[],
+                stats: &[],
+                next: 0,
+            },
         }
     }
 
     /// The record of the endpoint at `addr`, if the snapshot before listed it. Each call must
     /// ask for an address after the one before.
     fn find(&mut self, addr: &crate::endpoint::EndpointAddr) -> Option<Arc<EndpointStats>> {
-        while let Some((endpoint, stats)) = self.previous.peek() {
+        while let Some(endpoint) = self.endpoints.get(self.next) {
             match endpoint.addr().cmp(addr) {
-                std::cmp::Ordering::Less => {
-                    self.previous.next();
-                }
-                std::cmp::Ordering::Equal => return Some(Arc::clone(stats)),
+                std::cmp::Ordering::Less => self.next += 1,
+                std::cmp::Ordering::Equal => return self.stats.get(self.next).cloned(),
                 std::cmp::Ordering::Greater => return None,
             }
         }
