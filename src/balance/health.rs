@@ -226,7 +226,7 @@ pub(crate) struct EndpointStats {
     latency: AtomicU64,
     in_flight: AtomicU32,
     /// Its per-endpoint metric series, when those are turned on.
-    series: Option<Arc<EndpointSeries>>,
+    pub(crate) series: Option<Arc<EndpointSeries>>,
     /// The URLs rewritten to it lately.
     pub(crate) rewrites: super::rewrite::Rewrites,
 }
@@ -276,6 +276,16 @@ impl EndpointStats {
     #[inline]
     pub(crate) fn end(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads a word of each part of the record, so that its cache lines are in before it is
+    /// reset: plain loads of many records overlap their cache misses, where the
+    /// compare-and-swap that proves a record unique waits for each miss in turn.
+    pub(crate) fn touch(&self) -> u64 {
+        u64::from(self.consecutive_failures.load(Ordering::Relaxed))
+            ^ self.paused_until.load(Ordering::Relaxed)
+            ^ self.latency.load(Ordering::Relaxed)
+            ^ self.rewrites.touch()
     }
 
     /// Requests to this endpoint in flight now.

@@ -78,6 +78,12 @@ impl std::fmt::Debug for Rewrites {
 }
 
 impl Rewrites {
+    /// Reads each slot's word, for [`EndpointStats::touch`](super::health::EndpointStats::touch).
+    pub(crate) fn touch(&self) -> u64 {
+        self.slots
+            .iter()
+            .fold(0, |all, slot| all ^ slot.missed.load(Ordering::Relaxed))
+    }
     /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
     /// remembers this URL for this endpoint.
     pub(crate) fn rewrite(&self, url: &mut url::Url, endpoint: &Endpoint) -> Rewrote {
