@@ -1198,8 +1198,11 @@ fn canonical(mut endpoints: Vec<Endpoint>) -> Result<Arc<[Endpoint]>, DiscoveryE
             return Err(DiscoveryError::malformed(format!("endpoint {i}: {why}")));
         }
     }
-    endpoints.sort_by(|a, b| a.addr().cmp(b.addr()));
-    endpoints.dedup_by(|later, first| later.addr() == first.addr());
+    // Backends often list in order already: one pass proves it, for a sort and a dedup.
+    if !endpoints.is_sorted_by(|a, b| a.addr() < b.addr()) {
+        endpoints.sort_by(|a, b| a.addr().cmp(b.addr()));
+        endpoints.dedup_by(|later, first| later.addr() == first.addr());
+    }
     Ok(endpoints.into())
 }
 
@@ -1550,6 +1553,30 @@ mod tests {
                 endpoint.addr()
             );
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_sorted_by_address_without_duplicates_however_it_came() {
+        let addrs = |set: Vec<u8>| -> Vec<String> {
+            canonical(set.into_iter().map(endpoint).collect())
+                .expect("valid")
+                .iter()
+                .map(|e| e.addr().to_string())
+                .collect()
+        };
+        let sorted = addrs(vec![1, 2, 9]);
+        assert_eq!(addrs(vec![9, 1, 2]), sorted, "sorted");
+        assert_eq!(
+            addrs(vec![1, 1, 2, 9, 9]),
+            sorted,
+            "in order, with duplicates"
+        );
+        assert_eq!(
+            addrs(vec![9, 2, 1, 2]),
+            sorted,
+            "out of order, with a duplicate"
+        );
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]), "{sorted:?}");
     }
 
     /// How many spare records the `orders` entry keeps.
