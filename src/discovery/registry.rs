@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -679,6 +679,9 @@ pub(crate) struct ServiceEntry {
     /// Records of endpoints that no snapshot lists any more, each held by nothing else, for
     /// the next update's new endpoints (see [`Snapshot`]'s `Drop`).
     spare: Mutex<Vec<Arc<EndpointStats>>>,
+    /// How many endpoints the last update listed: the most spares worth keeping. Read
+    /// where a snapshot is dropped, which may be anywhere, so not from `current`.
+    listed: AtomicUsize,
     /// What a dropped snapshot's list holds in place of a record moved to `spare`.
     placeholder: Arc<EndpointStats>,
 }
@@ -710,6 +713,7 @@ impl ServiceEntry {
             changed: Notify::new(),
             status: Mutex::new(Status::default()),
             spare: Mutex::new(Vec::new()),
+            listed: AtomicUsize::new(0),
             placeholder: Arc::default(),
         }
     }
@@ -745,17 +749,13 @@ impl ServiceEntry {
     }
 
     /// Moves the records in `stats` (a snapshot's, which it alone held) that nothing else
-    /// holds to the spares, reset, up to as many as the current snapshot lists: an update
+    /// holds to the spares, reset, up to as many as the last update listed: an update
     /// that replaces endpoints gives the new ones these, rather than allocating as many
     /// records while freeing as many. On a heap a busy process has fragmented, the
     /// allocator's slow paths took 30 – 40% of a 10 000-endpoint update (`perf`). Each
     /// record is reset here, in the one pass that touches it.
     fn keep_spare(&self, stats: &mut [Arc<EndpointStats>]) {
-        let cap = self
-            .current
-            .load()
-            .as_ref()
-            .map_or(0, |current| current.endpoints.len());
+        let cap = self.listed.load(Ordering::Relaxed);
         let mut spare = self.lock_spare();
         // A few records at a time, touched first (see `EndpointStats::touch`): the records
         // of a snapshot lie all over a heap that has been in use for a while.
@@ -1091,6 +1091,8 @@ impl ServiceEntry {
         );
         metrics::gauge!(crate::observe::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
             .set(endpoints.len() as f64);
+        let listed = endpoints.len();
+        self.listed.store(listed, Ordering::Relaxed);
         self.current.store(Some(Arc::new(Snapshot {
             service: self.name.clone(),
             endpoints,
@@ -1105,12 +1107,7 @@ impl ServiceEntry {
         // Spares left over stay for the next update, as many as this snapshot lists.
         let mut kept = self.lock_spare();
         kept.append(&mut spare);
-        kept.truncate(
-            self.current
-                .load()
-                .as_ref()
-                .map_or(0, |c| c.endpoints.len()),
-        );
+        kept.truncate(listed);
         drop(kept);
         // The snapshot replaced: dropped here, if no call holds it, its records of the
         // endpoints it alone listed become spares.
