@@ -1585,6 +1585,104 @@ mod tests {
             .len()
     }
 
+    /// Applies `steps` in turn (sets of the pool's endpoints), holding the snapshot before
+    /// each step whose flag is set, as a call in flight would, and checks after each: an
+    /// endpoint that stays keeps its record; a new one gets a record no held snapshot has,
+    /// reset; the spares never outnumber the endpoints listed.
+    fn reuse_across(first: &[u8], steps: &[(Vec<u8>, bool)]) {
+        use std::collections::BTreeSet;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let discovery = StaticDiscovery::new()
+                .with("orders", first.iter().map(|&i| endpoint(i)))
+                .expect("valid");
+            let registry = Registry::builder()
+                .discovery(discovery.clone())
+                .disable_mass_removal_guard()
+                .build()
+                .expect("valid registry");
+            registry.endpoints("orders").await.expect("resolved");
+            let mut listed: BTreeSet<u8> = first.iter().copied().collect();
+            let mut held: Vec<Arc<Snapshot>> = Vec::new();
+            for (set, hold) in steps {
+                let before = snapshot(&registry);
+                // What calls leave on a record: a run of failures, one still in flight.
+                for index in 0..before.endpoints.len() {
+                    before.begin(index);
+                    before.record(index, Outcome::Failure, Duration::from_millis(40));
+                }
+                let kept: HashMap<String, *const EndpointStats> = before
+                    .endpoints
+                    .iter()
+                    .zip(addresses(&before))
+                    .map(|(endpoint, record)| (endpoint.addr().to_string(), record))
+                    .collect();
+                if *hold {
+                    held.push(before);
+                } else {
+                    drop(before);
+                }
+                let next: BTreeSet<u8> = set.iter().copied().collect();
+                if next == listed {
+                    continue;
+                }
+                update(&registry, &discovery, set).await;
+                listed = next;
+                let after = snapshot(&registry);
+                let in_held: BTreeSet<*const EndpointStats> =
+                    held.iter().flat_map(|s| addresses(s)).collect();
+                for (endpoint, stats) in after.endpoints.iter().zip(after.stats.iter()) {
+                    match kept.get(&endpoint.addr().to_string()) {
+                        Some(&record) => {
+                            assert_eq!(record, Arc::as_ptr(stats), "{} kept", endpoint.addr());
+                        }
+                        None => {
+                            assert!(
+                                !in_held.contains(&Arc::as_ptr(stats)),
+                                "{}: a record a held snapshot has",
+                                endpoint.addr()
+                            );
+                            assert_eq!(stats.in_flight(), 0, "{} fresh", endpoint.addr());
+                            assert_eq!(stats.success_rate(), 1.0, "{} fresh", endpoint.addr());
+                        }
+                    }
+                }
+                assert!(registry_spares(&registry) <= after.endpoints.len());
+            }
+        });
+    }
+
+    #[test]
+    fn reuse_never_gives_out_a_record_in_use() {
+        // Replaced, held, then replaced again; the held snapshot's endpoints come back.
+        reuse_across(
+            &[1, 2, 3],
+            &[
+                (vec![4, 5, 6], false),
+                (vec![7, 8], true),
+                (vec![1, 2, 9, 10], false),
+                (vec![7, 8, 11], false),
+            ],
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn reused_records_are_never_in_use_and_always_reset(
+            first in proptest::collection::vec(0..64u8, 1..24),
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0..64u8, 1..24), any::<bool>()),
+                1..6,
+            ),
+        ) {
+            reuse_across(&first, &steps);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
