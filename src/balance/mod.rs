@@ -121,7 +121,8 @@ impl Selection {
         Self::with_weights(balancer, endpoints, &weights, rng)
     }
 
-    /// Like [`Selection::build`], with effective weights (0: may not take traffic now).
+    /// Narrows `endpoints` to the pickable ones of the best tier and builds `balancer` over
+    /// them, with their effective weights (0: may not take traffic now).
     pub(crate) fn with_weights(
         balancer: Balancer,
         endpoints: &[Endpoint],
