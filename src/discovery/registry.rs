@@ -1335,6 +1335,23 @@ mod tests {
         }
     }
 
+    /// `orders`, listing the pool's endpoints `set`, resolved in a new registry (with
+    /// per-endpoint labels up to `labels`, when given).
+    async fn resolved(set: &[u8], labels: Option<usize>) -> (StaticDiscovery, Registry) {
+        let discovery = StaticDiscovery::new()
+            .with("orders", set.iter().map(|&i| endpoint(i)))
+            .expect("valid");
+        let mut builder = Registry::builder()
+            .discovery(discovery.clone())
+            .disable_mass_removal_guard();
+        if let Some(cap) = labels {
+            builder = builder.endpoint_labels(cap);
+        }
+        let registry = builder.build().expect("valid registry");
+        registry.endpoints("orders").await.expect("resolved");
+        (discovery, registry)
+    }
+
     /// Applies the sets `before` and then `after` (indices into the pool), and checks that
     /// an endpoint in both keeps its record and any other gets a fresh one.
     fn carried_across(before: &[u8], after: &[u8]) {
@@ -1343,30 +1360,12 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let discovery = StaticDiscovery::new()
-                .with("orders", before.iter().map(|&i| endpoint(i)))
-                .expect("valid");
-            let registry = Registry::builder()
-                .discovery(discovery.clone())
-                .disable_mass_removal_guard()
-                .build()
-                .expect("valid registry");
-            registry.endpoints("orders").await.expect("resolved");
+            let (discovery, registry) = resolved(before, None).await;
             let first = snapshot(&registry);
-            let version = registry.status("orders").expect("status").version;
-            discovery
-                .set("orders", after.iter().map(|&i| endpoint(i)))
-                .expect("valid");
             let unchanged = before.iter().collect::<std::collections::BTreeSet<_>>()
                 == after.iter().collect::<std::collections::BTreeSet<_>>();
             if !unchanged {
-                tokio::time::timeout(Duration::from_secs(10), async {
-                    while registry.status("orders").expect("status").version == version {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                })
-                .await
-                .expect("the update applied");
+                update(&registry, &discovery, after).await;
             }
             let second = snapshot(&registry);
             for (endpoint, stats) in second.endpoints.iter().zip(second.stats.iter()) {
@@ -1423,15 +1422,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_endpoints_reuse_the_records_of_removed_ones_reset() {
-        let discovery = StaticDiscovery::new()
-            .with("orders", [1, 2, 3].map(endpoint))
-            .expect("valid");
-        let registry = Registry::builder()
-            .discovery(discovery.clone())
-            .disable_mass_removal_guard()
-            .build()
-            .expect("valid registry");
-        registry.endpoints("orders").await.expect("resolved");
+        let (discovery, registry) = resolved(&[1, 2, 3], None).await;
         let first = snapshot(&registry);
         // What a call learns, and a call still counted in flight, on every endpoint.
         for index in 0..3 {
@@ -1475,15 +1466,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_record_a_call_may_still_use_is_never_reused() {
-        let discovery = StaticDiscovery::new()
-            .with("orders", [1, 2, 3].map(endpoint))
-            .expect("valid");
-        let registry = Registry::builder()
-            .discovery(discovery.clone())
-            .disable_mass_removal_guard()
-            .build()
-            .expect("valid registry");
-        registry.endpoints("orders").await.expect("resolved");
+        let (discovery, registry) = resolved(&[1, 2, 3], None).await;
         // A call in flight on the first snapshot through two updates.
         let held = snapshot(&registry);
         held.begin(0);
@@ -1526,16 +1509,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reused_record_takes_its_new_endpoints_metric_series() {
-        let discovery = StaticDiscovery::new()
-            .with("orders", [1, 2, 3].map(endpoint))
-            .expect("valid");
-        let registry = Registry::builder()
-            .discovery(discovery.clone())
-            .disable_mass_removal_guard()
-            .endpoint_labels(16)
-            .build()
-            .expect("valid registry");
-        registry.endpoints("orders").await.expect("resolved");
+        let (discovery, registry) = resolved(&[1, 2, 3], Some(16)).await;
         let first_records = addresses(&snapshot(&registry));
         update(&registry, &discovery, &[4, 5, 6]).await;
         update(&registry, &discovery, &[7, 8, 9]).await;
@@ -1596,15 +1570,7 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let discovery = StaticDiscovery::new()
-                .with("orders", first.iter().map(|&i| endpoint(i)))
-                .expect("valid");
-            let registry = Registry::builder()
-                .discovery(discovery.clone())
-                .disable_mass_removal_guard()
-                .build()
-                .expect("valid registry");
-            registry.endpoints("orders").await.expect("resolved");
+            let (discovery, registry) = resolved(first, None).await;
             let mut listed: BTreeSet<u8> = first.iter().copied().collect();
             let mut held: Vec<Arc<Snapshot>> = Vec::new();
             for (set, hold) in steps {
