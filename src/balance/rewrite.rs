@@ -84,6 +84,7 @@ impl Rewrites {
             .iter()
             .fold(0, |all, slot| all ^ slot.missed.load(Ordering::Relaxed))
     }
+
     /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
     /// remembers this URL for this endpoint.
     pub(crate) fn rewrite(&self, url: &mut url::Url, endpoint: &Endpoint) -> Rewrote {
