@@ -30,6 +30,8 @@ struct Options {
     warmup: usize,
     throughput_secs: f64,
     rounds: usize,
+    /// Resamples of the latency rounds for each statistic's interval ([`Resampled`]).
+    resamples: usize,
 }
 
 impl Options {
@@ -39,6 +41,7 @@ impl Options {
             warmup: 2_000,
             throughput_secs: 2.0,
             rounds: 3,
+            resamples: 200,
         };
         let args: Vec<String> = std::env::args().collect();
         let value = |name: &str| {
@@ -55,6 +58,9 @@ impl Options {
         }
         if let Some(v) = value("--rounds") {
             options.rounds = v as usize;
+        }
+        if let Some(v) = value("--resamples") {
+            options.resamples = (v as usize).max(1);
         }
         options
     }
@@ -480,10 +486,73 @@ impl Samples {
     }
 
     fn percentile(&self, q: f64) -> f64 {
-        let mut sorted = self.0.clone();
-        sorted.sort_unstable();
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1] as f64
+        let mut values = self.0.clone();
+        let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        *values.select_nth_unstable(rank - 1).1 as f64
+    }
+}
+
+/// How much a statistic of the run could move by chance: its 95% interval, from resampling
+/// the run's rounds (the bootstrap). Each resample draws as many rounds as the run had, with
+/// replacement, and keeps a round's calls on every path together: a slow moment slows every
+/// path of its round, and a difference between paths should not count it as the mesh's.
+/// Under noise this machine makes, one run's added p99 can read well under or well over
+/// its target; the interval says which readings the run can tell apart.
+struct Resampled {
+    rounds: usize,
+    resamples: usize,
+}
+
+/// A statistic, with the 2.5th and 97.5th percentiles of its value over the resamples.
+struct Estimate {
+    value: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Resampled {
+    /// `stat` computes the statistic from the samples it is given; `pick` gives it a path's
+    /// samples as one resample drew them (as the run made them, for its value).
+    fn estimate(&self, stat: impl Fn(&dyn Fn(&Samples) -> Samples) -> f64) -> Estimate {
+        let value = stat(&|samples: &Samples| Samples(samples.0.clone()));
+        let mut values: Vec<f64> = (0..self.resamples)
+            .map(|r| {
+                // The same draws for every statistic: resample `r` is the same rounds.
+                let mut state =
+                    0x9e37_79b9_7f4a_7c15_u64 ^ (r as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                let drawn: Vec<usize> = (0..self.rounds)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state % self.rounds as u64) as usize
+                    })
+                    .collect();
+                stat(&|samples: &Samples| Samples(drawn.iter().map(|&i| samples.0[i]).collect()))
+            })
+            .collect();
+        values.sort_unstable_by(f64::total_cmp);
+        let at = |q: f64| values[((q * values.len() as f64) as usize).min(values.len() - 1)];
+        Estimate {
+            value,
+            low: at(0.025),
+            high: at(0.975),
+        }
+    }
+}
+
+impl Estimate {
+    fn micros(&self) -> String {
+        format!(
+            "{} ({:.2} – {:.2})",
+            micros(self.value),
+            self.low / 1000.0,
+            self.high / 1000.0
+        )
+    }
+
+    fn ratio(&self) -> String {
+        format!("{:.4} ({:.4} – {:.4})", self.value, self.low, self.high)
     }
 }
 
@@ -737,47 +806,65 @@ fn main() {
             micros(cpu.mean())
         );
     }
-    let mesh = &results[1].1;
-    let again = &results[2].1;
-    let mesh_added = mesh.mean() - raw.mean();
+    let resampled = Resampled {
+        rounds: raw.0.len(),
+        resamples: options.resamples,
+    };
     println!();
     println!(
-        "A/A control, raw again - raw: mean {}, p50 {}, p99 {}",
-        micros(again.mean() - raw.mean()),
-        micros(again.percentile(0.5) - raw.percentile(0.5)),
-        micros(again.percentile(0.99) - raw.percentile(0.99))
+        "Differences, each with its 95% interval over {} resamples of the rounds:",
+        resampled.resamples
     );
-    println!("mesh / raw mean ratio: {:.4}", mesh.mean() / raw.mean());
+    // The path at `i` of the results, its latency (`cpu == false`) or its client CPU.
+    let added = |i: usize, cpu: bool, stat: fn(&Samples) -> f64| {
+        let pick = |k: usize| if cpu { &results[k].2 } else { &results[k].1 };
+        resampled.estimate(|draw| stat(&draw(pick(i))) - stat(&draw(pick(0))))
+    };
+    let mean = Samples::mean as fn(&Samples) -> f64;
+    let p50 = (|s: &Samples| s.percentile(0.5)) as fn(&Samples) -> f64;
+    let p99 = (|s: &Samples| s.percentile(0.99)) as fn(&Samples) -> f64;
+    println!(
+        "A/A control, raw again - raw: mean {}, p50 {}, p99 {}",
+        added(2, false, mean).micros(),
+        added(2, false, p50).micros(),
+        added(2, false, p99).micros()
+    );
+    let ratio = resampled.estimate(|draw| draw(&results[1].1).mean() / draw(&results[0].1).mean());
+    println!("mesh / raw mean ratio: {}", ratio.ratio());
     println!(
         "client-thread CPU added by the mesh, mean: {}",
-        micros(results[1].2.mean() - results[0].2.mean())
+        added(1, true, mean).micros()
     );
     println!(
         "mesh added: mean {}, p50 {}, p99 {}",
-        micros(mesh_added),
-        micros(mesh.percentile(0.5) - raw.percentile(0.5)),
-        micros(mesh.percentile(0.99) - raw.percentile(0.99))
+        added(1, false, mean).micros(),
+        added(1, false, p50).micros(),
+        added(1, false, p99).micros()
     );
-    if let Some((_, proxied, _)) = results.get(3) {
-        let proxy_added = proxied.mean() - raw.mean();
+    if results.len() > 3 {
         println!(
             "proxy hop added: mean {}, p50 {}, p99 {}",
-            micros(proxy_added),
-            micros(proxied.percentile(0.5) - raw.percentile(0.5)),
-            micros(proxied.percentile(0.99) - raw.percentile(0.99))
+            added(3, false, mean).micros(),
+            added(3, false, p50).micros(),
+            added(3, false, p99).micros()
         );
+        let share = resampled.estimate(|draw| {
+            let raw = draw(&results[0].1).mean();
+            (draw(&results[1].1).mean() - raw) / (draw(&results[3].1).mean() - raw)
+        });
         println!(
-            "mesh added / proxy added (mean): {:.4} (1/{:.0})",
-            mesh_added / proxy_added,
-            proxy_added / mesh_added.max(1.0)
+            "mesh added / proxy added (mean): {} (1/{:.0})",
+            share.ratio(),
+            1.0 / share.value.max(1e-9)
         );
     }
 
     println!();
-    println!("| concurrency | raw calls/s | mesh calls/s | mesh / raw |");
-    println!("|---|---|---|---|");
+    println!("| concurrency | raw calls/s | mesh calls/s | mesh / raw | each round |");
+    println!("|---|---|---|---|---|");
     for concurrency in [16, 64] {
-        let (mut raw, mut mesh) = (0.0, 0.0);
+        // Each round's raw and mesh rates, which ran one after the other.
+        let mut rates: Vec<(f64, f64)> = Vec::with_capacity(options.rounds);
         runtime.block_on(async {
             // Warm the pool to this concurrency on both paths.
             closed_loop(&clients, Path::Raw, concurrency, 0.3).await;
@@ -789,23 +876,30 @@ fn main() {
                 } else {
                     [Path::Mesh, Path::Raw]
                 };
+                let (mut raw, mut mesh) = (0.0, 0.0);
                 for path in order {
                     let rate =
                         closed_loop(&clients, path, concurrency, options.throughput_secs).await;
                     if path == Path::Raw {
-                        raw += rate;
+                        raw = rate;
                     } else {
-                        mesh += rate;
+                        mesh = rate;
                     }
                 }
+                rates.push((raw, mesh));
             }
         });
-        let rounds = options.rounds as f64;
+        let rounds = rates.len().max(1) as f64;
+        let raw = rates.iter().map(|r| r.0).sum::<f64>() / rounds;
+        let mesh = rates.iter().map(|r| r.1).sum::<f64>() / rounds;
+        let each: Vec<String> = rates
+            .iter()
+            .map(|(raw, mesh)| format!("{:.3}", mesh / raw))
+            .collect();
         println!(
-            "| {concurrency} | {:.0} | {:.0} | {:.4} |",
-            raw / rounds,
-            mesh / rounds,
-            mesh / raw
+            "| {concurrency} | {raw:.0} | {mesh:.0} | {:.4} | {} |",
+            mesh / raw,
+            each.join(", ")
         );
     }
     let stats = clients.mesh.stats("bench").expect("called");
