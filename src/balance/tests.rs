@@ -36,6 +36,63 @@ fn round_robin_cycles_over_nonzero_weights_from_its_offset() {
     assert_eq!(picks, [2, 3, 0, 2, 3, 0, 2]);
 }
 
+/// Picks from `threads` threads at once, `picks` each, on one shared table; the counts per
+/// index.
+fn picked_concurrently(
+    pick: &(dyn Fn() -> usize + Sync),
+    threads: usize,
+    picks: usize,
+    len: usize,
+) -> Vec<u64> {
+    let counts: Vec<std::sync::atomic::AtomicU64> = (0..len)
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..picks {
+                    counts[pick()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    counts.into_iter().map(|count| count.into_inner()).collect()
+}
+
+#[test]
+fn round_robin_picks_racing_on_threads_stay_in_range_and_keep_the_shares() {
+    // The cursor is read and written back, so racing picks may repeat a turn or set the
+    // cursor back: every pick must still be a candidate, and the shares stay even.
+    let weights = [3, 0, 1, 1, 0, 2, 1];
+    let (threads, picks) = (4, 200_000);
+    let table = RoundRobin::starting_at(&weights, 5).expect("has candidates");
+    let counts = picked_concurrently(&|| table.pick(), threads, picks, weights.len());
+    let total = (threads * picks) as f64;
+    for (i, &count) in counts.iter().enumerate() {
+        if weights[i] == 0 {
+            assert_eq!(count, 0, "index {i} has weight 0: {counts:?}");
+        } else {
+            let share = count as f64 / total;
+            assert!(
+                (share - 0.2).abs() < 0.02,
+                "index {i}: {share} of the picks, {counts:?}"
+            );
+        }
+    }
+
+    let table = WeightedRoundRobin::new(&weights).expect("has candidates");
+    assert!(table.is_tabulated());
+    let counts = picked_concurrently(&|| table.pick(), threads, picks, weights.len());
+    for (i, &count) in counts.iter().enumerate() {
+        let expected = f64::from(weights[i]) / 8.0;
+        let share = count as f64 / total;
+        assert!(
+            (share - expected).abs() < 0.02,
+            "index {i}: {share} of the picks against {expected}, {counts:?}"
+        );
+    }
+}
+
 #[test]
 fn smooth_weighted_round_robin_matches_nginx() {
     // The example of nginx's commit message: weights 5, 1, 1 give a a b a c a a.

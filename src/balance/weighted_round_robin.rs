@@ -9,8 +9,11 @@
 //! # Computing it fast
 //!
 //! The sequence is deterministic and periodic, so it is computed once per snapshot into a
-//! table (the weights divided by their greatest common divisor first), and a pick is one
-//! atomic increment and a load.
+//! table (the weights divided by their greatest common divisor first), and a pick is a load
+//! and a store of the table's cursor and a load of its entry. As with
+//! [`RoundRobin`](super::RoundRobin), picks made one after another follow the order
+//! exactly; picks racing on several threads may repeat a turn, and keep the shares only
+//! over many picks.
 //!
 //! Computing it does not cost O(n) per step, as nginx's loop does: candidates of equal
 //! weight always have equal scores but for the `Σ w` taken off those already picked, so
@@ -26,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::PoisonError;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use super::NoCandidates;
 
@@ -155,8 +158,7 @@ impl WeightedRoundRobin {
     pub fn pick(&self) -> usize {
         match &self.schedule {
             Schedule::Table { order, next } => {
-                let turn = next.fetch_add(1, Ordering::Relaxed);
-                order[turn % order.len()] as usize
+                order[super::round_robin::advance(next, order.len())] as usize
             }
             Schedule::Live(scores) => {
                 // The scores are valid after every step, so a poisoned lock is still usable.
