@@ -511,8 +511,8 @@ struct Estimate {
 }
 
 impl Resampled {
-    /// `stat` computes the statistic from the samples it is given; `pick` gives it a path's
-    /// samples as one resample drew them (as the run made them, for its value).
+    /// `stat` computes the statistic from the samples `draw` gives it: a path's samples as
+    /// one resample drew them (as the run made them, for the statistic's own value).
     fn estimate(&self, stat: impl Fn(&dyn Fn(&Samples) -> Samples) -> f64) -> Estimate {
         let value = stat(&|samples: &Samples| Samples(samples.0.clone()));
         let mut values: Vec<f64> = (0..self.resamples)
