@@ -1383,6 +1383,13 @@ mod tests {
         snapshot.stats.iter().map(Arc::as_ptr).collect()
     }
 
+    /// Whether no record of `snapshot` is one of `records`.
+    fn shares_none(snapshot: &Snapshot, records: &[*const EndpointStats]) -> bool {
+        addresses(snapshot)
+            .iter()
+            .all(|record| !records.contains(record))
+    }
+
     #[tokio::test]
     async fn new_endpoints_reuse_the_records_of_removed_ones_reset() {
         let (discovery, registry) = resolved(&[1, 2, 3], None).await;
@@ -1399,9 +1406,7 @@ mod tests {
         update(&registry, &discovery, &[4, 5, 6]).await;
         let second = snapshot(&registry);
         assert!(
-            addresses(&second)
-                .iter()
-                .all(|record| !first_records.contains(record)),
+            shares_none(&second, &first_records),
             "the spares were kept for the update after, not given out while the snapshot lived"
         );
         drop(second);
@@ -1439,9 +1444,7 @@ mod tests {
         let third = snapshot(&registry);
         let held_records = addresses(&held);
         assert!(
-            addresses(&third)
-                .iter()
-                .all(|record| !held_records.contains(record)),
+            shares_none(&third, &held_records),
             "no record of the snapshot the call holds was given to a new endpoint"
         );
         // The second snapshot's records, which nothing held, were.
