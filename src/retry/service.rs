@@ -16,9 +16,16 @@ use crate::error::Error;
 /// and every service it makes, share the budget.
 #[derive(Clone, Debug)]
 pub struct RetryLayer<C = HttpClassifier> {
-    policy: Arc<RetryPolicy>,
-    budget: Arc<RetryBudget>,
+    rules: Arc<Rules>,
     classifier: C,
+}
+
+/// The policy and the budget, behind one reference: a retryable call's state takes one
+/// reference count, not two (each a locked instruction to take and another to give back).
+#[derive(Debug)]
+struct Rules {
+    policy: RetryPolicy,
+    budget: Arc<RetryBudget>,
 }
 
 impl RetryLayer {
@@ -27,8 +34,7 @@ impl RetryLayer {
         policy.validate()?;
         let budget = Arc::new(RetryBudget::new(policy.budget)?);
         Ok(RetryLayer {
-            policy: Arc::new(policy),
-            budget,
+            rules: Arc::new(Rules { policy, budget }),
             classifier: HttpClassifier,
         })
     }
@@ -38,15 +44,14 @@ impl<C> RetryLayer<C> {
     /// Classifies outcomes with `classifier` instead.
     pub fn with_classifier<D>(self, classifier: D) -> RetryLayer<D> {
         RetryLayer {
-            policy: self.policy,
-            budget: self.budget,
+            rules: self.rules,
             classifier,
         }
     }
 
     /// The shared budget.
     pub fn budget(&self) -> &Arc<RetryBudget> {
-        &self.budget
+        &self.rules.budget
     }
 }
 
@@ -172,23 +177,22 @@ impl<C: Clone> RetryLayer<C> {
 
     /// The deposit and per-attempt timeout every call makes; whether it may be retried.
     fn start(&self, request: &mut reqwest::Request) -> bool {
-        self.budget.deposit();
-        if let Some(timeout) = self.policy.per_attempt_timeout
+        self.rules.budget.deposit();
+        if let Some(timeout) = self.rules.policy.per_attempt_timeout
             && request.timeout().is_none()
         {
             *request.timeout_mut() = Some(timeout);
         }
         // The method first: the options are read from a task-local only for a method that
         // is not idempotent.
-        self.policy.max_attempts > 1
+        self.rules.policy.max_attempts > 1
             && (RetryPolicy::is_idempotent(request.method())
                 || attempt::options().retry_non_idempotent)
     }
 
     fn state<R>(&self, template: reqwest::Request) -> RetryState<R, C> {
         RetryState {
-            policy: self.policy.clone(),
-            budget: self.budget.clone(),
+            rules: self.rules.clone(),
             classifier: self.classifier.clone(),
             template,
             tried: Tried::default(),
@@ -239,8 +243,7 @@ pub(crate) enum Settled {
 
 /// What a retryable call keeps between its attempts.
 pub(crate) struct RetryState<R, C> {
-    policy: Arc<RetryPolicy>,
-    budget: Arc<RetryBudget>,
+    rules: Arc<Rules>,
     classifier: C,
     template: reqwest::Request,
     tried: Tried,
@@ -270,16 +273,16 @@ impl<R, C: Classify<R>> RetryState<R, C> {
             // A breaker below refused the retry: the call ends with its last real outcome.
             return Settled::Last;
         }
-        if self.retried + 1 >= self.policy.max_attempts
+        if self.retried + 1 >= self.rules.policy.max_attempts
             || self.classifier.classify(result.as_ref()) != Outcome::Failure
         {
             return Settled::Done;
         }
-        if !self.budget.try_withdraw() {
+        if !self.rules.budget.try_withdraw() {
             tracing::debug!("retry budget exhausted; not retrying");
             return Settled::Done;
         }
-        Settled::Retry(self.policy.delay(self.retried))
+        Settled::Retry(self.rules.policy.delay(self.retried))
     }
 
     /// Keeps the outcome of an attempt that is retried (after [`Settled::Retry`]).
