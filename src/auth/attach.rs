@@ -121,7 +121,7 @@ impl AttachTokenLayer {
             return Attach::Done;
         }
         if let Some(token) = self.source.ready(host) {
-            insert(request, token.header_value().clone());
+            insert(request, token.into_header_value());
             return Attach::Done;
         }
         let service = match known {
@@ -134,7 +134,7 @@ impl AttachTokenLayer {
         let source = self.source.clone();
         Attach::Fetch(Box::pin(async move {
             let token = source.token(&service).await?;
-            Ok(token.header_value().clone())
+            Ok(token.into_header_value())
         }))
     }
 }

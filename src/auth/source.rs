@@ -35,6 +35,12 @@ impl BearerToken {
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
+
+    /// The header value, taken out: a request it goes on needs no copy of it (a copy and its
+    /// drop are a locked reference-count update each).
+    pub(crate) fn into_header_value(self) -> HeaderValue {
+        self.0
+    }
 }
 
 impl fmt::Debug for BearerToken {
