@@ -19,7 +19,7 @@ use criterion::{BatchSize, Criterion};
 use futures_util::FutureExt;
 use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
 use proxyless::balance::BalanceLayer;
-use proxyless::client::TrafficPolicy;
+use proxyless::client::{MeshService, TrafficPolicy};
 use proxyless::limit::{OnExceed, Rate};
 use proxyless::{Endpoint, Registry, Secret, StaticDiscovery};
 use tower::{Layer, Service};
@@ -235,12 +235,12 @@ pub(crate) fn count(path: &str, calls: usize) {
         }
         "inner_waits" => {
             let mut inner = waiting_transport();
-            counted(requests().take(100), |r| call_polled(&mut inner, r));
-            counted(requests(), |r| call_polled(&mut inner, r));
+            counted(requests().take(100), |r| polled_twice(inner.call(r)));
+            counted(requests(), |r| polled_twice(inner.call(r)));
         }
         "waits" => {
             let service = stack.layer(waiting_transport());
-            let call = |r| call_polled(&mut readied(&service), r);
+            let call = |r| polled_twice(readied(&service).call_owned(r));
             counted(requests().take(100), call);
             counted(requests(), call);
         }
@@ -295,12 +295,21 @@ fn timed<O>(
     });
 }
 
-/// Calls a service's stack as the client does: a clone of it, readied, called once.
-fn as_the_client<S>(service: &S, request: reqwest::Request) -> reqwest::Response
+/// Calls a service's stack as the client does: a clone of it, readied, called once with
+/// the clone handed to the call.
+fn as_the_client<T>(service: &MeshService<T>, request: reqwest::Request) -> reqwest::Response
 where
-    S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error> + Clone,
+    T: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error>
+        + Clone
+        + Send
+        + 'static,
+    T::Future: Send,
 {
-    call_now(&mut readied(service), request)
+    readied(service)
+        .call_owned(request)
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ok")
 }
 
 /// A clone of `service`, readied, as the client takes one for each call.
@@ -314,13 +323,12 @@ where
     service
 }
 
-/// Calls `service` once and polls its future until it is ready (twice, over
-/// [`waiting_transport`]), with no I/O; returns the response.
-fn call_polled<S>(service: &mut S, request: reqwest::Request) -> reqwest::Response
-where
-    S: Service<reqwest::Request, Response = reqwest::Response, Error = proxyless::Error>,
-{
-    let mut future = std::pin::pin!(service.call(request));
+/// Polls a call's `future` until it is ready (twice, over [`waiting_transport`]), with no
+/// I/O; returns the response.
+fn polled_twice(
+    future: impl std::future::Future<Output = Result<reqwest::Response, proxyless::Error>>,
+) -> reqwest::Response {
+    let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let mut polls = 0;
     loop {

@@ -132,7 +132,9 @@ impl MeshClient {
             let mut cx = Context::from_waker(Waker::noop());
             if let Poll::Ready(ready) = stack.poll_ready(&mut cx) {
                 return match ready {
-                    Ok(()) => ResponseFuture::calling(stack.call(request)),
+                    // The stack's clone goes into the call's future, which needs no
+                    // reference counts of its own then.
+                    Ok(()) => ResponseFuture::calling(stack.call_owned(request)),
                     Err(error) => ResponseFuture::failed(error),
                 };
             }

@@ -176,52 +176,113 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: reqwest::Request) -> MeshFuture<S> {
-        // One clock reading for the call's start, shared by every policy.
-        let _step = crate::clock::step();
-        let shared = &self.shared;
-        let policies = &*shared.policies;
-        let record = policies.metrics.begin(&request);
-        // A handle on the span, not a borrow of it: the record moves into the future below.
-        let entered = record.span().clone().entered();
-        let mut retry = policies
-            .retry
-            .as_ref()
-            .and_then(|retry| retry.begin_boxed(&mut request));
-        let mut permits = Permits::default();
-        let admitted = policies.admit(&mut request, &mut permits, false);
-        let state = match admitted {
-            // The readied service takes the first attempt.
-            Admitted::Go => {
-                // The first attempt's endpoint is read from its future if the call is
-                // retried, so its list is not lent, unless an outer retry layer has one
-                // out: the balancer would record into that one.
-                let _lent = retry
-                    .as_mut()
-                    .filter(|_| crate::retry::attempt::is_lent())
-                    .map(|retry| retry.lend());
-                State::Calling {
-                    future: shared.router.call(&mut self.inner, request),
-                }
-            }
-            admitted => park(admitted, request),
-        };
+    fn call(&mut self, request: reqwest::Request) -> MeshFuture<S> {
+        start(self, request)
+    }
+}
+
+impl<S> MeshService<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+{
+    /// Calls the service as [`Service::call`] does, consuming this handle: the call's future
+    /// keeps it (its shared state, and its transport for the retries and for attempts that
+    /// wait), where `call` takes a reference to the one and a clone of the other. What a
+    /// client that clones the service for each call (as tower's `oneshot` does) should use:
+    /// [`MeshClient`](crate::MeshClient) does. The service must be ready
+    /// ([`Service::poll_ready`] returned `Ready(Ok(()))`), as for `call`.
+    pub fn call_owned(self, request: reqwest::Request) -> MeshFuture<S> {
+        start(self, request)
+    }
+}
+
+/// The service a call starts from: borrowed, by [`Service::call`], or handed over, by
+/// [`MeshService::call_owned`].
+trait Caller<S> {
+    /// The shared state, and the readied transport that takes the first attempt.
+    fn parts(&mut self) -> (&Shared, &mut S);
+    /// What the call's future keeps: the shared state, and a transport for the attempts after
+    /// the first (or a first that waited), if `spare` says it may send one.
+    fn keep(self, spare: bool) -> (Arc<Shared>, Option<S>);
+}
+
+impl<S: Clone> Caller<S> for &mut MeshService<S> {
+    fn parts(&mut self) -> (&Shared, &mut S) {
+        (&self.shared, &mut self.inner)
+    }
+
+    fn keep(self, spare: bool) -> (Arc<Shared>, Option<S>) {
         // Retries, and attempts that waited, go to a clone of the transport, readied when
         // their turn comes.
-        let spare = (retry.is_some() || !matches!(state, State::Calling { .. }))
-            .then(|| self.inner.clone());
-        drop(entered);
-        MeshFuture {
-            state,
-            deadline: policies.timeout.as_deref().map(Deadline::new),
-            call: Call {
-                permits,
-                shared: shared.clone(),
-                retry,
-                spare,
-            },
-            record,
+        (self.shared.clone(), spare.then(|| self.inner.clone()))
+    }
+}
+
+impl<S> Caller<S> for MeshService<S> {
+    fn parts(&mut self) -> (&Shared, &mut S) {
+        (&self.shared, &mut self.inner)
+    }
+
+    fn keep(self, _: bool) -> (Arc<Shared>, Option<S>) {
+        (self.shared, Some(self.inner))
+    }
+}
+
+/// Starts a call of `request` on `caller`'s readied transport. Inlined into both callers,
+/// so that the future is built in place.
+#[inline(always)]
+fn start<S, H>(mut caller: H, mut request: reqwest::Request) -> MeshFuture<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: Into<Error>,
+    S::Future: Send,
+    H: Caller<S>,
+{
+    // One clock reading for the call's start, shared by every policy.
+    let _step = crate::clock::step();
+    let (shared, inner) = caller.parts();
+    let policies = &*shared.policies;
+    let record = policies.metrics.begin(&request);
+    // A handle on the span, not a borrow of it: the record moves into the future below.
+    let entered = record.span().clone().entered();
+    let mut retry = policies
+        .retry
+        .as_ref()
+        .and_then(|retry| retry.begin_boxed(&mut request));
+    let mut permits = Permits::default();
+    let admitted = policies.admit(&mut request, &mut permits, false);
+    let state = match admitted {
+        // The readied service takes the first attempt.
+        Admitted::Go => {
+            // The first attempt's endpoint is read from its future if the call is
+            // retried, so its list is not lent, unless an outer retry layer has one
+            // out: the balancer would record into that one.
+            let _lent = retry
+                .as_mut()
+                .filter(|_| crate::retry::attempt::is_lent())
+                .map(|retry| retry.lend());
+            State::Calling {
+                future: shared.router.call(inner, request),
+            }
         }
+        admitted => park(admitted, request),
+    };
+    let deadline = policies.timeout.as_deref().map(Deadline::new);
+    drop(entered);
+    let spare = retry.is_some() || !matches!(state, State::Calling { .. });
+    let (shared, spare) = caller.keep(spare);
+    MeshFuture {
+        state,
+        deadline,
+        call: Call {
+            permits,
+            shared,
+            retry,
+            spare,
+        },
+        record,
     }
 }
 
@@ -236,7 +297,19 @@ pin_project! {
         // Set when the service has a timeout (`call.shared.policies.timeout`).
         deadline: Option<Deadline>,
         call: Call<S>,
+        // Recorded into `call.shared`'s metrics layer, which it holds no reference to.
         record: CallRecord,
+    }
+
+    impl<S> PinnedDrop for MeshFuture<S>
+    where
+        S: Service<reqwest::Request>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // A call dropped before it completed leaves the in-flight count.
+            let this = this.project();
+            this.record.cancel(&this.call.shared.policies.metrics);
+        }
     }
 }
 
@@ -338,7 +411,8 @@ where
             }
         };
         let result = ready!(polled);
-        this.record.finish(result.as_ref());
+        this.record
+            .finish(&this.call.shared.policies.metrics, result.as_ref());
         Poll::Ready(result)
     }
 }

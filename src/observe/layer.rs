@@ -179,29 +179,40 @@ where
             let _entered = record.span.enter();
             self.inner.call(request)
         };
-        ResponseFuture { future, record }
+        ResponseFuture {
+            future,
+            record: Held {
+                record,
+                shared: self.shared.clone(),
+            },
+        }
     }
 }
 
 impl MetricsLayer {
-    /// Starts recording one call of `request`: counted in flight from now on.
+    /// Starts recording one call of `request`: counted in flight from now on. The record
+    /// must be [finished](CallRecord::finish) or [cancelled](CallRecord::cancel) with this
+    /// layer.
     pub(crate) fn begin(&self, request: &reqwest::Request) -> CallRecord {
         CallRecord::begin(&self.shared, request)
     }
 }
 
-/// One call being recorded: its span, its start, and the service's counters. Finished with
-/// its result by [`CallRecord::finish`]; dropped unfinished (the call was cancelled), it
-/// leaves the in-flight count.
+/// One call being recorded: its span and its start. Finished with its result by
+/// [`CallRecord::finish`], or, if the call is dropped before it completes, cancelled by
+/// [`CallRecord::cancel`], which takes it out of the in-flight count. It holds no reference
+/// to the service's counters: whatever holds it holds the layer (a reference count taken
+/// and given back per call is two locked instructions), and passes it in.
 pub(crate) struct CallRecord {
     method: &'static str,
     started: Instant,
-    shared: Option<Arc<Shared>>,
+    /// Counted in flight, and neither finished nor cancelled yet.
+    open: bool,
     span: tracing::Span,
 }
 
 impl CallRecord {
-    fn begin(shared: &Arc<Shared>, request: &reqwest::Request) -> Self {
+    fn begin(shared: &Shared, request: &reqwest::Request) -> Self {
         shared.stats.start();
         let method = method_label(request.method());
         // One span per call: the attempts below it get spans of their own.
@@ -215,7 +226,7 @@ impl CallRecord {
         CallRecord {
             method,
             started: crate::clock::now(),
-            shared: Some(shared.clone()),
+            open: true,
             span,
         }
     }
@@ -225,11 +236,32 @@ impl CallRecord {
         &self.span
     }
 
-    /// Records the call's result: its duration under its labels, and the counters.
-    pub(crate) fn finish(&mut self, result: Result<&reqwest::Response, &Error>) {
-        let Some(shared) = self.shared.take() else {
+    /// Records the call's result into `layer`, the one that began it: its duration under
+    /// its labels, and the counters. Once; later calls do nothing.
+    pub(crate) fn finish(
+        &mut self,
+        layer: &MetricsLayer,
+        result: Result<&reqwest::Response, &Error>,
+    ) {
+        self.finish_into(&layer.shared, result);
+    }
+
+    /// A call dropped before it completed: out of `layer`'s in-flight count, unless it
+    /// finished.
+    pub(crate) fn cancel(&mut self, layer: &MetricsLayer) {
+        self.cancel_from(&layer.shared);
+    }
+
+    fn cancel_from(&mut self, shared: &Shared) {
+        if std::mem::take(&mut self.open) {
+            shared.stats.cancel();
+        }
+    }
+
+    fn finish_into(&mut self, shared: &Shared, result: Result<&reqwest::Response, &Error>) {
+        if !std::mem::take(&mut self.open) {
             return;
-        };
+        }
         let series = match result {
             Ok(response) => {
                 let status = response.status();
@@ -257,12 +289,16 @@ impl CallRecord {
     }
 }
 
-impl Drop for CallRecord {
+/// A [`CallRecord`] with the counters it records into, for [`Metrics`]' future.
+struct Held {
+    record: CallRecord,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         // A call dropped before it completed (cancelled) leaves the in-flight count.
-        if let Some(shared) = self.shared.take() {
-            shared.stats.cancel();
-        }
+        self.record.cancel_from(&self.shared);
     }
 }
 
@@ -271,7 +307,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        record: CallRecord,
+        record: Held,
     }
 }
 
@@ -290,10 +326,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _entered = this.record.span.enter();
+            let _entered = this.record.record.span.enter();
             std::task::ready!(this.future.poll(cx))
         };
-        this.record.finish(result.as_ref());
+        let Held { record, shared } = this.record;
+        record.finish_into(shared, result.as_ref());
         Poll::Ready(result)
     }
 }
