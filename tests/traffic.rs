@@ -125,6 +125,45 @@ async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
     }
 }
 
+/// A service's first call waits for its token to be signed before it goes to the balancer;
+/// its retry is built from the URL the call had when it waited.
+#[cfg(feature = "jwt")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_attempt_that_waited_for_its_token_is_retried_with_its_url() {
+    use proxyless::Secret;
+    use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
+    let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
+    let good = TestServer::start("good").await;
+    let discovery = StaticDiscovery::new()
+        .with(
+            "orders",
+            [
+                bad.endpoint().with_weight(1000),
+                good.endpoint().with_weight(1),
+            ],
+        )
+        .expect("valid");
+    let key = SigningKey::hmac(
+        Algorithm::HS256,
+        &Secret::new("a-test-secret-of-32-bytes-long!!"),
+    )
+    .expect("valid key");
+    let traffic = TrafficPolicy::default()
+        .no_breaker()
+        .retry(RetryPolicy::default().max_attempts(2))
+        .token_source(JwtSigner::builder(key).build().expect("valid signer"));
+    let mesh = mesh(discovery, traffic);
+    let response = mesh
+        .get("http://orders/v1/items?id=7")
+        .send()
+        .await
+        .expect("ok");
+    assert_eq!(response.status(), 200, "the retry was sent");
+    assert_eq!(server_of(&response), "good");
+    assert_eq!(response.headers()["x-path"], "/v1/items");
+    assert_eq!(response.headers()["x-query"], "id=7");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_retried_only_when_the_caller_says_so() {
     let bad = TestServer::start_answering("bad", StatusCode::BAD_GATEWAY).await;

@@ -87,9 +87,25 @@ impl Rewrites {
 
     /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
     /// remembers this URL for this endpoint.
+    #[cfg(test)]
     pub(crate) fn rewrite(&self, url: &mut url::Url, endpoint: &Endpoint) -> Rewrote {
+        self.rewrite_keeping(url, endpoint, None)
+    }
+
+    /// [`rewrite`](Self::rewrite), and, with `keep`, the logical URL put there: the one the
+    /// request had, moved out when the rewritten URL is a remembered one's clone (which
+    /// replaces it whole), a copy when the URL is rewritten in place.
+    pub(crate) fn rewrite_keeping(
+        &self,
+        url: &mut url::Url,
+        endpoint: &Endpoint,
+        keep: Option<&mut Option<url::Url>>,
+    ) -> Rewrote {
         let logical = url.as_str();
         if logical.len() > MAX_REMEMBERED {
+            if let Some(keep) = keep {
+                *keep = Some(url.clone());
+            }
             rewrite(url, endpoint);
             return Rewrote::Rewritten;
         }
@@ -102,7 +118,11 @@ impl Rewrites {
             && kept.scheme == endpoint.scheme()
             && &kept.addr == endpoint.addr()
         {
-            *url = kept.url.clone();
+            let rewritten = kept.url.clone();
+            match keep {
+                Some(keep) => *keep = Some(std::mem::replace(url, rewritten)),
+                None => *url = rewritten,
+            }
             return Rewrote::Remembered;
         }
         // Seen twice in a row: keep it, unless it holds a password. A load before the
@@ -112,6 +132,9 @@ impl Rewrites {
             slot.missed.store(hash, Ordering::Relaxed);
         }
         let logical: Option<Box<str>> = (again && url.password().is_none()).then(|| logical.into());
+        if let Some(keep) = keep {
+            *keep = Some(url.clone());
+        }
         rewrite(url, endpoint);
         match logical {
             Some(logical) => {

@@ -144,7 +144,26 @@ impl<C> Router<C> {
     pub(crate) fn call<S>(
         &self,
         inner: &mut S,
+        request: reqwest::Request,
+    ) -> ResponseFuture<S::Future, S::Response, C>
+    where
+        S: Service<reqwest::Request> + Clone + Send + 'static,
+        S::Error: Into<Error>,
+        S::Future: Send,
+        C: Classify<S::Response>,
+    {
+        self.call_keeping(inner, request, None)
+    }
+
+    /// [`call`](Self::call), and, with `keep`, the request's logical URL put there, however
+    /// the call goes: for a retry to send again, without a copy of its own when the
+    /// endpoint remembers the URL (the rewritten one replaces it whole).
+    #[inline(always)]
+    pub(crate) fn call_keeping<S>(
+        &self,
+        inner: &mut S,
         mut request: reqwest::Request,
+        keep: Option<&mut Option<url::Url>>,
     ) -> ResponseFuture<S::Future, S::Response, C>
     where
         S: Service<reqwest::Request> + Clone + Send + 'static,
@@ -154,17 +173,17 @@ impl<C> Router<C> {
     {
         let host = match logical_host(request.url()) {
             Ok(host) => host,
-            Err(error) => return ResponseFuture::failed(error),
+            Err(error) => return failed(error, &request, keep),
         };
         let lookup = match &self.pinned {
             Some(entry) if entry.name().as_str() == host => entry.lookup(),
             _ => self.registry.lookup(host),
         };
         match lookup {
-            Err(error) => ResponseFuture::failed(error),
+            Err(error) => failed(error, &request, keep),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index);
-                rewrite(&mut request, &snapshot, index, self.preserve_host);
+                rewrite(&mut request, &snapshot, index, self.preserve_host, keep);
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
                 let call = InFlight::new(snapshot, index);
@@ -174,7 +193,12 @@ impl<C> Router<C> {
                 };
                 ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
-            Ok(Lookup::Pending(entry)) => self.wait_first(inner, request, entry),
+            Ok(Lookup::Pending(entry)) => {
+                if let Some(keep) = keep {
+                    *keep = Some(request.url().clone());
+                }
+                self.wait_first(inner, request, entry)
+            }
         }
     }
 
@@ -209,7 +233,7 @@ impl<C> Router<C> {
             let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
             drop(registry);
             let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
-            rewrite(&mut request, &snapshot, index, preserve_host);
+            rewrite(&mut request, &snapshot, index, preserve_host, None);
             let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner
@@ -267,11 +291,31 @@ fn logical_host(url: &reqwest::Url) -> Result<&str, Error> {
 /// Sends `request` to endpoint `index`: its URL rewritten (see [`Snapshot::rewrite`]) and,
 /// with `preserve_host`, its `Host` header set to the logical URL's host and port unless the
 /// request sets one.
-fn rewrite(request: &mut reqwest::Request, snapshot: &Snapshot, index: usize, preserve_host: bool) {
+fn rewrite(
+    request: &mut reqwest::Request,
+    snapshot: &Snapshot,
+    index: usize,
+    preserve_host: bool,
+    keep: Option<&mut Option<url::Url>>,
+) {
     if preserve_host && !request.headers().contains_key(HOST) {
         set_logical_host(request);
     }
-    snapshot.rewrite(index, request.url_mut());
+    snapshot.rewrite(index, request.url_mut(), keep);
+}
+
+/// The future of a call that failed before it reached an endpoint; with `keep`, the
+/// request's URL copied there. Out of line: the common path does not reserve its room.
+#[inline(never)]
+fn failed<F, R, C>(
+    error: Error,
+    request: &reqwest::Request,
+    keep: Option<&mut Option<url::Url>>,
+) -> ResponseFuture<F, R, C> {
+    if let Some(keep) = keep {
+        *keep = Some(request.url().clone());
+    }
+    ResponseFuture::failed(error)
 }
 
 /// Sets the `Host` header to the logical URL's host and port.

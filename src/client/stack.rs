@@ -258,16 +258,22 @@ where
         Admitted::Go => {
             // The first attempt's endpoint is read from its future if the call is
             // retried, so its list is not lent, unless an outer retry layer has one
-            // out: the balancer would record into that one.
-            let _lent = retry
-                .as_mut()
-                .filter(|_| crate::retry::attempt::is_lent())
-                .map(|retry| retry.lend());
+            // out: the balancer would record into that one. The balancer hands the retry
+            // the logical URL it replaces.
+            let (_lent, keep) = match retry.as_mut() {
+                Some(retry) => retry.first_attempt(crate::retry::attempt::is_lent()),
+                None => (None, None),
+            };
             State::Calling {
-                future: shared.router.call(inner, request),
+                future: shared.router.call_keeping(inner, request, keep),
             }
         }
-        admitted => park(admitted, request),
+        admitted => {
+            if let Some(retry) = retry.as_mut() {
+                retry.copy_url(request.url());
+            }
+            park(admitted, request)
+        }
     };
     let deadline = policies.timeout.as_deref().map(Deadline::new);
     drop(entered);

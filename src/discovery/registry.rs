@@ -578,12 +578,19 @@ impl Drop for Snapshot {
 }
 
 impl Snapshot {
-    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can.
+    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can;
+    /// with `keep`, puts the logical URL there (see
+    /// [`Rewrites::rewrite_keeping`](crate::balance::rewrite::Rewrites::rewrite_keeping)).
     #[inline]
-    pub(crate) fn rewrite(&self, index: usize, url: &mut url::Url) {
+    pub(crate) fn rewrite(
+        &self,
+        index: usize,
+        url: &mut url::Url,
+        keep: Option<&mut Option<url::Url>>,
+    ) {
         self.stats[index]
             .rewrites
-            .rewrite(url, &self.endpoints[index]);
+            .rewrite_keeping(url, &self.endpoints[index], keep);
     }
 
     /// Records a call's outcome against its endpoint: moving averages, and ejection after a

@@ -140,7 +140,7 @@ impl<C: Clone> RetryLayer<C> {
             return None;
         }
         let template = try_clone(request)?;
-        Some(self.state(template))
+        Some(self.state(Template::Whole(template)))
     }
 
     /// [`begin`](Self::begin), with what the retries need in a box, built with the copy of
@@ -155,16 +155,23 @@ impl<C: Clone> RetryLayer<C> {
         if request.body().is_some() {
             return self.begin_with_body(request);
         }
-        // Written into its box, not built on the stack and copied there.
-        let mut state = Box::write(
+        // Written into its box, not built on the stack and copied there. The URL is not
+        // copied: the balancer hands over the logical URL it replaces (see
+        // `RetryState::first_attempt`), or the caller copies it (`RetryState::copy_url`).
+        Some(Box::write(
             Box::new_uninit(),
-            self.state(reqwest::Request::new(
-                request.method().clone(),
-                request.url().clone(),
-            )),
-        );
-        copy_bodiless(request, &mut state.template);
-        Some(state)
+            self.state(Template::Bodiless {
+                method: request.method().clone(),
+                url: None,
+                headers: if request.headers().is_empty() {
+                    reqwest::header::HeaderMap::new()
+                } else {
+                    request.headers().clone()
+                },
+                timeout: request.timeout().copied(),
+                version: request.version(),
+            }),
+        ))
     }
 
     /// [`begin_boxed`](Self::begin_boxed) for a request with a body. Out of line: reqwest's
@@ -172,7 +179,7 @@ impl<C: Clone> RetryLayer<C> {
     /// should not reserve.
     #[inline(never)]
     fn begin_with_body<R>(&self, request: &reqwest::Request) -> Option<Box<RetryState<R, C>>> {
-        Some(Box::new(self.state(request.try_clone()?)))
+        Some(Box::new(self.state(Template::Whole(request.try_clone()?))))
     }
 
     /// The deposit and per-attempt timeout every call makes; whether it may be retried.
@@ -190,7 +197,7 @@ impl<C: Clone> RetryLayer<C> {
                 || attempt::options().retry_non_idempotent)
     }
 
-    fn state<R>(&self, template: reqwest::Request) -> RetryState<R, C> {
+    fn state<R>(&self, template: Template) -> RetryState<R, C> {
         RetryState {
             rules: self.rules.clone(),
             classifier: self.classifier.clone(),
@@ -241,11 +248,61 @@ pub(crate) enum Settled {
     Retry(Duration),
 }
 
+/// What a retry sends again: the call's request as it came, before any policy changed it.
+enum Template {
+    /// A copy of the whole request.
+    Whole(reqwest::Request),
+    /// A bodiless request's parts, its URL given later (see
+    /// [`RetryState::first_attempt`]): the balancer hands over the logical URL it replaces.
+    Bodiless {
+        method: reqwest::Method,
+        url: Option<url::Url>,
+        headers: reqwest::header::HeaderMap,
+        timeout: Option<Duration>,
+        version: reqwest::Version,
+    },
+}
+
+impl Template {
+    /// Where the logical URL goes, while a bodiless template waits for it.
+    fn url_slot(&mut self) -> Option<&mut Option<url::Url>> {
+        match self {
+            Template::Bodiless {
+                url: url @ None, ..
+            } => Some(url),
+            _ => None,
+        }
+    }
+
+    /// A new copy to send, or `None` if there is none: a body that cannot be copied (a
+    /// stream), or a URL never given.
+    fn request(&self) -> Option<reqwest::Request> {
+        match self {
+            Template::Whole(request) => try_clone(request),
+            Template::Bodiless {
+                method,
+                url,
+                headers,
+                timeout,
+                version,
+            } => {
+                let mut request = reqwest::Request::new(method.clone(), url.clone()?);
+                if !headers.is_empty() {
+                    *request.headers_mut() = headers.clone();
+                }
+                *request.timeout_mut() = *timeout;
+                *request.version_mut() = *version;
+                Some(request)
+            }
+        }
+    }
+}
+
 /// What a retryable call keeps between its attempts.
 pub(crate) struct RetryState<R, C> {
     rules: Arc<Rules>,
     classifier: C,
-    template: reqwest::Request,
+    template: Template,
     tried: Tried,
     retried: u32,
     /// The last real outcome, kept while the next attempt waits or is refused. Boxed: a
@@ -258,6 +315,26 @@ impl<R, C: Classify<R>> RetryState<R, C> {
     /// the guard is dropped.
     pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {
         attempt::lend(&mut self.tried)
+    }
+
+    /// For the first attempt: the list of endpoints tried lent, if `lend` says so (see
+    /// [`lend`](Self::lend)), and where the logical URL goes while the template waits for
+    /// it. The first attempt's request is sent without a copy of its URL taken; the
+    /// balancer puts the one it replaces there. `None` once the template has one.
+    pub(crate) fn first_attempt(
+        &mut self,
+        lend: bool,
+    ) -> (Option<attempt::Lent<'_>>, Option<&mut Option<url::Url>>) {
+        let lent = lend.then(|| attempt::lend(&mut self.tried));
+        (lent, self.template.url_slot())
+    }
+
+    /// Copies `url` into the template if it waits for one: for a first attempt that does
+    /// not go to the balancer now (a policy refused it or made it wait).
+    pub(crate) fn copy_url(&mut self, url: &url::Url) {
+        if let Some(slot) = self.template.url_slot() {
+            *slot = Some(url.clone());
+        }
     }
 
     /// Records where the first attempt went, when it went without the list lent.
@@ -301,7 +378,7 @@ impl<R, C: Classify<R>> RetryState<R, C> {
     pub(crate) fn next_request(&mut self) -> Result<reqwest::Request, Result<R, Error>> {
         self.retried += 1;
         // The template's body was cloned once, so it clones again.
-        try_clone(&self.template).ok_or_else(|| {
+        self.template.request().ok_or_else(|| {
             self.last.take().map_or_else(
                 || Err(Error::builder("body", "cannot be sent again")),
                 |last| *last,
