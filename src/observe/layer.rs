@@ -1,9 +1,8 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -31,9 +30,19 @@ pub struct MetricsLayer {
 struct Shared {
     service: ServiceName,
     stats: StatsCell,
-    /// One handle per label set seen, scanned in order: a service sees a handful.
-    handles: ArcSwap<Vec<(Series, metrics::Histogram)>>,
+    /// One handle per label set seen, in the order first seen, scanned in that order: a
+    /// service sees a handful. A slot is written once, so a call finds its handle with
+    /// plain loads, and takes no reference count (an `ArcSwap` of a list took two locked
+    /// instructions and its thread-local bookkeeping).
+    handles: [OnceLock<(Series, metrics::Histogram)>; HANDLE_SLOTS],
+    /// Held while a slot is filled, so that a label set gets one.
+    filling: Mutex<()>,
 }
+
+/// Label sets a service keeps handles for. A service seeing more (many methods, many
+/// statuses) resolves the handle of each further label set through the recorder on each
+/// call, as the `metrics` macros do.
+const HANDLE_SLOTS: usize = 16;
 
 impl MetricsLayer {
     /// Records calls to `service`.
@@ -42,7 +51,8 @@ impl MetricsLayer {
             shared: Arc::new(Shared {
                 service,
                 stats: StatsCell::new(),
-                handles: ArcSwap::default(),
+                handles: Default::default(),
+                filling: Mutex::new(()),
             }),
         }
     }
@@ -116,13 +126,16 @@ impl Shared {
             self.count_rejected(reason);
         }
         self.stats.finish(now, elapsed, series.error.is_some());
-        let handles = self.handles.load();
-        let found = handles.iter().find(|(s, _)| *s == series).map(|(_, h)| h);
-        if let Some(handle) = found {
-            handle.record(elapsed.as_secs_f64());
-            return;
+        for slot in &self.handles {
+            match slot.get() {
+                Some((kept, handle)) if *kept == series => {
+                    handle.record(elapsed.as_secs_f64());
+                    return;
+                }
+                Some(_) => {}
+                None => break,
+            }
         }
-        drop(handles);
         self.record_first(series, elapsed);
     }
 
@@ -150,14 +163,20 @@ impl Shared {
             labels.push(("error.type", error.to_owned()));
         }
         let handle = metrics::histogram!(REQUEST_DURATION, &labels);
-        self.handles.rcu(|list| {
-            let mut list = Vec::clone(list);
-            if !list.iter().any(|(s, _)| *s == series) {
-                list.push((series, handle.clone()));
-            }
-            list
-        });
         handle.record(elapsed.as_secs_f64());
+        // Kept in the first free slot, unless another call kept one meanwhile; with every
+        // slot taken, not kept.
+        let _filling = self.filling.lock().unwrap_or_else(PoisonError::into_inner);
+        for slot in &self.handles {
+            match slot.get() {
+                Some((kept, _)) if *kept == series => return,
+                Some(_) => {}
+                None => {
+                    let _ = slot.set((series, handle));
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -344,5 +363,53 @@ fn status_label(status: u16) -> &'static str {
         504 => "504",
         505 => "505",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// Label sets past the slots are recorded all the same, each call resolving its handle.
+    #[test]
+    fn every_label_set_is_recorded_past_the_kept_handles() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let layer = MetricsLayer::new(ServiceName::new("orders").expect("valid"));
+        let sets = HANDLE_SLOTS + 4;
+        metrics::with_local_recorder(&recorder, || {
+            for round in 0..3 {
+                for i in 0..sets {
+                    let series = Series {
+                        method: "GET",
+                        status: 200 + i as u16,
+                        error: None,
+                    };
+                    layer.shared.stats.start();
+                    layer.shared.record(series, crate::clock::now());
+                    let kept = layer.shared.handles.iter().filter(|s| s.get().is_some());
+                    let expected = if round == 0 { i + 1 } else { sets };
+                    assert_eq!(kept.count(), expected.min(HANDLE_SLOTS), "round {round}");
+                }
+            }
+        });
+        let mut samples = std::collections::BTreeMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let status = key
+                .key()
+                .labels()
+                .find(|l| l.key() == "http.response.status_code")
+                .map(|l| l.value().to_owned())
+                .expect("a status label");
+            let DebugValue::Histogram(values) = value else {
+                panic!("{key:?} is not a histogram");
+            };
+            samples.insert(status, values.len());
+        }
+        assert_eq!(samples.len(), sets, "{samples:?}");
+        assert!(samples.values().all(|&n| n == 3), "{samples:?}");
+        assert_eq!(layer.stats().snapshot(Vec::new()).requests, 3 * sets as u64);
     }
 }
