@@ -1,7 +1,7 @@
 //! Per-service statistics kept with atomics on the request path, read as a [`ServiceStats`]
 //! snapshot.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -42,14 +42,17 @@ pub struct ServiceStats {
     pub endpoints: Vec<crate::discovery::EndpointStatus>,
 }
 
-/// The counters behind a [`ServiceStats`]. A completed call costs four atomic updates, five
-/// if it failed: the call count is the sum of the latency buckets, and the first-call stamp
-/// (written once) and the window's stamps (once a second) are read before they are written.
+/// The counters behind a [`ServiceStats`]. A call costs four atomic updates, five if it
+/// failed: one when it starts, three when it completes (its latency, its bucket, its
+/// second). The call count is the sum of the latency buckets, the calls in flight those
+/// started less those completed or cancelled, and the first-call stamp (written once) and
+/// the window's stamps (once a second) are read before they are written.
 #[derive(Debug)]
 pub(crate) struct StatsCell {
     errors: AtomicU64,
     total_nanos: AtomicU64,
-    in_flight: AtomicI64,
+    started: AtomicU64,
+    cancelled: AtomicU64,
     buckets: Box<[AtomicU64]>,
     /// Calls completed in each of the last seconds since `origin`.
     window: Box<[SecondSlot]>,
@@ -82,7 +85,8 @@ impl StatsCell {
         StatsCell {
             errors: AtomicU64::new(0),
             total_nanos: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
+            started: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             window: (0..WINDOW).map(|_| SecondSlot::default()).collect(),
             origin: Instant::now(),
@@ -91,17 +95,16 @@ impl StatsCell {
     }
 
     pub(crate) fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call that was dropped before it completed.
     pub(crate) fn cancel(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call completed at `now`, after `latency`.
     pub(crate) fn finish(&self, now: Instant, latency: Duration, failed: bool) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -123,6 +126,10 @@ impl StatsCell {
         &self,
         endpoints: Vec<crate::discovery::EndpointStatus>,
     ) -> ServiceStats {
+        // Started first: a call that starts after this read and completes before the buckets
+        // are read is counted completed and not started, and the count in flight is held
+        // at 0; the other way round it would be counted in flight after it completed.
+        let started = self.started.load(Ordering::Relaxed);
         let counts: Vec<u64> = self
             .buckets
             .iter()
@@ -179,7 +186,10 @@ impl StatsCell {
             p50: percentile(0.5),
             p90: percentile(0.9),
             p99: percentile(0.99),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: i64::try_from(
+                started.saturating_sub(requests + self.cancelled.load(Ordering::Relaxed)),
+            )
+            .unwrap_or(i64::MAX),
             endpoints,
         }
     }
@@ -273,5 +283,14 @@ mod tests {
         );
         assert!(stats.p99 >= Duration::from_millis(100), "{:?}", stats.p99);
         assert_eq!(stats.in_flight, 0);
+        // Two calls start; one completes, one is cancelled.
+        cell.start();
+        cell.start();
+        assert_eq!(cell.snapshot(Vec::new()).in_flight, 2);
+        cell.finish(Instant::now(), Duration::from_millis(1), false);
+        assert_eq!(cell.snapshot(Vec::new()).in_flight, 1);
+        cell.cancel();
+        let stats = cell.snapshot(Vec::new());
+        assert_eq!((stats.in_flight, stats.requests), (0, 101));
     }
 }
