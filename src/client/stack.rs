@@ -323,7 +323,7 @@ pin_project! {
 struct Call<S> {
     permits: Permits,
     shared: Arc<Shared>,
-    retry: Option<Box<RetryState<reqwest::Response, HttpClassifier>>>,
+    retry: Option<Box<RetryState<reqwest::Response>>>,
     spare: Option<S>,
 }
 
@@ -450,10 +450,10 @@ where
             breaker.settle(ticket, HttpClassifier.classify(outcome.as_ref()));
         }
         call.permits.slot = None;
-        let Some(retry) = call.retry.as_mut() else {
+        let (Some(retry), Some(layer)) = (call.retry.as_mut(), &call.shared.policies.retry) else {
             return Poll::Ready(outcome);
         };
-        match retry.settle(&outcome) {
+        match retry.settle(layer, &outcome) {
             Settled::Done => return Poll::Ready(outcome),
             Settled::Last => return Poll::Ready(retry.last_or(outcome)),
             Settled::Retry(delay) => {

@@ -125,6 +125,7 @@ where
             state: State::Calling { future },
             retries: Some(Box::new(Retries {
                 inner: self.inner.clone(),
+                layer: self.layer.clone(),
                 state,
             })),
         }
@@ -135,7 +136,7 @@ impl<C: Clone> RetryLayer<C> {
     /// Starts a call of `request` under this policy: a deposit in the budget and the
     /// per-attempt timeout; then, if the call can be retried (its method, its options and
     /// its body allow it), what its retries need.
-    pub(crate) fn begin<R>(&self, request: &mut reqwest::Request) -> Option<RetryState<R, C>> {
+    pub(crate) fn begin<R>(&self, request: &mut reqwest::Request) -> Option<RetryState<R>> {
         if !self.start(request) {
             return None;
         }
@@ -148,7 +149,7 @@ impl<C: Clone> RetryLayer<C> {
     pub(crate) fn begin_boxed<R>(
         &self,
         request: &mut reqwest::Request,
-    ) -> Option<Box<RetryState<R, C>>> {
+    ) -> Option<Box<RetryState<R>>> {
         if !self.start(request) {
             return None;
         }
@@ -178,7 +179,7 @@ impl<C: Clone> RetryLayer<C> {
     /// `try_clone` and its copy of the request take stack room the common, bodiless call
     /// should not reserve.
     #[inline(never)]
-    fn begin_with_body<R>(&self, request: &reqwest::Request) -> Option<Box<RetryState<R, C>>> {
+    fn begin_with_body<R>(&self, request: &reqwest::Request) -> Option<Box<RetryState<R>>> {
         Some(Box::new(self.state(Template::Whole(request.try_clone()?))))
     }
 
@@ -197,10 +198,8 @@ impl<C: Clone> RetryLayer<C> {
                 || attempt::options().retry_non_idempotent)
     }
 
-    fn state<R>(&self, template: Template) -> RetryState<R, C> {
+    fn state<R>(&self, template: Template) -> RetryState<R> {
         RetryState {
-            rules: self.rules.clone(),
-            classifier: self.classifier.clone(),
             template,
             tried: Tried::default(),
             retried: 0,
@@ -235,7 +234,8 @@ pin_project! {
 /// A retryable call's service for its retries, and its state.
 struct Retries<S: Service<reqwest::Request>, C> {
     inner: S,
-    state: RetryState<S::Response, C>,
+    layer: RetryLayer<C>,
+    state: RetryState<S::Response>,
 }
 
 /// What follows an attempt, from [`RetryState::settle`].
@@ -298,10 +298,10 @@ impl Template {
     }
 }
 
-/// What a retryable call keeps between its attempts.
-pub(crate) struct RetryState<R, C> {
-    rules: Arc<Rules>,
-    classifier: C,
+/// What a retryable call keeps between its attempts. Not the policy: whatever holds the
+/// state holds the layer too, and passes it to [`settle`](Self::settle) (a reference of
+/// its own would be a locked instruction to take and another to give back, per call).
+pub(crate) struct RetryState<R> {
     template: Template,
     tried: Tried,
     retried: u32,
@@ -310,7 +310,7 @@ pub(crate) struct RetryState<R, C> {
     last: Option<Box<Result<R, Error>>>,
 }
 
-impl<R, C: Classify<R>> RetryState<R, C> {
+impl<R> RetryState<R> {
     /// Lends the endpoints tried so far to the layers below, which call one attempt, until
     /// the guard is dropped.
     pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {
@@ -342,24 +342,30 @@ impl<R, C: Classify<R>> RetryState<R, C> {
         self.tried.record_first(endpoint);
     }
 
-    /// What follows an attempt that ended with `result`. The result stays with the caller,
+    /// What follows an attempt that ended with `result`, under `layer`'s policy, budget and
+    /// classifier (the layer that began the call). The result stays with the caller,
     /// which returns it or hands it to [`keep`](Self::keep): a response is not moved through
     /// here on every call.
-    pub(crate) fn settle(&mut self, result: &Result<R, Error>) -> Settled {
+    pub(crate) fn settle<C: Classify<R>>(
+        &mut self,
+        layer: &RetryLayer<C>,
+        result: &Result<R, Error>,
+    ) -> Settled {
         if self.retried > 0 && result.as_ref().is_err_and(Error::is_circuit_open) {
             // A breaker below refused the retry: the call ends with its last real outcome.
             return Settled::Last;
         }
-        if self.retried + 1 >= self.rules.policy.max_attempts
-            || self.classifier.classify(result.as_ref()) != Outcome::Failure
+        let rules = &*layer.rules;
+        if self.retried + 1 >= rules.policy.max_attempts
+            || layer.classifier.classify(result.as_ref()) != Outcome::Failure
         {
             return Settled::Done;
         }
-        if !self.rules.budget.try_withdraw() {
+        if !rules.budget.try_withdraw() {
             tracing::debug!("retry budget exhausted; not retrying");
             return Settled::Done;
         }
-        Settled::Retry(self.rules.policy.delay(self.retried))
+        Settled::Retry(rules.policy.delay(self.retried))
     }
 
     /// Keeps the outcome of an attempt that is retried (after [`Settled::Retry`]).
@@ -425,7 +431,7 @@ where
                                 Ok(request) => request,
                                 Err(result) => return Poll::Ready(result),
                             };
-                            let Retries { inner, state } = &mut **retries;
+                            let Retries { inner, state, .. } = &mut **retries;
                             let future = {
                                 let _lent = state.lend();
                                 inner.call(request)
@@ -440,7 +446,7 @@ where
                     }
                 }
             };
-            match retries.state.settle(&result) {
+            match retries.state.settle(&retries.layer, &result) {
                 Settled::Done => return Poll::Ready(result),
                 Settled::Last => return Poll::Ready(retries.state.last_or(result)),
                 Settled::Retry(delay) => {
