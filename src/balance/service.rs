@@ -443,6 +443,7 @@ impl<F, R, C> ResponseFuture<F, R, C> {
         }
     }
 
+    #[inline(always)]
     fn called(future: F, call: InFlight, classifier: C, span: tracing::Span) -> Self {
         ResponseFuture {
             state: State::Called {
