@@ -1,6 +1,7 @@
 //! The hot-path decisions allocate nothing: a pick of every strategy, a rate-limit check
-//! and a breaker's admission with its outcome recorded. A counting allocator counts this
-//! thread's allocations around each.
+//! and a breaker's admission with its outcome recorded; and a call through a service's
+//! whole stack allocates a known handful of times beyond its transport. A counting
+//! allocator counts this thread's allocations around each.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -118,4 +119,115 @@ fn a_breaker_admission_allocates_nothing() {
         }
     });
     assert_eq!(count, 0);
+}
+
+/// A service's stack over a transport that answers at once without I/O, as the benchmarks
+/// build it, `traffic` on: readied and called as the client calls it, `calls` times. This
+/// thread's allocations over those calls, and over as many calls of the transport alone.
+fn stack_calls(traffic: proxyless::client::TrafficPolicy, calls: usize) -> (u64, u64) {
+    use futures_util::FutureExt;
+    use proxyless::balance::BalanceLayer;
+    use proxyless::{Endpoint, Registry, StaticDiscovery};
+    use tower::{Layer, Service};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let registry = Registry::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with(
+                    "orders",
+                    (0..4u8).map(|i| Endpoint::new(([10, 0, 0, i], 8080))),
+                )
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid registry");
+    runtime
+        .block_on(registry.endpoints("orders"))
+        .expect("resolved");
+    let transport = tower::service_fn(|_: reqwest::Request| {
+        std::future::ready(Ok::<_, proxyless::Error>(reqwest::Response::from(
+            http::Response::new(reqwest::Body::from("")),
+        )))
+    });
+    let service = traffic
+        .layer("orders", BalanceLayer::new(registry))
+        .expect("valid policy")
+        .layer(transport);
+    let url: reqwest::Url = "http://orders/v1/items?limit=10".parse().expect("url");
+    let requests = || reqwest::Request::new(reqwest::Method::GET, url.clone());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut call = |request| {
+        let mut clone = service.clone();
+        assert!(clone.poll_ready(&mut cx).is_ready());
+        let response = clone.call_owned(request).now_or_never().expect("at once");
+        response.expect("ok")
+    };
+    // Warm: the token signed, the URL remembered by every endpoint, the handles resolved.
+    for _ in 0..64 {
+        call(requests());
+    }
+    let mut inner = transport;
+    let mut stack = 0;
+    let mut alone = 0;
+    for _ in 0..calls {
+        let (mut first, mut second) = (Some(requests()), Some(requests()));
+        stack += allocations(|| {
+            let response = call(first.take().expect("once"));
+            drop(std::hint::black_box(response));
+        });
+        alone += allocations(|| {
+            let request = second.take().expect("once");
+            let response = inner.call(request).now_or_never().expect("at once");
+            drop(std::hint::black_box(response));
+        });
+    }
+    (stack, alone)
+}
+
+/// A call through the whole stack allocates a fixed handful of times beyond its transport:
+/// what a change to the request path adds shows here as a count, not a timing.
+#[cfg(feature = "jwt")]
+#[test]
+fn a_call_through_every_policy_allocates_four_times() {
+    use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
+    let key = SigningKey::hmac(
+        Algorithm::HS256,
+        &proxyless::Secret::new("a-test-secret-of-32-bytes-long!!"),
+    )
+    .expect("valid key");
+    let traffic = proxyless::client::TrafficPolicy::default()
+        .timeout(std::time::Duration::from_secs(10))
+        .rate_limit(
+            Rate::per_second(NonZeroU32::new(1_000_000_000).expect("above 0")),
+            OnExceed::FailFast,
+        )
+        .concurrency_limit(10_000)
+        .token_source(JwtSigner::builder(key).build().expect("valid signer"));
+    let (stack, alone) = stack_calls(traffic, 200);
+    // The retry state's box, the URL the endpoint remembers copied onto the request, and the
+    // header map's two for the token (which reqwest makes anyway for its default headers).
+    assert_eq!(
+        stack - alone,
+        4 * 200,
+        "{stack} with the stack, {alone} without"
+    );
+}
+
+/// With no policy but metrics and balancing: the remembered URL's copy, nothing else.
+#[test]
+fn a_call_with_no_policy_allocates_once() {
+    let traffic = proxyless::client::TrafficPolicy::default()
+        .no_retries()
+        .no_breaker();
+    let (stack, alone) = stack_calls(traffic, 200);
+    assert_eq!(
+        stack - alone,
+        200,
+        "{stack} with the stack, {alone} without"
+    );
 }
