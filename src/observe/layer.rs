@@ -372,6 +372,40 @@ mod tests {
 
     use super::*;
 
+    /// The standalone layer's future counts its call in flight until it completes or is
+    /// dropped.
+    #[test]
+    fn a_dropped_call_leaves_the_in_flight_count() {
+        use futures_util::FutureExt;
+        let layer = MetricsLayer::new(ServiceName::new("orders").expect("valid"));
+        let mut service = layer.layer(tower::service_fn(|request: reqwest::Request| {
+            let answer = request.url().path() == "/now";
+            async move {
+                if !answer {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Error>(reqwest::Response::from(http::Response::new(
+                    reqwest::Body::from(""),
+                )))
+            }
+        }));
+        let request = |path: &str| {
+            let url = format!("http://orders{path}").parse().expect("url");
+            reqwest::Request::new(reqwest::Method::GET, url)
+        };
+        let mut pending = Box::pin(service.call(request("/never")));
+        assert!(pending.as_mut().now_or_never().is_none());
+        assert_eq!(layer.stats().snapshot(Vec::new()).in_flight, 1);
+        drop(pending);
+        let done = service
+            .call(request("/now"))
+            .now_or_never()
+            .expect("at once");
+        assert_eq!(done.expect("ok").status(), 200);
+        let stats = layer.stats().snapshot(Vec::new());
+        assert_eq!((stats.in_flight, stats.requests), (0, 1), "{stats:?}");
+    }
+
     /// Label sets past the slots are recorded all the same, each call resolving its handle.
     #[test]
     fn every_label_set_is_recorded_past_the_kept_handles() {
