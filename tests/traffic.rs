@@ -85,11 +85,11 @@ async fn an_instance_killed_mid_run_fails_no_idempotent_call() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
+/// Service `orders` on two servers: `bad` answers 503 and takes 1000 picks in 1001, `good`
+/// answers; only a retry's avoidance of the endpoint it tried finds `good`.
+async fn mostly_failing() -> (StaticDiscovery, [TestServer; 2]) {
     let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
     let good = TestServer::start("good").await;
-    // The failing endpoint takes 1000 picks in 1001: only avoidance finds the good one.
     let discovery = StaticDiscovery::new()
         .with(
             "orders",
@@ -99,6 +99,12 @@ async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
             ],
         )
         .expect("valid");
+    (discovery, [bad, good])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
+    let (discovery, _servers) = mostly_failing().await;
     let traffic = TrafficPolicy::default()
         .no_breaker()
         .retry(RetryPolicy::default().max_attempts(2));
@@ -132,17 +138,7 @@ async fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
 async fn a_first_attempt_that_waited_for_its_token_is_retried_with_its_url() {
     use proxyless::Secret;
     use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
-    let bad = TestServer::start_answering("bad", StatusCode::SERVICE_UNAVAILABLE).await;
-    let good = TestServer::start("good").await;
-    let discovery = StaticDiscovery::new()
-        .with(
-            "orders",
-            [
-                bad.endpoint().with_weight(1000),
-                good.endpoint().with_weight(1),
-            ],
-        )
-        .expect("valid");
+    let (discovery, _servers) = mostly_failing().await;
     let key = SigningKey::hmac(
         Algorithm::HS256,
         &Secret::new("a-test-secret-of-32-bytes-long!!"),

@@ -134,32 +134,17 @@ where
     }
 
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
-        self.router.call(&mut self.inner, request)
+        self.router.call(&mut self.inner, request, None)
     }
 }
 
 impl<C> Router<C> {
     /// Picks an endpoint for `request`, rewrites its URL to it and sends it with `inner`,
-    /// which must be ready.
-    pub(crate) fn call<S>(
-        &self,
-        inner: &mut S,
-        request: reqwest::Request,
-    ) -> ResponseFuture<S::Future, S::Response, C>
-    where
-        S: Service<reqwest::Request> + Clone + Send + 'static,
-        S::Error: Into<Error>,
-        S::Future: Send,
-        C: Classify<S::Response>,
-    {
-        self.call_keeping(inner, request, None)
-    }
-
-    /// [`call`](Self::call), and, with `keep`, the request's logical URL put there, however
-    /// the call goes: for a retry to send again, without a copy of its own when the
-    /// endpoint remembers the URL (the rewritten one replaces it whole).
+    /// which must be ready; with `keep`, puts the request's logical URL there, however the
+    /// call goes: for a retry to send again, without a copy of its own when the endpoint
+    /// remembers the URL (the rewritten one replaces it whole).
     #[inline(always)]
-    pub(crate) fn call_keeping<S>(
+    pub(crate) fn call<S>(
         &self,
         inner: &mut S,
         mut request: reqwest::Request,

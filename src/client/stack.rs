@@ -265,7 +265,7 @@ where
                 None => (None, None),
             };
             State::Calling {
-                future: shared.router.call_keeping(inner, request, keep),
+                future: shared.router.call(inner, request, keep),
             }
         }
         admitted => {
@@ -529,7 +529,7 @@ where
                     };
                     let future = {
                         let _lent = call.retry.as_mut().map(|retry| retry.lend());
-                        call.shared.router.call(spare, *request)
+                        call.shared.router.call(spare, *request, None)
                     };
                     state.set(State::Calling { future });
                     return Poll::Ready(None);
