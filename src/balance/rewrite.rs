@@ -85,16 +85,16 @@ impl Rewrites {
             .fold(0, |all, slot| all ^ slot.missed.load(Ordering::Relaxed))
     }
 
-    /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
-    /// remembers this URL for this endpoint.
+    /// [`rewrite_keeping`](Self::rewrite_keeping) without keeping the logical URL.
     #[cfg(test)]
     pub(crate) fn rewrite(&self, url: &mut url::Url, endpoint: &Endpoint) -> Rewrote {
         self.rewrite_keeping(url, endpoint, None)
     }
 
-    /// [`rewrite`](Self::rewrite), and, with `keep`, the logical URL put there: the one the
-    /// request had, moved out when the rewritten URL is a remembered one's clone (which
-    /// replaces it whole), a copy when the URL is rewritten in place.
+    /// Rewrites `url`'s scheme, host and port to `endpoint`'s, from the table when it
+    /// remembers this URL for this endpoint; with `keep`, puts the logical URL there: the
+    /// one the request had, moved out when the rewritten URL is a remembered one's clone
+    /// (which replaces it whole), a copy when the URL is rewritten in place.
     pub(crate) fn rewrite_keeping(
         &self,
         url: &mut url::Url,

@@ -20,8 +20,10 @@ pub struct RetryLayer<C = HttpClassifier> {
     classifier: C,
 }
 
-/// The policy and the budget, behind one reference: a retryable call's state takes one
-/// reference count, not two (each a locked instruction to take and another to give back).
+/// The policy and the budget, behind one reference: a clone of the layer (which a
+/// retryable call through [`Retry`] keeps) takes one reference count, not two (each a
+/// locked instruction to take and another to give back). The mesh's stack lends its layer
+/// to a call instead, and takes none.
 #[derive(Debug)]
 struct Rules {
     policy: RetryPolicy,
@@ -287,11 +289,7 @@ impl Template {
                 version,
             } => {
                 let mut request = reqwest::Request::new(method.clone(), url.clone()?);
-                if !headers.is_empty() {
-                    *request.headers_mut() = headers.clone();
-                }
-                *request.timeout_mut() = *timeout;
-                *request.version_mut() = *version;
+                fill(&mut request, headers, *timeout, *version);
                 Some(request)
             }
         }
@@ -476,11 +474,25 @@ fn try_clone(request: &reqwest::Request) -> Option<reqwest::Request> {
 
 /// Copies what a bodiless `request` has beyond its method and URL into `clone`.
 fn copy_bodiless(request: &reqwest::Request, clone: &mut reqwest::Request) {
-    if let Some(timeout) = request.timeout() {
-        *clone.timeout_mut() = Some(*timeout);
+    fill(
+        clone,
+        request.headers(),
+        request.timeout().copied(),
+        request.version(),
+    );
+}
+
+/// Gives a new request (empty headers, no timeout) these; an empty header map is not
+/// copied, so that its allocation is left for the first header someone adds.
+fn fill(
+    request: &mut reqwest::Request,
+    headers: &reqwest::header::HeaderMap,
+    timeout: Option<Duration>,
+    version: reqwest::Version,
+) {
+    if !headers.is_empty() {
+        *request.headers_mut() = headers.clone();
     }
-    if !request.headers().is_empty() {
-        *clone.headers_mut() = request.headers().clone();
-    }
-    *clone.version_mut() = request.version();
+    *request.timeout_mut() = timeout;
+    *request.version_mut() = version;
 }
