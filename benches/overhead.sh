@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end overhead benchmark, with haproxy as the local proxy hop it compares against.
 # Installs haproxy from Debian if it is missing (as root), then runs the benchmark; arguments
-# go to it (--samples N, --throughput-secs S, --rounds R, --resamples B).
+# go to it (--samples N, --rounds R of closed-loop windows of --throughput-secs S, --resamples B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then

@@ -6,6 +6,9 @@
 //! benches/instructions.sh                              # instructions per call, callgrind
 //! ```
 //!
+//! After the run it prints the targets its benchmarks check (see `targets`), each with what
+//! this run measured.
+//!
 //! With `PROXYLESS_COUNT=<path>:<calls>` set, the binary makes that many calls of one path of
 //! the stack and exits, for callgrind to count (see `benches/instructions.sh`).
 
@@ -15,6 +18,7 @@ mod pick;
 mod policy;
 mod registry;
 mod stack;
+mod targets;
 
 criterion_group!(
     benches,
@@ -29,8 +33,10 @@ fn main() {
         stack::count(path, calls.parse().expect("PROXYLESS_COUNT=<path>:<calls>"));
         return;
     }
+    let started = std::time::SystemTime::now();
     benches();
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
+    targets::report(started);
 }

@@ -28,9 +28,11 @@ use proxyless::{Endpoint, MeshClient, Secret, StaticDiscovery};
 struct Options {
     samples: usize,
     warmup: usize,
+    /// The length of one closed-loop window, in seconds.
     throughput_secs: f64,
+    /// Closed-loop rounds per concurrency: one window of each path per round.
     rounds: usize,
-    /// Resamples of the latency rounds for each statistic's interval ([`Resampled`]).
+    /// Resamples of the latency and throughput rounds for each statistic's interval ([`Resampled`]).
     resamples: usize,
 }
 
@@ -39,8 +41,8 @@ impl Options {
         let mut options = Options {
             samples: 40_000,
             warmup: 2_000,
-            throughput_secs: 2.0,
-            rounds: 3,
+            throughput_secs: 0.05,
+            rounds: 120,
             resamples: 200,
         };
         let args: Vec<String> = std::env::args().collect();
@@ -57,7 +59,7 @@ impl Options {
             options.throughput_secs = v;
         }
         if let Some(v) = value("--rounds") {
-            options.rounds = v as usize;
+            options.rounds = (v as usize).max(1);
         }
         if let Some(v) = value("--resamples") {
             options.resamples = (v as usize).max(1);
@@ -494,8 +496,9 @@ impl Samples {
 
 /// How much a statistic of the run could move by chance: its 95% interval, from resampling
 /// the run's rounds (the bootstrap). Each resample draws as many rounds as the run had, with
-/// replacement, and keeps a round's calls on every path together: a slow moment slows every
-/// path of its round, and a difference between paths should not count it as the mesh's.
+/// replacement, and keeps a round's calls (or closed-loop windows) on every path together: a
+/// slow moment slows every path of its round, and a difference between paths should not
+/// count it as the mesh's.
 /// Under noise this machine makes, one run's added p99 can read well under or well over
 /// its target; the interval says which readings the run can tell apart.
 struct Resampled {
@@ -626,10 +629,19 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples, Sa
         .collect()
 }
 
-/// Calls completed per second by `concurrency` closed loops on `path` for `secs`.
-async fn closed_loop(clients: &Clients, path: Path, concurrency: usize, secs: f64) -> f64 {
+/// One closed-loop window: what it completed and the CPU it took.
+struct Window {
+    /// Calls completed per second.
+    rate: f64,
+    /// The client thread's CPU per completed call, in nanoseconds (the loops run on it).
+    client_cpu: f64,
+}
+
+/// `concurrency` closed loops on `path` for `secs`.
+async fn closed_loop(clients: &Clients, path: Path, concurrency: usize, secs: f64) -> Window {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let client_before = thread_cpu();
     let started = Instant::now();
     let loops: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -648,10 +660,63 @@ async fn closed_loop(clients: &Clients, path: Path, concurrency: usize, secs: f6
     stop.store(true, Ordering::Relaxed);
     let completed = done.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let client = thread_cpu() - client_before;
     for task in loops {
         task.await.expect("loop");
     }
-    completed as f64 / elapsed
+    let calls = completed.max(1) as f64;
+    Window {
+        rate: completed as f64 / elapsed,
+        client_cpu: client as f64 / calls,
+    }
+}
+
+/// One path's closed-loop windows, one per round, as [`Samples`] for [`Resampled`] to draw.
+struct Windows {
+    /// Calls completed per second, times 1 000.
+    rate: Samples,
+    /// The client thread's CPU per call, in nanoseconds.
+    client_cpu: Samples,
+}
+
+/// The closed-loop windows of raw, mesh and the raw call again (an A/A control), one
+/// window per path per round.
+///
+/// Short windows, many of them, each round's in a fresh random order: this machine's speed
+/// changes from one moment to the next, by as much as half in a quarter second, and a few
+/// long windows, one path after the other, would charge that to whichever path ran in the
+/// slow moment. Windows a fraction of a second apart mostly see the same machine.
+async fn closed_loops(clients: &Clients, concurrency: usize, options: &Options) -> [Windows; 3] {
+    let paths = [Path::Raw, Path::Mesh, Path::RawAgain];
+    // Warm the pool to this concurrency on every path.
+    for path in paths {
+        closed_loop(clients, path, concurrency, 0.3).await;
+    }
+    let mut windows: [Vec<Window>; 3] = Default::default();
+    let mut order = [0, 1, 2];
+    let mut state = 0x6a09_e667_f3bc_c909_u64 ^ concurrency as u64;
+    for _ in 0..options.rounds {
+        for k in (1..order.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(k, (state % (k as u64 + 1)) as usize);
+        }
+        for &j in &order {
+            let window = closed_loop(clients, paths[j], concurrency, options.throughput_secs).await;
+            windows[j].push(window);
+        }
+    }
+    windows.map(|path| Windows {
+        rate: Samples(path.iter().map(|w| (w.rate * 1000.0) as u64).collect()),
+        client_cpu: Samples(path.iter().map(|w| w.client_cpu as u64).collect()),
+    })
+}
+
+/// The median of `values` (the lower middle one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    let middle = (values.len().max(1) - 1) / 2;
+    *values.select_nth_unstable_by(middle, f64::total_cmp).1
 }
 
 fn main() {
@@ -841,7 +906,7 @@ fn main() {
         added(1, false, p50).micros(),
         added(1, false, p99).micros()
     );
-    if results.len() > 3 {
+    let share = (results.len() > 3).then(|| {
         println!(
             "proxy hop added: mean {}, p50 {}, p99 {}",
             added(3, false, mean).micros(),
@@ -857,50 +922,105 @@ fn main() {
             share.ratio(),
             1.0 / share.value.max(1e-9)
         );
-    }
+        share
+    });
 
     println!();
-    println!("| concurrency | raw calls/s | mesh calls/s | mesh / raw | each round |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "Closed-loop throughput: {} rounds of one {} s window per path, in a fresh random order \
+         each round. Each ratio is the median over the rounds of the round's own ratio (windows \
+         a fraction of a second apart see the same machine), with its 95% interval over {} \
+         resamples of the rounds. The loops run on the client's thread, which they keep busy, \
+         so the mesh's throughput follows its CPU per call there:",
+        options.rounds, options.throughput_secs, options.resamples
+    );
+    println!();
+    println!(
+        "| concurrency | raw calls/s | mesh calls/s | mesh / raw | A/A control, raw again / raw \
+         | client CPU per call, raw → mesh | client CPU added per call |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut throughput = Vec::new();
     for concurrency in [16, 64] {
-        // Each round's raw and mesh rates, which ran one after the other.
-        let mut rates: Vec<(f64, f64)> = Vec::with_capacity(options.rounds);
-        runtime.block_on(async {
-            // Warm the pool to this concurrency on both paths.
-            closed_loop(&clients, Path::Raw, concurrency, 0.3).await;
-            closed_loop(&clients, Path::Mesh, concurrency, 0.3).await;
-            for round in 0..options.rounds {
-                // Alternate which goes first.
-                let order = if round % 2 == 0 {
-                    [Path::Raw, Path::Mesh]
-                } else {
-                    [Path::Mesh, Path::Raw]
-                };
-                let (mut raw, mut mesh) = (0.0, 0.0);
-                for path in order {
-                    let rate =
-                        closed_loop(&clients, path, concurrency, options.throughput_secs).await;
-                    if path == Path::Raw {
-                        raw = rate;
-                    } else {
-                        mesh = rate;
-                    }
-                }
-                rates.push((raw, mesh));
-            }
-        });
-        let rounds = rates.len().max(1) as f64;
-        let raw = rates.iter().map(|r| r.0).sum::<f64>() / rounds;
-        let mesh = rates.iter().map(|r| r.1).sum::<f64>() / rounds;
-        let each: Vec<String> = rates
-            .iter()
-            .map(|(raw, mesh)| format!("{:.3}", mesh / raw))
-            .collect();
+        let windows = runtime.block_on(closed_loops(&clients, concurrency, &options));
+        let rounds = Resampled {
+            rounds: options.rounds,
+            resamples: options.resamples,
+        };
+        let [raw, mesh, again] = &windows;
+        // The median over the drawn rounds of `f(a's window, b's window)` in each round.
+        let paired = |a: &Samples, b: &Samples, f: fn(f64, f64) -> f64| {
+            rounds.estimate(|draw| {
+                let (a, b) = (draw(a), draw(b));
+                let each = a.0.iter().zip(&b.0).map(|(&a, &b)| f(a as f64, b as f64));
+                median(each.collect())
+            })
+        };
+        let ratio = paired(&mesh.rate, &raw.rate, |m, r| m / r);
+        let control = paired(&again.rate, &raw.rate, |m, r| m / r);
+        let cpu_added = paired(&mesh.client_cpu, &raw.client_cpu, |m, r| m - r);
         println!(
-            "| {concurrency} | {raw:.0} | {mesh:.0} | {:.4} | {} |",
-            mesh / raw,
-            each.join(", ")
+            "| {concurrency} | {:.0} | {:.0} | {} | {} | {} → {} | {} |",
+            raw.rate.percentile(0.5) / 1000.0,
+            mesh.rate.percentile(0.5) / 1000.0,
+            ratio.ratio(),
+            control.ratio(),
+            micros(raw.client_cpu.percentile(0.5)),
+            micros(mesh.client_cpu.percentile(0.5)),
+            cpu_added.micros(),
         );
+        throughput.push((concurrency, ratio));
+    }
+
+    // The end-to-end targets, each as this run measured it. An interval wholly on one side of
+    // its target says met or not; one that straddles it says the run cannot tell.
+    let verdict = |estimate: &Estimate, limit: f64| {
+        if estimate.high <= limit {
+            "yes"
+        } else if estimate.low > limit {
+            "no"
+        } else {
+            "within this run's noise"
+        }
+    };
+    println!();
+    println!("Targets, with the 95% intervals above:");
+    println!();
+    println!("| what | target | measured | met |");
+    println!("|---|---|---|---|");
+    println!(
+        "| mean ratio, mesh / raw | ≤ 1.02 | {} | {} |",
+        ratio.ratio(),
+        verdict(&ratio, 1.02)
+    );
+    let p99_added = added(1, false, p99);
+    println!(
+        "| added p99 | ≤ 5 µs | {} | {} |",
+        p99_added.micros(),
+        verdict(&p99_added, 5_000.0)
+    );
+    for (concurrency, ratio) in &throughput {
+        // At least 97%: the same check on the ratio's shortfall.
+        let shortfall = Estimate {
+            value: 1.0 - ratio.value,
+            low: 1.0 - ratio.high,
+            high: 1.0 - ratio.low,
+        };
+        println!(
+            "| throughput at {concurrency}, mesh / raw | ≥ 0.97 | {} | {} |",
+            ratio.ratio(),
+            verdict(&shortfall, 0.03)
+        );
+    }
+    match &share {
+        Some(share) => println!(
+            "| added latency, mesh / proxy hop | < 1/50 (0.02) | {} | {} |",
+            share.ratio(),
+            verdict(share, 0.02)
+        ),
+        None => println!(
+            "| added latency, mesh / proxy hop | < 1/50 (0.02) | not measured (no haproxy) | |"
+        ),
     }
     let stats = clients.mesh.stats("bench").expect("called");
     assert_eq!(stats.errors, 0, "no mesh call failed");
