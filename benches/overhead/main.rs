@@ -7,6 +7,11 @@
 //! cargo bench --all-features --bench overhead -- --samples 40000
 //! ```
 //!
+//! It prints the latencies and the client thread's CPU per call of each path, the mesh's
+//! differences from raw with their 95% intervals, the closed-loop throughput at 16 and 64
+//! calls in flight (many short windows per path, with an A/A control), and last the targets
+//! these check, each with whether this run met it.
+//!
 //! The server runs on a runtime of its own with one worker thread; the clients share a
 //! current-thread runtime on the main thread, so that each side has one of a 2-core
 //! machine's cores. haproxy, when found, runs with one thread. With `OVERHEAD_PIN=1` the
