@@ -529,12 +529,7 @@ impl Resampled {
                 let mut state =
                     0x9e37_79b9_7f4a_7c15_u64 ^ (r as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
                 let drawn: Vec<usize> = (0..self.rounds)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        (state % self.rounds as u64) as usize
-                    })
+                    .map(|_| below(&mut state, self.rounds))
                     .collect();
                 stat(&|samples: &Samples| Samples(drawn.iter().map(|&i| samples.0[i]).collect()))
             })
@@ -612,12 +607,7 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples, Sa
     let mut order: Vec<usize> = (0..paths.len()).collect();
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     for _ in 0..options.samples {
-        for k in (1..order.len()).rev() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            order.swap(k, (state % (k as u64 + 1)) as usize);
-        }
+        shuffle(&mut order, &mut state);
         for &j in &order {
             let cpu_before = thread_cpu();
             let started = Instant::now();
@@ -701,12 +691,7 @@ async fn closed_loops(clients: &Clients, concurrency: usize, options: &Options) 
     let mut order = [0, 1, 2];
     let mut state = 0x6a09_e667_f3bc_c909_u64 ^ concurrency as u64;
     for _ in 0..options.rounds {
-        for k in (1..order.len()).rev() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            order.swap(k, (state % (k as u64 + 1)) as usize);
-        }
+        shuffle(&mut order, &mut state);
         for &j in &order {
             let window = closed_loop(clients, paths[j], concurrency, options.throughput_secs).await;
             windows[j].push(window);
@@ -716,6 +701,21 @@ async fn closed_loops(clients: &Clients, concurrency: usize, options: &Options) 
         rate: Samples(path.iter().map(|w| (w.rate * 1000.0) as u64).collect()),
         client_cpu: Samples(path.iter().map(|w| w.client_cpu as u64).collect()),
     })
+}
+
+/// A number below `n`, from the xorshift generator `state`.
+fn below(state: &mut u64, n: usize) -> usize {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state % n as u64) as usize
+}
+
+/// Puts `order` in a random order drawn from `state` (Fisher-Yates).
+fn shuffle(order: &mut [usize], state: &mut u64) {
+    for k in (1..order.len()).rev() {
+        order.swap(k, below(state, k + 1));
+    }
 }
 
 /// The median of `values` (the lower middle one of an even count).
