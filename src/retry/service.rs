@@ -166,11 +166,7 @@ impl<C: Clone> RetryLayer<C> {
             self.state(Template::Bodiless {
                 method: request.method().clone(),
                 url: None,
-                headers: if request.headers().is_empty() {
-                    reqwest::header::HeaderMap::new()
-                } else {
-                    request.headers().clone()
-                },
+                headers: copy_headers(request.headers()),
                 timeout: request.timeout().copied(),
                 version: request.version(),
             }),
@@ -472,6 +468,17 @@ fn try_clone(request: &reqwest::Request) -> Option<reqwest::Request> {
     Some(clone)
 }
 
+/// A copy of `headers`. An empty map is not cloned (a map emptied after it grew would copy
+/// its table): the copy's allocation is left for the first header someone adds.
+#[inline]
+fn copy_headers(headers: &reqwest::header::HeaderMap) -> reqwest::header::HeaderMap {
+    if headers.is_empty() {
+        reqwest::header::HeaderMap::new()
+    } else {
+        headers.clone()
+    }
+}
+
 /// Copies what a bodiless `request` has beyond its method and URL into `clone`.
 fn copy_bodiless(request: &reqwest::Request, clone: &mut reqwest::Request) {
     fill(
@@ -482,17 +489,14 @@ fn copy_bodiless(request: &reqwest::Request, clone: &mut reqwest::Request) {
     );
 }
 
-/// Gives a new request (empty headers, no timeout) these; an empty header map is not
-/// copied, so that its allocation is left for the first header someone adds.
+/// Gives a new request (empty headers, no timeout) these.
 fn fill(
     request: &mut reqwest::Request,
     headers: &reqwest::header::HeaderMap,
     timeout: Option<Duration>,
     version: reqwest::Version,
 ) {
-    if !headers.is_empty() {
-        *request.headers_mut() = headers.clone();
-    }
+    *request.headers_mut() = copy_headers(headers);
     *request.timeout_mut() = timeout;
     *request.version_mut() = version;
 }
