@@ -414,3 +414,66 @@ async fn failures_keep_the_last_good_set() {
     assert_eq!(status.endpoints, 1);
     assert_eq!(hits(&mesh, "http://my-service/", 20).await.len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_registered_without_a_port_is_skipped_not_fatal() {
+    let servers = servers(2).await;
+    let fake = FakeConsul::start().await;
+    let port = |i: usize| servers[i].addr.port();
+    let mut shapeless = instance("node-d", "127.0.0.1", "", 1, None, "passing", &[]);
+    shapeless["Service"]["Port"] = serde_json::json!("eighty");
+    fake.set(
+        "my-service",
+        vec![
+            instance("node-a", "127.0.0.1", "", port(0), None, "passing", &[]),
+            // Consul's default port when a registration gives none.
+            instance("node-b", "127.0.0.1", "", 0, None, "passing", &[]),
+            instance("node-c", "not a host", "", 8080, None, "passing", &[]),
+            shapeless,
+            instance("node-e", "127.0.0.1", "", port(1), None, "passing", &[]),
+        ],
+    );
+    // A fresh client resolves the service from the good instances.
+    let mesh = mesh(consul(&fake).build().expect("valid"));
+    let answered = hits(&mesh, "http://my-service/", 40).await;
+    assert!(servers.iter().all(|s| answered.contains(&s.name)));
+    let status = mesh.discovery_status("my-service").expect("watched");
+    assert_eq!(
+        (status.endpoints, status.last_error.as_deref()),
+        (2, None),
+        "{status:?}"
+    );
+    let mut reasons: Vec<(&str, &str)> = status
+        .rejected
+        .iter()
+        .map(|r| (r.instance.as_str(), r.reason.as_str()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("my-service-node-b", "invalid_port"),
+            ("my-service-node-c", "invalid_address"),
+            ("my-service-node-d", "malformed"),
+        ]
+    );
+
+    // Only an answer whose every instance is bad fails the refresh.
+    fake.set(
+        "my-service",
+        vec![instance("node-b", "127.0.0.1", "", 0, None, "passing", &[])],
+    );
+    until("the all-bad answer is refused", || {
+        mesh.discovery_status("my-service")
+            .and_then(|s| s.last_error)
+            .is_some_and(|e| e.contains("every one of its 1 instances was rejected"))
+    })
+    .await;
+    assert_eq!(
+        mesh.discovery_status("my-service")
+            .expect("watched")
+            .endpoints,
+        2,
+        "an answer whose every instance is bad keeps the last good set"
+    );
+}

@@ -48,7 +48,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     }
     let (good_endpoint, bad_endpoint) = (good.endpoint(), bad.endpoint());
     discovery.push("orders", || {
-        Ok(vec![good_endpoint.clone(), bad_endpoint.clone()])
+        Ok(vec![good_endpoint.clone(), bad_endpoint.clone()].into())
     });
     let _ = first.await.expect("task");
     for _ in 0..40 {

@@ -44,7 +44,7 @@ async fn a_failed_refresh_keeps_the_last_good_snapshot() {
     });
     until_watched(&discovery, "orders").await;
     let endpoint = servers[0].endpoint();
-    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    discovery.push("orders", || Ok(vec![endpoint.clone()].into()));
     let response = first
         .await
         .expect("task")
@@ -80,12 +80,11 @@ async fn a_failed_refresh_keeps_the_last_good_snapshot() {
 
     // Malformed data (port 0, an invalid host name) is rejected the same way.
     discovery.push("orders", || {
-        Ok(vec![Endpoint::new(EndpointAddr::Host(
-            "bad host".into(),
-            80,
-        ))])
+        Ok(vec![Endpoint::new(EndpointAddr::Host("bad host".into(), 80))].into())
     });
-    discovery.push("orders", || Ok(vec![Endpoint::new(([127, 0, 0, 1], 0))]));
+    discovery.push("orders", || {
+        Ok(vec![Endpoint::new(([127, 0, 0, 1], 0))].into())
+    });
     for _ in 0..200 {
         if mesh
             .discovery_status("orders")
@@ -113,7 +112,7 @@ async fn a_failed_refresh_keeps_the_last_good_snapshot() {
 
     // Recovery: a good snapshot replaces it and clears the error.
     let endpoint = servers[1].endpoint();
-    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    discovery.push("orders", || Ok(vec![endpoint.clone()].into()));
     wait_for_version(&mesh, "orders", 2).await;
     let status = mesh.discovery_status("orders").expect("watched");
     assert_eq!((status.consecutive_errors, status.last_error), (0, None));
@@ -136,11 +135,14 @@ async fn an_unchanged_snapshot_is_not_republished() {
     });
     until_watched(&discovery, "orders").await;
     let (a, b) = (servers[0].endpoint(), servers[1].endpoint());
-    discovery.push("orders", || Ok(vec![a.clone(), b.clone()]));
+    discovery.push("orders", || Ok(vec![a.clone(), b.clone()].into()));
     first.await.expect("task").expect("ok");
     // The same set in another order, with a duplicate: the same snapshot.
-    discovery.push("orders", || Ok(vec![b.clone(), a.clone(), b.clone()]));
-    discovery.push("orders", || Ok(vec![a.clone()]));
+    discovery.push(
+        "orders",
+        || Ok(vec![b.clone(), a.clone(), b.clone()].into()),
+    );
+    discovery.push("orders", || Ok(vec![a.clone()].into()));
     wait_for_version(&mesh, "orders", 2).await;
     let status = mesh.discovery_status("orders").expect("watched");
     assert_eq!((status.version, status.endpoints), (2, 1));
@@ -288,7 +290,7 @@ async fn watch_tasks_are_shared_and_stop_with_the_last_client() {
         .collect();
     until_watched(&discovery, "orders").await;
     let endpoint = servers[0].endpoint();
-    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    discovery.push("orders", || Ok(vec![endpoint.clone()].into()));
     for task in waiting {
         task.await.expect("task").expect("ok");
     }
@@ -350,7 +352,7 @@ impl Discovery for Polled {
             // A registry round trip.
             tokio::time::sleep(Duration::from_millis(5)).await;
             if ok {
-                Ok(vec![endpoint])
+                Ok(vec![endpoint].into())
             } else {
                 Err(DiscoveryError::unavailable("flaky"))
             }
@@ -432,12 +434,12 @@ async fn an_update_removing_most_endpoints_needs_a_second_fetch() {
         async move { mesh.get("http://orders/").send().await }
     });
     until_watched(&discovery, "orders").await;
-    discovery.push("orders", || Ok(all.clone()));
+    discovery.push("orders", || Ok(all.clone().into()));
     first.await.expect("task").expect("ok");
     let calls_before = discovery.discover_calls.load(Ordering::SeqCst);
 
     // A glitch: the watch says "empty", but asked again the registry still lists all four.
-    discovery.push_only("orders", || Ok(vec![]));
+    discovery.push_only("orders", || Ok(vec![].into()));
     for _ in 0..500 {
         if discovery.discover_calls.load(Ordering::SeqCst) > calls_before {
             break;
@@ -451,7 +453,7 @@ async fn an_update_removing_most_endpoints_needs_a_second_fetch() {
     assert!(servers.iter().all(|s| answered.contains(&s.name)));
 
     // Losing two of four is within the default share of one half: applied at once.
-    discovery.push("orders", || Ok(all[..2].to_vec()));
+    discovery.push("orders", || Ok(all[..2].to_vec().into()));
     wait_for_version(&mesh, "orders", 2).await;
     assert_eq!(
         mesh.discovery_status("orders").expect("watched").endpoints,
@@ -459,16 +461,16 @@ async fn an_update_removing_most_endpoints_needs_a_second_fetch() {
     );
 
     // Losing both, confirmed by the second fetch: applied.
-    discovery.push("orders", || Ok(vec![]));
+    discovery.push("orders", || Ok(vec![].into()));
     wait_for_version(&mesh, "orders", 3).await;
     let err = mesh.get("http://orders/").send().await.expect_err("empty");
     assert!(err.is_no_endpoints(), "{err:?}");
 
     // A second fetch that disagrees with another mass removal: held, and counted.
-    discovery.push("orders", || Ok(all.clone()));
+    discovery.push("orders", || Ok(all.clone().into()));
     wait_for_version(&mesh, "orders", 4).await;
     discovery.set_answer("orders", all[..1].to_vec());
-    discovery.push_only("orders", || Ok(all[3..].to_vec()));
+    discovery.push_only("orders", || Ok(all[3..].to_vec().into()));
     for _ in 0..500 {
         if mesh
             .discovery_status("orders")
@@ -500,7 +502,7 @@ async fn past_the_maximum_staleness_requests_fail_until_a_refresh_succeeds() {
     });
     until_watched(&discovery, "orders").await;
     let endpoint = Endpoint::new(([127, 0, 0, 1], 9));
-    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    discovery.push("orders", || Ok(vec![endpoint.clone()].into()));
     first.await.expect("task").expect("resolved");
 
     discovery.push("orders", || Err(DiscoveryError::unavailable("down")));
@@ -523,7 +525,7 @@ async fn past_the_maximum_staleness_requests_fail_until_a_refresh_succeeds() {
     assert!(err.is_discovery(), "{err:?}");
     assert!(err.to_string().contains("maximum staleness"), "{err}");
 
-    discovery.push("orders", || Ok(vec![endpoint.clone()]));
+    discovery.push("orders", || Ok(vec![endpoint.clone()].into()));
     for _ in 0..100 {
         if !mesh.discovery_status("orders").expect("watched").stale {
             break;
@@ -532,4 +534,179 @@ async fn past_the_maximum_staleness_requests_fail_until_a_refresh_succeeds() {
     }
     let status = mesh.discovery_status("orders").expect("watched");
     assert_eq!((status.stale, status.failing_for), (false, None));
+}
+
+/// Four endpoints of `orders`, resolved through `discovery` in `mesh`.
+async fn four_resolved(discovery: &ScriptedDiscovery, mesh: &MeshClient) -> Vec<Endpoint> {
+    let all: Vec<Endpoint> = (1..=4)
+        .map(|i| Endpoint::new(([127, 0, 0, i], 9)))
+        .collect();
+    let first = tokio::spawn({
+        let registry = mesh.registry().clone();
+        async move { registry.endpoints("orders").await }
+    });
+    until_watched(discovery, "orders").await;
+    discovery.push("orders", || Ok(all.clone().into()));
+    first.await.expect("task").expect("resolved");
+    all
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_mass_removal_is_asked_about_again_on_a_timer() {
+    let discovery = ScriptedDiscovery::new();
+    let mesh = scripted_mesh(&discovery);
+    let all = four_resolved(&discovery, &mesh).await;
+
+    // The watch says one endpoint is left; asked again, the registry says another one:
+    // held. Then the watch says nothing more, as a blocking query does while nothing changes.
+    discovery.set_answer("orders", all[..1].to_vec());
+    discovery.push_only("orders", || Ok(all[3..].to_vec().into()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!((status.removals_held, status.endpoints), (1, 4), "{status:?}");
+
+    // Within a jittered 30 s the registry is asked again, and its answer, the same as the
+    // held one, confirms the removal.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!(status.endpoints, 1, "{status:?}");
+}
+
+/// A backend whose `discover` never answers: the second fetch that confirms a mass removal
+/// hangs.
+#[derive(Clone)]
+struct HangingConfirmation(ScriptedDiscovery);
+
+impl Discovery for HangingConfirmation {
+    fn discover<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
+        Box::pin(std::future::pending())
+    }
+
+    fn watch(
+        self: std::sync::Arc<Self>,
+        service: ServiceName,
+    ) -> proxyless::discovery::BoxStream<'static, DiscoveryResult> {
+        std::sync::Arc::new(self.0.clone()).watch(service)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmation_that_hangs_stalls_neither_updates_nor_maintenance() {
+    let scripted = ScriptedDiscovery::new();
+    let mesh = MeshClient::builder()
+        .discovery(HangingConfirmation(scripted.clone()))
+        .build()
+        .expect("valid client");
+    let all = four_resolved(&scripted, &mesh).await;
+
+    // A mass removal: its confirmation never answers.
+    scripted.push_only("orders", || Ok(Vec::new().into()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // An ordinary update that lands meanwhile is applied at once.
+    scripted.push_only("orders", || Ok(all[1..].to_vec().into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!((status.version, status.endpoints), (2, 3), "{status:?}");
+    // And the maintenance tick runs: the snapshot's age is published, so it goes on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(mesh.discovery_status("orders").expect("watched").age.is_some());
+}
+
+/// A backend whose first watch stream panics after its first answer; later ones answer
+/// and then wait.
+struct PanicsOnce {
+    endpoint: Endpoint,
+    watches: std::sync::atomic::AtomicUsize,
+}
+
+impl Discovery for PanicsOnce {
+    fn discover<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move { Ok(vec![endpoint].into()) })
+    }
+
+    fn watch(
+        self: std::sync::Arc<Self>,
+        _: ServiceName,
+    ) -> proxyless::discovery::BoxStream<'static, DiscoveryResult> {
+        let first = self.watches.fetch_add(1, Ordering::SeqCst) == 0;
+        let answer: DiscoveryResult = Ok(vec![self.endpoint.clone()].into());
+        let then = futures_util::stream::once(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if first {
+                panic!("a bug in the backend");
+            }
+            std::future::pending::<DiscoveryResult>().await
+        });
+        Box::pin(futures_util::StreamExt::chain(
+            futures_util::stream::iter([answer]),
+            then,
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_task_that_dies_is_noticed_and_restarted_by_the_next_request() {
+    let servers = servers(1).await;
+    let backend = std::sync::Arc::new(PanicsOnce {
+        endpoint: servers[0].endpoint(),
+        watches: Default::default(),
+    });
+    let mesh = MeshClient::builder()
+        .discovery(ArcDiscovery(backend.clone()))
+        .build()
+        .expect("valid client");
+    mesh.get("http://orders/").send().await.expect("resolved");
+
+    // The task dies: the service records it (so `max_staleness` would run), and keeps its
+    // last snapshot.
+    let mut status = None;
+    for _ in 0..500 {
+        status = mesh.discovery_status("orders");
+        if status.as_ref().is_some_and(|s| s.last_error.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = status.expect("watched");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("watch task panicked")),
+        "{status:?}"
+    );
+    assert!(status.failing_for.is_some(), "{status:?}");
+    assert_eq!(backend.watches.load(Ordering::SeqCst), 1);
+
+    // The next request is served, and starts the watch again.
+    mesh.get("http://orders/").send().await.expect("served");
+    for _ in 0..500 {
+        if mesh
+            .discovery_status("orders")
+            .is_some_and(|s| s.last_error.is_none())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(backend.watches.load(Ordering::SeqCst), 2);
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!(status.last_error, None, "{status:?}");
+}
+
+/// A shared backend, as a `Discovery` the builder can take by value.
+struct ArcDiscovery(std::sync::Arc<PanicsOnce>);
+
+impl Discovery for ArcDiscovery {
+    fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
+        self.0.discover(service)
+    }
+
+    fn watch(
+        self: std::sync::Arc<Self>,
+        service: ServiceName,
+    ) -> proxyless::discovery::BoxStream<'static, DiscoveryResult> {
+        self.0.clone().watch(service)
+    }
 }

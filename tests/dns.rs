@@ -361,14 +361,101 @@ async fn discover_asks_past_the_cache_so_a_confirmation_is_a_real_second_fetch()
             .count()
     };
     assert_eq!(
-        discovery.discover(&orders).await.expect("resolved").len(),
+        discovery
+            .discover(&orders)
+            .await
+            .expect("resolved")
+            .endpoints
+            .len(),
         1
     );
     assert_eq!(srv_queries(&dns), 1);
     // The answer is cached for 300 s, yet each discover asks the server again.
     assert_eq!(
-        discovery.discover(&orders).await.expect("resolved").len(),
+        discovery
+            .discover(&orders)
+            .await
+            .expect("resolved")
+            .endpoints
+            .len(),
         1
     );
     assert_eq!(srv_queries(&dns), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_does_not_resolve_is_skipped_and_a_withdrawn_service_fails_clearly() {
+    let servers = servers(2).await;
+    let mut dns = TestDns::start(&["test.", "other."]).await;
+    let port = |i: usize| servers[i].addr.port();
+    let offered = vec![
+        srv(10, 1, port(0), "a.test."),
+        // In another zone and with no address record: the lookup of its addresses fails.
+        srv(10, 1, 8080, "ghost.other."),
+        srv(10, 1, port(1), "b.other."),
+    ];
+    dns.set("_orders._tcp.test.", RecordType::SRV, 1, offered.clone())
+        .await;
+    dns.set("a.test.", RecordType::A, 30, vec![a([127, 0, 0, 1])])
+        .await;
+    dns.set("b.other.", RecordType::A, 30, vec![a([127, 0, 0, 1])])
+        .await;
+
+    let mesh = mesh(srv_discovery(&dns));
+    let endpoints = mesh.registry().endpoints("orders").await.expect("resolved");
+    let mut ports: Vec<u16> = endpoints.iter().map(|e| e.addr().port()).collect();
+    ports.sort();
+    let mut expected = vec![port(0), port(1)];
+    expected.sort();
+    assert_eq!(ports, expected);
+    let status = mesh.discovery_status("orders").expect("watched");
+    let rejected: Vec<(&str, &str)> = status
+        .rejected
+        .iter()
+        .map(|r| (r.instance.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(rejected, [("ghost.other.", "unresolved")], "{status:?}");
+
+    // Every target becomes ".": the service is withdrawn, not kept on its old set.
+    dns.set(
+        "_orders._tcp.test.",
+        RecordType::SRV,
+        1,
+        vec![srv(0, 0, 0, ".")],
+    )
+    .await;
+    let mut err = None;
+    for _ in 0..400 {
+        match mesh.get("http://orders/").send().await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let err = err.expect("the withdrawn service fails its calls");
+    assert!(err.is_discovery(), "{err:?}");
+    let source = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::sync::Arc<DiscoveryError>>())
+        .expect("a discovery error");
+    assert_eq!(source.kind(), DiscoveryErrorKind::NotOffered);
+    assert!(source.to_string().contains("not offered"), "{source}");
+    assert_eq!(
+        mesh.discovery_status("orders").expect("watched").endpoints,
+        0
+    );
+
+    // Offered again: calls go through again.
+    dns.set("_orders._tcp.test.", RecordType::SRV, 1, offered)
+        .await;
+    let mut answered = false;
+    for _ in 0..400 {
+        if mesh.get("http://orders/").send().await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answered, "the service came back");
 }

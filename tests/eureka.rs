@@ -224,3 +224,82 @@ async fn unknown_applications_and_bad_answers_are_typed_errors() {
         assert_eq!(status.endpoints, 1, "the last good set is kept");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_instance_is_skipped_and_the_rest_are_used() {
+    let servers = servers(2).await;
+    let (eureka, apps) = fake_eureka();
+    let mut shapeless = instance("127.0.0.1", 9004, "UP", None, None);
+    shapeless["port"] = json!(["not", "a", "port"]);
+    apps.lock().expect("lock").insert(
+        "ORDERS".into(),
+        application(json!([
+            instance("127.0.0.1", servers[0].addr.port(), "UP", None, Some("2")),
+            instance("127.0.0.1", 9001, "UP", None, Some("heavy")),
+            instance("127.0.0.1", 0, "UP", None, None),
+            instance("bad host!", 9002, "UP", None, None),
+            shapeless,
+            instance("127.0.0.1", servers[1].addr.port(), "UP", None, None),
+        ])),
+    );
+    // A client that never saw the service resolves it: the bad instances do not fail the
+    // answer.
+    let mesh = mesh(&eureka);
+    let endpoints = mesh.registry().endpoints("orders").await.expect("resolved");
+    let mut expected = vec![servers[0].addr.to_string(), servers[1].addr.to_string()];
+    expected.sort();
+    let listed: Vec<String> = endpoints.iter().map(|e| e.addr().to_string()).collect();
+    assert_eq!(listed, expected);
+
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert_eq!(status.last_error, None, "{status:?}");
+    let mut reasons: Vec<(&str, &str)> = status
+        .rejected
+        .iter()
+        .map(|r| (r.instance.as_str(), r.reason.as_str()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("127.0.0.1:orders:0", "invalid_port"),
+            ("127.0.0.1:orders:9001", "invalid_weight"),
+            ("127.0.0.1:orders:9004", "malformed"),
+            ("bad host!:orders:9002", "invalid_address"),
+        ]
+    );
+    assert_eq!(status.rejected_total, 4);
+    let answered = hits(&mesh, "http://orders/", 50).await;
+    assert!(servers.iter().all(|s| answered.contains(&s.name)));
+
+    // The same answer again counts nothing new; an answer without them clears the list.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        mesh.discovery_status("orders")
+            .expect("watched")
+            .rejected_total,
+        4
+    );
+    apps.lock().expect("lock").insert(
+        "ORDERS".into(),
+        application(json!([instance(
+            "127.0.0.1",
+            servers[0].addr.port(),
+            "UP",
+            None,
+            None
+        )])),
+    );
+    for _ in 0..400 {
+        if mesh
+            .discovery_status("orders")
+            .is_some_and(|s| s.rejected.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = mesh.discovery_status("orders").expect("watched");
+    assert!(status.rejected.is_empty(), "{status:?}");
+    assert_eq!(status.endpoints, 1);
+}

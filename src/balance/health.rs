@@ -29,7 +29,10 @@
 //! for `base_ejection × times ejected` (30 s), at most `max_ejection` (300 s); it takes
 //! traffic again at the first maintenance tick after that (every `update_period`). At most
 //! `max_ejected_share` of a service's endpoints (10%, Envoy's `max_ejection_percent`) are
-//! ejected at once, though one may always be. When fewer than `panic_threshold` (50%) of the
+//! ejected at once, though one may always be; a failing endpoint the share keeps in has its
+//! run of failures started over, as every ejection decision does. The multiplier (`times
+//! ejected`) falls by one for each `base_ejection` an endpoint stays in after its ejection
+//! ran out, as Envoy lowers it while a host stays healthy. When fewer than `panic_threshold` (50%) of the
 //! endpoints that may take traffic remain, ejections and pauses are ignored and traffic goes
 //! to all of them, as in Envoy's panic mode.
 //!
@@ -221,6 +224,8 @@ pub(crate) struct EndpointStats {
     consecutive_failures: AtomicU32,
     times_ejected: AtomicU32,
     ejected_until: AtomicU64,
+    /// When `times_ejected` last fell or the last ejection ran out (a stamp).
+    healthy_since: AtomicU64,
     paused_until: AtomicU64,
     success: AtomicU64,
     latency: AtomicU64,
@@ -257,6 +262,7 @@ impl EndpointStats {
             consecutive_failures: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            healthy_since: AtomicU64::new(0),
             paused_until: AtomicU64::new(0),
             success: AtomicU64::new(1f64.to_bits()),
             latency: AtomicU64::new(0f64.to_bits()),
@@ -340,8 +346,35 @@ impl EndpointStats {
             .min(detection.max_ejection);
         self.ejected_until
             .store(stamp(epoch, now + time), Ordering::Relaxed);
+        self.healthy_since.store(0, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         time
+    }
+
+    /// A failing endpoint that the maximum share kept from ejection: its run of failures
+    /// starts over, so that it is judged again after as many more (as Envoy resets it at
+    /// each ejection decision).
+    pub(crate) fn spare_ejection(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Lowers the ejection multiplier by one for each `interval` the endpoint has stayed in
+    /// since its last ejection ran out, as Envoy decrements it while a host stays healthy:
+    /// an endpoint that failed once long ago is ejected for the base time again.
+    pub(crate) fn decay(&self, epoch: Instant, now: Instant, interval: Duration) {
+        if self.times_ejected.load(Ordering::Relaxed) == 0 || self.is_ejected(epoch, now) {
+            return;
+        }
+        let now = stamp(epoch, now);
+        let since = self.healthy_since.load(Ordering::Relaxed);
+        if since == 0 {
+            self.healthy_since.store(now, Ordering::Relaxed);
+        } else if now.saturating_sub(since) >= interval.as_nanos() as u64 {
+            let _ = self
+                .times_ejected
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1));
+            self.healthy_since.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Pauses the endpoint at its own request.

@@ -5,7 +5,10 @@
 //! (`?passing`), or, with [`ConsulBuilder::include_warning`], warning instances too. An
 //! instance's weight is `Service.Weights.Passing` (or `.Warning` for a warning instance),
 //! 1 when Consul sends no weights; its address is `Service.Address`, or `Node.Address` when
-//! that is empty.
+//! that is empty. An instance that cannot be used (a port of 0, Consul's default when a
+//! registration gives none; a host that is neither an address nor a host name; a record of
+//! another shape) is skipped and reported (see [`Discovered`](super::Discovered)); the rest
+//! of the answer is used.
 //!
 //! # Blocking queries
 //!
@@ -41,7 +44,10 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::http::{DEFAULT_MAX_BODY_BYTES, read_bounded, status_error, transport};
-use super::{BoxFuture, BoxStream, Consistency, Discovery, DiscoveryError, DiscoveryResult};
+use super::{
+    BoxFuture, BoxStream, Consistency, Discovered, Discovery, DiscoveryError, DiscoveryResult,
+    RejectReason,
+};
 use crate::endpoint::{Endpoint, EndpointAddr, Health, ServiceName};
 use crate::error::Error;
 use crate::secret::Secret;
@@ -274,7 +280,7 @@ impl fmt::Debug for ConsulDiscovery {
 /// One answer: the endpoints and the `X-Consul-Index` they are at.
 struct Answer {
     index: u64,
-    endpoints: Vec<Endpoint>,
+    discovered: Discovered,
 }
 
 impl ConsulDiscovery {
@@ -354,21 +360,17 @@ impl ConsulDiscovery {
             Some(None) => return Err(DiscoveryError::malformed("X-Consul-Index is not a number")),
             None => return Err(DiscoveryError::malformed("X-Consul-Index is missing")),
         };
-        let entries: Vec<HealthEntry> = serde_json::from_slice(&body)
-            .map_err(|e| DiscoveryError::malformed(format!("health response: {e}")))?;
-        let endpoints = entries
-            .into_iter()
-            .map(HealthEntry::into_endpoint)
-            .filter_map(|e| e.transpose())
-            .collect::<Result<_, _>>()?;
-        Ok(Answer { index, endpoints })
+        Ok(Answer {
+            index,
+            discovered: parse_health(&body)?,
+        })
     }
 }
 
 impl Discovery for ConsulDiscovery {
     /// One non-blocking query.
     fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
-        Box::pin(async move { Ok(self.query(service, 0).await?.endpoints) })
+        Box::pin(async move { Ok(self.query(service, 0).await?.discovered) })
     }
 
     /// A blocking-query loop; see the module documentation for its rules.
@@ -398,7 +400,7 @@ impl Discovery for ConsulDiscovery {
                                 index = new;
                             }
                             return Some((
-                                Ok(answer.endpoints),
+                                Ok(answer.discovered),
                                 (consul, service, index, bucket, backoff),
                             ));
                         }
@@ -486,8 +488,6 @@ struct NodeInfo {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ServiceInfo {
-    #[serde(rename = "ID", default)]
-    id: String,
     #[serde(default)]
     address: String,
     port: u16,
@@ -518,9 +518,37 @@ struct CheckInfo {
     status: String,
 }
 
+/// The endpoints of a health response body. The body must be a JSON array; an element that
+/// is not a usable instance is rejected on its own (see [`Discovered`]).
+pub(crate) fn parse_health(body: &[u8]) -> Result<Discovered, DiscoveryError> {
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| DiscoveryError::malformed(format!("health response: {e}")))?;
+    let mut discovered = Discovered::default();
+    for (i, value) in entries.into_iter().enumerate() {
+        let id = value
+            .pointer("/Service/ID")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| format!("#{i}"), str::to_owned);
+        let entry = match HealthEntry::deserialize(value) {
+            Ok(entry) => entry,
+            Err(e) => {
+                discovered.reject(id, RejectReason::Malformed, e.to_string());
+                continue;
+            }
+        };
+        match entry.into_endpoint() {
+            Ok(Some(endpoint)) => discovered.endpoints.push(endpoint),
+            Ok(None) => {}
+            Err((reason, why)) => discovered.reject(id, reason, why),
+        }
+    }
+    Ok(discovered)
+}
+
 impl HealthEntry {
-    /// The endpoint, or `None` for an instance that must not take traffic.
-    fn into_endpoint(self) -> Result<Option<Endpoint>, DiscoveryError> {
+    /// The endpoint, or `None` for an instance that must not take traffic; an instance that
+    /// cannot be used gives the reason.
+    fn into_endpoint(self) -> Result<Option<Endpoint>, (RejectReason, &'static str)> {
         // An instance's health is its worst check's ("maintenance" counts as critical).
         let health = self.checks.iter().fold(Health::Passing, |worst, check| {
             match check.status.as_str() {
@@ -543,10 +571,12 @@ impl HealthEntry {
             Err(_) => EndpointAddr::Host(host.to_ascii_lowercase(), port),
         };
         if let Err(why) = addr.validate() {
-            return Err(DiscoveryError::malformed(format!(
-                "instance {:?}: {why}",
-                self.service.id.chars().take(64).collect::<String>()
-            )));
+            let reason = if port == 0 {
+                RejectReason::InvalidPort
+            } else {
+                RejectReason::InvalidAddress
+            };
+            return Err((reason, why));
         }
         let weights = self.service.weights.unwrap_or(Weights {
             passing: 1,

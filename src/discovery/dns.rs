@@ -17,8 +17,11 @@
 //! otherwise from an A/AAAA lookup of each target. A target of `.` means the service is
 //! "decidedly not available at this domain" (RFC 2782): when every record says so, the
 //! lookup fails with [`DiscoveryErrorKind::NotOffered`](super::DiscoveryErrorKind::NotOffered),
-//! not an empty success; a `.` record beside real ones is skipped. NXDOMAIN, or no record at
-//! all, is an unknown service.
+//! not an empty success, and the registry withdraws the service: its requests fail with
+//! [`Error::is_discovery`](crate::Error::is_discovery), saying the service is not offered,
+//! until a lookup finds targets again. A `.` record beside real ones is skipped. NXDOMAIN, or
+//! no record at all, is an unknown service. A target whose addresses cannot be looked up is
+//! skipped and reported (see [`Discovered`](super::Discovered)); the other targets are used.
 //!
 //! # A/AAAA
 //!
@@ -47,7 +50,9 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use super::backoff::{Backoff, jitter};
-use super::{BoxFuture, BoxStream, Discovery, DiscoveryError, DiscoveryResult};
+use super::{
+    BoxFuture, BoxStream, Discovered, Discovery, DiscoveryError, DiscoveryResult, RejectReason,
+};
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::Error;
 
@@ -222,7 +227,7 @@ impl fmt::Debug for DnsDiscovery {
 
 /// A resolved set and how long it is valid.
 struct Answer {
-    endpoints: Vec<Endpoint>,
+    discovered: Discovered,
     valid_until: StdInstant,
 }
 
@@ -253,7 +258,11 @@ impl DnsDiscovery {
                 };
                 let lookup = self.resolver.lookup_ip(name).await.map_err(lookup_error)?;
                 Ok(Answer {
-                    endpoints: lookup.iter().map(|ip| Endpoint::new((ip, *port))).collect(),
+                    discovered: lookup
+                        .iter()
+                        .map(|ip| Endpoint::new((ip, *port)))
+                        .collect::<Vec<_>>()
+                        .into(),
                     valid_until: lookup.valid_until(),
                 })
             }
@@ -297,22 +306,34 @@ impl DnsDiscovery {
         for srv in records.iter().filter(|srv| !srv.target.is_root()) {
             *tier_has_weight.entry(srv.priority).or_default() |= srv.weight > 0;
         }
-        let mut endpoints = Vec::new();
+        let mut discovered = Discovered::default();
         for srv in records.iter().filter(|srv| !srv.target.is_root()) {
             let target = srv.target.to_lowercase();
-            let ips = match additional.get(&target) {
+            let ips: Vec<IpAddr> = match additional.get(&target) {
                 Some(ips) => ips.clone(),
-                None => {
-                    let lookup = self.resolver.lookup_ip(target.clone()).await.map_err(|e| {
-                        DiscoveryError::unavailable(format!(
-                            "the addresses of SRV target {target}: {e}"
-                        ))
-                    })?;
-                    valid_until = valid_until.min(lookup.valid_until());
-                    lookup.iter().collect()
-                }
+                None => match self.resolver.lookup_ip(target.clone()).await {
+                    Ok(lookup) => {
+                        valid_until = valid_until.min(lookup.valid_until());
+                        lookup.iter().collect()
+                    }
+                    // One target that does not resolve spoils only itself.
+                    Err(e) => {
+                        let detail = if e.is_nx_domain() || e.is_no_records_found() {
+                            "the target has no A or AAAA record"
+                        } else {
+                            "the target's addresses could not be looked up"
+                        };
+                        discovered.reject(target.to_ascii(), RejectReason::Unresolved, detail);
+                        continue;
+                    }
+                },
             };
             if ips.is_empty() {
+                discovered.reject(
+                    target.to_ascii(),
+                    RejectReason::Unresolved,
+                    "the target has no A or AAAA record",
+                );
                 continue;
             }
             let weight = match (srv.weight, tier_has_weight[&srv.priority]) {
@@ -322,7 +343,7 @@ impl DnsDiscovery {
             };
             let share = (weight * ADDRESS_SPLIT).div_ceil(ips.len() as u32);
             for ip in ips {
-                endpoints.push(
+                discovered.endpoints.push(
                     Endpoint::new((ip, srv.port))
                         .with_priority(srv.priority)
                         .with_weight(share)
@@ -331,7 +352,7 @@ impl DnsDiscovery {
             }
         }
         Ok(Answer {
-            endpoints,
+            discovered,
             valid_until,
         })
     }
@@ -385,7 +406,7 @@ impl Discovery for DnsDiscovery {
                         .clear_lookup_cache(name.as_str(), RecordType::AAAA);
                 }
             }
-            Ok(self.resolve(service).await?.endpoints)
+            Ok(self.resolve(service).await?.discovered)
         })
     }
 
@@ -403,7 +424,7 @@ impl Discovery for DnsDiscovery {
                     Ok(answer) => {
                         backoff.reset();
                         let wait = dns.refresh_after(answer.valid_until);
-                        (Ok(answer.endpoints), wait)
+                        (Ok(answer.discovered), wait)
                     }
                     Err(error) => (Err(error), backoff.next_delay()),
                 };

@@ -5,8 +5,10 @@
 //! name in upper case, as Eureka stores application names. Only instances whose `status` is
 //! `UP` take traffic. An instance listens at `ipAddr` (or `hostName` when that is empty) on
 //! `securePort` over HTTPS when the secure port is enabled, otherwise on `port`. Its weight is
-//! its metadata's `weight`, 1 when absent; a weight that is not a whole number makes the whole
-//! answer malformed (the last good set stays in use). A 404 means Eureka does not know the
+//! its metadata's `weight`, 1 when absent. An instance that cannot be used (no enabled port, a
+//! host that is not an address or a host name, a weight that is not a whole number, a record
+//! of another shape) is skipped and reported (see [`Discovered`](super::Discovered)); the rest
+//! of the answer is used. A 404 means Eureka does not know the
 //! application.
 //!
 //! Eureka has no long poll, so the backend polls, every 30 seconds by default as Eureka's own
@@ -22,7 +24,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use super::http::{DEFAULT_MAX_BODY_BYTES, read_bounded, status_error, transport};
-use super::{BoxFuture, Discovery, DiscoveryError, DiscoveryResult};
+use super::{BoxFuture, Discovered, Discovery, DiscoveryError, DiscoveryResult, RejectReason};
 use crate::endpoint::{Endpoint, EndpointAddr, Scheme, ServiceName};
 use crate::error::Error;
 
@@ -158,16 +160,7 @@ impl EurekaDiscovery {
         if !status.is_success() {
             return Err(status_error(status, &body));
         }
-        let answer: AppResponse = serde_json::from_slice(&body)
-            .map_err(|e| DiscoveryError::malformed(format!("application response: {e}")))?;
-        answer
-            .application
-            .instance
-            .into_vec()
-            .into_iter()
-            .filter(|instance| instance.status == "UP")
-            .map(Instance::into_endpoint)
-            .collect()
+        parse_application(&body)
     }
 }
 
@@ -188,8 +181,44 @@ struct AppResponse {
 
 #[derive(Deserialize)]
 struct Application {
+    /// Each instance is read on its own, so one malformed instance spoils only itself.
     #[serde(default)]
-    instance: OneOrMany<Instance>,
+    instance: OneOrMany<serde_json::Value>,
+}
+
+/// The endpoints of an application response body: its `UP` instances, each usable one an
+/// endpoint and each other one rejected on its own (see [`Discovered`]).
+pub(crate) fn parse_application(body: &[u8]) -> DiscoveryResult {
+    let answer: AppResponse = serde_json::from_slice(body)
+        .map_err(|e| DiscoveryError::malformed(format!("application response: {e}")))?;
+    let mut discovered = Discovered::default();
+    for (i, value) in answer
+        .application
+        .instance
+        .into_vec()
+        .into_iter()
+        .enumerate()
+    {
+        let id = ["instanceId", "hostName"]
+            .iter()
+            .find_map(|key| value.get(key).and_then(serde_json::Value::as_str))
+            .map_or_else(|| format!("#{i}"), str::to_owned);
+        let instance = match Instance::deserialize(value) {
+            Ok(instance) => instance,
+            Err(e) => {
+                discovered.reject(id, RejectReason::Malformed, e.to_string());
+                continue;
+            }
+        };
+        if instance.status != "UP" {
+            continue;
+        }
+        match instance.into_endpoint() {
+            Ok(endpoint) => discovered.endpoints.push(endpoint),
+            Err((reason, why)) => discovered.reject(id, reason, why),
+        }
+    }
+    Ok(discovered)
 }
 
 /// Eureka's JSON, converted from XML, gives a lone instance as an object, not an array.
@@ -218,8 +247,6 @@ impl<T> OneOrMany<T> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Instance {
-    #[serde(default)]
-    instance_id: Option<String>,
     #[serde(default)]
     host_name: String,
     #[serde(default)]
@@ -269,15 +296,8 @@ impl Flexible {
 }
 
 impl Instance {
-    fn into_endpoint(self) -> Result<Endpoint, DiscoveryError> {
-        let id = self
-            .instance_id
-            .as_deref()
-            .unwrap_or(&self.host_name)
-            .chars()
-            .take(64)
-            .collect::<String>();
-        let malformed = |why: &str| DiscoveryError::malformed(format!("instance {id:?}: {why}"));
+    /// The endpoint; an instance that cannot be used gives the reason.
+    fn into_endpoint(self) -> Result<Endpoint, (RejectReason, &'static str)> {
         let enabled = |port: &Option<Port>| {
             port.as_ref()
                 .filter(|p| p.enabled.as_ref().is_none_or(Flexible::as_bool))
@@ -286,9 +306,12 @@ impl Instance {
         let (port, scheme) = match (enabled(&self.secure_port), enabled(&self.port)) {
             (Some(port), _) => (port, Some(Scheme::Https)),
             (None, Some(port)) => (port, None),
-            (None, None) => return Err(malformed("no port is enabled")),
+            (None, None) => return Err((RejectReason::InvalidPort, "no port is enabled")),
         };
-        let port = port.ok_or_else(|| malformed("the port is not a number from 1 to 65535"))?;
+        let port = port.ok_or((
+            RejectReason::InvalidPort,
+            "the port is not a number from 1 to 65535",
+        ))?;
         let host = if self.ip_addr.is_empty() {
             &self.host_name
         } else {
@@ -298,17 +321,26 @@ impl Instance {
             Ok(ip) => EndpointAddr::Ip((ip, port).into()),
             Err(_) => EndpointAddr::Host(host.to_ascii_lowercase(), port),
         };
-        addr.validate().map_err(malformed)?;
+        addr.validate().map_err(|why| {
+            let reason = if port == 0 {
+                RejectReason::InvalidPort
+            } else {
+                RejectReason::InvalidAddress
+            };
+            (reason, why)
+        })?;
+        let bad_weight = (
+            RejectReason::InvalidWeight,
+            "metadata weight is not a whole number",
+        );
         let weight = match self.metadata.get("weight") {
             None => 1,
-            Some(serde_json::Value::String(text)) => text
-                .parse()
-                .map_err(|_| malformed("metadata weight is not a whole number"))?,
+            Some(serde_json::Value::String(text)) => text.parse().map_err(|_| bad_weight)?,
             Some(serde_json::Value::Number(n)) => n
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| malformed("metadata weight is not a whole number"))?,
-            Some(_) => return Err(malformed("metadata weight is not a whole number")),
+                .ok_or(bad_weight)?,
+            Some(_) => return Err(bad_weight),
         };
         let mut endpoint = Endpoint::new(addr).with_weight(weight);
         if let Some(scheme) = scheme {

@@ -16,7 +16,7 @@
 //! changes.
 //!
 //! ```
-//! use proxyless::discovery::{BoxFuture, Discovery, DiscoveryError};
+//! use proxyless::discovery::{BoxFuture, Discovery, DiscoveryError, DiscoveryResult};
 //! use proxyless::{Endpoint, ServiceName};
 //!
 //! /// Every service has one endpoint, on localhost, at a port derived from its name.
@@ -26,14 +26,14 @@
 //!     fn discover<'a>(
 //!         &'a self,
 //!         service: &'a ServiceName,
-//!     ) -> BoxFuture<'a, Result<Vec<Endpoint>, DiscoveryError>> {
+//!     ) -> BoxFuture<'a, DiscoveryResult> {
 //!         Box::pin(async move {
 //!             let port = match service.as_str() {
 //!                 "orders" => 8081,
 //!                 "billing" => 8082,
 //!                 _ => return Err(DiscoveryError::unknown_service()),
 //!             };
-//!             Ok(vec![Endpoint::new(([127, 0, 0, 1], port))])
+//!             Ok(vec![Endpoint::new(([127, 0, 0, 1], port))].into())
 //!         })
 //!     }
 //! }
@@ -105,8 +105,130 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A boxed, `Send` stream, as [`Discovery::watch`] returns.
 pub type BoxStream<'a, T> = Pin<Box<dyn Stream<Item = T> + Send + 'a>>;
 
-/// What [`Discovery::discover`] returns: the service's full set of endpoints.
-pub type DiscoveryResult = Result<Vec<Endpoint>, DiscoveryError>;
+/// What [`Discovery::discover`] returns: the service's full set of endpoints, and the
+/// instances of the registry's answer that could not be used.
+pub type DiscoveryResult = Result<Discovered, DiscoveryError>;
+
+/// A backend's answer for one service: the endpoints it could use, and the instances it
+/// skipped because they could not be used (a port of 0, a host name that is not one, a
+/// weight that is not a number, a target whose addresses did not resolve).
+///
+/// One bad instance never fails the rest of the answer: the registry uses the endpoints,
+/// logs each rejected instance at `warn` once (when it first appears), counts it in
+/// [`REJECTED_INSTANCES`](crate::observe::REJECTED_INSTANCES) and lists it in
+/// [`DiscoveryStatus::rejected`]. Only an answer whose every instance was rejected fails the
+/// refresh (as malformed), and the last good set stays in use.
+///
+/// A backend with nothing to reject builds it from its endpoints:
+/// `Ok(vec![endpoint].into())`.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Discovered {
+    /// The usable endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// The instances skipped.
+    pub rejected: Vec<RejectedInstance>,
+}
+
+impl Discovered {
+    /// An answer of these endpoints, nothing rejected.
+    pub fn new(endpoints: Vec<Endpoint>) -> Self {
+        Discovered {
+            endpoints,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Records that the instance `instance` (an identifier for logs: an instance ID, a
+    /// target name; keep secrets out of it) was skipped, and why.
+    pub fn reject(
+        &mut self,
+        instance: impl Into<String>,
+        reason: RejectReason,
+        detail: impl Into<Cow<'static, str>>,
+    ) {
+        self.rejected.push(RejectedInstance::new(
+            instance.into(),
+            reason,
+            detail.into(),
+        ));
+    }
+}
+
+impl From<Vec<Endpoint>> for Discovered {
+    fn from(endpoints: Vec<Endpoint>) -> Self {
+        Discovered::new(endpoints)
+    }
+}
+
+impl FromIterator<Endpoint> for Discovered {
+    fn from_iter<I: IntoIterator<Item = Endpoint>>(endpoints: I) -> Self {
+        Discovered::new(endpoints.into_iter().collect())
+    }
+}
+
+/// An instance of a registry's answer that could not be used; see [`Discovered`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RejectedInstance {
+    /// Which instance: its ID, target or address, at most 64 printable characters.
+    pub instance: String,
+    /// Why, in a word (the `reason` label of the metric).
+    pub reason: RejectReason,
+    /// Why, in a sentence.
+    pub detail: Cow<'static, str>,
+}
+
+impl RejectedInstance {
+    fn new(instance: String, reason: RejectReason, detail: Cow<'static, str>) -> Self {
+        RejectedInstance {
+            instance: printable(&instance),
+            reason,
+            detail,
+        }
+    }
+}
+
+impl fmt::Display for RejectedInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "instance {:?}: {}", self.instance, self.detail)
+    }
+}
+
+/// At most 64 characters of `text`, without control characters: an identifier from outside,
+/// fit for a log line.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// Why an instance was rejected: a bounded set, used as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// No usable port: none given (Consul's default of 0), none enabled, or out of range.
+    InvalidPort,
+    /// The host is neither an IP address nor a valid host name.
+    InvalidAddress,
+    /// The weight is not a whole number from 0 to 2^32 - 1.
+    InvalidWeight,
+    /// The instance's addresses could not be resolved (a DNS SRV target).
+    Unresolved,
+    /// The instance's record does not have the registry's documented shape.
+    Malformed,
+}
+
+impl RejectReason {
+    /// The reason as a metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidPort => "invalid_port",
+            RejectReason::InvalidAddress => "invalid_address",
+            RejectReason::InvalidWeight => "invalid_weight",
+            RejectReason::Unresolved => "unresolved",
+            RejectReason::Malformed => "malformed",
+        }
+    }
+}
 
 /// How often the default [`Discovery::watch`] asks [`Discovery::discover`] again.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -218,6 +340,15 @@ impl DiscoveryError {
             kind: DiscoveryErrorKind::Unavailable,
             message: None,
             source: Some(source.into()),
+        }
+    }
+
+    /// The service's watch stopped; `message` says how.
+    pub(crate) fn watch_ended(message: &'static str) -> Self {
+        DiscoveryError {
+            kind: DiscoveryErrorKind::Unavailable,
+            message: Some(message.into()),
+            source: None,
         }
     }
 

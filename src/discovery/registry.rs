@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -12,7 +13,10 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::{Discovery, DiscoveryError};
+use super::{
+    BoxFuture, Discovered, Discovery, DiscoveryError, DiscoveryErrorKind, RejectReason,
+    RejectedInstance, backoff,
+};
 use crate::balance::health::{EndpointStats, HealthScoring, OutlierDetection, scores};
 use crate::balance::rng::PickRng;
 use crate::balance::{Balancer, Selection};
@@ -312,6 +316,10 @@ struct RegistryInner {
 
 impl Drop for RegistryInner {
     fn drop(&mut self) {
+        // The registry's end is no failure of its services' watches.
+        for entry in self.services.load().values() {
+            entry.forgotten.store(true, Ordering::Release);
+        }
         let tasks = self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner);
         for (_, task) in tasks.drain() {
             task.abort();
@@ -341,6 +349,9 @@ impl Registry {
             Some(entry) => entry,
             None => self.start(service)?,
         };
+        if !entry.watching.load(Ordering::Relaxed) {
+            entry.restart();
+        }
         let snapshot = entry.wait(self.inner.first_snapshot_timeout).await?;
         Ok(snapshot.endpoints.clone())
     }
@@ -459,6 +470,8 @@ impl Registry {
             balancer,
             rng,
             self.inner.safety,
+            discovery.clone(),
+            Arc::downgrade(&self.inner),
         ));
         let task = runtime.spawn(watch(entry.clone(), discovery, Arc::downgrade(&self.inner)));
         tasks.insert(name.clone(), task.abort_handle());
@@ -478,6 +491,7 @@ impl RegistryInner {
             .get(&entry.name)
             .is_some_and(|e| Arc::ptr_eq(e, entry))
         {
+            entry.forgotten.store(true, Ordering::Release);
             let mut services = HashMap::clone(&services);
             services.remove(&entry.name);
             self.services.store(Arc::new(services));
@@ -523,6 +537,11 @@ pub struct DiscoveryStatus {
     /// Updates held back because they removed too many endpoints at once and a second fetch
     /// did not confirm them.
     pub removals_held: u64,
+    /// The instances the last answer listed but could not be used (at most the first 100),
+    /// skipped while the rest were used.
+    pub rejected: Vec<RejectedInstance>,
+    /// Instances rejected in all, each counted when it first appeared.
+    pub rejected_total: u64,
 }
 
 /// What the mesh knows of one endpoint, from [`Registry::endpoint_status`].
@@ -653,9 +672,11 @@ impl Snapshot {
         let n = self.endpoints.len();
         let start = crate::balance::rng::PickRng::Thread.next_u64() as usize % n;
         let candidates = || (0..n).map(|k| (start + k) % n);
+        // An endpoint that may take traffic now: listed as eligible, and neither ejected
+        // nor paused (its effective weight, unless in panic mode, is 0 then).
         let fresh = |i: &usize| {
             let endpoint = &self.endpoints[*i];
-            endpoint.is_eligible() && !attempts.contains(endpoint.addr())
+            self.effective[*i] > 0 && !attempts.contains(endpoint.addr())
         };
         let tier = self.endpoints[index].priority();
         candidates()
@@ -691,6 +712,17 @@ pub(crate) struct ServiceEntry {
     listed: AtomicUsize,
     /// What a dropped snapshot's list holds in place of a record moved to `spare`.
     placeholder: Arc<EndpointStats>,
+    /// Held by whoever replaces `current`: the watch task applying an update, and a call
+    /// whose outcome ejects or pauses an endpoint. A rebuild reads the snapshot it rebuilds
+    /// under it, so it never puts back a set that an update has replaced.
+    publish: Mutex<()>,
+    /// Whether a watch task runs for the service; cleared when the task ends in any way.
+    watching: AtomicBool,
+    /// Set when the registry forgets the service: its task's end is no failure.
+    forgotten: AtomicBool,
+    /// The backend and the registry, for restarting the watch.
+    discovery: Arc<dyn Discovery>,
+    registry: Weak<RegistryInner>,
 }
 
 #[derive(Default)]
@@ -701,11 +733,26 @@ struct Status {
     consecutive_errors: u64,
     errors_total: u64,
     removals_held: u64,
+    /// The instances the last answer rejected.
+    rejected: Vec<RejectedInstance>,
+    rejected_total: u64,
 }
 
 impl ServiceEntry {
-    fn new(name: ServiceName, balancer: Balancer, rng: PickRng, safety: Safety) -> Self {
+    fn new(
+        name: ServiceName,
+        balancer: Balancer,
+        rng: PickRng,
+        safety: Safety,
+        discovery: Arc<dyn Discovery>,
+        registry: Weak<RegistryInner>,
+    ) -> Self {
         ServiceEntry {
+            registry,
+            publish: Mutex::new(()),
+            watching: AtomicBool::new(true),
+            forgotten: AtomicBool::new(false),
+            discovery,
             labels: safety
                 .endpoint_labels
                 .map(|cap| Mutex::new(EndpointLabels::new(name.clone(), cap))),
@@ -737,6 +784,9 @@ impl ServiceEntry {
 
     /// Picks an endpoint from the current snapshot, or says the call must wait for the first.
     pub(crate) fn lookup(self: &Arc<Self>) -> Result<Lookup, Error> {
+        if !self.watching.load(Ordering::Relaxed) {
+            self.restart();
+        }
         match self.current.load_full() {
             Some(snapshot) => {
                 self.check_staleness()?;
@@ -748,6 +798,37 @@ impl ServiceEntry {
                 None => Ok(Lookup::Pending(self.clone())),
             },
         }
+    }
+
+    /// Starts the watch again after its task ended (a panic in a backend, a runtime shut
+    /// down), keeping the snapshot. Out of line: the request path only checks a flag.
+    #[inline(never)]
+    fn restart(self: &Arc<Self>) {
+        let (Ok(runtime), Some(registry)) = (
+            tokio::runtime::Handle::try_current(),
+            self.registry.upgrade(),
+        ) else {
+            return;
+        };
+        let mut tasks = registry
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.forgotten.load(Ordering::Acquire)
+            || self
+                .watching
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::info!(service = %self.name, "restarting the watch task");
+        let task = runtime.spawn(watch(
+            self.clone(),
+            self.discovery.clone(),
+            self.registry.clone(),
+        ));
+        tasks.insert(self.name.clone(), task.abort_handle());
     }
 
     fn lock_spare(&self) -> std::sync::MutexGuard<'_, Vec<Arc<EndpointStats>>> {
@@ -913,6 +994,8 @@ impl ServiceEntry {
             failing_for,
             stale,
             removals_held: status.removals_held,
+            rejected: status.rejected.iter().take(100).cloned().collect(),
+            rejected_total: status.rejected_total,
         }
     }
 
@@ -941,7 +1024,12 @@ impl ServiceEntry {
         removed as f64 > share * current.endpoints.len() as f64
     }
 
-    fn hold_removal(&self, removed_from: usize, proposed: usize) {
+    fn hold_removal(&self, proposed: usize) {
+        let removed_from = self
+            .current
+            .load()
+            .as_ref()
+            .map_or(0, |s| s.endpoints.len());
         let mut status = self.lock_status();
         status.removals_held += 1;
         tracing::warn!(
@@ -1009,12 +1097,16 @@ impl ServiceEntry {
 
     /// Rebuilds the current snapshot's selection if effective weights changed.
     fn rebuild(self: &Arc<Self>) {
+        let _publish = self.lock_publish();
         let Some(current) = self.current.load_full() else {
             return;
         };
         let now = Instant::now();
         for stats in current.stats.iter() {
             stats.expire(self.epoch, now);
+            if let Some(detection) = &self.safety.detection {
+                stats.decay(self.epoch, now, detection.base_ejection);
+            }
         }
         let effective = self.effective(&current.endpoints, &current.stats);
         if effective == current.effective {
@@ -1045,6 +1137,7 @@ impl ServiceEntry {
             ((detection.max_ejected_share * snapshot.stats.len() as f64).floor() as usize).max(1);
         let endpoint = snapshot.endpoints[index].addr();
         if ejected >= allowed {
+            snapshot.stats[index].spare_ejection();
             tracing::warn!(
                 service = %self.name,
                 endpoint = %endpoint,
@@ -1062,6 +1155,7 @@ impl ServiceEntry {
 
     /// Publishes a validated set if it differs from the current one.
     fn apply(self: &Arc<Self>, endpoints: Arc<[Endpoint]>) {
+        let publish = self.lock_publish();
         self.failing_since.store(0, Ordering::Relaxed);
         let mut status = self.lock_status();
         status.refreshed_at = Some(Instant::now());
@@ -1110,6 +1204,7 @@ impl ServiceEntry {
             entry: Arc::downgrade(self),
         })));
         drop(status);
+        drop(publish);
         self.changed.notify_waiters();
         // Spares left over stay for the next update, as many as this snapshot lists.
         let mut kept = self.lock_spare();
@@ -1119,6 +1214,60 @@ impl ServiceEntry {
         // The snapshot replaced: dropped here, if no call holds it, its records of the
         // endpoints it alone listed become spares.
         drop(previous);
+    }
+
+    fn lock_publish(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data of its own.
+        self.publish.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the service out of use: the backend says it is deliberately not offered (every
+    /// DNS SRV target is `.`, RFC 2782). Its requests fail with
+    /// [`Error::is_discovery`](crate::Error::is_discovery), saying so, until it is offered
+    /// again. The mass-removal guard does not apply: this is no truncated answer.
+    fn withdraw(&self) {
+        let publish = self.lock_publish();
+        let previous = self.current.swap(None);
+        drop(publish);
+        if let Some(previous) = previous {
+            self.lock_status().version += 1;
+            tracing::warn!(
+                service = %self.name,
+                endpoints = previous.endpoints.len(),
+                "the registry withdrew the service; its requests fail until it is offered again"
+            );
+            metrics::gauge!(crate::observe::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
+                .set(0.0);
+        }
+    }
+
+    /// Takes note of the instances an answer rejected: each one not rejected by the answer
+    /// before is logged at `warn` and counted, once.
+    fn note_rejected(&self, rejected: Vec<RejectedInstance>) {
+        let mut status = self.lock_status();
+        if rejected.is_empty() && status.rejected.is_empty() {
+            return;
+        }
+        for instance in &rejected {
+            if status.rejected.contains(instance) {
+                continue;
+            }
+            status.rejected_total += 1;
+            metrics::counter!(
+                crate::observe::REJECTED_INSTANCES,
+                "server.address" => self.name.to_string(),
+                "reason" => instance.reason.as_str()
+            )
+            .increment(1);
+            tracing::warn!(
+                service = %self.name,
+                instance = %instance.instance,
+                reason = instance.reason.as_str(),
+                detail = %instance.detail,
+                "skipping an instance the registry listed: it cannot be used"
+            );
+        }
+        status.rejected = rejected;
     }
 
     fn record_error(&self, error: DiscoveryError) {
@@ -1190,32 +1339,104 @@ impl<'a> Carried<'a> {
 
 /// Checks a snapshot's bounds and addresses, drops duplicate addresses (keeping the first)
 /// and sorts by address, so that equal sets compare equal whatever order a backend used.
-fn canonical(mut endpoints: Vec<Endpoint>) -> Result<Arc<[Endpoint]>, DiscoveryError> {
-    if endpoints.len() > MAX_ENDPOINTS {
+///
+/// An endpoint whose address cannot be used joins the answer's rejected instances; the
+/// answer fails only when it has instances and every one was rejected.
+fn canonical(discovered: Discovered) -> Result<Valid, DiscoveryError> {
+    let Discovered {
+        mut endpoints,
+        mut rejected,
+    } = discovered;
+    if endpoints.len() + rejected.len() > MAX_ENDPOINTS {
         return Err(DiscoveryError::malformed(format!(
-            "{} endpoints exceed the limit of {MAX_ENDPOINTS}",
-            endpoints.len()
+            "{} instances exceed the limit of {MAX_ENDPOINTS}",
+            endpoints.len() + rejected.len()
         )));
     }
-    for (i, endpoint) in endpoints.iter().enumerate() {
-        if let Err(why) = endpoint.addr().validate() {
-            return Err(DiscoveryError::malformed(format!("endpoint {i}: {why}")));
+    if endpoints.iter().any(|e| e.addr().validate().is_err()) {
+        let mut answer = Discovered::new(Vec::new());
+        for endpoint in endpoints {
+            match endpoint.addr().validate() {
+                Ok(()) => answer.endpoints.push(endpoint),
+                Err(why) => {
+                    let reason = if endpoint.addr().port() == 0 {
+                        RejectReason::InvalidPort
+                    } else {
+                        RejectReason::InvalidAddress
+                    };
+                    answer.reject(endpoint.addr().to_string(), reason, why);
+                }
+            }
         }
+        endpoints = answer.endpoints;
+        rejected.append(&mut answer.rejected);
+    }
+    if endpoints.is_empty()
+        && let Some(first) = rejected.first()
+    {
+        return Err(DiscoveryError::malformed(format!(
+            "every one of its {} instances was rejected; the first, {first}",
+            rejected.len()
+        )));
     }
     // Backends often list in order already: one pass proves it, for a sort and a dedup.
     if !endpoints.is_sorted_by(|a, b| a.addr() < b.addr()) {
         endpoints.sort_by(|a, b| a.addr().cmp(b.addr()));
         endpoints.dedup_by(|later, first| later.addr() == first.addr());
     }
-    Ok(endpoints.into())
+    Ok(Valid {
+        endpoints: endpoints.into(),
+        rejected,
+    })
+}
+
+/// A backend's answer checked by [`canonical`]: endpoints to publish, instances skipped.
+struct Valid {
+    endpoints: Arc<[Endpoint]>,
+    rejected: Vec<RejectedInstance>,
+}
+
+/// How long a held mass removal waits before the backend is asked again, before jitter.
+const HELD_REMOVAL_RECHECK: Duration = Duration::from_secs(30);
+
+/// A mass removal held back, and the timer of its re-check.
+type Held = Option<(Arc<[Endpoint]>, Pin<Box<tokio::time::Sleep>>)>;
+
+/// A second fetch that confirms or refuses an update removing most endpoints.
+type Confirmation = BoxFuture<'static, (Arc<[Endpoint]>, Result<Valid, DiscoveryError>)>;
+
+/// Marks a service's watch as ended when the task running it ends in any way: returning,
+/// panicking, or dropped with its runtime. The next request for the service restarts it.
+struct WatchAlive(Arc<ServiceEntry>);
+
+impl Drop for WatchAlive {
+    fn drop(&mut self) {
+        let entry = &self.0;
+        entry.watching.store(false, Ordering::Release);
+        if entry.forgotten.load(Ordering::Acquire) {
+            return;
+        }
+        let why = if std::thread::panicking() {
+            "the watch task panicked"
+        } else {
+            "the watch task ended"
+        };
+        tracing::error!(service = %entry.name, "{why}; the next request restarts it");
+        entry.record_error(DiscoveryError::watch_ended(why));
+    }
 }
 
 /// A service's watch task: follows the backend's stream for as long as the registry lives.
+///
+/// Beside the stream it runs the maintenance tick (effective weights, ejections running
+/// out), a second fetch that confirms a mass removal, and the re-check of a held one: none
+/// of them waits for another.
 async fn watch(
     entry: Arc<ServiceEntry>,
     discovery: Arc<dyn Discovery>,
     registry: Weak<RegistryInner>,
 ) {
+    let _alive = WatchAlive(entry.clone());
     let period = entry
         .safety
         .scoring
@@ -1226,14 +1447,46 @@ async fn watch(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks
     });
+    let mut confirming: Option<Confirmation> = None;
+    // A held removal, and when to ask the backend about it again.
+    let mut held: Held = None;
     loop {
         let mut snapshots = discovery.clone().watch(entry.name.clone());
         loop {
             let result = tokio::select! {
                 result = snapshots.next() => match result {
-                    Some(result) => result,
+                    Some(result) => result.and_then(canonical),
                     None => break,
                 },
+                (proposed, second) = poll_opt(&mut confirming) => {
+                    confirming = None;
+                    match second {
+                        Ok(second) => {
+                            entry.note_rejected(second.rejected);
+                            let second = second.endpoints;
+                            if second == proposed || !entry.is_mass_removal(&second) {
+                                held = None;
+                                entry.apply(second);
+                            } else {
+                                entry.hold_removal(second.len());
+                                let recheck = backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
+                                held = Some((second, Box::pin(tokio::time::sleep(recheck))));
+                            }
+                        }
+                        Err(error) => {
+                            entry.record_error(error);
+                            let recheck = backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
+                            held = Some((proposed, Box::pin(tokio::time::sleep(recheck))));
+                        }
+                    }
+                    continue;
+                }
+                () = poll_held(&mut held) => {
+                    if let Some((proposed, _)) = held.take() {
+                        confirming = Some(confirm(&entry, &discovery, proposed));
+                    }
+                    continue;
+                }
                 _ = tick(&mut ticks) => {
                     // Effective weights move with health scores, and ejections run out.
                     entry.rebuild();
@@ -1244,21 +1497,28 @@ async fn watch(
                     continue;
                 }
             };
-            let error = match result.and_then(canonical) {
-                Ok(endpoints) if entry.is_mass_removal(&endpoints) => {
-                    match confirm_removal(&entry, &*discovery, endpoints).await {
-                        Ok(()) => continue,
-                        Err(error) => error,
+            let error = match result {
+                Ok(valid) => {
+                    entry.note_rejected(valid.rejected);
+                    if entry.is_mass_removal(&valid.endpoints) {
+                        // Asked again beside the stream; a newer answer replaces the question.
+                        confirming = Some(confirm(&entry, &discovery, valid.endpoints));
+                    } else {
+                        confirming = None;
+                        held = None;
+                        entry.apply(valid.endpoints);
                     }
-                }
-                Ok(endpoints) => {
-                    entry.apply(endpoints);
                     continue;
                 }
                 Err(error) => error,
             };
             let never_resolved = entry.current.load().is_none();
             let unknown = error.is_unknown_service();
+            if error.kind() == DiscoveryErrorKind::NotOffered {
+                confirming = None;
+                held = None;
+                entry.withdraw();
+            }
             entry.record_error(error);
             if unknown && never_resolved {
                 // Do not keep a task (and a map entry) for every name a caller invents.
@@ -1273,13 +1533,13 @@ async fn watch(
     }
 }
 
-/// Asks the backend again before applying an update that removes most endpoints: the
-/// second answer is applied if it is the same set, or if it no longer removes too many.
-async fn confirm_removal(
-    entry: &Arc<ServiceEntry>,
-    discovery: &dyn Discovery,
+/// Asks the backend again about `proposed`, an update that removes most endpoints: the
+/// answer confirms it if it is the same set, or if it no longer removes too many.
+fn confirm(
+    entry: &ServiceEntry,
+    discovery: &Arc<dyn Discovery>,
     proposed: Arc<[Endpoint]>,
-) -> Result<(), DiscoveryError> {
+) -> Confirmation {
     let current = entry
         .current
         .load()
@@ -1291,13 +1551,28 @@ async fn confirm_removal(
         proposed = proposed.len(),
         "update removes most endpoints; asking the backend again"
     );
-    let second = canonical(discovery.discover(&entry.name).await?)?;
-    if second == proposed || !entry.is_mass_removal(&second) {
-        entry.apply(second);
-    } else {
-        entry.hold_removal(current, second.len());
+    let discovery = discovery.clone();
+    let name = entry.name.clone();
+    Box::pin(async move {
+        let second = discovery.discover(&name).await.and_then(canonical);
+        (proposed, second)
+    })
+}
+
+/// The confirmation in flight, or never.
+async fn poll_opt<T>(future: &mut Option<BoxFuture<'static, T>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
-    Ok(())
+}
+
+/// The re-check of a held removal coming due, or never.
+async fn poll_held(held: &mut Held) {
+    match held {
+        Some((_, sleep)) => sleep.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next maintenance tick, or never.
@@ -1500,10 +1775,152 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_keeps_its_usable_endpoints_and_fails_only_when_none_is() {
+        let answer = |endpoints: Vec<Endpoint>| Discovered::new(endpoints);
+        let good = endpoint(1);
+        let port_zero = Endpoint::new(([10, 0, 0, 9], 0));
+        let bad_host = Endpoint::new(crate::EndpointAddr::Host("bad host".into(), 80));
+        let valid = canonical(answer(vec![
+            port_zero.clone(),
+            good.clone(),
+            bad_host.clone(),
+        ]))
+        .expect("one usable endpoint is enough");
+        assert_eq!(&*valid.endpoints, [good]);
+        let reasons: Vec<_> = valid.rejected.iter().map(|r| r.reason).collect();
+        assert_eq!(
+            reasons,
+            [RejectReason::InvalidPort, RejectReason::InvalidAddress]
+        );
+        let all_bad = canonical(answer(vec![port_zero, bad_host]))
+            .err()
+            .expect("no usable endpoint");
+        assert_eq!(all_bad.kind(), DiscoveryErrorKind::Malformed);
+        assert!(
+            all_bad.to_string().contains("every one of its 2 instances"),
+            "{all_bad}"
+        );
+        // An empty answer is no answer of bad instances: it is a (guarded) empty set.
+        assert!(canonical(answer(Vec::new())).is_ok());
+    }
+
+    #[test]
+    fn a_rejected_instance_is_counted_once_while_it_stays() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let entry = ServiceEntry::new(
+            ServiceName::new("orders").expect("valid"),
+            Balancer::default(),
+            PickRng::for_service(Some(1), "orders"),
+            Registry::builder().safety,
+            Arc::new(StaticDiscovery::new()),
+            Weak::new(),
+        );
+        let mut answer = Discovered::default();
+        answer.reject("a", RejectReason::InvalidPort, "port 0");
+        answer.reject("b", RejectReason::InvalidWeight, "weight x");
+        metrics::with_local_recorder(&recorder, || {
+            entry.note_rejected(answer.rejected.clone());
+            entry.note_rejected(answer.rejected.clone());
+            entry.note_rejected(answer.rejected[..1].to_vec());
+            entry.note_rejected(answer.rejected.clone());
+        });
+        let counted: u64 = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == crate::observe::REJECTED_INSTANCES)
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => n,
+                _ => 0,
+            })
+            .sum();
+        // a once; b once, and again when it came back after an answer without it.
+        assert_eq!(counted, 3);
+        assert_eq!(entry.status().rejected_total, 3);
+        assert_eq!(entry.status().rejected.len(), 2);
+    }
+
+    /// A call's outcome that ejects or pauses an endpoint rebuilds the snapshot it read; an
+    /// update landing meanwhile must not be overwritten by that rebuild.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_never_puts_back_a_set_an_update_replaced() {
+        let (_discovery, registry) = resolved(&[1, 2, 3], None).await;
+        let entry = registry.resolved_entry("orders").expect("entry");
+        let sets: [Arc<[Endpoint]>; 2] = [
+            vec![endpoint(1), endpoint(2), endpoint(3)].into(),
+            vec![endpoint(1), endpoint(2), endpoint(4)].into(),
+        ];
+        let stop = Arc::new(AtomicBool::new(false));
+        let rebuilder = std::thread::spawn({
+            let entry = entry.clone();
+            let stop = stop.clone();
+            move || {
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let current = entry.current.load_full().expect("resolved");
+                    // Outcomes that move health scores, so that each rebuild stores a table.
+                    let outcome = if k.is_multiple_of(2) {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    };
+                    current.record(0, outcome, Duration::from_micros(100 + k % 900));
+                    drop(current);
+                    entry.rebuild();
+                }
+            }
+        });
+        let mut reverted = 0;
+        for round in 0..3_000 {
+            let set = sets[round % 2].clone();
+            entry.apply(set.clone());
+            for _ in 0..20 {
+                let current = entry.current.load_full().expect("resolved");
+                if current.endpoints != set {
+                    reverted += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        rebuilder.join().expect("rebuilder");
+        assert_eq!(reverted, 0, "reads that saw a replaced set come back");
+        assert_eq!(
+            entry.current.load_full().expect("resolved").endpoints,
+            sets[1],
+            "the last update stands"
+        );
+    }
+
+    #[test]
+    fn a_refused_ejection_starts_the_run_of_failures_over() {
+        let detection = OutlierDetection::default()
+            .consecutive_failures(3)
+            .max_ejected_share(0.0);
+        let stats = EndpointStats::default();
+        let epoch = Instant::now();
+        let fail = || stats.record(Outcome::Failure, Duration::from_millis(1), 0.3);
+        assert_eq!((fail(), fail(), fail()), (1, 2, 3));
+        // Ejected: the run starts over, and the multiplier grows.
+        assert_eq!(
+            stats.eject(epoch, epoch, &detection),
+            Duration::from_secs(30)
+        );
+        assert_eq!((fail(), fail(), fail()), (1, 2, 3));
+        // Refused (the share is full): the run starts over all the same, so the endpoint
+        // is judged again after as many failures, not never.
+        stats.spare_ejection();
+        assert_eq!(fail(), 1);
+    }
+
+    #[test]
     fn a_snapshot_is_sorted_by_address_without_duplicates_however_it_came() {
         let addrs = |set: Vec<u8>| -> Vec<String> {
-            canonical(set.into_iter().map(endpoint).collect())
+            canonical(set.into_iter().map(endpoint).collect::<Vec<_>>().into())
                 .expect("valid")
+                .endpoints
                 .iter()
                 .map(|e| e.addr().to_string())
                 .collect()

@@ -106,7 +106,7 @@ impl fmt::Debug for StaticDiscovery {
 impl Discovery for StaticDiscovery {
     fn discover<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
         let result = match self.lock().get(service) {
-            Some(sender) => Ok(sender.borrow().to_vec()),
+            Some(sender) => Ok(sender.borrow().to_vec().into()),
             None => Err(DiscoveryError::unknown_service()),
         };
         Box::pin(std::future::ready(result))
@@ -127,7 +127,7 @@ impl Discovery for StaticDiscovery {
                 // Ends when every handle to this StaticDiscovery is gone.
                 receiver.changed().await.ok()?;
                 let endpoints = receiver.borrow_and_update().to_vec();
-                Some((Ok(endpoints), receiver))
+                Some((Ok(endpoints.into()), receiver))
             },
         ))
     }

@@ -67,6 +67,10 @@ pub const DISCOVERY_ENDPOINTS: &str = "proxyless.discovery.endpoints";
 pub const DISCOVERY_AGE: &str = "proxyless.discovery.snapshot_age";
 /// Failed discovery refreshes (counter; `server.address`).
 pub const DISCOVERY_ERRORS: &str = "proxyless.discovery.refresh_errors";
+/// Instances of a registry's answer skipped as unusable, counted when each first appears
+/// (counter; `server.address`, `reason`: see
+/// [`RejectReason::as_str`](crate::discovery::RejectReason::as_str)).
+pub const REJECTED_INSTANCES: &str = "proxyless.discovery.rejected_instances";
 /// Outbound tokens signed or fetched (counter; `source`: `jwt`, `oauth2`).
 pub const TOKEN_REFRESHES: &str = "proxyless.auth.token_refreshes";
 /// Inbound tokens refused (counter; `reason`, from

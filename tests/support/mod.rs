@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
-use proxyless::discovery::{BoxFuture, BoxStream, DiscoveryResult};
+use proxyless::discovery::{BoxFuture, BoxStream, Discovered, DiscoveryResult};
 use proxyless::{Discovery, DiscoveryError, Endpoint, MeshClient, ServiceName};
 use tokio::sync::mpsc;
 
@@ -188,7 +188,7 @@ pub async fn wait_for_version(mesh: &MeshClient, service: &str, version: u64) {
 #[derive(Clone)]
 pub struct ScriptedDiscovery {
     streams: Arc<std::sync::Mutex<Vec<Watch>>>,
-    answers: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Endpoint>>>>,
+    answers: Arc<std::sync::Mutex<std::collections::HashMap<String, Discovered>>>,
     pub discover_calls: Arc<std::sync::atomic::AtomicUsize>,
     pub dropped: Arc<AtomicBool>,
 }
@@ -204,11 +204,11 @@ impl ScriptedDiscovery {
     }
 
     /// What `discover` answers for `service` from now on (until the next push of a set).
-    pub fn set_answer(&self, service: &str, endpoints: Vec<Endpoint>) {
+    pub fn set_answer(&self, service: &str, answer: impl Into<Discovered>) {
         self.answers
             .lock()
             .expect("lock")
-            .insert(service.to_owned(), endpoints);
+            .insert(service.to_owned(), answer.into());
     }
 
     /// Sends a result to every open watch of `service`.
