@@ -49,3 +49,58 @@ impl<'de> serde::Deserialize<'de> for Secret {
         String::deserialize(deserializer).map(Secret::from)
     }
 }
+
+/// A URL as it may be shown: with any user name and password in it (`http://user:pass@host`,
+/// as Eureka and Consul addresses are sometimes written) replaced by `***`. Text that is not
+/// a URL keeps only what follows its last `@`.
+pub(crate) fn redact_url(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('@') {
+        return text.into();
+    }
+    match url::Url::parse(text) {
+        Ok(mut url)
+            if text.contains("://") && (!url.username().is_empty() || url.password().is_some()) =>
+        {
+            let _ = url.set_password(None);
+            let _ = url.set_username("***");
+            url.to_string().into()
+        }
+        // An `@` in a URL's path or query is no credential.
+        Ok(_) if text.contains("://") => text.into(),
+        _ => {
+            let host = text.rsplit('@').next().unwrap_or_default();
+            format!("***@{host}").into()
+        }
+    }
+}
+
+/// A URL (or address) that may carry credentials, kept as written and shown redacted (see
+/// [`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct UrlText(pub(crate) String);
+
+impl fmt::Debug for UrlText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_in_urls_are_never_shown() {
+        for (url, shown) in [
+            (
+                "http://user:pa55@eureka:8761/eureka",
+                "http://***@eureka:8761/eureka",
+            ),
+            ("https://token@consul:8501", "https://***@consul:8501/"),
+            ("http://consul:8500", "http://consul:8500"),
+            ("user:pa55@consul:8500", "***@consul:8500"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+}

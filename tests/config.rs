@@ -423,3 +423,51 @@ async fn traffic_policies_come_from_config_per_service() {
         assert!(mesh.get("http://billing/").send().await.is_ok());
     }
 }
+
+#[cfg(all(feature = "consul", feature = "eureka", feature = "toml"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_written_into_registry_urls_are_never_shown() {
+    let toml = r#"
+        [client]
+        discovery = "eureka"
+
+        [discovery.eureka]
+        kind = "eureka"
+        url = "http://eureka-user:s3cr3t-eureka@127.0.0.1:1/eureka"
+
+        [discovery.consul]
+        kind = "consul"
+        address = "http://consul-user:s3cr3t-consul@127.0.0.1:1"
+    "#;
+    let config = MeshConfig::from_toml_str(toml).expect("valid");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("127.0.0.1:1"), "{shown}");
+
+    let eureka = proxyless::discovery::EurekaDiscovery::builder(
+        "http://eureka-user:s3cr3t-eureka@127.0.0.1:1/eureka",
+    );
+    assert!(!format!("{eureka:?}").contains("s3cr3t"));
+    let eureka = eureka.build().expect("valid");
+    assert!(!format!("{eureka:?}").contains("s3cr3t"));
+    let consul = proxyless::discovery::ConsulDiscovery::builder()
+        .address("http://consul-user:s3cr3t-consul@127.0.0.1:1");
+    assert!(!format!("{consul:?}").contains("s3cr3t"));
+    assert!(!format!("{:?}", consul.build().expect("valid")).contains("s3cr3t"));
+
+    // Nothing listens on port 1: the failure says so, without the credentials.
+    let mesh = MeshClient::builder()
+        .discovery(eureka)
+        .build()
+        .expect("valid client");
+    let err = mesh.get("http://orders/").send().await.expect_err("down");
+    let mut chain = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain.push_str(&format!(" {s} {s:?}"));
+        source = s.source();
+    }
+    let status = mesh.discovery_status("orders").expect("watched");
+    chain.push_str(&format!(" {status:?}"));
+    assert!(!chain.contains("s3cr3t"), "{chain}");
+}

@@ -477,3 +477,47 @@ async fn an_instance_registered_without_a_port_is_skipped_not_fatal() {
         "an answer whose every instance is bad keeps the last good set"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_fails_the_first_request_within_the_query_timeout() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let discovery = ConsulDiscovery::builder()
+        .address(format!("http://{addr}"))
+        .query_timeout(Duration::from_millis(300))
+        .build()
+        .expect("valid");
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .first_snapshot_timeout(Duration::from_secs(20))
+        .build()
+        .expect("valid client");
+    let started = std::time::Instant::now();
+    let err = mesh
+        .get("http://my-service/")
+        .send()
+        .await
+        .expect_err("no answer");
+    // The query's own timeout ends the wait, long before the first-snapshot timeout (and
+    // the blocking wait of five minutes).
+    assert!(err.is_discovery(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{err:?}");
+    let status = mesh.discovery_status("my-service").expect("watched");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not answer in time")),
+        "{status:?}"
+    );
+    held.abort();
+}

@@ -563,7 +563,11 @@ async fn a_held_mass_removal_is_asked_about_again_on_a_timer() {
     discovery.push_only("orders", || Ok(all[3..].to_vec().into()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let status = mesh.discovery_status("orders").expect("watched");
-    assert_eq!((status.removals_held, status.endpoints), (1, 4), "{status:?}");
+    assert_eq!(
+        (status.removals_held, status.endpoints),
+        (1, 4),
+        "{status:?}"
+    );
 
     // Within a jittered 30 s the registry is asked again, and its answer, the same as the
     // held one, confirms the removal.
@@ -609,7 +613,12 @@ async fn a_confirmation_that_hangs_stalls_neither_updates_nor_maintenance() {
     assert_eq!((status.version, status.endpoints), (2, 3), "{status:?}");
     // And the maintenance tick runs: the snapshot's age is published, so it goes on.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(mesh.discovery_status("orders").expect("watched").age.is_some());
+    assert!(
+        mesh.discovery_status("orders")
+            .expect("watched")
+            .age
+            .is_some()
+    );
 }
 
 /// A backend whose first watch stream panics after its first answer; later ones answer

@@ -46,6 +46,7 @@
 //! [`MeshClientBuilder::from_config`] turns one into the other.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,7 +167,9 @@ impl BackendKind {
 
 /// A discovery backend. `kind` says which; each setting belongs to some kinds only, and a
 /// setting of another kind is an error. See each backend's builder for what a setting does.
-#[derive(Clone, Debug, Deserialize)]
+///
+/// Its `Debug` shows `address` and `url` without any credentials written into them.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BackendConfig {
@@ -199,6 +202,9 @@ pub struct BackendConfig {
     /// consul: how long a blocking query waits.
     #[serde(default, deserialize_with = "duration::optional")]
     pub wait: Option<Duration>,
+    /// consul: how long a non-blocking query may take (5 s unless set).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub query_timeout: Option<Duration>,
     /// dns_srv: the domain after `_<service>._tcp.`; dns_a: the domain after `<service>.`.
     #[serde(default)]
     pub domain: Option<String>,
@@ -220,6 +226,34 @@ pub struct BackendConfig {
     /// eureka: how often to poll.
     #[serde(default, deserialize_with = "duration::optional")]
     pub poll_interval: Option<Duration>,
+}
+
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn redacted(url: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+            url.as_deref().map(crate::secret::redact_url)
+        }
+        f.debug_struct("BackendConfig")
+            .field("kind", &self.kind)
+            .field("address", &redacted(&self.address))
+            .field("token", &self.token)
+            .field("datacenter", &self.datacenter)
+            .field("tags", &self.tags)
+            .field("include_warning", &self.include_warning)
+            .field("consistency", &self.consistency)
+            .field("namespace", &self.namespace)
+            .field("partition", &self.partition)
+            .field("wait", &self.wait)
+            .field("query_timeout", &self.query_timeout)
+            .field("domain", &self.domain)
+            .field("port", &self.port)
+            .field("nameservers", &self.nameservers)
+            .field("min_ttl", &self.min_ttl)
+            .field("max_ttl", &self.max_ttl)
+            .field("url", &redacted(&self.url))
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
 }
 
 /// One statically listed endpoint.
@@ -469,7 +503,7 @@ impl MeshConfig {
 
 impl BackendConfig {
     /// The settings given, by name, with the kinds each belongs to.
-    fn settings(&self) -> [(&'static str, bool, &'static [BackendKind]); 16] {
+    fn settings(&self) -> [(&'static str, bool, &'static [BackendKind]); 17] {
         use BackendKind::*;
         [
             ("address", self.address.is_some(), &[Consul]),
@@ -481,6 +515,7 @@ impl BackendConfig {
             ("namespace", self.namespace.is_some(), &[Consul]),
             ("partition", self.partition.is_some(), &[Consul]),
             ("wait", self.wait.is_some(), &[Consul]),
+            ("query_timeout", self.query_timeout.is_some(), &[Consul]),
             ("domain", self.domain.is_some(), &[DnsSrv, DnsA]),
             ("port", self.port.is_some(), &[DnsA]),
             ("nameservers", self.nameservers.is_some(), &[DnsSrv, DnsA]),
@@ -520,6 +555,7 @@ impl BackendConfig {
         }
         for (name, value) in [
             ("wait", self.wait),
+            ("query_timeout", self.query_timeout),
             ("min_ttl", self.min_ttl),
             ("max_ttl", self.max_ttl),
             ("poll_interval", self.poll_interval),
@@ -576,6 +612,9 @@ impl BackendConfig {
                 }
                 if let Some(wait) = self.wait {
                     b = b.wait(wait);
+                }
+                if let Some(timeout) = self.query_timeout {
+                    b = b.query_timeout(timeout);
                 }
                 Ok(Arc::new(b.build().map_err(rename)?))
             }

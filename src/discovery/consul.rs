@@ -50,7 +50,7 @@ use super::{
 };
 use crate::endpoint::{Endpoint, EndpointAddr, Health, ServiceName};
 use crate::error::Error;
-use crate::secret::Secret;
+use crate::secret::{Secret, UrlText, redact_url};
 use std::sync::Arc;
 
 /// The agent's address when neither the builder nor `CONSUL_HTTP_ADDR` gives one.
@@ -59,11 +59,15 @@ pub const DEFAULT_CONSUL_ADDR: &str = "http://127.0.0.1:8500";
 /// How long a blocking query waits for a change, unless set: Consul's own default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
+/// How long a non-blocking query (the first one, and the second fetch that confirms a mass
+/// removal) may take unless set.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Builds a [`ConsulDiscovery`].
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct ConsulBuilder {
-    address: Option<String>,
+    address: Option<UrlText>,
     token: Option<Secret>,
     datacenter: Option<String>,
     tags: Vec<String>,
@@ -72,6 +76,7 @@ pub struct ConsulBuilder {
     namespace: Option<String>,
     partition: Option<String>,
     wait: Duration,
+    query_timeout: Duration,
     max_body_bytes: usize,
     burst: u32,
     refill: Duration,
@@ -90,6 +95,7 @@ impl Default for ConsulBuilder {
             namespace: None,
             partition: None,
             wait: DEFAULT_WAIT,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             burst: 2,
             refill: Duration::from_secs(15),
@@ -102,7 +108,7 @@ impl ConsulBuilder {
     /// The agent's HTTP address, `http://host:port` or `host:port`. Defaults to
     /// `CONSUL_HTTP_ADDR`, then to `http://127.0.0.1:8500`.
     pub fn address(mut self, address: impl Into<String>) -> Self {
-        self.address = Some(address.into());
+        self.address = Some(UrlText(address.into()));
         self
     }
 
@@ -156,6 +162,15 @@ impl ConsulBuilder {
         self
     }
 
+    /// How long a non-blocking query may take (5 s unless set): the first query of a
+    /// service, and the second fetch that confirms a mass removal. An agent that accepts the
+    /// connection and never answers fails them within this time, not the blocking wait's;
+    /// a blocking query may take its `wait`, Consul's jitter of up to `wait / 16`, and this.
+    pub fn query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
+        self
+    }
+
     /// The largest response body accepted (16 MiB unless set).
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
         self.max_body_bytes = limit;
@@ -194,6 +209,7 @@ impl ConsulBuilder {
         let address = self
             .address
             .clone()
+            .map(|a| a.0)
             .or_else(|| env("CONSUL_HTTP_ADDR").filter(|a| !a.is_empty()))
             .unwrap_or_else(|| DEFAULT_CONSUL_ADDR.to_owned());
         let with_scheme = if address.contains("://") {
@@ -208,6 +224,12 @@ impl ConsulBuilder {
         if self.wait.is_zero() || self.wait > Duration::from_secs(600) {
             return Err(Error::builder(
                 "consul.wait",
+                "must be above zero and at most 10 minutes",
+            ));
+        }
+        if self.query_timeout.is_zero() || self.query_timeout > Duration::from_secs(600) {
+            return Err(Error::builder(
+                "consul.query_timeout",
                 "must be above zero and at most 10 minutes",
             ));
         }
@@ -266,7 +288,7 @@ pub struct ConsulDiscovery {
 impl fmt::Debug for ConsulDiscovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsulDiscovery")
-            .field("address", &self.base.as_str())
+            .field("address", &redact_url(self.base.as_str()))
             .field("token", &self.settings.token)
             .field("datacenter", &self.settings.datacenter)
             .field("tags", &self.settings.tags)
@@ -336,7 +358,13 @@ impl ConsulDiscovery {
     /// One query; a blocking one when `index` is at least 1.
     async fn query(&self, service: &ServiceName, index: u64) -> Result<Answer, DiscoveryError> {
         // Consul adds up to wait/16 of jitter to a blocking query; allow for it and a margin.
-        let timeout = self.settings.wait + self.settings.wait / 16 + Duration::from_secs(10);
+        // A non-blocking query answers at once, or the agent is in trouble.
+        let settings = &self.settings;
+        let timeout = if index >= 1 {
+            settings.wait + settings.wait / 16 + settings.query_timeout
+        } else {
+            settings.query_timeout
+        };
         let mut request = self
             .http
             .get(self.url(service, index))

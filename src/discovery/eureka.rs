@@ -27,6 +27,7 @@ use super::http::{DEFAULT_MAX_BODY_BYTES, read_bounded, status_error, transport}
 use super::{BoxFuture, Discovered, Discovery, DiscoveryError, DiscoveryResult, RejectReason};
 use crate::endpoint::{Endpoint, EndpointAddr, Scheme, ServiceName};
 use crate::error::Error;
+use crate::secret::{UrlText, redact_url};
 
 /// How often Eureka is polled unless set: Eureka clients' own default.
 pub const DEFAULT_EUREKA_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -35,7 +36,7 @@ pub const DEFAULT_EUREKA_POLL_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct EurekaBuilder {
-    base: String,
+    base: UrlText,
     poll_interval: Duration,
     timeout: Duration,
     max_body_bytes: usize,
@@ -69,7 +70,7 @@ impl EurekaBuilder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<EurekaDiscovery, Error> {
-        let mut base = Url::parse(&self.base)
+        let mut base = Url::parse(&self.base.0)
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
             .ok_or_else(|| {
@@ -120,7 +121,7 @@ pub struct EurekaDiscovery {
 impl fmt::Debug for EurekaDiscovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EurekaDiscovery")
-            .field("url", &self.base.as_str())
+            .field("url", &redact_url(self.base.as_str()))
             .field("poll_interval", &self.settings.poll_interval)
             .finish_non_exhaustive()
     }
@@ -130,7 +131,7 @@ impl EurekaDiscovery {
     /// A builder for the Eureka server at `url`, such as `http://eureka:8761/eureka`.
     pub fn builder(url: impl Into<String>) -> EurekaBuilder {
         EurekaBuilder {
-            base: url.into(),
+            base: UrlText(url.into()),
             poll_interval: DEFAULT_EUREKA_POLL_INTERVAL,
             timeout: Duration::from_secs(10),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

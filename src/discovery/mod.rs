@@ -79,7 +79,9 @@ pub(crate) use registry::{Lookup, ServiceEntry, Snapshot};
 pub use static_list::StaticDiscovery;
 
 #[cfg(feature = "consul")]
-pub use consul::{ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_WAIT};
+pub use consul::{
+    ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_QUERY_TIMEOUT, DEFAULT_WAIT,
+};
 #[cfg(feature = "dns")]
 pub use dns::{DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DnsBuilder, DnsDiscovery};
 #[cfg(feature = "eureka")]
