@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use crate::endpoint::{EndpointAddr, ServiceName};
 
@@ -334,6 +335,21 @@ impl From<reqwest::Error> for Error {
     fn from(err: reqwest::Error) -> Self {
         Error::from_reqwest(err)
     }
+}
+
+/// The longest duration any setting takes: a year. Longer ones are mistakes (a unit read
+/// wrong), and some would overflow the clock when added to now.
+pub(crate) const MAX_SETTING_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Refuses a duration setting longer than [`MAX_SETTING_DURATION`], naming `field`.
+pub(crate) fn check_duration(field: &str, duration: Duration) -> Result<(), Error> {
+    if duration > MAX_SETTING_DURATION {
+        return Err(Error::builder(
+            field.to_owned(),
+            format!("{duration:?} is longer than the longest setting allowed, a year"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! The overall deadline of a call, retries and backoff included.
 //!
-//! A timeout for each attempt is the request's own (`RequestBuilder::timeout`, or
-//! [`RetryPolicy::per_attempt_timeout`](crate::retry::RetryPolicy::per_attempt_timeout));
-//! this layer bounds the whole call, as Envoy's route `timeout` does.
+//! This layer bounds the whole call, as Envoy's route `timeout` does. A timeout for each
+//! attempt is the request's own (`RequestBuilder::timeout`), or
+//! [`RetryPolicy::per_attempt_timeout`](crate::retry::RetryPolicy::per_attempt_timeout): the
+//! standalone retry layer sets it as the request's timeout for the transport to enforce; a
+//! [`MeshService`](crate::client::MeshService) enforces it with a table of its own, as below,
+//! and counts an attempt it cuts short against the attempt's endpoint.
 //!
 //! The deadlines of one service's calls are checked together on a tick, not each with a
 //! timer of its own: a call that runs out of time fails within a thirty-second of its timeout
@@ -312,8 +315,23 @@ impl Deadline {
         cx: &mut Context<'_>,
         deadlines: &Arc<Deadlines>,
     ) -> Poll<Error> {
+        self.poll_passed(cx, deadlines)
+            .map(|()| expired(deadlines.after))
+    }
+
+    /// [`poll_expired`](Self::poll_expired) for the deadline of one attempt.
+    pub(crate) fn poll_attempt_expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadlines: &Arc<Deadlines>,
+    ) -> Poll<Error> {
+        self.poll_passed(cx, deadlines)
+            .map(|()| attempt_expired(deadlines.after))
+    }
+
+    fn poll_passed(&mut self, cx: &mut Context<'_>, deadlines: &Arc<Deadlines>) -> Poll<()> {
         if crate::clock::now() >= self.at {
-            return Poll::Ready(expired(deadlines.after));
+            return Poll::Ready(());
         }
         match &self.registered {
             None => {
@@ -331,6 +349,14 @@ impl Deadline {
 #[inline(never)]
 fn expired(after: Duration) -> Error {
     Error::new(Kind::Timeout).with_message(format!("the call's deadline of {after:?} passed"))
+}
+
+/// The error of an attempt whose timeout, `after` from its start, passed. Out of line, as
+/// [`expired`].
+#[cold]
+#[inline(never)]
+fn attempt_expired(after: Duration) -> Error {
+    Error::new(Kind::Timeout).with_message(format!("the attempt's timeout of {after:?} passed"))
 }
 
 impl Drop for Deadline {

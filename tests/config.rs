@@ -156,7 +156,7 @@ fn invalid_configs_name_the_field() {
         ("[client]\nmax_staleness = \"0s\"".into(), "client.max_staleness"),
         ("[client]\nendpoint_labels = 0".into(), "client.endpoint_labels"),
         ("[client]\nbalancer = \"least_loaded\"".into(), "client.balancer"),
-        ("[client.traffic]\ntimeout = \"0s\"".into(), "client.traffic.timeout"),
+        ("[client.traffic]\ntimeout = \"15\"".into(), "client.traffic.timeout"),
         ("[client.traffic.retry]\nmax_attempts = 0".into(), "client.traffic.retry.max_attempts"),
         ("[client.traffic.retry]\nbudget_ratio = 0.0".into(), "client.traffic.retry.budget_ratio"),
         ("[client.traffic.retry]\nmax_atempts = 2".into(), "client.traffic.retry.max_atempts"),
@@ -470,4 +470,60 @@ async fn credentials_written_into_registry_urls_are_never_shown() {
     let status = mesh.discovery_status("orders").expect("watched");
     chain.push_str(&format!(" {status:?}"));
     assert!(!chain.contains("s3cr3t"), "{chain}");
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn absurd_durations_and_windows_are_errors_that_name_the_field() {
+    for (toml, field) in [
+        (
+            "[client.traffic]\ntimeout = \"9000h\"",
+            "client.traffic.timeout",
+        ),
+        (
+            "[client]\nfirst_snapshot_timeout = \"8761h\"",
+            "client.first_snapshot_timeout",
+        ),
+        (
+            "[client.traffic.breaker]\nwindow_calls = 4000000000",
+            "client.traffic.breaker.sliding_window",
+        ),
+        (
+            "[client.traffic.breaker]\nwindow_time = \"2000h\"",
+            "client.traffic.breaker.sliding_window",
+        ),
+        (
+            "[client.traffic.retry]\nbackoff_cap = \"2000000h\"",
+            "client.traffic.retry.backoff_cap",
+        ),
+    ] {
+        let got = field_of(
+            MeshConfig::from_toml_str(toml).and_then(|config| config.validate().map(|()| config)),
+        );
+        assert_eq!(got, field, "{toml}");
+    }
+
+    // The same in code: an error at build, never a panic when the duration is first used.
+    let err = proxyless::client::TrafficPolicy::default()
+        .timeout(Duration::MAX)
+        .validate()
+        .expect_err("a timeout past the clock");
+    assert_eq!(err.field(), Some("timeout"));
+    let err = proxyless::Registry::builder()
+        .first_snapshot_timeout(Duration::MAX)
+        .build()
+        .expect_err("past the clock");
+    assert_eq!(err.field(), Some("first_snapshot_timeout"));
+    let err = proxyless::balance::health::OutlierDetection::default()
+        .ejection_time(Duration::from_secs(1), Duration::MAX)
+        .validate()
+        .expect_err("past the clock");
+    assert_eq!(err.field(), Some("outlier_detection.ejection_time"));
+    let err = proxyless::breaker::BreakerConfig::default()
+        .sliding_window(proxyless::breaker::SlidingWindow::Time(
+            Duration::from_secs(10 * 365 * 24 * 3600),
+        ))
+        .validate()
+        .expect_err("a window of years");
+    assert_eq!(err.field(), Some("breaker.sliding_window"));
 }

@@ -456,3 +456,172 @@ async fn a_rate_limit_that_waits_sends_the_call_late_not_never() {
     );
     assert_eq!(control.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// Servers on the test's own runtime, so that paused time moves only when every one of them
+/// waits: `good` answer at once, naming themselves in `x-server`; one accepts connections
+/// and never answers, and counts them.
+async fn with_a_hung_endpoint(
+    good: usize,
+) -> (
+    Vec<proxyless::Endpoint>,
+    proxyless::Endpoint,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut endpoints = Vec::new();
+    for i in 0..good {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        endpoints.push(proxyless::Endpoint::new(
+            listener.local_addr().expect("addr"),
+        ));
+        let name = format!("s{i}");
+        let router = axum::Router::new().fallback(move || {
+            let name = name.clone();
+            async move { ([("x-server", name)], "ok") }
+        });
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_endpoint = proxyless::Endpoint::new(hung.local_addr().expect("addr"));
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = hung.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                open.push(stream);
+            }
+        }
+    });
+    (endpoints, hung_endpoint, accepted)
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_defaults_an_endpoint_that_never_answers_is_ejected_within_seconds() {
+    let (mut endpoints, hung, accepted) = with_a_hung_endpoint(2).await;
+    endpoints.push(hung.clone());
+    let discovery = StaticDiscovery::new()
+        .with("orders", endpoints)
+        .expect("valid");
+    // Every default: the per-attempt and overall timeouts, retries, ejection, scores.
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .build()
+        .expect("valid client");
+    let started = tokio::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..300 {
+        let call = tokio::time::Instant::now();
+        let result = mesh.get("http://orders/").send().await;
+        let took = call.elapsed();
+        slowest = slowest.max(took);
+        let response = result.unwrap_or_else(|e| panic!("call {i} failed after {took:?}: {e:?}"));
+        assert_eq!(response.status(), 200);
+    }
+    // Each call that met the hung endpoint waited one attempt's timeout (5 s), then went
+    // to another endpoint: none came near the overall timeout of 15 s.
+    assert!(slowest <= Duration::from_secs(6), "{slowest:?}");
+    // Five timeouts in a row eject it (Envoy's consecutive failures); then no call goes
+    // there while it is ejected.
+    let attempts = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (5..=6).contains(&attempts),
+        "{attempts} attempts at the hung endpoint"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = mesh
+        .registry()
+        .endpoint_status("orders")
+        .expect("resolved")
+        .into_iter()
+        .find(|s| s.addr == *hung.addr())
+        .expect("listed");
+    assert!(status.ejected, "{status:?}");
+    assert!(status.health_score < 0.0, "{status:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_attempt_timeout_moves_a_call_on_long_before_the_overall_deadline() {
+    let (mut endpoints, hung, accepted) = with_a_hung_endpoint(1).await;
+    endpoints.push(hung);
+    let discovery = StaticDiscovery::new()
+        .with("orders", endpoints)
+        .expect("valid");
+    let traffic = TrafficPolicy::default()
+        .timeout(Duration::from_secs(60))
+        .retry(RetryPolicy::default().per_attempt_timeout(Duration::from_secs(1)));
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .traffic(traffic)
+        .disable_outlier_detection()
+        .disable_health_scoring()
+        .build()
+        .expect("valid client");
+    for i in 0..40 {
+        let call = tokio::time::Instant::now();
+        let result = mesh.get("http://orders/").send().await;
+        let took = call.elapsed();
+        // With the overall deadline alone, a call sent to the hung endpoint would wait the
+        // whole 60 s and fail.
+        result.unwrap_or_else(|e| panic!("call {i} failed after {took:?}: {e:?}"));
+        assert!(took < Duration::from_millis(1500), "call {i} took {took:?}");
+    }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5,
+        "the hung endpoint was tried"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overall_deadline_that_ends_an_attempt_counts_against_its_endpoint() {
+    let (_, hung, _) = with_a_hung_endpoint(0).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [hung.clone()])
+        .expect("valid");
+    let traffic = TrafficPolicy::default()
+        .timeout(Duration::from_secs(2))
+        .retry(RetryPolicy::default().no_per_attempt_timeout())
+        .breaker(
+            BreakerConfig::default()
+                .minimum_calls(3)
+                .sliding_window(SlidingWindow::Count(3)),
+        );
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .traffic(traffic)
+        .build()
+        .expect("valid client");
+    for _ in 0..3 {
+        let call = tokio::time::Instant::now();
+        let err = mesh
+            .get("http://orders/")
+            .send()
+            .await
+            .expect_err("never answers");
+        assert!(err.is_timeout(), "{err:?}");
+        // The deadline, and one tick of the deadline table at most.
+        assert!(
+            call.elapsed() <= Duration::from_millis(2100),
+            "{:?}",
+            call.elapsed()
+        );
+    }
+    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    // Three failures recorded against it (a moving average of 0.9^3 of its successes).
+    assert!(status[0].success_rate < 0.75, "{status:?}");
+    // Three timeouts in three calls: the breaker opened.
+    let err = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("breaker open");
+    assert!(err.is_circuit_open(), "{err:?}");
+}

@@ -103,6 +103,7 @@ impl OutlierDetection {
 
     /// Checks the settings; an error names the one at fault.
     pub fn validate(&self) -> Result<(), Error> {
+        crate::error::check_duration("outlier_detection.ejection_time", self.max_ejection)?;
         if self.consecutive_failures == 0 {
             return Err(Error::builder(
                 "outlier_detection.consecutive_failures",
@@ -182,6 +183,7 @@ impl HealthScoring {
 
     /// Checks the settings; an error names the one at fault.
     pub fn validate(&self) -> Result<(), Error> {
+        crate::error::check_duration("health_scoring.update_period", self.update_period)?;
         if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
             return Err(Error::builder(
                 "health_scoring.smoothing",

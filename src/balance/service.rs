@@ -422,6 +422,26 @@ impl<F, R, C> ResponseFuture<F, R, C> {
         }
     }
 
+    /// Ends an attempt still in flight as a timeout: the deadline of the call it belongs to
+    /// passed. Its endpoint records a failure (for ejection and its health score) and leaves
+    /// the in-flight count; the future must not be polled again. An attempt that is only
+    /// dropped (cancelled by its caller) records nothing.
+    pub(crate) fn time_out(self: Pin<&mut Self>) {
+        if let Projection::Called {
+            call,
+            started,
+            span,
+            ..
+        } = self.project().state.project()
+            && call.active
+        {
+            call.end();
+            call.snapshot
+                .record(call.index, Outcome::Failure, crate::clock::since(*started));
+            span.record("outcome", "timeout");
+        }
+    }
+
     fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },

@@ -23,7 +23,17 @@ pub struct BreakerConfig {
     open_wait: Duration,
     open_wait_multiplier: f64,
     max_open_wait: Duration,
+    max_half_open_wait: Duration,
 }
+
+/// The longest a breaker stays half-open with every probe in flight, unless set.
+pub const DEFAULT_MAX_HALF_OPEN_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest window a breaker may keep: a count window of more calls, or a time window of
+/// more seconds (one bucket a second), is a configuration error.
+pub const MAX_WINDOW_CALLS: u32 = 1_000_000;
+/// See [`MAX_WINDOW_CALLS`].
+pub const MAX_WINDOW_TIME: Duration = Duration::from_secs(3600);
 
 impl Default for BreakerConfig {
     fn default() -> Self {
@@ -37,6 +47,7 @@ impl Default for BreakerConfig {
             open_wait: Duration::from_secs(60),
             open_wait_multiplier: 1.0,
             max_open_wait: Duration::from_secs(60),
+            max_half_open_wait: DEFAULT_MAX_HALF_OPEN_WAIT,
         }
     }
 }
@@ -94,6 +105,15 @@ impl BreakerConfig {
         self
     }
 
+    /// The longest the breaker stays half-open while every probe is in flight (30 s): past
+    /// it, the probes that never finished count as failures and the breaker opens again
+    /// (resilience4j's `maxWaitDurationInHalfOpenState`), so a probe that hangs cannot
+    /// wedge it.
+    pub fn max_half_open_wait(mut self, wait: Duration) -> Self {
+        self.max_half_open_wait = wait;
+        self
+    }
+
     /// Checks the settings; an error names the one at fault.
     pub fn validate(&self) -> Result<(), Error> {
         let percent = |name: &str, value: f64| {
@@ -122,6 +142,7 @@ impl BreakerConfig {
         positive("half_open_calls", self.half_open_calls > 0)?;
         positive("open_wait", !self.open_wait.is_zero())?;
         positive("slow_call_duration", !self.slow_call_duration.is_zero())?;
+        positive("max_half_open_wait", !self.max_half_open_wait.is_zero())?;
         positive(
             "sliding_window",
             match self.window {
@@ -129,6 +150,26 @@ impl BreakerConfig {
                 SlidingWindow::Time(d) => d.as_secs() > 0,
             },
         )?;
+        if match self.window {
+            SlidingWindow::Count(n) => n > MAX_WINDOW_CALLS,
+            SlidingWindow::Time(d) => d > MAX_WINDOW_TIME,
+        } {
+            return Err(Error::builder(
+                "breaker.sliding_window",
+                format!(
+                    "must hold at most {MAX_WINDOW_CALLS} calls or {} s",
+                    MAX_WINDOW_TIME.as_secs()
+                ),
+            ));
+        }
+        for (name, duration) in [
+            ("open_wait", self.open_wait),
+            ("open_wait_backoff", self.max_open_wait),
+            ("slow_call_duration", self.slow_call_duration),
+            ("max_half_open_wait", self.max_half_open_wait),
+        ] {
+            crate::error::check_duration(&format!("breaker.{name}"), duration)?;
+        }
         let grows = self.open_wait_multiplier.is_finite() && self.open_wait_multiplier >= 1.0;
         if !grows || self.max_open_wait < self.open_wait {
             return Err(Error::builder(
@@ -181,8 +222,9 @@ pub enum BreakerState {
 ///
 /// Differences from resilience4j: the open wait can grow on repeated opens
 /// ([`BreakerConfig::open_wait_backoff`], resilience4j's `waitIntervalFunctionInOpenState`);
-/// there is no forced or disabled state, and no maximum wait in half-open (a probe that never
-/// completes is bounded by the request's own timeout).
+/// there is no forced or disabled state. A breaker half-open with every probe in flight for
+/// [`BreakerConfig::max_half_open_wait`] opens again, counting the probes still out as
+/// failures, as resilience4j's `maxWaitDurationInHalfOpenState` does.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
@@ -208,8 +250,14 @@ struct Machine {
 #[derive(Debug)]
 enum State {
     Closed,
-    Open { until: Instant },
-    HalfOpen { permits: u32, results: Counts },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        permits: u32,
+        results: Counts,
+        since: Instant,
+    },
 }
 
 /// [`Breaker::closed`] when the breaker is open or half-open.
@@ -333,12 +381,32 @@ impl Breaker {
                 machine.state = State::HalfOpen {
                     permits: self.config.half_open_calls - 1,
                     results: Counts::default(),
+                    since: now,
                 };
                 tracing::info!(service = %self.service, "circuit breaker half-open");
                 self.transition("half_open", 1.0);
             }
-            State::HalfOpen { permits, .. } => {
+            State::HalfOpen {
+                permits,
+                results,
+                since,
+            } => {
                 if *permits == 0 {
+                    if now.saturating_duration_since(*since) >= self.config.max_half_open_wait {
+                        // The probes that never finished are failures: open again.
+                        let mut counts = *results;
+                        let missing = self.config.half_open_calls.saturating_sub(counts.calls);
+                        counts.calls += missing;
+                        counts.failures += missing;
+                        tracing::warn!(
+                            service = %self.service,
+                            unfinished = missing,
+                            "half-open probes did not finish within the maximum wait"
+                        );
+                        self.open(&mut machine, counts);
+                        return Err(Error::new(Kind::CircuitOpen)
+                            .with_message("half-open probes never finished; open again"));
+                    }
                     return Err(Error::new(Kind::CircuitOpen)
                         .with_message("half-open, and every probe is in flight"));
                 }
@@ -370,7 +438,9 @@ impl Breaker {
                     self.open(&mut machine, totals);
                 }
             }
-            State::HalfOpen { permits, results } => {
+            State::HalfOpen {
+                permits, results, ..
+            } => {
                 if outcome == Outcome::Ignored {
                     *permits += 1;
                     return;

@@ -36,7 +36,10 @@ mod window;
 mod tests;
 
 pub(crate) use gate::Ticket;
-pub use gate::{Breaker, BreakerConfig, BreakerState, Permit};
+pub use gate::{
+    Breaker, BreakerConfig, BreakerState, DEFAULT_MAX_HALF_OPEN_WAIT, MAX_WINDOW_CALLS,
+    MAX_WINDOW_TIME, Permit,
+};
 pub use layer::CircuitBreakerLayer;
 pub use service::{CircuitBreaker, ResponseFuture};
 pub use window::SlidingWindow;

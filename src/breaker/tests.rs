@@ -308,3 +308,36 @@ async fn the_layer_rejects_without_calling_the_inner_service() {
     assert!(err.is_circuit_open());
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn probes_that_never_finish_cannot_wedge_a_half_open_breaker() {
+    let b = breaker(small().max_half_open_wait(Duration::from_secs(10)));
+    for _ in 0..10 {
+        call(&b, Failure);
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // Three probes go out and hang: their permits are held, never recorded.
+    let hung: Vec<Permit> = (0..3).map(|_| b.try_acquire().expect("probe")).collect();
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let err = b.try_acquire().expect_err("every probe is out");
+    assert!(
+        err.to_string().contains("every probe is in flight"),
+        "{err}"
+    );
+    // Past the maximum wait the hung probes are failures: open again, then half-open
+    // after the open wait, with fresh probes.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(b.try_acquire().is_err());
+    assert_eq!(b.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..3 {
+        call(&b, Success);
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+    // The hung probes, finishing at last, belong to an old generation: ignored.
+    for permit in hung {
+        permit.record(Failure);
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+}

@@ -40,7 +40,7 @@ use crate::error::Error;
 pub use builder::MeshClientBuilder;
 pub use request::RequestBuilder;
 pub use stack::{MeshFuture, MeshService};
-pub use traffic::{MeshLayer, TrafficPolicy};
+pub use traffic::{DEFAULT_TIMEOUT, MeshLayer, TrafficPolicy};
 
 /// An HTTP client whose URLs name services, not hosts.
 ///

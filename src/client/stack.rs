@@ -31,6 +31,10 @@ use crate::timeout::{Deadline, Deadlines};
 pub(crate) struct Policies {
     pub(crate) metrics: MetricsLayer,
     pub(crate) timeout: Option<Arc<Deadlines>>,
+    /// The deadline of each attempt: the retry policy's per-attempt timeout, enforced here
+    /// so that an attempt that never answers is a timeout against its endpoint whatever the
+    /// transport.
+    pub(crate) attempt_timeout: Option<Arc<Deadlines>>,
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) rate: Option<Arc<RateLimiterState>>,
     pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
@@ -245,6 +249,11 @@ where
     let (shared, inner) = caller.parts();
     let policies = &*shared.policies;
     let record = policies.metrics.begin(&request);
+    // A request with a timeout of its own leaves it to the transport, for every attempt.
+    let attempt_timeout = match policies.attempt_timeout.as_ref() {
+        Some(deadlines) if request.timeout().is_none() => Some(deadlines.clone()),
+        _ => None,
+    };
     // A handle on the span, not a borrow of it: the record moves into the future below.
     let entered = record.span().clone().entered();
     let mut retry = policies
@@ -276,8 +285,13 @@ where
         }
     };
     let deadline = policies.timeout.as_deref().map(Deadline::new);
+    let calling = matches!(state, State::Calling { .. });
+    let attempt = attempt_timeout
+        .as_deref()
+        .filter(|_| calling)
+        .map(Deadline::new);
     drop(entered);
-    let spare = retry.is_some() || !matches!(state, State::Calling { .. });
+    let spare = retry.is_some() || !calling;
     let (shared, spare) = caller.keep(spare);
     MeshFuture {
         state,
@@ -287,6 +301,8 @@ where
             shared,
             retry,
             spare,
+            attempt_timeout,
+            attempt,
         },
         record,
     }
@@ -325,6 +341,10 @@ struct Call<S> {
     shared: Arc<Shared>,
     retry: Option<Box<RetryState<reqwest::Response>>>,
     spare: Option<S>,
+    /// The attempts' deadlines, unless the request has a timeout of its own.
+    attempt_timeout: Option<Arc<Deadlines>>,
+    /// The deadline of the attempt in flight.
+    attempt: Option<Deadline>,
 }
 
 impl<S> Drop for Call<S> {
@@ -403,15 +423,20 @@ where
         // One clock reading for whatever this poll ends: the attempt's latency, the
         // breaker's and the budget's windows, the call's metrics.
         let _step = crate::clock::step();
-        let this = self.project();
+        let mut this = self.project();
         let polled = {
             let _entered = this.record.span().enter();
-            match poll_attempts(this.state, this.call, cx) {
+            match poll_attempts(this.state.as_mut(), this.call, cx) {
                 Poll::Ready(result) => Poll::Ready(result),
                 Poll::Pending => match (this.deadline, &this.call.shared.policies.timeout) {
-                    (Some(deadline), Some(deadlines)) => {
-                        deadline.poll_expired(cx, deadlines).map(Err)
-                    }
+                    (Some(deadline), Some(deadlines)) => match deadline.poll_expired(cx, deadlines)
+                    {
+                        Poll::Ready(error) => {
+                            expire(this.state, this.call);
+                            Poll::Ready(Err(error))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
                     _ => Poll::Pending,
                 },
             }
@@ -420,6 +445,24 @@ where
         this.record
             .finish(&this.call.shared.policies.metrics, result.as_ref());
         Poll::Ready(result)
+    }
+}
+
+/// The call's deadline passed: the attempt in flight, if any, is a timeout against its
+/// endpoint and the breaker (an endpoint that never answers is failing, not merely slow).
+/// Out of line: few calls end so.
+#[inline(never)]
+fn expire<S>(state: Pin<&mut State<Attempt<S>>>, call: &mut Call<S>)
+where
+    S: Service<reqwest::Request>,
+{
+    if let StateProj::Calling { future } = state.project() {
+        future.time_out();
+        if let (Some(ticket), Some(breaker)) =
+            (call.permits.breaker.take(), &call.shared.policies.breaker)
+        {
+            breaker.settle(ticket, crate::classify::Outcome::Failure);
+        }
     }
 }
 
@@ -436,7 +479,19 @@ where
 {
     loop {
         let outcome = match state.as_mut().project() {
-            StateProj::Calling { future } => ready!(future.poll(cx)),
+            StateProj::Calling { mut future } => match future.as_mut().poll(cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => match (call.attempt.as_mut(), call.attempt_timeout.as_ref()) {
+                    (Some(attempt), Some(deadlines)) => {
+                        let error = ready!(attempt.poll_attempt_expired(cx, deadlines));
+                        // Counted against the endpoint here; the breaker and the retry
+                        // policy read it below, as any attempt's outcome.
+                        future.time_out();
+                        Err(error)
+                    }
+                    _ => return Poll::Pending,
+                },
+            },
             _ => match ready!(poll_between(state.as_mut(), call, cx)) {
                 Some(outcome) => outcome,
                 None => continue,
@@ -531,6 +586,7 @@ where
                         let _lent = call.retry.as_mut().map(|retry| retry.lend());
                         call.shared.router.call(spare, *request, None)
                     };
+                    call.attempt = call.attempt_timeout.as_deref().map(Deadline::new);
                     state.set(State::Calling { future });
                     return Poll::Ready(None);
                 }

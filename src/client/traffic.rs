@@ -20,9 +20,14 @@ use crate::retry::{RetryLayer, RetryPolicy};
 /// The policies around one service's calls, outermost first: an overall deadline, retries,
 /// a rate limit, a concurrency limit and a circuit breaker, then balancing.
 ///
-/// By default: retries with [`RetryPolicy::default`] (idempotent methods, 3 attempts, a
-/// budget of 20% + 10/s), a breaker with [`BreakerConfig::default`] (resilience4j's
-/// defaults), and no deadline, rate limit or concurrency limit.
+/// By default: an overall deadline of [`DEFAULT_TIMEOUT`] (Envoy's route default); retries
+/// with [`RetryPolicy::default`] (idempotent methods, 3 attempts, a budget of 20% + 10/s, 5 s
+/// for each attempt); a breaker with [`BreakerConfig::default`] (resilience4j's defaults);
+/// and no rate limit or concurrency limit.
+///
+/// A deadline that ends a call while an attempt is in flight counts that attempt as a
+/// timeout against its endpoint (outlier ejection, health score) and the breaker: an
+/// endpoint that accepts calls and never answers is a failing endpoint.
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct TrafficPolicy {
@@ -35,10 +40,13 @@ pub struct TrafficPolicy {
     auth: Option<crate::auth::AttachTokenLayer>,
 }
 
+/// The overall deadline of a call unless set: Envoy's default route timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl Default for TrafficPolicy {
     fn default() -> Self {
         TrafficPolicy {
-            timeout: None,
+            timeout: Some(DEFAULT_TIMEOUT),
             retry: Some(RetryPolicy::default()),
             breaker: Some(BreakerConfig::default()),
             rate_limit: None,
@@ -50,9 +58,16 @@ impl Default for TrafficPolicy {
 }
 
 impl TrafficPolicy {
-    /// Bounds each call, retries and backoff included.
+    /// Bounds each call, retries and backoff included ([`DEFAULT_TIMEOUT`] unless set).
     pub fn timeout(mut self, deadline: Duration) -> Self {
         self.timeout = Some(deadline);
+        self
+    }
+
+    /// No overall deadline: a call takes as long as its attempts (each bounded by its
+    /// per-attempt timeout, if any) and backoffs.
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = None;
         self
     }
 
@@ -113,7 +128,13 @@ impl TrafficPolicy {
     /// Checks every policy's settings; an error names the one at fault.
     pub fn validate(&self) -> Result<(), Error> {
         if self.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::builder("timeout", "must be above zero"));
+            return Err(Error::builder(
+                "timeout",
+                "must be above zero; no_timeout() turns it off",
+            ));
+        }
+        if let Some(timeout) = self.timeout {
+            crate::error::check_duration("timeout", timeout)?;
         }
         if let Some(retry) = &self.retry {
             retry.validate()?;
@@ -176,6 +197,10 @@ impl TrafficPolicy {
             policies: Arc::new(Policies {
                 metrics: MetricsLayer::new(name),
                 timeout: self.timeout.map(crate::timeout::Deadlines::new),
+                attempt_timeout: retry
+                    .as_ref()
+                    .and_then(RetryLayer::per_attempt_timeout)
+                    .map(crate::timeout::Deadlines::new),
                 retry,
                 rate,
                 concurrency: self.concurrency_limit.map(ConcurrencyLimitLayer::new),

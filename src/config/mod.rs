@@ -734,13 +734,18 @@ pub(crate) mod duration {
                 .map(Duration::from_secs)
                 .ok_or_else(|| format!("`{text}` is too long"))
         };
-        match unit {
-            "ms" => Ok(Duration::from_millis(number)),
-            "s" => seconds(1),
-            "m" => seconds(60),
-            "h" => seconds(3600),
-            _ => Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+        let duration = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => seconds(1)?,
+            "m" => seconds(60)?,
+            "h" => seconds(3600)?,
+            _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
+        };
+        // No setting is meant to be longer than a year; some would overflow the clock.
+        if duration > crate::error::MAX_SETTING_DURATION {
+            return Err(format!("`{text}` is longer than a year"));
         }
+        Ok(duration)
     }
 
     pub(crate) fn optional<'de, D: Deserializer<'de>>(
@@ -769,6 +774,8 @@ pub(crate) mod duration {
                 "5 s",
                 "5d",
                 "99999999999999999999h",
+                "9000h",
+                "5000000000000s",
             ] {
                 assert!(parse(bad).is_err(), "{bad:?} should be rejected");
             }

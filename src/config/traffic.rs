@@ -19,7 +19,8 @@ use crate::retry::{BudgetConfig, RetryPolicy};
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TrafficConfig {
-    /// The overall deadline of a call, retries included.
+    /// The overall deadline of a call, retries included (15 s unless set); `"0s"` turns
+    /// it off, as a route timeout of 0 does in Envoy.
     #[serde(default, deserialize_with = "duration::optional")]
     pub timeout: Option<Duration>,
     /// Retries.
@@ -125,7 +126,7 @@ pub struct RetryConfig {
     /// The largest backoff step.
     #[serde(default, deserialize_with = "duration::optional")]
     pub backoff_cap: Option<Duration>,
-    /// A timeout for each attempt.
+    /// A timeout for each attempt (5 s unless set); `"0s"` turns it off.
     #[serde(default, deserialize_with = "duration::optional")]
     pub per_attempt_timeout: Option<Duration>,
     /// Retries as a share of requests.
@@ -177,6 +178,9 @@ pub struct BreakerSection {
     /// The largest open wait.
     #[serde(default, deserialize_with = "duration::optional")]
     pub max_open_wait: Option<Duration>,
+    /// The longest the breaker stays half-open with every probe in flight (30 s).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub max_half_open_wait: Option<Duration>,
 }
 
 /// `[…traffic.rate_limit]`: `calls` per `per` (1 s), bursts of `burst` (as many as `calls`).
@@ -274,14 +278,10 @@ impl TrafficConfig {
         prefix: &str,
     ) -> Result<TrafficPolicy, Error> {
         let mut policy = TrafficPolicy::default();
-        if let Some(timeout) = self.timeout.or(default.timeout) {
-            if timeout.is_zero() {
-                return Err(Error::config(
-                    format!("{prefix}.timeout"),
-                    "must be above zero",
-                ));
-            }
-            policy = policy.timeout(timeout);
+        match self.timeout.or(default.timeout) {
+            Some(Duration::ZERO) => policy = policy.no_timeout(),
+            Some(timeout) => policy = policy.timeout(timeout),
+            None => {}
         }
         if let Some(retry) = self.retry.as_ref().or(default.retry.as_ref()) {
             policy = match retry.enabled {
@@ -354,8 +354,10 @@ impl RetryConfig {
                 self.backoff_cap.unwrap_or(defaults.cap),
             );
         }
-        if let Some(timeout) = self.per_attempt_timeout {
-            policy = policy.per_attempt_timeout(timeout);
+        match self.per_attempt_timeout {
+            Some(Duration::ZERO) => policy = policy.no_per_attempt_timeout(),
+            Some(timeout) => policy = policy.per_attempt_timeout(timeout),
+            None => {}
         }
         let mut budget = BudgetConfig::default();
         if let Some(ratio) = self.budget_ratio {
@@ -409,6 +411,9 @@ impl BreakerSection {
                 self.open_wait_multiplier.unwrap_or(1.0),
                 self.max_open_wait.unwrap_or(wait),
             );
+        }
+        if let Some(v) = self.max_half_open_wait {
+            config = config.max_half_open_wait(v);
         }
         Ok(config)
     }

@@ -135,6 +135,8 @@ impl DnsBuilder {
         if self.timeout.is_zero() {
             return Err(Error::builder("dns.timeout", "must be above zero"));
         }
+        crate::error::check_duration("dns.max_ttl", self.max_ttl)?;
+        crate::error::check_duration("dns.timeout", self.timeout)?;
         match &self.mode {
             Mode::Srv { domain, protocol } => {
                 Name::from_ascii(format!("_x._{protocol}.{domain}")).map_err(|e| {

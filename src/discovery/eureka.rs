@@ -86,6 +86,8 @@ impl EurekaBuilder {
                 "the poll interval and timeout must be above zero",
             ));
         }
+        crate::error::check_duration("eureka.poll_interval", self.poll_interval)?;
+        crate::error::check_duration("eureka.timeout", self.timeout)?;
         let http = match self.http.clone() {
             Some(http) => http,
             None => reqwest::Client::builder().build().map_err(|e| {

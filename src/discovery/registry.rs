@@ -232,6 +232,10 @@ impl RegistryBuilder {
                 "must be greater than zero",
             ));
         }
+        crate::error::check_duration("first_snapshot_timeout", self.first_snapshot_timeout)?;
+        if let Some(staleness) = self.safety.max_staleness {
+            crate::error::check_duration("max_staleness", staleness)?;
+        }
         if let Some(detection) = &self.safety.detection {
             detection.validate()?;
         }
@@ -1891,6 +1895,54 @@ mod tests {
             entry.current.load_full().expect("resolved").endpoints,
             sets[1],
             "the last update stands"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_never_goes_to_a_paused_or_ejected_endpoint_while_another_can_take_it() {
+        let (_discovery, registry) = resolved(&[1, 2, 3, 4], None).await;
+        let before = snapshot(&registry);
+        let addr = |i: usize| before.endpoints[i].addr().clone();
+        // Endpoint 1 pushed back, endpoint 2 ejected; the first attempt went to endpoint 0.
+        before.pushback(1, Duration::from_secs(60));
+        let entry = registry.resolved_entry("orders").expect("entry");
+        before.stats[2].eject(entry.epoch, Instant::now(), &OutlierDetection::default());
+        entry.rebuild();
+        let now = snapshot(&registry);
+        let mut tried = crate::retry::attempt::Tried::default();
+        tried.record_first(&addr(0));
+        for _ in 0..200 {
+            let next = now.untried(0, &tried);
+            assert_eq!(
+                now.endpoints[next].addr(),
+                &addr(3),
+                "only endpoint 3 may take it"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ejection_multiplier_falls_while_an_endpoint_stays_healthy() {
+        let detection = OutlierDetection::default();
+        let stats = EndpointStats::default();
+        let epoch = Instant::now();
+        let base = Duration::from_secs(30);
+        assert_eq!(stats.eject(epoch, epoch, &detection), base);
+        let back = epoch + Duration::from_secs(31);
+        stats.expire(epoch, back);
+        assert_eq!(stats.eject(epoch, back, &detection), base * 2, "grown");
+        // Healthy for three base times after its second ejection ran out: twice lowered.
+        let mut now = back + Duration::from_secs(61);
+        stats.expire(epoch, now);
+        for _ in 0..3 {
+            stats.decay(epoch, now, base);
+            now += base;
+        }
+        stats.decay(epoch, now, base);
+        assert_eq!(
+            stats.eject(epoch, now, &detection),
+            base,
+            "back to the base ejection time"
         );
     }
 

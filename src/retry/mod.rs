@@ -31,6 +31,6 @@ mod tests;
 
 pub use attempt::allow_non_idempotent_retries;
 pub use budget::{BudgetConfig, RetryBudget};
-pub use policy::RetryPolicy;
+pub use policy::{DEFAULT_PER_ATTEMPT_TIMEOUT, RetryPolicy};
 pub use service::{ResponseFuture, Retry, RetryLayer};
 pub(crate) use service::{RetryState, Settled};

@@ -7,12 +7,20 @@ use reqwest::Method;
 use super::budget::BudgetConfig;
 use crate::error::Error;
 
+/// The timeout of each attempt unless set: an endpoint that accepts a request and never
+/// answers fails the attempt after this long (a failure against it, for outlier ejection,
+/// health scores and the breaker), and the call moves on to another endpoint. Three such
+/// attempts fit the default overall deadline of 15 s.
+pub const DEFAULT_PER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A retry policy.
 ///
 /// By default: at most 3 attempts in all; only idempotent methods (RFC 9110 §9.2.2: `GET`,
 /// `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`); only outcomes the classifier calls failures
 /// (connect errors, timeouts, 502, 503, 504); exponential backoff with full jitter from 25 ms,
-/// capped at 250 ms; a budget of 20% of requests plus 10 per second.
+/// capped at 250 ms; a budget of 20% of requests plus 10 per second; a timeout of
+/// [`DEFAULT_PER_ATTEMPT_TIMEOUT`] for each attempt of a request that sets none of its own
+/// (Envoy's `per_try_timeout`, which also lives in its retry policy).
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct RetryPolicy {
@@ -29,7 +37,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             base: Duration::from_millis(25),
             cap: Duration::from_millis(250),
-            per_attempt_timeout: None,
+            per_attempt_timeout: Some(DEFAULT_PER_ATTEMPT_TIMEOUT),
             budget: BudgetConfig::default(),
         }
     }
@@ -50,9 +58,17 @@ impl RetryPolicy {
         self
     }
 
-    /// A timeout for each attempt, for requests that set none of their own.
+    /// A timeout for each attempt, for requests that set none of their own
+    /// ([`DEFAULT_PER_ATTEMPT_TIMEOUT`] unless set). It is the request's timeout, which
+    /// the transport enforces (reqwest does); its expiry is a failed attempt.
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// No timeout for each attempt: only the request's own, and the overall deadline.
+    pub fn no_per_attempt_timeout(mut self) -> Self {
+        self.per_attempt_timeout = None;
         self
     }
 
@@ -64,6 +80,10 @@ impl RetryPolicy {
 
     /// Checks the settings; an error names the one at fault.
     pub fn validate(&self) -> Result<(), Error> {
+        crate::error::check_duration("retry.backoff", self.cap)?;
+        if let Some(timeout) = self.per_attempt_timeout {
+            crate::error::check_duration("retry.per_attempt_timeout", timeout)?;
+        }
         if self.max_attempts == 0 {
             return Err(Error::builder("retry.max_attempts", "must be at least 1"));
         }

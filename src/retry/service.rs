@@ -135,11 +135,16 @@ where
 }
 
 impl<C: Clone> RetryLayer<C> {
+    /// The policy's timeout for each attempt.
+    pub(crate) fn per_attempt_timeout(&self) -> Option<Duration> {
+        self.rules.policy.per_attempt_timeout
+    }
+
     /// Starts a call of `request` under this policy: a deposit in the budget and the
     /// per-attempt timeout; then, if the call can be retried (its method, its options and
     /// its body allow it), what its retries need.
     pub(crate) fn begin<R>(&self, request: &mut reqwest::Request) -> Option<RetryState<R>> {
-        if !self.start(request) {
+        if !self.start(request, true) {
             return None;
         }
         let template = try_clone(request)?;
@@ -147,12 +152,13 @@ impl<C: Clone> RetryLayer<C> {
     }
 
     /// [`begin`](Self::begin), with what the retries need in a box, built with the copy of
-    /// `request` in place (not moved through an `Option` first).
+    /// `request` in place (not moved through an `Option` first). The per-attempt timeout is
+    /// left to the caller, which enforces it itself (the fused stack's attempt deadline).
     pub(crate) fn begin_boxed<R>(
         &self,
         request: &mut reqwest::Request,
     ) -> Option<Box<RetryState<R>>> {
-        if !self.start(request) {
+        if !self.start(request, false) {
             return None;
         }
         if request.body().is_some() {
@@ -181,10 +187,12 @@ impl<C: Clone> RetryLayer<C> {
         Some(Box::new(self.state(Template::Whole(request.try_clone()?))))
     }
 
-    /// The deposit and per-attempt timeout every call makes; whether it may be retried.
-    fn start(&self, request: &mut reqwest::Request) -> bool {
+    /// The deposit every call makes and, with `set_timeout`, the per-attempt timeout as the
+    /// request's own (for the transport to enforce); whether it may be retried.
+    fn start(&self, request: &mut reqwest::Request, set_timeout: bool) -> bool {
         self.rules.budget.deposit();
-        if let Some(timeout) = self.rules.policy.per_attempt_timeout
+        if set_timeout
+            && let Some(timeout) = self.rules.policy.per_attempt_timeout
             && request.timeout().is_none()
         {
             *request.timeout_mut() = Some(timeout);
