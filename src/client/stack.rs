@@ -250,10 +250,7 @@ where
     let policies = &*shared.policies;
     let record = policies.metrics.begin(&request);
     // A request with a timeout of its own leaves it to the transport, for every attempt.
-    let attempt_timeout = match policies.attempt_timeout.as_ref() {
-        Some(deadlines) if request.timeout().is_none() => Some(deadlines.clone()),
-        _ => None,
-    };
+    let attempts_timed = policies.attempt_timeout.is_some() && request.timeout().is_none();
     // A handle on the span, not a borrow of it: the record moves into the future below.
     let entered = record.span().clone().entered();
     let mut retry = policies
@@ -286,9 +283,10 @@ where
     };
     let deadline = policies.timeout.as_deref().map(Deadline::new);
     let calling = matches!(state, State::Calling { .. });
-    let attempt = attempt_timeout
+    let attempt = policies
+        .attempt_timeout
         .as_deref()
-        .filter(|_| calling)
+        .filter(|_| calling && attempts_timed)
         .map(Deadline::new);
     drop(entered);
     let spare = retry.is_some() || !calling;
@@ -301,7 +299,7 @@ where
             shared,
             retry,
             spare,
-            attempt_timeout,
+            attempts_timed,
             attempt,
         },
         record,
@@ -341,8 +339,9 @@ struct Call<S> {
     shared: Arc<Shared>,
     retry: Option<Box<RetryState<reqwest::Response>>>,
     spare: Option<S>,
-    /// The attempts' deadlines, unless the request has a timeout of its own.
-    attempt_timeout: Option<Arc<Deadlines>>,
+    /// Whether the attempts have deadlines (`shared`'s), which a request with a timeout of
+    /// its own leaves to the transport.
+    attempts_timed: bool,
     /// The deadline of the attempt in flight.
     attempt: Option<Deadline>,
 }
@@ -481,7 +480,10 @@ where
         let outcome = match state.as_mut().project() {
             StateProj::Calling { mut future } => match future.as_mut().poll(cx) {
                 Poll::Ready(outcome) => outcome,
-                Poll::Pending => match (call.attempt.as_mut(), call.attempt_timeout.as_ref()) {
+                Poll::Pending => match (
+                    call.attempt.as_mut(),
+                    call.shared.policies.attempt_timeout.as_ref(),
+                ) {
                     (Some(attempt), Some(deadlines)) => {
                         let error = ready!(attempt.poll_attempt_expired(cx, deadlines));
                         // Counted against the endpoint here; the breaker and the retry
@@ -586,7 +588,13 @@ where
                         let _lent = call.retry.as_mut().map(|retry| retry.lend());
                         call.shared.router.call(spare, *request, None)
                     };
-                    call.attempt = call.attempt_timeout.as_deref().map(Deadline::new);
+                    call.attempt = call
+                        .shared
+                        .policies
+                        .attempt_timeout
+                        .as_deref()
+                        .filter(|_| call.attempts_timed)
+                        .map(Deadline::new);
                     state.set(State::Calling { future });
                     return Poll::Ready(None);
                 }
