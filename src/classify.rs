@@ -75,20 +75,32 @@ impl HttpClassifier {
     }
 }
 
-/// `Retry-After` in seconds on a 429 or 503, capped at an hour. (The HTTP-date form is not
-/// read: clocks of two hosts are not to be trusted to agree.)
+/// The longest pause a `Retry-After` asks for that is honoured: Envoy's default maximum
+/// ejection time. (With outlier detection on, its `max_ejection` caps it instead.)
+pub const MAX_PUSHBACK: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `Retry-After` on a 429 or 503, in either form RFC 9110 §10.2.3 allows: a number of seconds,
+/// or an HTTP-date (read against this host's clock; a date past is a pause of zero). Capped
+/// at [`MAX_PUSHBACK`]; a value in neither form is no pushback.
 fn retry_after(status: u16, headers: &http::HeaderMap) -> Option<std::time::Duration> {
     if status != 429 && status != 503 {
         return None;
     }
-    let seconds: u64 = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(std::time::Duration::from_secs(seconds.min(3600)))
+    parse_retry_after(headers.get(http::header::RETRY_AFTER)?.as_bytes())
+}
+
+/// A `Retry-After` value's pause, capped at [`MAX_PUSHBACK`]; `None` if it is in neither form.
+pub(crate) fn parse_retry_after(value: &[u8]) -> Option<std::time::Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let pause = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is still "a long time".
+        std::time::Duration::from_secs(text.parse().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(text).ok()?;
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    };
+    Some(pause.min(MAX_PUSHBACK))
 }
 
 impl Classify<reqwest::Response> for HttpClassifier {
@@ -125,5 +137,44 @@ impl<B: 'static> Classify<http::Response<B>> for HttpClassifier {
 
     fn is_server_error(&self, response: &http::Response<B>) -> bool {
         response.status().is_server_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{MAX_PUSHBACK, parse_retry_after};
+
+    #[test]
+    fn retry_after_in_seconds_or_as_an_http_date_capped() {
+        assert_eq!(parse_retry_after(b"120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(b" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(b"3600"), Some(MAX_PUSHBACK));
+        assert_eq!(
+            parse_retry_after(b"99999999999999999999999999"),
+            Some(MAX_PUSHBACK)
+        );
+        let in_two_minutes = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let pause = parse_retry_after(in_two_minutes.as_bytes()).expect("a date");
+        assert!(
+            (Duration::from_secs(115)..=Duration::from_secs(120)).contains(&pause),
+            "{pause:?}"
+        );
+        // RFC 9110's example date, long past: retry now.
+        assert_eq!(
+            parse_retry_after(b"Fri, 31 Dec 1999 23:59:59 GMT"),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            &b""[..],
+            b"-5",
+            b"1.5",
+            b"soon",
+            b"\xff\xfe",
+            b"Fri, 31 Dec 1999",
+        ] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
     }
 }

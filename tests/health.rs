@@ -337,3 +337,54 @@ async fn an_endpoint_answering_500_is_ejected_though_500_is_not_retried() {
     let status = mesh.registry().endpoint_status("orders").expect("resolved");
     assert!(status.iter().any(|e| e.ejected), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_back_call_is_retried_on_another_endpoint_at_once() {
+    let (servers, controls) = controlled(2).await;
+    let mesh = MeshClient::builder()
+        .discovery(discovery(&servers))
+        .build()
+        .expect("valid client");
+    // s0 is down for maintenance for an hour, and says so.
+    controls[0].status.store(503, Ordering::SeqCst);
+    controls[0].retry_after.store(3600, Ordering::SeqCst);
+    for _ in 0..40 {
+        let response = mesh.get("http://orders/").send().await.expect("answered");
+        assert_eq!(response.status(), 200, "a pushback is retried elsewhere");
+        assert_eq!(support::server_of(&response), "s1");
+    }
+    assert_eq!(
+        controls[0].hits.load(Ordering::SeqCst),
+        1,
+        "paused after its first answer"
+    );
+    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    assert!(status.iter().any(|e| e.paused), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_page_on_every_endpoint_does_not_stop_every_call_without_ejection() {
+    let (servers, controls) = controlled(2).await;
+    let mesh = MeshClient::builder()
+        .discovery(discovery(&servers))
+        .disable_outlier_detection()
+        .build()
+        .expect("valid client");
+    for control in &controls {
+        control.status.store(503, Ordering::SeqCst);
+        control.retry_after.store(3600, Ordering::SeqCst);
+    }
+    // Every endpoint pauses itself: panic mode (on even with ejection off) keeps sending
+    // calls, and each caller sees the service's own answer, not an hour of "no endpoints".
+    for _ in 0..20 {
+        let response = mesh.get("http://orders/").send().await.expect("answered");
+        assert_eq!(response.status(), 503);
+    }
+    // The service comes back: calls succeed at once, not an hour later.
+    for control in &controls {
+        control.status.store(0, Ordering::SeqCst);
+        control.retry_after.store(0, Ordering::SeqCst);
+    }
+    let response = mesh.get("http://orders/").send().await.expect("answered");
+    assert_eq!(response.status(), 200);
+}

@@ -38,8 +38,11 @@
 //!
 //! # Pushback
 //!
-//! A `429` or `503` with `Retry-After` (seconds) pauses that endpoint for that long, at most
-//! `max_ejection`, without counting as a failure anywhere.
+//! A `429` or `503` with `Retry-After` (seconds or an HTTP-date, RFC 9110) pauses that
+//! endpoint for that long, at most `max_ejection` (or 300 s with ejection off), without
+//! counting as a failure anywhere; an idempotent call so pushed back is retried at once on
+//! another endpoint that can take it, within the retry budget. Panic mode covers pauses even
+//! with ejection off, so endpoints that all pause themselves still get calls.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

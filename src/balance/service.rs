@@ -422,6 +422,15 @@ impl<F, R, C> ResponseFuture<F, R, C> {
         }
     }
 
+    /// Whether the service has another endpoint than this attempt's, and than `tried`, that
+    /// may take traffic now.
+    pub(crate) fn can_go_elsewhere(&self, tried: &crate::retry::attempt::Tried) -> bool {
+        match &self.state {
+            State::Called { call, .. } => call.snapshot.has_other(call.index, tried),
+            State::Waiting { .. } | State::Failed { .. } => false,
+        }
+    }
+
     /// Ends an attempt still in flight as a timeout: the deadline of the call it belongs to
     /// passed. Its endpoint records a failure (for ejection and its health score) and leaves
     /// the in-flight count; the future must not be polled again. An attempt that is only

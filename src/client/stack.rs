@@ -359,6 +359,7 @@ impl<S> Drop for Call<S> {
 
 pin_project! {
     #[project = StateProj]
+    #[project_ref = StateProjRef]
     enum State<F> {
         // An attempt is in the balancer's hands.
         Calling { #[pin] future: F },
@@ -510,7 +511,12 @@ where
         let (Some(retry), Some(layer)) = (call.retry.as_mut(), &call.shared.policies.retry) else {
             return Poll::Ready(outcome);
         };
-        match retry.settle(layer, &outcome) {
+        let attempt = state.as_ref().project_ref();
+        let elsewhere = |tried: &crate::retry::attempt::Tried| match attempt {
+            StateProjRef::Calling { future } => future.can_go_elsewhere(tried),
+            _ => false,
+        };
+        match retry.settle(layer, &outcome, elsewhere) {
             Settled::Done => return Poll::Ready(outcome),
             Settled::Last => return Poll::Ready(retry.last_or(outcome)),
             Settled::Retry(delay) => {

@@ -652,10 +652,12 @@ impl Snapshot {
         let Some(entry) = self.entry.upgrade() else {
             return;
         };
-        let time = entry
-            .safety
-            .detection
-            .map_or(time, |d| time.min(d.max_ejection));
+        let time = time.min(
+            entry
+                .safety
+                .detection
+                .map_or(crate::classify::MAX_PUSHBACK, |d| d.max_ejection),
+        );
         self.stats[index].pause(entry.epoch, Instant::now(), time);
         tracing::info!(
             service = %self.service,
@@ -664,6 +666,22 @@ impl Snapshot {
             "endpoint pushed back; pausing it"
         );
         entry.rebuild();
+    }
+
+    /// Whether an endpoint other than `index`, and than those `tried`, may take traffic now:
+    /// listed as eligible, neither ejected nor paused.
+    pub(crate) fn has_other(&self, index: usize, tried: &crate::retry::attempt::Tried) -> bool {
+        let Some(entry) = self.entry.upgrade() else {
+            return false;
+        };
+        let now = Instant::now();
+        (0..self.endpoints.len()).any(|i| {
+            i != index
+                && self.endpoints[i].is_eligible()
+                && !self.stats[i].is_paused(entry.epoch, now)
+                && !self.stats[i].is_ejected(entry.epoch, now)
+                && !tried.contains(self.endpoints[i].addr())
+        })
     }
 
     /// `index` if the call has not tried that endpoint yet; otherwise another endpoint that
@@ -911,9 +929,16 @@ impl ServiceEntry {
                 let message = if snapshot.endpoints.is_empty() {
                     "the registry lists no endpoints".to_owned()
                 } else {
+                    let now = Instant::now();
+                    let count = |out: &dyn Fn(&EndpointStats) -> bool| {
+                        stats.iter().filter(|s| out(s)).count()
+                    };
                     format!(
-                        "none of the {} endpoints may take traffic (weight 0 or critical)",
-                        snapshot.endpoints.len()
+                        "none of the {} endpoints may take traffic: {} paused by their \
+                         Retry-After, {} ejected, the rest of weight 0 or critical",
+                        snapshot.endpoints.len(),
+                        count(&|s| s.is_paused(self.epoch, now)),
+                        count(&|s| s.is_ejected(self.epoch, now)),
                     )
                 };
                 Error::new(Kind::NoEndpoints)
@@ -1056,10 +1081,10 @@ impl ServiceEntry {
         let available_count = (0..endpoints.len())
             .filter(|&i| eligible(i) && !out(i))
             .count();
-        let panic = self
-            .safety
-            .detection
-            .is_some_and(|d| (available_count as f64) < d.panic_threshold * eligible_count as f64);
+        // Panic mode guards pauses too, so it stays on when ejection is off: a maintenance
+        // page answering `Retry-After` from every endpoint must not stop every call.
+        let threshold = self.safety.detection.unwrap_or_default().panic_threshold;
+        let panic = (available_count as f64) < threshold * eligible_count as f64;
         // Log the change, not every recomputation while it lasts.
         if self.panicking.swap(panic, Ordering::Relaxed) != panic {
             if panic {

@@ -348,26 +348,41 @@ impl<R> RetryState<R> {
     /// classifier (the layer that began the call). The result stays with the caller,
     /// which returns it or hands it to [`keep`](Self::keep): a response is not moved through
     /// here on every call.
+    ///
+    /// With `elsewhere`, the caller says that another endpoint can take a retry now: an
+    /// attempt that was pushed back (`429`, or `503` with `Retry-After`) is then retried there
+    /// at once, within the budget, as a pushback is no failure of the service.
     pub(crate) fn settle<C: Classify<R>>(
         &mut self,
         layer: &RetryLayer<C>,
         result: &Result<R, Error>,
+        elsewhere: impl FnOnce(&Tried) -> bool,
     ) -> Settled {
         if self.retried > 0 && result.as_ref().is_err_and(Error::is_circuit_open) {
             // A breaker below refused the retry: the call ends with its last real outcome.
             return Settled::Last;
         }
         let rules = &*layer.rules;
-        if self.retried + 1 >= rules.policy.max_attempts
-            || layer.classifier.classify(result.as_ref()) != Outcome::Failure
-        {
+        if self.retried + 1 >= rules.policy.max_attempts {
             return Settled::Done;
         }
+        let delay = match layer.classifier.classify(result.as_ref()) {
+            Outcome::Failure => rules.policy.delay(self.retried),
+            Outcome::Ignored
+                if result
+                    .as_ref()
+                    .is_ok_and(|r| layer.classifier.pushback(r).is_some())
+                    && elsewhere(&self.tried) =>
+            {
+                Duration::ZERO
+            }
+            _ => return Settled::Done,
+        };
         if !rules.budget.try_withdraw() {
             tracing::debug!("retry budget exhausted; not retrying");
             return Settled::Done;
         }
-        Settled::Retry(rules.policy.delay(self.retried))
+        Settled::Retry(delay)
     }
 
     /// Keeps the outcome of an attempt that is retried (after [`Settled::Retry`]).
@@ -448,7 +463,7 @@ where
                     }
                 }
             };
-            match retries.state.settle(&retries.layer, &result) {
+            match retries.state.settle(&retries.layer, &result, |_| false) {
                 Settled::Done => return Poll::Ready(result),
                 Settled::Last => return Poll::Ready(retries.state.last_or(result)),
                 Settled::Retry(delay) => {

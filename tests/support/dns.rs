@@ -210,8 +210,9 @@ impl Dnsmasq {
         command.stdout(std::process::Stdio::null());
         command.stderr(std::process::Stdio::null());
         let child = command.spawn().expect("dnsmasq starts");
-        // Wait until it answers on TCP (it opens UDP and TCP together).
-        for _ in 0..200 {
+        // Wait until it answers on TCP (it opens UDP and TCP together), up to 10 s: a
+        // machine busy with the rest of the suite can be slow to start it.
+        for _ in 0..1000 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
