@@ -719,3 +719,69 @@ impl Discovery for ArcDiscovery {
         self.0.clone().watch(service)
     }
 }
+
+/// Answers every name with an empty set, as Consul's health API answers `200 []` for a
+/// service it does not know.
+struct EveryName;
+
+impl Discovery for EveryName {
+    fn discover<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, DiscoveryResult> {
+        Box::pin(async { Ok(Vec::new().into()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_that_answers_every_name_keeps_a_bounded_set_of_services() {
+    let mesh = MeshClient::builder()
+        .discovery(EveryName)
+        .max_services(500)
+        .idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("valid client");
+    let mut refused = 0;
+    for i in 0..10_000 {
+        let err = mesh
+            .get(format!("http://svc-{i}/"))
+            .send()
+            .await
+            .expect_err("no endpoints");
+        if i < 500 {
+            assert!(err.is_no_endpoints(), "{i}: {err:?}");
+        } else {
+            assert!(err.is_discovery(), "{i}: {err:?}");
+            assert!(
+                std::error::Error::source(&err).is_none()
+                    && err.to_string().contains("service `svc-"),
+                "{err}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 9_500);
+    assert_eq!(mesh.registry().services().len(), 500);
+    assert!(mesh.stats("svc-0").is_some(), "a stack was built for svc-0");
+
+    // One service stays in use; the rest go idle and are forgotten, tasks and all.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let err = mesh.get("http://svc-7/").send().await.expect_err("empty");
+        assert!(err.is_no_endpoints(), "{err:?}");
+    }
+    assert_eq!(
+        mesh.registry().services(),
+        [ServiceName::new("svc-7").expect("valid")]
+    );
+    // New names are accepted again, and the stacks of forgotten services go with them.
+    let err = mesh
+        .get("http://svc-10000/")
+        .send()
+        .await
+        .expect_err("empty");
+    assert!(err.is_no_endpoints(), "{err:?}");
+    assert!(mesh.stats("svc-0").is_none(), "the forgotten service's stack is gone");
+    assert!(mesh.stats("svc-7").is_some());
+    // A forgotten service called again is resolved afresh.
+    let err = mesh.get("http://svc-3/").send().await.expect_err("empty");
+    assert!(err.is_no_endpoints(), "{err:?}");
+    assert_eq!(mesh.registry().services().len(), 3);
+}

@@ -161,7 +161,11 @@ impl<C> Router<C> {
             Err(error) => return failed(error, &request, keep),
         };
         let lookup = match &self.pinned {
-            Some(entry) if entry.name().as_str() == host => entry.lookup(),
+            Some(entry) if entry.name().as_str() == host => match entry.lookup() {
+                // The registry forgot the service (idle): it starts it afresh.
+                Ok(Lookup::Forgotten) => self.registry.lookup(host),
+                lookup => lookup,
+            },
             _ => self.registry.lookup(host),
         };
         match lookup {
@@ -178,6 +182,13 @@ impl<C> Router<C> {
                 };
                 ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
+            // The registry never answers so; the pinned entry's is handled above.
+            Ok(Lookup::Forgotten) => failed(
+                Error::new(crate::error::Kind::Discovery)
+                    .with_message("the service was forgotten while it was looked up"),
+                &request,
+                keep,
+            ),
             Ok(Lookup::Pending(entry)) => {
                 if let Some(keep) = keep {
                     *keep = Some(request.url().clone());

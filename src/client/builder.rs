@@ -74,6 +74,26 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Forgets a service after `idle` without a call (10 minutes unless set). See
+    /// [`RegistryBuilder::idle_timeout`].
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.registry = self.registry.idle_timeout(idle);
+        self
+    }
+
+    /// Never forgets a service for want of calls.
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.registry = self.registry.no_idle_timeout();
+        self
+    }
+
+    /// The most services watched at once (10 000 unless set). See
+    /// [`RegistryBuilder::max_services`].
+    pub fn max_services(mut self, max: usize) -> Self {
+        self.registry = self.registry.max_services(max);
+        self
+    }
+
     /// The share of a service's endpoints one update may remove before a second fetch must
     /// confirm it; 0.5 by default. See [`RegistryBuilder::mass_removal_share`].
     pub fn mass_removal_share(mut self, share: f64) -> Self {

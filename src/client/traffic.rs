@@ -314,6 +314,12 @@ impl Stacks {
         let layer = policy(host).mesh_layer(name.clone(), balance.clone())?;
         let stack = layer.layer(http.clone());
         let mut built = HashMap::clone(&*self.built.load());
+        // The stacks of services the registry has forgotten (idle) go, so that a client
+        // called with ever new host names keeps as many stacks as the registry keeps entries.
+        let registry = balance.registry();
+        built.retain(|name, _| {
+            self.configured.contains_key(name) || registry.watches(name.as_str())
+        });
         built.insert(name, stack.clone());
         self.built.store(Arc::new(built));
         Ok(stack)

@@ -6,6 +6,8 @@
 //! discovery = "consul"              # the backend of services not listed below
 //! first_snapshot_timeout = "5s"     # how long a first request waits for endpoints
 //! max_staleness = "10m"             # fail requests after the registry has failed this long
+//! idle_timeout = "10m"              # forget a service after this long without a call
+//! max_services = 10000              # the most services watched at once
 //! mass_removal_share = 0.5          # updates removing more wait for a second fetch
 //! preserve_host = false
 //! endpoint_labels = 16              # opt-in: per-endpoint metric labels, at most 16 a service
@@ -96,6 +98,12 @@ pub struct ClientConfig {
     /// Fail a service's requests once every refresh has failed for this long.
     #[serde(default, deserialize_with = "duration::optional")]
     pub max_staleness: Option<Duration>,
+    /// Forget a service after this long without a call (10 minutes); `"0s"` never does.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub idle_timeout: Option<Duration>,
+    /// The most services watched at once (10 000).
+    #[serde(default)]
+    pub max_services: Option<usize>,
     /// The share of a service's endpoints one update may remove without a second fetch.
     #[serde(default)]
     pub mass_removal_share: Option<f64>,
@@ -329,6 +337,9 @@ impl MeshConfig {
                 "must be greater than zero",
             ));
         }
+        if self.client.max_services == Some(0) {
+            return Err(Error::config("client.max_services", "must be at least 1"));
+        }
         if self.client.endpoint_labels == Some(0) {
             return Err(Error::config(
                 "client.endpoint_labels",
@@ -437,6 +448,14 @@ impl MeshConfig {
         builder = builder.preserve_host(self.client.preserve_host);
         if let Some(max) = self.client.max_staleness {
             builder = builder.max_staleness(max);
+        }
+        match self.client.idle_timeout {
+            Some(Duration::ZERO) => builder = builder.no_idle_timeout(),
+            Some(idle) => builder = builder.idle_timeout(idle),
+            None => {}
+        }
+        if let Some(max) = self.client.max_services {
+            builder = builder.max_services(max);
         }
         if let Some(share) = self.client.mass_removal_share {
             builder = builder.mass_removal_share(share);

@@ -72,8 +72,9 @@ use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::BoxError;
 
 pub use registry::{
-    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE, DiscoveryStatus, EndpointStatus,
-    MAX_ENDPOINTS, Registry, RegistryBuilder, ServiceOptions,
+    DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE,
+    DEFAULT_MAX_SERVICES, DiscoveryStatus, EndpointStatus, MAX_ENDPOINTS, Registry,
+    RegistryBuilder, ServiceOptions,
 };
 pub(crate) use registry::{Lookup, ServiceEntry, Snapshot};
 pub use static_list::StaticDiscovery;

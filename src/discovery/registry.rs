@@ -35,6 +35,12 @@ pub const DEFAULT_FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// confirmed by a second fetch, by default.
 pub const DEFAULT_MASS_REMOVAL_SHARE: f64 = 0.5;
 
+/// How long a service may go without a call before the registry forgets it, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The most services a registry watches at once, by default.
+pub const DEFAULT_MAX_SERVICES: usize = 10_000;
+
 /// How long a watch waits before it restarts a backend's stream that ended.
 const WATCH_RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -93,6 +99,8 @@ pub struct RegistryBuilder {
     first_snapshot_timeout: Duration,
     seed: Option<u64>,
     safety: Safety,
+    idle_timeout: Option<Duration>,
+    max_services: usize,
 }
 
 /// How the registry protects requests from a misbehaving backend; one copy per service.
@@ -120,6 +128,8 @@ impl Default for RegistryBuilder {
                 scoring: Some(HealthScoring::default()),
                 endpoint_labels: None,
             },
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_services: DEFAULT_MAX_SERVICES,
         }
     }
 }
@@ -224,6 +234,30 @@ impl RegistryBuilder {
         self
     }
 
+    /// Forgets a service that has had no call for `idle` (10 minutes unless set): its watch
+    /// stops, its snapshot and what was learnt of its endpoints go, and its next call
+    /// resolves it afresh. A registry that answers every name (Consul's health API answers
+    /// `200 []` for a service it does not know) so keeps no entry, task and long poll for
+    /// every host name a caller ever used.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
+    }
+
+    /// Never forgets a service for want of calls.
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.idle_timeout = None;
+        self
+    }
+
+    /// The most services watched at once (10 000 unless set): the first call of one more
+    /// fails with [`Error::is_discovery`](crate::Error::is_discovery), saying so, and a
+    /// `warn`, until idle services are forgotten.
+    pub fn max_services(mut self, max: usize) -> Self {
+        self.max_services = max;
+        self
+    }
+
     /// Checks the settings and builds the registry. Nothing is resolved until first use.
     pub fn build(self) -> Result<Registry, Error> {
         if self.first_snapshot_timeout.is_zero() {
@@ -233,6 +267,18 @@ impl RegistryBuilder {
             ));
         }
         crate::error::check_duration("first_snapshot_timeout", self.first_snapshot_timeout)?;
+        if self.max_services == 0 {
+            return Err(Error::builder("max_services", "must be at least 1"));
+        }
+        if let Some(idle) = self.idle_timeout {
+            if idle.is_zero() {
+                return Err(Error::builder(
+                    "idle_timeout",
+                    "must be above zero; no_idle_timeout() keeps every service",
+                ));
+            }
+            crate::error::check_duration("idle_timeout", idle)?;
+        }
         if let Some(staleness) = self.safety.max_staleness {
             crate::error::check_duration("max_staleness", staleness)?;
         }
@@ -286,6 +332,9 @@ impl RegistryBuilder {
                 first_snapshot_timeout: self.first_snapshot_timeout,
                 seed: self.seed,
                 safety: self.safety,
+                idle_timeout: self.idle_timeout,
+                max_services: self.max_services,
+                refusing: AtomicBool::new(false),
             }),
         })
     }
@@ -316,6 +365,10 @@ struct RegistryInner {
     first_snapshot_timeout: Duration,
     seed: Option<u64>,
     safety: Safety,
+    idle_timeout: Option<Duration>,
+    max_services: usize,
+    /// Whether new services are being refused (the cap reached): warned once per episode.
+    refusing: AtomicBool,
 }
 
 impl Drop for RegistryInner {
@@ -337,6 +390,8 @@ pub(crate) enum Lookup {
     Picked(Arc<Snapshot>, usize),
     /// The service has no snapshot yet; wait on the entry.
     Pending(Arc<ServiceEntry>),
+    /// The registry forgot this entry (idle): look the service up in the registry again.
+    Forgotten,
 }
 
 impl Registry {
@@ -353,9 +408,12 @@ impl Registry {
             Some(entry) => entry,
             None => self.start(service)?,
         };
-        if !entry.watching.load(Ordering::Relaxed) {
-            entry.restart();
-        }
+        let entry = if entry.watching.load(Ordering::Relaxed) || entry.restart() {
+            entry
+        } else {
+            self.start(service)?
+        };
+        entry.used.store(true, Ordering::Relaxed);
         let snapshot = entry.wait(self.inner.first_snapshot_timeout).await?;
         Ok(snapshot.endpoints.clone())
     }
@@ -409,7 +467,14 @@ impl Registry {
             drop(services);
             return self.start(host).map(Lookup::Pending);
         };
-        entry.lookup()
+        match entry.lookup() {
+            // Forgotten since this map was loaded.
+            Ok(Lookup::Forgotten) => {
+                drop(services);
+                self.start(host).map(Lookup::Pending)
+            }
+            lookup => lookup,
+        }
     }
 
     /// The entry of `host`, if it has resolved: a service that has had a snapshot keeps its
@@ -422,6 +487,11 @@ impl Registry {
             .get(host)
             .filter(|entry| entry.current.load().is_some())
             .cloned()
+    }
+
+    /// Whether the registry has an entry for `service` (it has not forgotten it).
+    pub(crate) fn watches(&self, service: &str) -> bool {
+        self.inner.services.load().contains_key(service)
     }
 
     /// Whether `host` is a configured service or one with a snapshot.
@@ -465,9 +535,27 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Another request may have started it while we waited for the lock.
-        if let Some(entry) = self.inner.services.load().get(&name) {
+        let services = self.inner.services.load();
+        if let Some(entry) = services.get(&name) {
             return Ok(entry.clone());
         }
+        if services.len() >= self.inner.max_services {
+            if !self.inner.refusing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    service = %name,
+                    watched = services.len(),
+                    "the registry watches as many services as it may (max_services); refusing new ones until idle ones are forgotten"
+                );
+            }
+            return Err(Error::new(Kind::Discovery)
+                .with_service(name)
+                .with_message(format!(
+                    "the registry already watches {} services, its limit (max_services)",
+                    services.len()
+                )));
+        }
+        self.inner.refusing.store(false, Ordering::Relaxed);
+        drop(services);
         let rng = PickRng::for_service(self.inner.seed, name.as_str());
         let entry = Arc::new(ServiceEntry::new(
             name.clone(),
@@ -499,7 +587,9 @@ impl RegistryInner {
             let mut services = HashMap::clone(&services);
             services.remove(&entry.name);
             self.services.store(Arc::new(services));
-            tasks.remove(&entry.name);
+            if let Some(task) = tasks.remove(&entry.name) {
+                task.abort();
+            }
         }
     }
 }
@@ -740,6 +830,9 @@ pub(crate) struct ServiceEntry {
     publish: Mutex<()>,
     /// Whether a watch task runs for the service; cleared when the task ends in any way.
     watching: AtomicBool,
+    /// Whether a call looked the service up since the watch task last looked (for the idle
+    /// timeout).
+    used: AtomicBool,
     /// Set when the registry forgets the service: its task's end is no failure.
     forgotten: AtomicBool,
     /// The backend and the registry, for restarting the watch.
@@ -773,6 +866,7 @@ impl ServiceEntry {
             registry,
             publish: Mutex::new(()),
             watching: AtomicBool::new(true),
+            used: AtomicBool::new(true),
             forgotten: AtomicBool::new(false),
             discovery,
             labels: safety
@@ -804,10 +898,15 @@ impl ServiceEntry {
         &self.name
     }
 
-    /// Picks an endpoint from the current snapshot, or says the call must wait for the first.
+    /// Picks an endpoint from the current snapshot, or says the call must wait for the first
+    /// (or, for an entry the registry has forgotten, that the call must look again).
     pub(crate) fn lookup(self: &Arc<Self>) -> Result<Lookup, Error> {
-        if !self.watching.load(Ordering::Relaxed) {
-            self.restart();
+        if !self.watching.load(Ordering::Relaxed) && !self.restart() {
+            return Ok(Lookup::Forgotten);
+        }
+        // Read-mostly: the line is written once per maintenance tick, not per call.
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
         match self.current.load_full() {
             Some(snapshot) => {
@@ -823,26 +922,32 @@ impl ServiceEntry {
     }
 
     /// Starts the watch again after its task ended (a panic in a backend, a runtime shut
-    /// down), keeping the snapshot. Out of line: the request path only checks a flag.
+    /// down), keeping the snapshot. Out of line: the request path only checks a flag. False
+    /// if the registry has forgotten the entry: the caller must look the service up again.
     #[inline(never)]
-    fn restart(self: &Arc<Self>) {
+    fn restart(self: &Arc<Self>) -> bool {
+        if self.forgotten.load(Ordering::Acquire) {
+            return false;
+        }
         let (Ok(runtime), Some(registry)) = (
             tokio::runtime::Handle::try_current(),
             self.registry.upgrade(),
         ) else {
-            return;
+            return true;
         };
         let mut tasks = registry
             .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if self.forgotten.load(Ordering::Acquire)
-            || self
-                .watching
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
+        if self.forgotten.load(Ordering::Acquire) {
+            return false;
+        }
+        if self
+            .watching
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
         {
-            return;
+            return true;
         }
         tracing::info!(service = %self.name, "restarting the watch task");
         let task = runtime.spawn(watch(
@@ -851,6 +956,7 @@ impl ServiceEntry {
             self.registry.clone(),
         ));
         tasks.insert(self.name.clone(), task.abort_handle());
+        true
     }
 
     fn lock_spare(&self) -> std::sync::MutexGuard<'_, Vec<Arc<EndpointStats>>> {
@@ -1469,13 +1575,14 @@ async fn watch(
     let period = entry
         .safety
         .scoring
-        .map(|s| s.update_period)
-        .or(entry.safety.detection.map(|_| Duration::from_secs(1)));
-    let mut ticks = period.map(|period| {
+        .map_or(Duration::from_secs(1), |s| s.update_period);
+    let mut ticks = {
         let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks
-    });
+        Some(ticks)
+    };
+    let idle_timeout = registry.upgrade().and_then(|r| r.idle_timeout);
+    let mut last_used = Instant::now();
     let mut confirming: Option<Confirmation> = None;
     // A held removal, and when to ask the backend about it again.
     let mut held: Held = None;
@@ -1517,6 +1624,16 @@ async fn watch(
                     continue;
                 }
                 _ = tick(&mut ticks) => {
+                    let now = Instant::now();
+                    if entry.used.swap(false, Ordering::Relaxed) {
+                        last_used = now;
+                    } else if idle_timeout.is_some_and(|idle| now - last_used >= idle) {
+                        tracing::info!(service = %entry.name, "no calls for the idle timeout; forgetting the service");
+                        if let Some(registry) = registry.upgrade() {
+                            registry.forget(&entry);
+                        }
+                        return;
+                    }
                     // Effective weights move with health scores, and ejections run out.
                     entry.rebuild();
                     if let Some(age) = entry.status().age {
@@ -1642,7 +1759,7 @@ mod tests {
     fn snapshot(registry: &Registry) -> Arc<Snapshot> {
         match registry.lookup("orders").expect("resolved") {
             Lookup::Picked(snapshot, _) => snapshot,
-            Lookup::Pending(_) => panic!("resolved before"),
+            Lookup::Pending(_) | Lookup::Forgotten => panic!("resolved before"),
         }
     }
 
