@@ -84,6 +84,10 @@ pub mod retry;
 mod secret;
 pub mod timeout;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use balance::Balancer;
 pub use client::{MeshClient, MeshClientBuilder};
 pub use config::MeshConfig;

@@ -443,18 +443,12 @@ async fn an_instance_registered_without_a_port_is_skipped_not_fatal() {
         (2, None),
         "{status:?}"
     );
-    let mut reasons: Vec<(&str, &str)> = status
-        .rejected
-        .iter()
-        .map(|r| (r.instance.as_str(), r.reason.as_str()))
-        .collect();
-    reasons.sort();
     assert_eq!(
-        reasons,
+        support::rejected(&mesh, "my-service"),
         [
-            ("my-service-node-b", "invalid_port"),
-            ("my-service-node-c", "invalid_address"),
-            ("my-service-node-d", "malformed"),
+            "my-service-node-b: invalid_port",
+            "my-service-node-c: invalid_address",
+            "my-service-node-d: malformed",
         ]
     );
 
@@ -520,4 +514,140 @@ async fn a_silent_agent_fails_the_first_request_within_the_query_timeout() {
         "{status:?}"
     );
     held.abort();
+}
+
+/// `n` instances of my-service, all on 127.0.0.1 from port `first`.
+fn fleet(first: u16, n: u16) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            instance(
+                &format!("node-{}", first + i),
+                "127.0.0.1",
+                "",
+                first + i,
+                None,
+                "passing",
+                &[],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_is_seen_change_by_change_by_a_whole_fleet() {
+    let fake = FakeConsul::start().await;
+    fake.set("my-service", fleet(20_000, 4));
+    // Fifty clients, each its own mesh, with the default pacing.
+    let clients: Vec<MeshClient> = (0..50)
+        .map(|_| {
+            mesh(
+                ConsulDiscovery::builder()
+                    .address(fake.url())
+                    .wait(Duration::from_secs(30))
+                    .build()
+                    .expect("valid"),
+            )
+        })
+        .collect();
+    for client in &clients {
+        client
+            .registry()
+            .endpoints("my-service")
+            .await
+            .expect("resolved");
+    }
+    // Eight changes a second apart, as a rolling deploy makes them: each one seen by every
+    // client within a second.
+    let mut slowest = Duration::ZERO;
+    for change in 1..=8u16 {
+        let first = 20_000 + change * 10;
+        fake.set("my-service", fleet(first, 4));
+        let changed = std::time::Instant::now();
+        let all_see = || {
+            clients.iter().all(|c| {
+                c.registry()
+                    .status("my-service")
+                    .is_some_and(|s| s.version == u64::from(change) + 1)
+            })
+        };
+        while !all_see() && changed.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = changed.elapsed();
+        assert!(
+            all_see(),
+            "change {change} not seen by every client in {took:?}"
+        );
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(took)).await;
+    }
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // One query per client at most, ever.
+    assert!(
+        fake.max_in_flight() <= 50,
+        "{} in flight",
+        fake.max_in_flight()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_at_once_forever_is_paced() {
+    let fake = FakeConsul::start().await;
+    fake.set("my-service", fleet(20_000, 2));
+    let mesh = mesh(
+        ConsulDiscovery::builder()
+            .address(fake.url())
+            .wait(Duration::from_secs(30))
+            .rate_limit(2, Duration::from_millis(500))
+            .build()
+            .expect("valid"),
+    );
+    mesh.registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    fake.set_mode(Mode::Immediate);
+    let before = fake.requests();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let asked = fake.requests() - before;
+    // Two at once from the bucket, then one per 500 ms: about 10 in 4 s, not thousands.
+    assert!((4..=12).contains(&asked), "{asked} queries in 4 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_back_from_an_outage_is_seen_within_three_seconds() {
+    let fake = FakeConsul::start().await;
+    fake.set("my-service", fleet(20_000, 2));
+    let mesh = mesh(
+        ConsulDiscovery::builder()
+            .address(fake.url())
+            .wait(Duration::from_secs(30))
+            .build()
+            .expect("valid"),
+    );
+    mesh.registry()
+        .endpoints("my-service")
+        .await
+        .expect("resolved");
+    fake.set_mode(Mode::NoLeader);
+    until("the outage is seen", || {
+        mesh.discovery_status("my-service")
+            .is_some_and(|s| s.consecutive_errors > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    fake.set_mode(Mode::Normal);
+    let back = std::time::Instant::now();
+    while mesh
+        .discovery_status("my-service")
+        .is_some_and(|s| s.consecutive_errors > 0)
+        && back.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        back.elapsed() < Duration::from_secs(3),
+        "seen again after {:?}",
+        back.elapsed()
+    );
 }

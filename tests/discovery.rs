@@ -778,7 +778,10 @@ async fn a_registry_that_answers_every_name_keeps_a_bounded_set_of_services() {
         .await
         .expect_err("empty");
     assert!(err.is_no_endpoints(), "{err:?}");
-    assert!(mesh.stats("svc-0").is_none(), "the forgotten service's stack is gone");
+    assert!(
+        mesh.stats("svc-0").is_none(),
+        "the forgotten service's stack is gone"
+    );
     assert!(mesh.stats("svc-7").is_some());
     // A forgotten service called again is resolved afresh.
     let err = mesh.get("http://svc-3/").send().await.expect_err("empty");

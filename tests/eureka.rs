@@ -253,19 +253,13 @@ async fn one_bad_instance_is_skipped_and_the_rest_are_used() {
 
     let status = mesh.discovery_status("orders").expect("watched");
     assert_eq!(status.last_error, None, "{status:?}");
-    let mut reasons: Vec<(&str, &str)> = status
-        .rejected
-        .iter()
-        .map(|r| (r.instance.as_str(), r.reason.as_str()))
-        .collect();
-    reasons.sort();
     assert_eq!(
-        reasons,
+        support::rejected(&mesh, "orders"),
         [
-            ("127.0.0.1:orders:0", "invalid_port"),
-            ("127.0.0.1:orders:9001", "invalid_weight"),
-            ("127.0.0.1:orders:9004", "malformed"),
-            ("bad host!:orders:9002", "invalid_address"),
+            "127.0.0.1:orders:0: invalid_port",
+            "127.0.0.1:orders:9001: invalid_weight",
+            "127.0.0.1:orders:9004: malformed",
+            "bad host!:orders:9002: invalid_address",
         ]
     );
     assert_eq!(status.rejected_total, 4);

@@ -20,10 +20,19 @@
 //! - an index of 0 from the server is treated as 1 (the documentation's sanity check);
 //! - an index that goes backwards resets the loop to index 0, a fresh non-blocking query;
 //! - an index unchanged after the wait means nothing changed, and nothing is published;
-//! - the loop is rate-limited by a token bucket (burst 2, one token per 15 s by default), so a
-//!   server that keeps returning at once is asked about once per 15 s, not in a hot loop;
-//! - on errors it backs off exponentially with jitter (1 s to 30 s). A `500 No cluster leader`
-//!   or a refused connection is an error, so the registry keeps serving the last good set.
+//! - one query is outstanding per watched service at any time;
+//! - an answer with something new is followed by the next blocking query at once, after a
+//!   floor of 100 ms (jittered by half), so a rolling deploy that changes the set every second
+//!   is seen change by change;
+//! - an answer that comes back before half its wait with nothing new (the same index, or an
+//!   index that moved over the same instances) is what the loop paces, with a token bucket
+//!   (burst 2, one token per 15 s by default): a server that keeps returning at once is asked
+//!   about once per 15 s, not in a hot loop;
+//! - on errors it backs off exponentially with jitter (1 s to 3 s), apart from that pacing,
+//!   and asks again without blocking, so a registry back from an outage is seen again
+//!   within seconds. A `500 No cluster
+//!   leader` or a refused connection is an error, so the registry keeps serving the last
+//!   good set.
 //!
 //! Response bodies are read up to a limit (16 MiB by default); anything longer is malformed.
 //!
@@ -177,8 +186,9 @@ impl ConsulBuilder {
         self
     }
 
-    /// The watch loop's token bucket: `burst` queries at once, then one per `refill`
-    /// (2 and 15 s unless set).
+    /// The token bucket that paces queries following an answer that came back early with
+    /// nothing new: `burst` queries at once, then one per `refill` (2 and 15 s unless set).
+    /// Answers with something new, and errors, are not paced by it.
     pub fn rate_limit(mut self, burst: u32, refill: Duration) -> Self {
         self.burst = burst;
         self.refill = refill;
@@ -403,17 +413,24 @@ impl Discovery for ConsulDiscovery {
 
     /// A blocking-query loop; see the module documentation for its rules.
     fn watch(self: Arc<Self>, service: ServiceName) -> BoxStream<'static, DiscoveryResult> {
-        let bucket = TokenBucket::new(self.settings.burst, self.settings.refill);
-        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let state = (self, service, 0u64, bucket, backoff);
+        let pacing = Pacing {
+            bucket: TokenBucket::new(self.settings.burst, self.settings.refill),
+            errors: Backoff::new(Duration::from_secs(1), ERROR_BACKOFF_CAP),
+            next: Next::Now,
+            last: None,
+            recovering: false,
+        };
+        let state = (self, service, 0u64, pacing);
         Box::pin(futures_util::stream::unfold(
             state,
-            |(consul, service, mut index, mut bucket, mut backoff)| async move {
+            |(consul, service, mut index, mut pacing)| async move {
                 loop {
-                    bucket.take().await;
+                    pacing.wait().await;
+                    let asked = Instant::now();
+                    let blocking = index >= 1;
                     match consul.query(&service, index).await {
                         Ok(answer) => {
-                            backoff.reset();
+                            pacing.errors.reset();
                             // Consul's sanity check: treat an index of 0 as 1.
                             let new = answer.index.max(1);
                             if new < index {
@@ -421,30 +438,90 @@ impl Discovery for ConsulDiscovery {
                                 // over with a non-blocking query, and publish what we got.
                                 tracing::debug!(%service, from = index, to = new, "consul index went backwards; resetting");
                                 index = 0;
-                            } else if new == index {
-                                // The wait ended with no change.
-                                continue;
+                                pacing.next = Next::Now;
                             } else {
+                                let same = new == index
+                                    || pacing.last.as_ref() == Some(&answer.discovered);
                                 index = new;
+                                // Back before half its wait with nothing new: a server that
+                                // answers at once, which the bucket paces. Anything else is
+                                // followed by the next query at once (after a short floor).
+                                pacing.next = if same
+                                    && blocking
+                                    && asked.elapsed() < consul.settings.wait / 2
+                                {
+                                    Next::Paced
+                                } else {
+                                    Next::Floor
+                                };
+                                // After an error the answer is published even if nothing
+                                // changed: it tells the registry the agent is back.
+                                if same && !std::mem::take(&mut pacing.recovering) {
+                                    continue;
+                                }
                             }
-                            return Some((
-                                Ok(answer.discovered),
-                                (consul, service, index, bucket, backoff),
-                            ));
+                            pacing.recovering = false;
+                            pacing.last = Some(answer.discovered.clone());
+                            return Some((Ok(answer.discovered), (consul, service, index, pacing)));
                         }
                         Err(error) => {
-                            let delay = backoff.next_delay();
-                            let item = Err(error);
-                            // Publish the error now; the next poll of the stream waits first.
-                            return Some((
-                                item,
-                                (consul, service, index, bucket.after(delay), backoff),
-                            ));
+                            // Publish the error now; the next poll of the stream waits first,
+                            // by the error backoff alone, and asks without blocking: a
+                            // blocking query on an index that has not moved would not answer
+                            // for a whole wait after the agent came back.
+                            pacing.next = Next::After(pacing.errors.next_delay());
+                            pacing.recovering = true;
+                            index = 0;
+                            return Some((Err(error), (consul, service, index, pacing)));
                         }
                     }
                 }
             },
         ))
+    }
+}
+
+/// The longest wait after a failed query: a registry back from an outage is asked again
+/// within this long. (The agent is local to each client, as Consul deploys it.)
+const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(3);
+
+/// The shortest time between two queries of a watch, before jitter: a change is followed by
+/// the next blocking query this soon.
+const QUERY_FLOOR: Duration = Duration::from_millis(100);
+
+/// How a watch spaces its queries.
+#[derive(Debug)]
+struct Pacing {
+    /// Paces queries after answers that came back early with nothing new.
+    bucket: TokenBucket,
+    /// Spaces queries after errors, on its own.
+    errors: Backoff,
+    next: Next,
+    /// The last set published, to tell an index that moved with nothing changed.
+    last: Option<super::Discovered>,
+    /// Whether the last query failed: the next answer is published whatever it says.
+    recovering: bool,
+}
+
+/// What comes before the next query.
+#[derive(Debug)]
+enum Next {
+    Now,
+    /// [`QUERY_FLOOR`], jittered.
+    Floor,
+    /// A token from the bucket.
+    Paced,
+    After(Duration),
+}
+
+impl Pacing {
+    async fn wait(&mut self) {
+        match std::mem::replace(&mut self.next, Next::Now) {
+            Next::Now => {}
+            Next::Floor => tokio::time::sleep(super::backoff::jitter(QUERY_FLOOR, 0.5)).await,
+            Next::Paced => self.bucket.take().await,
+            Next::After(delay) => tokio::time::sleep(delay).await,
+        }
     }
 }
 
@@ -455,8 +532,6 @@ struct TokenBucket {
     tokens: f64,
     refill: Duration,
     last: Instant,
-    /// No query before this instant (an error backoff).
-    not_before: Option<Instant>,
 }
 
 impl TokenBucket {
@@ -466,19 +541,10 @@ impl TokenBucket {
             tokens: f64::from(burst),
             refill,
             last: Instant::now(),
-            not_before: None,
         }
-    }
-
-    fn after(mut self, delay: Duration) -> Self {
-        self.not_before = Some(Instant::now() + delay);
-        self
     }
 
     async fn take(&mut self) {
-        if let Some(at) = self.not_before.take() {
-            tokio::time::sleep_until(at).await;
-        }
         loop {
             let now = Instant::now();
             let earned = (now - self.last).as_secs_f64() / self.refill.as_secs_f64();
@@ -557,12 +623,8 @@ pub(crate) fn parse_health(body: &[u8]) -> Result<Discovered, DiscoveryError> {
             .pointer("/Service/ID")
             .and_then(serde_json::Value::as_str)
             .map_or_else(|| format!("#{i}"), str::to_owned);
-        let entry = match HealthEntry::deserialize(value) {
-            Ok(entry) => entry,
-            Err(e) => {
-                discovered.reject(id, RejectReason::Malformed, e.to_string());
-                continue;
-            }
+        let Some(entry) = discovered.read::<HealthEntry>(&id, value) else {
+            continue;
         };
         match entry.into_endpoint() {
             Ok(Some(endpoint)) => discovered.endpoints.push(endpoint),
@@ -599,12 +661,7 @@ impl HealthEntry {
             Err(_) => EndpointAddr::Host(host.to_ascii_lowercase(), port),
         };
         if let Err(why) = addr.validate() {
-            let reason = if port == 0 {
-                RejectReason::InvalidPort
-            } else {
-                RejectReason::InvalidAddress
-            };
-            return Err((reason, why));
+            return Err((RejectReason::of_address(port), why));
         }
         let weights = self.service.weights.unwrap_or(Weights {
             passing: 1,

@@ -47,7 +47,8 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::rr::rdata::SRV;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 use super::backoff::{Backoff, jitter};
 use super::{
@@ -274,87 +275,29 @@ impl DnsDiscovery {
     async fn resolve_srv(&self, name: &str) -> Result<Answer, DiscoveryError> {
         let lookup = self.resolver.srv_lookup(name).await.map_err(lookup_error)?;
         let mut valid_until = lookup.valid_until();
-        let records: Vec<_> = lookup
-            .answers()
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::SRV(srv) => Some(srv.clone()),
-                _ => None,
-            })
-            .collect();
-        if records.is_empty() {
-            return Err(DiscoveryError::unknown_service());
-        }
-        if records.iter().all(|srv| srv.target.is_root()) {
-            return Err(DiscoveryError::not_offered(format!(
-                "the SRV target of {name} is \".\": the service is not available there"
-            )));
-        }
-        // Addresses the server sent along, by target.
-        let mut additional: BTreeMap<Name, Vec<IpAddr>> = BTreeMap::new();
-        for record in lookup.additionals() {
-            let ip = match &record.data {
-                RData::A(a) => IpAddr::V4(a.0),
-                RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
-                _ => continue,
-            };
-            additional
-                .entry(record.name.to_lowercase())
-                .or_default()
-                .push(ip);
-        }
-        // RFC 2782 weight 0: equal shares if the whole tier is 0, a tiny one otherwise.
-        let mut tier_has_weight: BTreeMap<u16, bool> = BTreeMap::new();
-        for srv in records.iter().filter(|srv| !srv.target.is_root()) {
-            *tier_has_weight.entry(srv.priority).or_default() |= srv.weight > 0;
-        }
-        let mut discovered = Discovered::default();
+        let records = srv_records(name, lookup.answers())?;
+        let mut addresses = additional_addresses(lookup.additionals());
+        // Targets the server sent no address for are looked up, each on its own: one that
+        // does not resolve spoils only itself.
         for srv in records.iter().filter(|srv| !srv.target.is_root()) {
             let target = srv.target.to_lowercase();
-            let ips: Vec<IpAddr> = match additional.get(&target) {
-                Some(ips) => ips.clone(),
-                None => match self.resolver.lookup_ip(target.clone()).await {
-                    Ok(lookup) => {
-                        valid_until = valid_until.min(lookup.valid_until());
-                        lookup.iter().collect()
-                    }
-                    // One target that does not resolve spoils only itself.
-                    Err(e) => {
-                        let detail = if e.is_nx_domain() || e.is_no_records_found() {
-                            "the target has no A or AAAA record"
-                        } else {
-                            "the target's addresses could not be looked up"
-                        };
-                        discovered.reject(target.to_ascii(), RejectReason::Unresolved, detail);
-                        continue;
-                    }
-                },
-            };
-            if ips.is_empty() {
-                discovered.reject(
-                    target.to_ascii(),
-                    RejectReason::Unresolved,
-                    "the target has no A or AAAA record",
-                );
+            if addresses.contains_key(&target) {
                 continue;
             }
-            let weight = match (srv.weight, tier_has_weight[&srv.priority]) {
-                (0, true) => 1,
-                (0, false) => SRV_WEIGHT_SCALE,
-                (w, _) => u32::from(w) * SRV_WEIGHT_SCALE,
+            let found = match self.resolver.lookup_ip(target.clone()).await {
+                Ok(lookup) => {
+                    valid_until = valid_until.min(lookup.valid_until());
+                    Ok(lookup.iter().collect())
+                }
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                    Err("the target has no A or AAAA record")
+                }
+                Err(_) => Err("the target's addresses could not be looked up"),
             };
-            let share = (weight * ADDRESS_SPLIT).div_ceil(ips.len() as u32);
-            for ip in ips {
-                discovered.endpoints.push(
-                    Endpoint::new((ip, srv.port))
-                        .with_priority(srv.priority)
-                        .with_weight(share)
-                        .with_meta("dns.target", target.to_ascii()),
-                );
-            }
+            addresses.insert(target, found);
         }
         Ok(Answer {
-            discovered,
+            discovered: srv_endpoints(&records, &addresses),
             valid_until,
         })
     }
@@ -364,6 +307,110 @@ impl DnsDiscovery {
         let ttl = valid_until.saturating_duration_since(StdInstant::now());
         jitter(ttl.clamp(self.settings.min_ttl, self.settings.max_ttl), 0.1)
     }
+}
+
+/// The SRV records of an answer for `name`: an error if there are none (an unknown service)
+/// or if every target is `.` (not offered, RFC 2782).
+fn srv_records(name: &str, answers: &[Record]) -> Result<Vec<SRV>, DiscoveryError> {
+    let records: Vec<SRV> = answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::SRV(srv) => Some(srv.clone()),
+            _ => None,
+        })
+        .collect();
+    if records.is_empty() {
+        return Err(DiscoveryError::unknown_service());
+    }
+    if records.iter().all(|srv| srv.target.is_root()) {
+        return Err(DiscoveryError::not_offered(format!(
+            "the SRV target of {name} is \".\": the service is not available there"
+        )));
+    }
+    Ok(records)
+}
+
+/// A target's addresses, or why there are none.
+type Addresses = BTreeMap<Name, Result<Vec<IpAddr>, &'static str>>;
+
+/// The addresses a server sent along in the Additional section, by target.
+fn additional_addresses(additionals: &[Record]) -> Addresses {
+    let mut addresses = Addresses::new();
+    for record in additionals {
+        let ip = match &record.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+            _ => continue,
+        };
+        if let Ok(ips) = addresses
+            .entry(record.name.to_lowercase())
+            .or_insert(Ok(Vec::new()))
+        {
+            ips.push(ip);
+        }
+    }
+    addresses
+}
+
+/// The endpoints of SRV `records` whose targets have `addresses`; a target without any is
+/// rejected. Weights follow RFC 2782 (see the module documentation).
+fn srv_endpoints(records: &[SRV], addresses: &Addresses) -> Discovered {
+    // RFC 2782 weight 0: equal shares if the whole tier is 0, a tiny one otherwise.
+    let mut tier_has_weight: BTreeMap<u16, bool> = BTreeMap::new();
+    for srv in records.iter().filter(|srv| !srv.target.is_root()) {
+        *tier_has_weight.entry(srv.priority).or_default() |= srv.weight > 0;
+    }
+    let mut discovered = Discovered::default();
+    for srv in records.iter().filter(|srv| !srv.target.is_root()) {
+        let target = srv.target.to_lowercase();
+        let ips = match addresses.get(&target) {
+            Some(Ok(ips)) if !ips.is_empty() => ips,
+            Some(Err(why)) => {
+                discovered.reject(target.to_ascii(), RejectReason::Unresolved, *why);
+                continue;
+            }
+            _ => {
+                discovered.reject(
+                    target.to_ascii(),
+                    RejectReason::Unresolved,
+                    "the target has no A or AAAA record",
+                );
+                continue;
+            }
+        };
+        let weight = match (srv.weight, tier_has_weight[&srv.priority]) {
+            (0, true) => 1,
+            (0, false) => SRV_WEIGHT_SCALE,
+            (w, _) => u32::from(w) * SRV_WEIGHT_SCALE,
+        };
+        // At most ADDRESS_SPLIT shares of a target's weight each; more addresses than that
+        // get the smallest share, 1.
+        let share = (weight * ADDRESS_SPLIT).div_ceil(ips.len() as u32).max(1);
+        for ip in ips {
+            discovered.endpoints.push(
+                Endpoint::new((*ip, srv.port))
+                    .with_priority(srv.priority)
+                    .with_weight(share)
+                    .with_meta("dns.target", target.to_ascii()),
+            );
+        }
+    }
+    discovered
+}
+
+/// The endpoints a DNS message's SRV answer (and its Additional section) gives, without
+/// further lookups: what fuzzing reads.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn message_endpoints(message: &[u8]) -> Result<Discovered, DiscoveryError> {
+    use hickory_resolver::proto::op::Message;
+    use hickory_resolver::proto::serialize::binary::BinDecodable;
+    let message = Message::from_bytes(message)
+        .map_err(|e| DiscoveryError::malformed(format!("DNS message: {e}")))?;
+    let records = srv_records("fuzz.", &message.answers)?;
+    Ok(srv_endpoints(
+        &records,
+        &additional_addresses(&message.additionals),
+    ))
 }
 
 impl DnsBuilder {

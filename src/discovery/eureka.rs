@@ -206,12 +206,8 @@ pub(crate) fn parse_application(body: &[u8]) -> DiscoveryResult {
             .iter()
             .find_map(|key| value.get(key).and_then(serde_json::Value::as_str))
             .map_or_else(|| format!("#{i}"), str::to_owned);
-        let instance = match Instance::deserialize(value) {
-            Ok(instance) => instance,
-            Err(e) => {
-                discovered.reject(id, RejectReason::Malformed, e.to_string());
-                continue;
-            }
+        let Some(instance) = discovered.read::<Instance>(&id, value) else {
+            continue;
         };
         if instance.status != "UP" {
             continue;
@@ -324,14 +320,8 @@ impl Instance {
             Ok(ip) => EndpointAddr::Ip((ip, port).into()),
             Err(_) => EndpointAddr::Host(host.to_ascii_lowercase(), port),
         };
-        addr.validate().map_err(|why| {
-            let reason = if port == 0 {
-                RejectReason::InvalidPort
-            } else {
-                RejectReason::InvalidAddress
-            };
-            (reason, why)
-        })?;
+        addr.validate()
+            .map_err(|why| (RejectReason::of_address(port), why))?;
         let bad_weight = (
             RejectReason::InvalidWeight,
             "metadata weight is not a whole number",

@@ -79,6 +79,15 @@ pub use registry::{
 pub(crate) use registry::{Lookup, ServiceEntry, Snapshot};
 pub use static_list::StaticDiscovery;
 
+#[cfg(all(feature = "fuzzing", feature = "consul"))]
+pub(crate) use consul::parse_health as consul_parse_health;
+#[cfg(all(feature = "fuzzing", feature = "dns"))]
+pub(crate) use dns::message_endpoints as dns_message_endpoints;
+#[cfg(all(feature = "fuzzing", feature = "eureka"))]
+pub(crate) use eureka::parse_application as eureka_parse_application;
+#[cfg(feature = "fuzzing")]
+pub(crate) use registry::canonical_for_fuzzing;
+
 #[cfg(feature = "consul")]
 pub use consul::{
     ConsulBuilder, ConsulDiscovery, DEFAULT_CONSUL_ADDR, DEFAULT_QUERY_TIMEOUT, DEFAULT_WAIT,
@@ -158,6 +167,21 @@ impl Discovered {
     }
 }
 
+#[cfg(any(feature = "consul", feature = "eureka"))]
+impl Discovered {
+    /// Reads one instance of a registry's JSON answer as a `T`; one of another shape is
+    /// rejected as malformed, by `id`, and gives `None`.
+    pub(crate) fn read<T: serde::de::DeserializeOwned>(
+        &mut self,
+        id: &str,
+        value: serde_json::Value,
+    ) -> Option<T> {
+        T::deserialize(value)
+            .map_err(|e| self.reject(id, RejectReason::Malformed, e.to_string()))
+            .ok()
+    }
+}
+
 impl From<Vec<Endpoint>> for Discovered {
     fn from(endpoints: Vec<Endpoint>) -> Self {
         Discovered::new(endpoints)
@@ -221,6 +245,15 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Why an address that failed validation cannot be used: its port, or its host.
+    pub(crate) fn of_address(port: u16) -> Self {
+        if port == 0 {
+            RejectReason::InvalidPort
+        } else {
+            RejectReason::InvalidAddress
+        }
+    }
+
     /// The reason as a metric label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1493,14 +1493,11 @@ fn canonical(discovered: Discovered) -> Result<Valid, DiscoveryError> {
         for endpoint in endpoints {
             match endpoint.addr().validate() {
                 Ok(()) => answer.endpoints.push(endpoint),
-                Err(why) => {
-                    let reason = if endpoint.addr().port() == 0 {
-                        RejectReason::InvalidPort
-                    } else {
-                        RejectReason::InvalidAddress
-                    };
-                    answer.reject(endpoint.addr().to_string(), reason, why);
-                }
+                Err(why) => answer.reject(
+                    endpoint.addr().to_string(),
+                    RejectReason::of_address(endpoint.addr().port()),
+                    why,
+                ),
             }
         }
         endpoints = answer.endpoints;
@@ -1523,6 +1520,14 @@ fn canonical(discovered: Discovered) -> Result<Valid, DiscoveryError> {
         endpoints: endpoints.into(),
         rejected,
     })
+}
+
+/// [`canonical`]'s endpoints, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn canonical_for_fuzzing(
+    discovered: Discovered,
+) -> Result<Arc<[Endpoint]>, DiscoveryError> {
+    canonical(discovered).map(|valid| valid.endpoints)
 }
 
 /// A backend's answer checked by [`canonical`]: endpoints to publish, instances skipped.

@@ -53,6 +53,27 @@ struct Catalog {
     services: HashMap<String, Vec<Value>>,
     mode: Mode,
     seen: Vec<Seen>,
+    /// Queries being answered now, and the most there ever were.
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts a query in flight while it lives.
+struct InFlight(Arc<Mutex<Catalog>>);
+
+impl InFlight {
+    fn new(catalog: &Arc<Mutex<Catalog>>) -> Self {
+        let mut locked = catalog.lock().expect("lock");
+        locked.in_flight += 1;
+        locked.max_in_flight = locked.max_in_flight.max(locked.in_flight);
+        InFlight(catalog.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().expect("lock").in_flight -= 1;
+    }
 }
 
 pub struct FakeConsul {
@@ -138,6 +159,8 @@ impl FakeConsul {
             services: HashMap::new(),
             mode: Mode::Normal,
             seen: Vec::new(),
+            in_flight: 0,
+            max_in_flight: 0,
         }));
         let changed = Arc::new(Notify::new());
         let router = Router::new()
@@ -186,6 +209,11 @@ impl FakeConsul {
         self.catalog.lock().expect("lock").seen.clone()
     }
 
+    /// The most queries it was ever answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.catalog.lock().expect("lock").max_in_flight
+    }
+
     pub fn requests(&self) -> usize {
         self.catalog.lock().expect("lock").seen.len()
     }
@@ -229,6 +257,7 @@ async fn health(State((catalog, changed)): State<Shared>, request: Request) -> R
     let wait = parse_wait(&param("wait").unwrap_or_else(|| "300s".into()));
 
     catalog.lock().expect("lock").seen.push(seen);
+    let _in_flight = InFlight::new(&catalog);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let notified = changed.notified();

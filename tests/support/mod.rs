@@ -287,6 +287,18 @@ impl Discovery for ScriptedDiscovery {
     }
 }
 
+/// The instances `service`'s last answer rejected, as "instance: reason", sorted.
+pub fn rejected(mesh: &MeshClient, service: &str) -> Vec<String> {
+    let status = mesh.discovery_status(service).expect("watched");
+    let mut reasons: Vec<_> = status
+        .rejected
+        .iter()
+        .map(|r| format!("{}: {}", r.instance, r.reason.as_str()))
+        .collect();
+    reasons.sort();
+    reasons
+}
+
 /// The p-value of Pearson's chi-square goodness-of-fit test of `observed` counts against
 /// `expected` probabilities (cells with probability 0 must have no observations and are left
 /// out of the degrees of freedom).

@@ -1,0 +1,113 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`): each feeds bytes from
+//! outside through the same code the mesh runs on them, and checks what must hold whatever
+//! the bytes. Not a stable API.
+
+use crate::discovery::Discovered;
+
+/// A discovery answer as the registry takes it: every endpoint it keeps has a usable address,
+/// and it fails only with instances, all of them rejected, or none at all.
+fn check_answer(answer: Result<Discovered, crate::DiscoveryError>) {
+    let Ok(answer) = answer else {
+        return;
+    };
+    let instances = answer.endpoints.len() + answer.rejected.len();
+    match crate::discovery::canonical_for_fuzzing(answer) {
+        Ok(endpoints) => {
+            assert!(endpoints.iter().all(|e| e.addr().validate().is_ok()));
+            assert!(endpoints.windows(2).all(|w| w[0].addr() < w[1].addr()));
+        }
+        Err(_) => assert!(instances > 0, "an empty answer is a (guarded) empty set"),
+    }
+}
+
+/// A Consul health response body (`/v1/health/service/:name`).
+#[cfg(feature = "consul")]
+pub fn consul_health(body: &[u8]) {
+    check_answer(crate::discovery::consul_parse_health(body));
+}
+
+/// A Eureka application response body (`/apps/{APP}`).
+#[cfg(feature = "eureka")]
+pub fn eureka_application(body: &[u8]) {
+    check_answer(crate::discovery::eureka_parse_application(body));
+}
+
+/// A DNS message: its SRV answer and Additional section turned into endpoints.
+#[cfg(feature = "dns")]
+pub fn dns_message(message: &[u8]) {
+    check_answer(crate::discovery::dns_message_endpoints(message));
+}
+
+/// A `Retry-After` header value.
+pub fn retry_after(value: &[u8]) {
+    if let Some(pause) = crate::classify::parse_retry_after(value) {
+        assert!(pause <= crate::classify::MAX_PUSHBACK);
+    }
+}
+
+/// The whole mesh's configuration, as TOML (first byte even) or JSON (odd), parsed and
+/// validated.
+pub fn config(input: &[u8]) {
+    let Some((&kind, text)) = input.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let parsed = if kind % 2 == 0 {
+        #[cfg(feature = "toml")]
+        {
+            crate::MeshConfig::from_toml_str(text)
+        }
+        #[cfg(not(feature = "toml"))]
+        {
+            return;
+        }
+    } else {
+        crate::MeshConfig::from_json_str(text)
+    };
+    if let Ok(config) = parsed {
+        // Whatever it says, it is an error naming a field or a valid configuration.
+        if let Err(error) = config.validate() {
+            assert!(error.field().is_some(), "{error:?}");
+        }
+    }
+}
+
+/// A URL whose host names a service: its host checked as a service name, and the URL
+/// rewritten to an IP endpoint and a host-name endpoint, twice each (the second time from
+/// what the endpoint remembers), which must give the same URL as a fresh rewrite.
+pub fn logical_url(text: &[u8]) {
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let Ok(url) = url::Url::parse(text) else {
+        return;
+    };
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return;
+    };
+    if crate::ServiceName::new(host).is_err() {
+        return;
+    }
+    let endpoints = [
+        crate::Endpoint::new(([10, 1, 2, 3], 8080)),
+        crate::Endpoint::new(crate::EndpointAddr::Host("orders-1.internal".into(), 8443))
+            .with_scheme(crate::Scheme::Https),
+    ];
+    for endpoint in &endpoints {
+        let rewrites = crate::balance::rewrite::Rewrites::default();
+        let mut fresh = url.clone();
+        let _ = rewrites.rewrite_keeping(&mut fresh, endpoint, None);
+        for _ in 0..2 {
+            let mut again = url.clone();
+            let mut kept = None;
+            let _ = rewrites.rewrite_keeping(&mut again, endpoint, Some(&mut kept));
+            assert_eq!(again.as_str(), fresh.as_str());
+            if let Some(kept) = kept {
+                assert_eq!(kept.as_str(), url.as_str());
+            }
+        }
+        assert_eq!(fresh.port_or_known_default(), Some(endpoint.addr().port()));
+    }
+}
