@@ -308,6 +308,11 @@ impl Deadline {
         }
     }
 
+    /// When it passes.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
+
     /// Ready with the timeout error once the deadline has passed; call it only when the
     /// call itself is not ready, always with the `deadlines` it was made with.
     pub(crate) fn poll_expired(

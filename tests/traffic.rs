@@ -625,3 +625,29 @@ async fn an_overall_deadline_that_ends_an_attempt_counts_against_its_endpoint() 
         .expect_err("breaker open");
     assert!(err.is_circuit_open(), "{err:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_a_timeout_of_its_own_is_bounded_by_it_not_the_defaults() {
+    let (_, hung, _) = with_a_hung_endpoint(0).await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [hung])
+        .expect("valid");
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .build()
+        .expect("valid client");
+    let call = tokio::time::Instant::now();
+    let err = mesh
+        .get("http://orders/")
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .expect_err("never answers");
+    assert!(err.is_timeout(), "{err:?}");
+    // Neither the default deadline (15 s) nor the per-attempt one (5 s) cut it short.
+    assert!(
+        call.elapsed() >= Duration::from_secs(40),
+        "{:?}",
+        call.elapsed()
+    );
+}

@@ -411,6 +411,10 @@ impl Breaker {
                         .with_message("half-open, and every probe is in flight"));
                 }
                 *permits -= 1;
+                if *permits == 0 {
+                    // The maximum wait runs from when the last probe went out.
+                    *since = now;
+                }
             }
         }
         Ok(Ticket {

@@ -249,8 +249,10 @@ where
     let (shared, inner) = caller.parts();
     let policies = &*shared.policies;
     let record = policies.metrics.begin(&request);
-    // A request with a timeout of its own leaves it to the transport, for every attempt.
-    let attempts_timed = policies.attempt_timeout.is_some() && request.timeout().is_none();
+    // A request with a timeout of its own is bounded by it (the transport's, for each
+    // attempt) instead of the service's deadlines, as a request's timeout header overrides a
+    // route's in Envoy.
+    let own_timeout = request.timeout().is_some();
     // A handle on the span, not a borrow of it: the record moves into the future below.
     let entered = record.span().clone().entered();
     let mut retry = policies
@@ -281,7 +283,14 @@ where
             park(admitted, request)
         }
     };
-    let deadline = policies.timeout.as_deref().map(Deadline::new);
+    let deadline = policies
+        .timeout
+        .as_deref()
+        .filter(|_| !own_timeout)
+        .map(Deadline::new);
+    // Only an attempt that can be retried has a deadline of its own: a call that cannot move
+    // on to another endpoint is bounded by the call's deadline alone.
+    let attempts_timed = policies.attempt_timeout.is_some() && !own_timeout && retry.is_some();
     let calling = matches!(state, State::Calling { .. });
     let attempt = policies
         .attempt_timeout
@@ -429,6 +438,20 @@ where
             match poll_attempts(this.state.as_mut(), this.call, cx) {
                 Poll::Ready(result) => Poll::Ready(result),
                 Poll::Pending => match (this.deadline, &this.call.shared.policies.timeout) {
+                    // An attempt whose own deadline comes first is woken by it: the call
+                    // keeps one entry in one deadline table at a time.
+                    (Some(deadline), Some(_))
+                        if matches!(
+                            this.state.as_ref().project_ref(),
+                            StateProjRef::Calling { .. }
+                        ) && this
+                            .call
+                            .attempt
+                            .as_ref()
+                            .is_some_and(|attempt| attempt.at() <= deadline.at()) =>
+                    {
+                        Poll::Pending
+                    }
                     (Some(deadline), Some(deadlines)) => match deadline.poll_expired(cx, deadlines)
                     {
                         Poll::Ready(error) => {

@@ -247,8 +247,9 @@ impl<S> Layer<S> for MeshLayer {
 
     fn layer(&self, transport: S) -> MeshService<S> {
         let mut balance = self.balance.layer(transport);
-        // A service that has resolved keeps its registry entry: its calls can go to the
-        // entry directly. (A `MeshClient` resolves a service before building its stack.)
+        // A service that has resolved has a registry entry: its calls can go to the entry
+        // directly, until the registry forgets it (idle), when they look it up again. (A
+        // `MeshClient` resolves a service before building its stack.)
         let name = self.policies.metrics.service();
         if let Some(entry) = self.balance.registry().resolved_entry(name.as_str()) {
             balance.pin(entry);

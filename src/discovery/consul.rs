@@ -28,9 +28,9 @@
 //!   index that moved over the same instances) is what the loop paces, with a token bucket
 //!   (burst 2, one token per 15 s by default): a server that keeps returning at once is asked
 //!   about once per 15 s, not in a hot loop;
-//! - on errors it backs off exponentially with jitter (1 s to 3 s), apart from that pacing,
-//!   and asks again without blocking, so a registry back from an outage is seen again
-//!   within seconds. A `500 No cluster
+//! - on errors it backs off exponentially with jitter (1 s to 3 s; after 20 failures in a
+//!   row, 10 to 30 s), apart from that pacing, and asks again without blocking, so a
+//!   registry back from an outage is seen again within seconds. A `500 No cluster
 //!   leader` or a refused connection is an error, so the registry keeps serving the last
 //!   good set.
 //!
@@ -419,6 +419,7 @@ impl Discovery for ConsulDiscovery {
             next: Next::Now,
             last: None,
             recovering: false,
+            failed: 0,
         };
         let state = (self, service, 0u64, pacing);
         Box::pin(futures_util::stream::unfold(
@@ -431,6 +432,7 @@ impl Discovery for ConsulDiscovery {
                     match consul.query(&service, index).await {
                         Ok(answer) => {
                             pacing.errors.reset();
+                            pacing.failed = 0;
                             // Consul's sanity check: treat an index of 0 as 1.
                             let new = answer.index.max(1);
                             if new < index {
@@ -469,7 +471,16 @@ impl Discovery for ConsulDiscovery {
                             // by the error backoff alone, and asks without blocking: a
                             // blocking query on an index that has not moved would not answer
                             // for a whole wait after the agent came back.
-                            pacing.next = Next::After(pacing.errors.next_delay());
+                            // Quick retries for the first minute or so of errors, so an agent
+                            // back from an outage is seen within seconds; then ten times
+                            // slower (3 to 30 s), not every few seconds for ever.
+                            pacing.failed = pacing.failed.saturating_add(1);
+                            let delay = pacing.errors.next_delay();
+                            pacing.next = Next::After(if pacing.failed > QUICK_RETRIES {
+                                delay * 10
+                            } else {
+                                delay
+                            });
                             pacing.recovering = true;
                             index = 0;
                             return Some((Err(error), (consul, service, index, pacing)));
@@ -484,6 +495,10 @@ impl Discovery for ConsulDiscovery {
 /// The longest wait after a failed query: a registry back from an outage is asked again
 /// within this long. (The agent is local to each client, as Consul deploys it.)
 const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(3);
+
+/// Failed queries in a row retried within [`ERROR_BACKOFF_CAP`]; later ones wait ten times
+/// as long.
+const QUICK_RETRIES: u32 = 20;
 
 /// The shortest time between two queries of a watch, before jitter: a change is followed by
 /// the next blocking query this soon.
@@ -501,6 +516,8 @@ struct Pacing {
     last: Option<super::Discovered>,
     /// Whether the last query failed: the next answer is published whatever it says.
     recovering: bool,
+    /// Queries failed in a row.
+    failed: u32,
 }
 
 /// What comes before the next query.

@@ -477,9 +477,10 @@ impl Registry {
         }
     }
 
-    /// The entry of `host`, if it has resolved: a service that has had a snapshot keeps its
-    /// entry for the registry's life (only a name that never resolved is forgotten, and
-    /// looked up afresh on its next call).
+    /// The entry of `host`, if it has resolved. An entry is forgotten when its name never
+    /// resolved, or when the service goes idle (see [`RegistryBuilder::idle_timeout`]); a
+    /// holder of a forgotten entry finds it out on lookup ([`Lookup::Forgotten`]) and looks
+    /// the service up in the registry again.
     pub(crate) fn resolved_entry(&self, host: &str) -> Option<Arc<ServiceEntry>> {
         self.inner
             .services
@@ -565,7 +566,11 @@ impl Registry {
             discovery.clone(),
             Arc::downgrade(&self.inner),
         ));
-        let task = runtime.spawn(watch(entry.clone(), discovery, Arc::downgrade(&self.inner)));
+        let task = runtime.spawn(watch(
+            WatchAlive(entry.clone()),
+            discovery,
+            Arc::downgrade(&self.inner),
+        ));
         tasks.insert(name.clone(), task.abort_handle());
         let mut services = HashMap::clone(&self.inner.services.load());
         services.insert(name, entry.clone());
@@ -951,7 +956,7 @@ impl ServiceEntry {
         }
         tracing::info!(service = %self.name, "restarting the watch task");
         let task = runtime.spawn(watch(
-            self.clone(),
+            WatchAlive(self.clone()),
             self.discovery.clone(),
             self.registry.clone(),
         ));
@@ -1383,11 +1388,19 @@ impl ServiceEntry {
         if rejected.is_empty() && status.rejected.is_empty() {
             return;
         }
-        for instance in &rejected {
-            if status.rejected.contains(instance) {
-                continue;
-            }
-            status.rejected_total += 1;
+        let fresh: Vec<&RejectedInstance> = {
+            let before: std::collections::HashSet<(&str, RejectReason)> = status
+                .rejected
+                .iter()
+                .map(|r| (r.instance.as_str(), r.reason))
+                .collect();
+            rejected
+                .iter()
+                .filter(|r| !before.contains(&(r.instance.as_str(), r.reason)))
+                .collect()
+        };
+        status.rejected_total += fresh.len() as u64;
+        for instance in fresh {
             metrics::counter!(
                 crate::observe::REJECTED_INSTANCES,
                 "server.address" => self.name.to_string(),
@@ -1571,12 +1584,10 @@ impl Drop for WatchAlive {
 /// Beside the stream it runs the maintenance tick (effective weights, ejections running
 /// out), a second fetch that confirms a mass removal, and the re-check of a held one: none
 /// of them waits for another.
-async fn watch(
-    entry: Arc<ServiceEntry>,
-    discovery: Arc<dyn Discovery>,
-    registry: Weak<RegistryInner>,
-) {
-    let _alive = WatchAlive(entry.clone());
+async fn watch(alive: WatchAlive, discovery: Arc<dyn Discovery>, registry: Weak<RegistryInner>) {
+    // The guard came in with the task, so that it marks the watch ended even if the task is
+    // dropped before it first runs.
+    let entry = alive.0.clone();
     let period = entry
         .safety
         .scoring
@@ -1586,7 +1597,11 @@ async fn watch(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Some(ticks)
     };
-    let idle_timeout = registry.upgrade().and_then(|r| r.idle_timeout);
+    // A configured service is never forgotten: the configuration bounds those.
+    let idle_timeout = registry
+        .upgrade()
+        .filter(|r| !r.routes.contains_key(&entry.name))
+        .and_then(|r| r.idle_timeout);
     let mut last_used = Instant::now();
     let mut confirming: Option<Confirmation> = None;
     // A held removal, and when to ask the backend about it again.
@@ -1615,7 +1630,13 @@ async fn watch(
                             }
                         }
                         Err(error) => {
-                            entry.record_error(error);
+                            // Not a failed refresh: the stream, which is, still answers.
+                            tracing::warn!(
+                                service = %entry.name,
+                                error = %error,
+                                "the second fetch confirming a mass removal failed; asking again later"
+                            );
+                            entry.hold_removal(proposed.len());
                             let recheck = backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
                             held = Some((proposed, Box::pin(tokio::time::sleep(recheck))));
                         }
@@ -1632,7 +1653,11 @@ async fn watch(
                     let now = Instant::now();
                     if entry.used.swap(false, Ordering::Relaxed) {
                         last_used = now;
-                    } else if idle_timeout.is_some_and(|idle| now - last_used >= idle) {
+                    } else if idle_timeout.is_some_and(|idle| now - last_used >= idle)
+                        // Its last good set is all a later call would have while the
+                        // backend fails: kept until the backend answers again.
+                        && entry.failing_since.load(Ordering::Relaxed) == 0
+                    {
                         tracing::info!(service = %entry.name, "no calls for the idle timeout; forgetting the service");
                         if let Some(registry) = registry.upgrade() {
                             registry.forget(&entry);
@@ -1641,7 +1666,8 @@ async fn watch(
                     }
                     // Effective weights move with health scores, and ejections run out.
                     entry.rebuild();
-                    if let Some(age) = entry.status().age {
+                    let refreshed_at = entry.lock_status().refreshed_at;
+                    if let Some(age) = refreshed_at.map(|at| at.elapsed()) {
                         metrics::gauge!(crate::observe::DISCOVERY_AGE, "server.address" => entry.name.to_string())
                             .set(age.as_secs_f64());
                     }
@@ -1652,7 +1678,9 @@ async fn watch(
                 Ok(valid) => {
                     entry.note_rejected(valid.rejected);
                     if entry.is_mass_removal(&valid.endpoints) {
-                        // Asked again beside the stream; a newer answer replaces the question.
+                        // Asked again beside the stream; a newer answer replaces the question,
+                        // and any removal held before it.
+                        held = None;
                         confirming = Some(confirm(&entry, &discovery, valid.endpoints));
                     } else {
                         confirming = None;

@@ -28,6 +28,9 @@ pub struct RetryPolicy {
     pub(crate) base: Duration,
     pub(crate) cap: Duration,
     pub(crate) per_attempt_timeout: Option<Duration>,
+    /// Whether `per_attempt_timeout` was set, not left at its default: the standalone
+    /// [`RetryLayer`](super::RetryLayer) applies only a timeout that was set.
+    pub(crate) per_attempt_set: bool,
     pub(crate) budget: BudgetConfig,
 }
 
@@ -38,6 +41,7 @@ impl Default for RetryPolicy {
             base: Duration::from_millis(25),
             cap: Duration::from_millis(250),
             per_attempt_timeout: Some(DEFAULT_PER_ATTEMPT_TIMEOUT),
+            per_attempt_set: false,
             budget: BudgetConfig::default(),
         }
     }
@@ -58,11 +62,17 @@ impl RetryPolicy {
         self
     }
 
-    /// A timeout for each attempt, for requests that set none of their own
-    /// ([`DEFAULT_PER_ATTEMPT_TIMEOUT`] unless set). It is the request's timeout, which
-    /// the transport enforces (reqwest does); its expiry is a failed attempt.
+    /// A timeout for each attempt of a call that can be retried, for requests that set no
+    /// timeout of their own ([`DEFAULT_PER_ATTEMPT_TIMEOUT`] unless set).
+    ///
+    /// A [`MeshService`](crate::client::MeshService) (what a `MeshClient` runs) enforces it
+    /// until the response's headers arrive, counts an attempt it cuts short as a timeout
+    /// against its endpoint, and retries elsewhere. The standalone
+    /// [`RetryLayer`](super::RetryLayer) applies it only when set here, as the request's
+    /// timeout for the transport to enforce (reqwest's covers reading the body too).
     pub fn per_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.per_attempt_timeout = Some(timeout);
+        self.per_attempt_set = true;
         self
     }
 

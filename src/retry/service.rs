@@ -144,7 +144,7 @@ impl<C: Clone> RetryLayer<C> {
     /// per-attempt timeout; then, if the call can be retried (its method, its options and
     /// its body allow it), what its retries need.
     pub(crate) fn begin<R>(&self, request: &mut reqwest::Request) -> Option<RetryState<R>> {
-        if !self.start(request, true) {
+        if !self.start(request, self.rules.policy.per_attempt_set) {
             return None;
         }
         let template = try_clone(request)?;
