@@ -38,6 +38,14 @@ pub fn dns_message(message: &[u8]) {
     check_answer(crate::discovery::dns_message_endpoints(message));
 }
 
+/// A JSON Web Key Set body: the keys in it that can verify a signature.
+#[cfg(feature = "jwt")]
+pub fn jwks(body: &[u8]) {
+    if let Ok(keys) = crate::auth::usable_keys(body) {
+        assert!(!keys.is_empty(), "a set with no usable key is refused");
+    }
+}
+
 /// A `Retry-After` header value.
 pub fn retry_after(value: &[u8]) {
     if let Some(pause) = crate::classify::parse_retry_after(value) {

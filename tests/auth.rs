@@ -621,3 +621,198 @@ async fn typ_is_checked_only_when_required() {
     assert_eq!(strict.verify(&jwt).await, Err(Rejection::Type));
     assert!(strict.verify(&access).await.is_ok());
 }
+
+const MORE_JWKS: &str = include_str!("keys/more_jwks.json");
+
+/// A key of `tests/keys/jwks.json` (RSA) or `more_jwks.json` (EC P-256, Ed25519) by `kid`,
+/// with `changes` applied (`null` removes a member).
+fn jwk(kid: &str, changes: Value) -> Value {
+    let mut keys: Vec<Value> = Vec::new();
+    for set in [JWKS, MORE_JWKS] {
+        let set: Value = serde_json::from_str(set).expect("json");
+        keys.extend(set["keys"].as_array().expect("keys").iter().cloned());
+    }
+    let mut key = keys
+        .into_iter()
+        .find(|k| k["kid"] == kid)
+        .expect("a test key");
+    for (name, value) in changes.as_object().expect("an object") {
+        match value {
+            Value::Null => {
+                key.as_object_mut().expect("object").remove(name);
+            }
+            value => key[name] = value.clone(),
+        }
+    }
+    key
+}
+
+/// A verifier of the key set `keys`, served over HTTP on 127.0.0.1.
+fn served_set(keys: Vec<Value>) -> (Served, Verifier) {
+    let server = KeyServer::default();
+    *server.body.lock().expect("lock") = json!({ "keys": keys }).to_string();
+    let served = key_server(&server);
+    let jwks = Jwks::new(
+        &format!("http://{}/jwks.json", served.addr),
+        JwksOptions::default(),
+    )
+    .expect("valid");
+    (served, Verifier::with_jwks(jwks).audience("orders"))
+}
+
+fn rsa_token(alg: Algorithm, pem: &[u8], kid: &str) -> String {
+    sign(
+        alg,
+        &EncodingKey::from_rsa_pem(pem).expect("key"),
+        Some(kid),
+        &claims(),
+    )
+}
+
+/// Keys as providers publish them, none of which this crate can verify with.
+fn foreign_keys() -> Vec<Value> {
+    vec![
+        // Keycloak's realm encryption key.
+        jwk(
+            "rsa-2",
+            json!({"kid": "enc-1", "use": "enc", "alg": "RSA-OAEP"}),
+        ),
+        // Encryption only, by key_ops.
+        jwk(
+            "rsa-2",
+            json!({"kid": "wrap-1", "use": null, "key_ops": ["wrapKey"]}),
+        ),
+        json!({"kty": "oct", "kid": "hmac-1", "alg": "HS256", "k": b64(SECRET)}),
+        json!({"kty": "OKP", "kid": "x-1", "crv": "X25519", "x": b64(&[7; 32])}),
+        json!({"kty": "EC", "kid": "p521-1", "crv": "P-521", "alg": "ES512",
+               "x": b64(&[1; 66]), "y": b64(&[2; 66])}),
+        json!({"kty": "RSA", "kid": "broken-1", "alg": "RS256", "n": 5, "e": "AQAB"}),
+        json!({"kty": "EC", "kid": "mixed-1", "crv": "P-384", "alg": "ES256",
+               "x": b64(&[1; 48]), "y": b64(&[2; 48])}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keycloak_shaped_set_verifies_with_its_signing_key_and_ignores_its_encryption_key() {
+    let (_served, verifier) = served_set(vec![
+        jwk("rsa-1", json!({"use": "sig", "alg": "RS256"})),
+        jwk(
+            "rsa-2",
+            json!({"kid": "enc-1", "use": "enc", "alg": "RSA-OAEP"}),
+        ),
+    ]);
+    let good = rsa_token(Algorithm::RS256, RSA, "rsa-1");
+    assert!(verifier.verify(&good).await.is_ok());
+    // The encryption key never verifies a signature, even one its private half made.
+    let by_enc = rsa_token(Algorithm::RS256, RSA2, "enc-1");
+    assert_eq!(verifier.verify(&by_enc).await, Err(Rejection::UnknownKey));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_shaped_key_without_alg_serves_its_family_and_nothing_else() {
+    let (_served, verifier) = served_set(vec![jwk(
+        "rsa-1",
+        json!({"alg": null, "use": "sig", "x5t": "dGh1bWJwcmludA", "x5c": ["TUlJQ2R1bW15"]}),
+    )]);
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+    ] {
+        let token = rsa_token(alg, RSA, "rsa-1");
+        assert!(verifier.verify(&token).await.is_ok(), "{alg:?}");
+    }
+    // Outside its family: an HMAC token keyed with the public key, and an EC token.
+    let hmac = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(RSA_PUB),
+        Some("rsa-1"),
+        &claims(),
+    );
+    assert!(verifier.verify(&hmac).await.is_err());
+    let ec = sign(
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(EC256).expect("key"),
+        Some("rsa-1"),
+        &claims(),
+    );
+    assert!(verifier.verify(&ec).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_and_auth0_shaped_sets_verify_both_keys_of_a_rotation() {
+    let (_served, verifier) = served_set(vec![
+        jwk("rsa-1", json!({"x5c": ["TUlJQ2R1bW15"]})),
+        jwk("rsa-2", json!({"x5c": ["TUlJQ2R1bW15"], "x5t": "eA"})),
+    ]);
+    assert!(
+        verifier
+            .verify(&rsa_token(Algorithm::RS256, RSA, "rsa-1"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        verifier
+            .verify(&rsa_token(Algorithm::RS256, RSA2, "rsa-2"))
+            .await
+            .is_ok()
+    );
+    // Bound to RS256 by its `alg`: PS256 from the same key is refused.
+    assert!(
+        verifier
+            .verify(&rsa_token(Algorithm::PS256, RSA, "rsa-1"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_mixing_every_shape_verifies_with_its_usable_keys_only() {
+    let mut keys = foreign_keys();
+    keys.push(jwk("rsa-1", json!({})));
+    keys.push(jwk("ec-1", json!({})));
+    keys.push(jwk("ed-1", json!({"use": "sig", "key_ops": ["verify"]})));
+    let (_served, verifier) = served_set(keys);
+    assert!(
+        verifier
+            .verify(&rsa_token(Algorithm::RS256, RSA, "rsa-1"))
+            .await
+            .is_ok()
+    );
+    let es256 = sign(
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(EC256).expect("key"),
+        Some("ec-1"),
+        &claims(),
+    );
+    assert!(verifier.verify(&es256).await.is_ok());
+    let eddsa = sign(
+        Algorithm::EdDSA,
+        &EncodingKey::from_ed_pem(ED).expect("key"),
+        Some("ed-1"),
+        &claims(),
+    );
+    assert!(verifier.verify(&eddsa).await.is_ok());
+    // The foreign keys verify nothing: an HMAC token made with the published secret, a
+    // token naming the encryption key.
+    let hmac = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET),
+        Some("hmac-1"),
+        &claims(),
+    );
+    assert_eq!(verifier.verify(&hmac).await, Err(Rejection::UnknownKey));
+    let by_enc = rsa_token(Algorithm::RS256, RSA2, "enc-1");
+    assert_eq!(verifier.verify(&by_enc).await, Err(Rejection::UnknownKey));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_with_no_usable_key_is_refused_whole() {
+    let (_served, verifier) = served_set(foreign_keys());
+    let token = rsa_token(Algorithm::RS256, RSA2, "enc-1");
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(Rejection::KeysUnavailable)
+    );
+}

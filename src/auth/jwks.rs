@@ -8,8 +8,17 @@
 //!   request until the cache expires.)
 //! - While the endpoint is down, the last good keys serve for up to `max_stale` past their
 //!   expiry; after that verification fails closed.
-//! - A malformed set, or one with a key that does not parse or names no `alg`, is refused
-//!   whole, and the previous set kept.
+//! - A set is the keys in it that can verify a signature, as identity providers publish
+//!   them: a key whose `use` is not `sig` (Keycloak's encryption key), whose `key_ops` leave
+//!   out `verify`, of a type or curve this crate does not verify with (`oct`, `OKP` X25519,
+//!   `EC` P-521), or that does not parse is skipped, logged at `debug` once per fetch and
+//!   counted in [`JWKS_KEYS_SKIPPED`](crate::observe::JWKS_KEYS_SKIPPED). A key without
+//!   `alg` (Microsoft Entra ID publishes its keys so) serves the algorithms of its own family
+//!   only: an RSA key RS256/384/512 and PS256/384/512, an EC key its curve's (ES256 for
+//!   P-256, ES384 for P-384), an Ed25519 key EdDSA. A shared secret (`oct`) is never taken
+//!   from a published set: anyone who can read it could sign with it.
+//! - A set that is malformed, or has no usable key, is refused whole, and the previous set
+//!   kept.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +27,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::Algorithm;
-use jsonwebtoken::jwk::JwkSet;
 use reqwest::header::{ACCEPT, CACHE_CONTROL};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -87,9 +95,9 @@ impl JwksOptions {
     }
 }
 
-/// One fetched set.
+/// One fetched set: its usable keys by `kid`, each once per algorithm it serves.
 struct KeySet {
-    keys: HashMap<Option<String>, VerifyingKey>,
+    keys: HashMap<Option<String>, Vec<VerifyingKey>>,
     fetched: Instant,
     expires: Instant,
 }
@@ -258,16 +266,7 @@ impl Jwks {
         let body = crate::discovery::http::read_bounded(response, self.options.max_body_bytes)
             .await
             .map_err(|e| e.to_string())?;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|e| format!("malformed key set: {e}"))?;
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let key = VerifyingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-            keys.insert(key.kid.clone(), key);
-        }
-        if keys.is_empty() {
-            return Err("the key set has no keys".into());
-        }
+        let keys = usable_keys(&body)?;
         let ttl = max_age
             .unwrap_or(self.options.min_ttl)
             .clamp(self.options.min_ttl, self.options.max_ttl);
@@ -282,18 +281,166 @@ impl Jwks {
 }
 
 fn find(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Option<VerifyingKey> {
-    let key = match kid {
-        Some(kid) => set.keys.get(&Some(kid.to_owned()))?,
+    let of_alg = |keys: &Vec<VerifyingKey>| keys.iter().find(|k| k.algorithm == alg).cloned();
+    match kid {
+        Some(kid) => of_alg(set.keys.get(&Some(kid.to_owned()))?),
+        // A token without `kid` is verified only when one key of its algorithm is known.
         None => {
-            let mut of_alg = set.keys.values().filter(|k| k.algorithm == alg);
+            let mut of_alg = set.keys.values().filter_map(of_alg);
             let key = of_alg.next()?;
-            if of_alg.next().is_some() {
-                return None;
+            of_alg.next().is_none().then_some(key)
+        }
+    }
+}
+
+/// Why a key of a set is skipped: a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Skipped {
+    /// `use` other than `sig`, or `key_ops` without `verify`.
+    NotForSigning,
+    /// A type, curve or algorithm this crate does not verify with, or a shared secret.
+    Unsupported,
+    /// A key that does not parse.
+    Malformed,
+}
+
+impl Skipped {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skipped::NotForSigning => "not_for_signing",
+            Skipped::Unsupported => "unsupported",
+            Skipped::Malformed => "malformed",
+        }
+    }
+}
+
+/// The usable keys of a JWKS body, by `kid`: an error only when the body is malformed or no
+/// key in it can verify a signature (see the module documentation).
+pub(crate) fn usable_keys(
+    body: &[u8],
+) -> Result<HashMap<Option<String>, Vec<VerifyingKey>>, String> {
+    #[derive(serde::Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_slice(body).map_err(|e| format!("malformed key set: {e}"))?;
+    let mut keys: HashMap<Option<String>, Vec<VerifyingKey>> = HashMap::new();
+    let mut skipped = Vec::new();
+    for value in set.keys {
+        let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
+        match verifying_keys(value) {
+            Ok(usable) => {
+                let slot = keys.entry(kid).or_default();
+                for key in usable {
+                    // A second key of the same `kid` and algorithm is ambiguous: the first
+                    // one listed is kept.
+                    if !slot.iter().any(|k| k.algorithm == key.algorithm) {
+                        slot.push(key);
+                    }
+                }
             }
-            key
+            Err((why, detail)) => {
+                metrics::counter!(crate::observe::JWKS_KEYS_SKIPPED, "reason" => why.as_str())
+                    .increment(1);
+                skipped.push((kid, detail));
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::debug!(
+            ?skipped,
+            usable = keys.len(),
+            "skipped keys of the key set that cannot verify a signature"
+        );
+    }
+    if keys.is_empty() {
+        return Err(format!(
+            "the key set has no key that can verify a signature ({} skipped)",
+            skipped.len()
+        ));
+    }
+    Ok(keys)
+}
+
+/// The verifying keys of one JWK, one per algorithm it serves, or why it has none.
+fn verifying_keys(value: serde_json::Value) -> Result<Vec<VerifyingKey>, (Skipped, String)> {
+    let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    if let Some(usage) = text("use")
+        && usage != "sig"
+    {
+        return Err((
+            Skipped::NotForSigning,
+            format!("use is {usage:?}, not \"sig\""),
+        ));
+    }
+    if let Some(ops) = value.get("key_ops")
+        && !ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op == "verify"))
+    {
+        return Err((
+            Skipped::NotForSigning,
+            "key_ops leave out \"verify\"".into(),
+        ));
+    }
+    let kty = text("kty").unwrap_or_default();
+    let crv = text("crv").unwrap_or_default();
+    // The algorithms the key's own type and curve allow: a key is never used outside them.
+    let family: &[Algorithm] = match (kty.as_str(), crv.as_str()) {
+        ("RSA", _) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        ("EC", "P-256") => &[Algorithm::ES256],
+        ("EC", "P-384") => &[Algorithm::ES384],
+        ("OKP", "Ed25519") => &[Algorithm::EdDSA],
+        ("oct", _) => {
+            return Err((
+                Skipped::Unsupported,
+                "a shared secret is never taken from a published key set".into(),
+            ));
+        }
+        _ => {
+            return Err((
+                Skipped::Unsupported,
+                format!("key type {kty:?} with curve {crv:?} is not supported"),
+            ));
         }
     };
-    (key.algorithm == alg).then(|| key.clone())
+    let algorithms: Vec<Algorithm> = match text("alg") {
+        None => family.to_vec(),
+        Some(alg) => match alg.parse::<Algorithm>() {
+            Ok(alg) if family.contains(&alg) => vec![alg],
+            _ => {
+                return Err((
+                    Skipped::Unsupported,
+                    format!("alg {alg:?} is not a signature algorithm of a {kty} key"),
+                ));
+            }
+        },
+    };
+    // jsonwebtoken's JWK type: it knows fewer `alg` values than are published (RSA-OAEP
+    // keys were skipped above), and none matter past this point.
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("alg");
+    }
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(value).map_err(|e| (Skipped::Malformed, e.to_string()))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+        .map_err(|e| (Skipped::Malformed, e.to_string()))?;
+    Ok(algorithms
+        .into_iter()
+        .map(|algorithm| VerifyingKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key: key.clone(),
+        })
+        .collect())
 }
 
 /// `max-age` from a `Cache-Control` value.

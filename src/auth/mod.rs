@@ -29,6 +29,8 @@ mod verifier;
 pub(crate) use attach::{Attach, insert as insert_authorization};
 pub use attach::{AttachToken, AttachTokenLayer, ResponseFuture as AttachTokenFuture};
 pub use jsonwebtoken::Algorithm;
+#[cfg(feature = "fuzzing")]
+pub(crate) use jwks::usable_keys;
 pub use jwks::{Jwks, JwksOptions};
 pub use layer::{JwtAuth, JwtAuthLayer};
 pub use oauth2::{ClientAuth, OAuth2Builder, OAuth2ClientCredentials};

@@ -16,6 +16,8 @@
 //! | `proxyless.discovery.endpoints` | gauge | `server.address` |
 //! | `proxyless.discovery.snapshot_age` | gauge, seconds | `server.address` |
 //! | `proxyless.discovery.refresh_errors` | counter | `server.address` |
+//! | `proxyless.discovery.rejected_instances` | counter | `server.address`, `reason` |
+//! | `proxyless.auth.jwks_keys_skipped` | counter | `reason` (`not_for_signing`, `unsupported`, `malformed`) |
 //! | `proxyless.auth.token_refreshes` | counter | `source` (`jwt`, `oauth2`) |
 //! | `proxyless.auth.verification_failures` | counter | `reason` |
 //! | `proxyless.endpoint.attempt.duration` | histogram, seconds; opt-in | `server.address`, `endpoint`, `outcome` (`success`, `failure`, `ignored`) |
@@ -71,6 +73,9 @@ pub const DISCOVERY_ERRORS: &str = "proxyless.discovery.refresh_errors";
 /// (counter; `server.address`, `reason`: see
 /// [`RejectReason::as_str`](crate::discovery::RejectReason::as_str)).
 pub const REJECTED_INSTANCES: &str = "proxyless.discovery.rejected_instances";
+/// Keys of a fetched JWKS that cannot verify a signature and were skipped (counter; `reason`:
+/// `not_for_signing`, `unsupported`, `malformed`).
+pub const JWKS_KEYS_SKIPPED: &str = "proxyless.auth.jwks_keys_skipped";
 /// Outbound tokens signed or fetched (counter; `source`: `jwt`, `oauth2`).
 pub const TOKEN_REFRESHES: &str = "proxyless.auth.token_refreshes";
 /// Inbound tokens refused (counter; `reason`, from
