@@ -6,8 +6,11 @@
 //!   `refetch_interval`, however many requests miss at once: they all wait for that one fetch.
 //!   (Envoy's `jwt_authn` does not refetch on an unknown `kid`; a rotation then fails every
 //!   request until the cache expires.)
-//! - While the endpoint is down, the last good keys serve for up to `max_stale` past their
-//!   expiry; after that verification fails closed.
+//! - While the endpoint is down, or hangs, the last good keys serve for up to `max_stale` past
+//!   their expiry without any request waiting for a fetch (stale-while-revalidate): a stale
+//!   set wakes the background refresher, which retries with exponential backoff and jitter
+//!   (1 s to 60 s). Past `max_stale` verification fails closed. Only a verifier's very first
+//!   fetch, and the refetch an unknown `kid` asks for, are waited for.
 //! - A set is the keys in it that can verify a signature, as identity providers publish
 //!   them: a key whose `use` is not `sig` (Keycloak's encryption key), whose `key_ops` leave
 //!   out `verify`, of a type or curve this crate does not verify with (`oct`, `OKP` X25519,
@@ -110,6 +113,8 @@ pub struct Jwks {
     current: ArcSwapOption<KeySet>,
     /// Held while fetching: callers that miss wait on it and then find the new set.
     fetching: Mutex<FetchState>,
+    /// Wakes the background refresher early: a stale set was served.
+    wake: Arc<tokio::sync::Notify>,
     me: Weak<Jwks>,
 }
 
@@ -153,6 +158,7 @@ impl Jwks {
             http,
             current: ArcSwapOption::empty(),
             fetching: Mutex::new(FetchState::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
             me: me.clone(),
         }))
     }
@@ -164,15 +170,33 @@ impl Jwks {
         alg: Algorithm,
     ) -> Result<VerifyingKey, Rejection> {
         let now = Instant::now();
-        if let Some(set) = self.current.load_full()
-            && now < set.expires
-        {
-            match find(&set, kid, alg) {
-                Some(key) => return Ok(key),
-                None => return self.refetch_for(kid, alg, true).await,
+        let Some(set) = self.current.load_full() else {
+            // Nothing to serve yet: the first fetch is waited for.
+            return self.refetch_for(kid, alg, false).await;
+        };
+        if now >= set.expires {
+            // Stale: served without waiting while within `max_stale`, and refreshed in the
+            // background, so an identity provider that hangs costs a request nothing.
+            self.refresh_soon();
+            if now > set.expires + self.options.max_stale {
+                return Err(Rejection::KeysUnavailable);
             }
         }
-        self.refetch_for(kid, alg, false).await
+        match find(&set, kid, alg) {
+            Some(key) => Ok(key),
+            None => self.refetch_for(kid, alg, true).await,
+        }
+    }
+
+    /// Wakes the background refresher (starting it if it is not running) to fetch now.
+    fn refresh_soon(&self) {
+        self.wake.notify_one();
+        if let Ok(mut state) = self.fetching.try_lock()
+            && !state.refresher
+        {
+            state.refresher = true;
+            self.start_refresher();
+        }
     }
 
     /// Fetches (once, for every caller waiting) and looks again.
@@ -215,6 +239,39 @@ impl Jwks {
         find(&set, kid, alg).ok_or(Rejection::UnknownKey)
     }
 
+    /// How long the refresher waits before its next fetch: until a little before the set
+    /// expires, or, after failures, an exponential backoff with jitter.
+    fn next_refresh(
+        &self,
+        failures: &mut crate::discovery::backoff::Backoff,
+        failed: bool,
+    ) -> Duration {
+        if failed {
+            let delay = failures.next_delay();
+            // Past `max_stale` every verification fails until a fetch succeeds: ask at least
+            // every `refetch_interval` then, so the keys are back soon after the endpoint.
+            let closed = self
+                .current
+                .load_full()
+                .is_some_and(|set| Instant::now() > set.expires + self.options.max_stale);
+            return if closed {
+                delay.min(self.options.refetch_interval)
+            } else {
+                delay
+            };
+        }
+        failures.reset();
+        match self.current.load_full() {
+            Some(set) => {
+                let life = set.expires.saturating_duration_since(set.fetched);
+                (set.expires - life / 10)
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1))
+            }
+            None => self.options.min_ttl,
+        }
+    }
+
     /// Refreshes in the background a little before the set expires, while anyone holds it.
     fn start_refresher(&self) {
         let me = self.me.clone();
@@ -222,23 +279,36 @@ impl Jwks {
             return;
         };
         runtime.spawn(async move {
+            let mut failures = crate::discovery::backoff::Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            );
+            let mut failed = false;
             loop {
-                let wait = {
+                let (wait, wake) = {
                     let Some(jwks) = me.upgrade() else { return };
-                    match jwks.current.load_full() {
-                        Some(set) => {
-                            let life = set.expires.saturating_duration_since(set.fetched);
-                            (set.expires - life / 10).saturating_duration_since(Instant::now())
-                        }
-                        None => jwks.options.min_ttl,
-                    }
+                    (jwks.next_refresh(&mut failures, failed), jwks.wake.clone())
                 };
-                tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+                // A stale set served wakes it early, but never before its backoff after a
+                // failure is over. (It holds the key set only while it fetches.)
+                let sleep = tokio::time::sleep(wait);
+                if failed {
+                    sleep.await;
+                } else {
+                    tokio::select! {
+                        () = sleep => {}
+                        () = wake.notified() => {}
+                    }
+                }
                 let Some(jwks) = me.upgrade() else { return };
                 let _fetching = jwks.fetching.lock().await;
-                if let Err(error) = jwks.fetch().await {
-                    tracing::warn!(url = %jwks.url, error = %error, "JWKS refresh failed; keeping the last good keys");
-                }
+                failed = match jwks.fetch().await {
+                    Ok(()) => false,
+                    Err(error) => {
+                        tracing::warn!(url = %jwks.url, error = %error, "JWKS refresh failed; serving the last good keys until max_stale");
+                        true
+                    }
+                };
             }
         });
     }
