@@ -637,6 +637,27 @@ async fn typ_is_checked_only_when_required() {
 }
 
 const MORE_JWKS: &str = include_str!("keys/more_jwks.json");
+const RSA_X5C: &str = include_str!("keys/rsa.x5c.json");
+
+/// `rsa-1` with a certificate of its key and the certificate's thumbprints, as Keycloak and
+/// Entra ID publish their keys, and `changes` applied.
+fn jwk_with_certificate(changes: Value) -> Value {
+    let mut key = jwk("rsa-1", changes);
+    let certificate: Value = serde_json::from_str(RSA_X5C).expect("json");
+    for (name, value) in certificate.as_object().expect("an object") {
+        key[name] = value.clone();
+    }
+    key
+}
+
+fn ec_token(kid: &str) -> String {
+    sign(
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(EC256).expect("key"),
+        Some(kid),
+        &claims(),
+    )
+}
 
 /// A key of `tests/keys/jwks.json` (RSA) or `more_jwks.json` (EC P-256, Ed25519) by `kid`,
 /// with `changes` applied (`null` removes a member).
@@ -708,12 +729,17 @@ fn foreign_keys() -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keycloak_shaped_set_verifies_with_its_signing_key_and_ignores_its_encryption_key() {
+    // Keycloak lists the realm's encryption key first, each key with its certificate.
+    let mut enc = jwk(
+        "rsa-2",
+        json!({"kid": "enc-1", "use": "enc", "alg": "RSA-OAEP"}),
+    );
+    for name in ["x5c", "x5t", "x5t#S256"] {
+        enc[name] = jwk_with_certificate(json!({}))[name].clone();
+    }
     let (_served, verifier) = served_set(vec![
-        jwk("rsa-1", json!({"use": "sig", "alg": "RS256"})),
-        jwk(
-            "rsa-2",
-            json!({"kid": "enc-1", "use": "enc", "alg": "RSA-OAEP"}),
-        ),
+        enc,
+        jwk_with_certificate(json!({"use": "sig", "alg": "RS256"})),
     ]);
     let good = rsa_token(Algorithm::RS256, RSA, "rsa-1");
     assert!(verifier.verify(&good).await.is_ok());
@@ -724,10 +750,12 @@ async fn a_keycloak_shaped_set_verifies_with_its_signing_key_and_ignores_its_enc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entra_shaped_key_without_alg_serves_its_family_and_nothing_else() {
-    let (_served, verifier) = served_set(vec![jwk(
-        "rsa-1",
-        json!({"alg": null, "use": "sig", "x5t": "dGh1bWJwcmludA", "x5c": ["TUlJQ2R1bW15"]}),
-    )]);
+    // Entra ID's v2 keys: no `alg`, an `issuer` member, a certificate and its thumbprint.
+    let (_served, verifier) = served_set(vec![jwk_with_certificate(json!({
+        "alg": null,
+        "use": "sig",
+        "issuer": "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",
+    }))]);
     for alg in [
         Algorithm::RS256,
         Algorithm::RS512,
@@ -745,13 +773,7 @@ async fn an_entra_shaped_key_without_alg_serves_its_family_and_nothing_else() {
         &claims(),
     );
     assert!(verifier.verify(&hmac).await.is_err());
-    let ec = sign(
-        Algorithm::ES256,
-        &EncodingKey::from_ec_pem(EC256).expect("key"),
-        Some("rsa-1"),
-        &claims(),
-    );
-    assert!(verifier.verify(&ec).await.is_err());
+    assert!(verifier.verify(&ec_token("rsa-1")).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -794,13 +816,7 @@ async fn a_set_mixing_every_shape_verifies_with_its_usable_keys_only() {
             .await
             .is_ok()
     );
-    let es256 = sign(
-        Algorithm::ES256,
-        &EncodingKey::from_ec_pem(EC256).expect("key"),
-        Some("ec-1"),
-        &claims(),
-    );
-    assert!(verifier.verify(&es256).await.is_ok());
+    assert!(verifier.verify(&ec_token("ec-1")).await.is_ok());
     let eddsa = sign(
         Algorithm::EdDSA,
         &EncodingKey::from_ed_pem(ED).expect("key"),

@@ -25,6 +25,13 @@ fn mesh(discovery: ConsulDiscovery) -> MeshClient {
         .expect("valid client")
 }
 
+/// Whether my-service's last refresh failed with an error that says `text`.
+fn failing_with(mesh: &MeshClient, text: &str) -> bool {
+    mesh.discovery_status("my-service")
+        .and_then(|s| s.last_error)
+        .is_some_and(|e| e.contains(text))
+}
+
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if condition() {
@@ -367,11 +374,7 @@ async fn failures_keep_the_last_good_set() {
     fake.set_mode(Mode::RawBody("[{\"Node\": 1".into()));
     until("malformed JSON is seen", {
         let mesh = mesh.clone();
-        move || {
-            mesh.discovery_status("my-service")
-                .and_then(|s| s.last_error)
-                .is_some_and(|e| e.contains("malformed"))
-        }
+        move || failing_with(&mesh, "malformed")
     })
     .await;
     assert_eq!(hits(&mesh, "http://my-service/", 20).await.len(), 20);
@@ -379,11 +382,7 @@ async fn failures_keep_the_last_good_set() {
     fake.set_mode(Mode::RawBody(format!("[{}]", "{}, ".repeat(20_000) + "{}")));
     until("an oversized body is refused", {
         let mesh = mesh.clone();
-        move || {
-            mesh.discovery_status("my-service")
-                .and_then(|s| s.last_error)
-                .is_some_and(|e| e.contains("larger than 65536 bytes"))
-        }
+        move || failing_with(&mesh, "larger than 65536 bytes")
     })
     .await;
     assert_eq!(
@@ -458,9 +457,7 @@ async fn an_instance_registered_without_a_port_is_skipped_not_fatal() {
         vec![instance("node-b", "127.0.0.1", "", 0, None, "passing", &[])],
     );
     until("the all-bad answer is refused", || {
-        mesh.discovery_status("my-service")
-            .and_then(|s| s.last_error)
-            .is_some_and(|e| e.contains("every one of its 1 instances was rejected"))
+        failing_with(&mesh, "every one of its 1 instances was rejected")
     })
     .await;
     assert_eq!(

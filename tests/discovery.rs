@@ -599,6 +599,7 @@ async fn a_confirmation_that_hangs_stalls_neither_updates_nor_maintenance() {
     let scripted = ScriptedDiscovery::new();
     let mesh = MeshClient::builder()
         .discovery(HangingConfirmation(scripted.clone()))
+        .idle_timeout(Duration::from_secs(5))
         .build()
         .expect("valid client");
     let all = four_resolved(&scripted, &mesh).await;
@@ -611,13 +612,14 @@ async fn a_confirmation_that_hangs_stalls_neither_updates_nor_maintenance() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = mesh.discovery_status("orders").expect("watched");
     assert_eq!((status.version, status.endpoints), (2, 3), "{status:?}");
-    // And the maintenance tick runs: the snapshot's age is published, so it goes on.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Another mass removal whose confirmation hangs, and no call: the maintenance tick still
+    // runs beside it, and forgets the idle service.
+    scripted.push_only("orders", || Ok(Vec::new().into()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(
+        mesh.registry().services().is_empty(),
+        "{:?}",
         mesh.discovery_status("orders")
-            .expect("watched")
-            .age
-            .is_some()
     );
 }
 

@@ -418,7 +418,6 @@ impl Discovery for ConsulDiscovery {
             errors: Backoff::new(Duration::from_secs(1), ERROR_BACKOFF_CAP),
             next: Next::Now,
             last: None,
-            recovering: false,
             failed: 0,
         };
         let state = (self, service, 0u64, pacing);
@@ -456,13 +455,13 @@ impl Discovery for ConsulDiscovery {
                                 } else {
                                     Next::Floor
                                 };
-                                // After an error the answer is published even if nothing
-                                // changed: it tells the registry the agent is back.
-                                if same && !std::mem::take(&mut pacing.recovering) {
+                                // The answer to a non-blocking query (the first, or the one
+                                // after an error) is published even if nothing changed: it
+                                // tells the registry the agent answers.
+                                if same && blocking {
                                     continue;
                                 }
                             }
-                            pacing.recovering = false;
                             pacing.last = Some(answer.discovered.clone());
                             return Some((Ok(answer.discovered), (consul, service, index, pacing)));
                         }
@@ -481,7 +480,6 @@ impl Discovery for ConsulDiscovery {
                             } else {
                                 delay
                             });
-                            pacing.recovering = true;
                             index = 0;
                             return Some((Err(error), (consul, service, index, pacing)));
                         }
@@ -514,8 +512,6 @@ struct Pacing {
     next: Next,
     /// The last set published, to tell an index that moved with nothing changed.
     last: Option<super::Discovered>,
-    /// Whether the last query failed: the next answer is published whatever it says.
-    recovering: bool,
     /// Queries failed in a row.
     failed: u32,
 }
