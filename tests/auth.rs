@@ -890,3 +890,264 @@ async fn a_key_server_that_hangs_stalls_no_verification() {
         "the refresh goes on in the background"
     );
 }
+
+/// An OpenID provider on 127.0.0.1: its discovery document under `realm` (as Keycloak
+/// serves one per realm) and its key set wherever the document says.
+#[derive(Clone, Default)]
+struct Provider {
+    /// The `issuer` the document names; empty: the true one.
+    claimed_issuer: Arc<std::sync::Mutex<String>>,
+    /// Where the key set is served.
+    keys_path: Arc<std::sync::Mutex<String>>,
+    documents: Arc<AtomicUsize>,
+    key_fetches: Arc<AtomicUsize>,
+}
+
+const REALM: &str = "/realms/test";
+
+async fn serve_provider(
+    State(provider): State<Provider>,
+    request: axum::extract::Request,
+) -> Response {
+    let host = request.headers()["host"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let path = request.uri().path().to_owned();
+    let keys_path = provider.keys_path.lock().expect("lock").clone();
+    let json = |body: String| {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("response")
+    };
+    if path == format!("{REALM}/.well-known/openid-configuration") {
+        provider.documents.fetch_add(1, Ordering::SeqCst);
+        let mut issuer = provider.claimed_issuer.lock().expect("lock").clone();
+        if issuer.is_empty() {
+            issuer = format!("http://{host}{REALM}");
+        }
+        // A real document's other members, which the client ignores.
+        return json(
+            json!({
+                "issuer": issuer,
+                "jwks_uri": format!("http://{host}{keys_path}"),
+                "authorization_endpoint": format!("http://{host}{REALM}/auth"),
+                "token_endpoint": format!("http://{host}{REALM}/token"),
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+            })
+            .to_string(),
+        );
+    }
+    if path == keys_path {
+        provider.key_fetches.fetch_add(1, Ordering::SeqCst);
+        return json(jwks_with(&[0, 1]));
+    }
+    Response::builder()
+        .status(404)
+        .body(Body::empty())
+        .expect("response")
+}
+
+fn provider() -> (Provider, Served, String) {
+    let provider = Provider::default();
+    *provider.keys_path.lock().expect("lock") = format!("{REALM}/certs");
+    let served = Served::start(
+        Router::new()
+            .fallback(serve_provider)
+            .with_state(provider.clone()),
+    );
+    let issuer = format!("http://{}{REALM}", served.addr);
+    (provider, served, issuer)
+}
+
+fn token_from(issuer: &str, kid: &str) -> String {
+    let mut claims = claims();
+    claims["iss"] = json!(issuer);
+    sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(if kid == "rsa-1" { RSA } else { RSA2 }).expect("key"),
+        Some(kid),
+        &claims,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_discovery_finds_the_keys_and_requires_the_issuer() {
+    let (provider, _served, issuer) = provider();
+    // A trailing `/` is dropped before the well-known suffix (OIDC Discovery §4), and is
+    // part of the issuer compared: here the configured one has none.
+    let jwks = Jwks::from_issuer(&issuer, JwksOptions::default()).expect("valid");
+    assert_eq!(jwks.issuer(), Some(issuer.as_str()));
+    let verifier = Verifier::with_jwks(jwks.clone()).audience("orders");
+    for _ in 0..20 {
+        let claims = verifier
+            .verify(&token_from(&issuer, "rsa-1"))
+            .await
+            .expect("valid");
+        assert_eq!(claims.issuer(), Some(issuer.as_str()));
+    }
+    assert!(verifier.verify(&token_from(&issuer, "rsa-2")).await.is_ok());
+    assert_eq!(provider.documents.load(Ordering::SeqCst), 1);
+    assert_eq!(provider.key_fetches.load(Ordering::SeqCst), 1);
+
+    // The issuer comes with the set: a token of another issuer, signed with the same
+    // keys, is refused.
+    assert_eq!(
+        verifier
+            .verify(&token_from("https://issuer.test", "rsa-1"))
+            .await,
+        Err(Rejection::Issuer)
+    );
+    let mut claims = claims();
+    claims.as_object_mut().expect("object").remove("iss");
+    let without = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        Some("rsa-1"),
+        &claims,
+    );
+    assert_eq!(verifier.verify(&without).await, Err(Rejection::Issuer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_document_naming_another_issuer_is_refused() {
+    let (provider, _served, issuer) = provider();
+    // An attacker's (or a misconfigured) document: right place, another issuer.
+    *provider.claimed_issuer.lock().expect("lock") = format!("{issuer}/"); // not exactly equal
+    let jwks = Jwks::from_issuer(&issuer, JwksOptions::default()).expect("valid");
+    let error = jwks.refresh().await.expect_err("refused");
+    assert!(error.is_auth(), "{error:?}");
+    let shown = error.to_string();
+    assert!(
+        shown.contains("issuer") && shown.contains(&format!("{issuer}/")),
+        "{shown}"
+    );
+    let verifier = Verifier::with_jwks(jwks.clone()).audience("orders");
+    assert_eq!(
+        verifier.verify(&token_from(&issuer, "rsa-1")).await,
+        Err(Rejection::KeysUnavailable)
+    );
+    assert_eq!(
+        provider.key_fetches.load(Ordering::SeqCst),
+        0,
+        "no key is fetched from a document that failed the issuer check"
+    );
+
+    // Fixed at the provider: the next fetch succeeds.
+    provider.claimed_issuer.lock().expect("lock").clear();
+    jwks.refresh().await.expect("the document is right now");
+    assert!(verifier.verify(&token_from(&issuer, "rsa-1")).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_move_are_found_again_through_the_document() {
+    let (provider, _served, issuer) = provider();
+    let jwks = Jwks::from_issuer(
+        &format!("{issuer}/"),
+        JwksOptions::default().refetch_interval(Duration::from_millis(50)),
+    )
+    .expect("valid");
+    // Configured with a trailing `/`, the issuer the document names must have it too.
+    *provider.claimed_issuer.lock().expect("lock") = format!("{issuer}/");
+    let verifier = Verifier::with_jwks(jwks.clone()).audience("orders");
+    let token = token_from(&format!("{issuer}/"), "rsa-1");
+    assert!(verifier.verify(&token).await.is_ok());
+
+    // The provider moves its keys; the old URL answers 404.
+    *provider.keys_path.lock().expect("lock") = format!("{REALM}/protocol/certs");
+    assert!(
+        jwks.refresh().await.is_err(),
+        "the old URL is gone: the fetch fails"
+    );
+    jwks.refresh()
+        .await
+        .expect("the document names the new URL");
+    assert_eq!(provider.documents.load(Ordering::SeqCst), 2);
+    assert!(verifier.verify(&token).await.is_ok());
+}
+
+#[test]
+fn issuers_must_be_urls_without_query_or_fragment() {
+    for bad in [
+        "issuer.test",
+        "ftp://issuer.test",
+        "https://issuer.test/?tenant=1",
+        "https://issuer.test/#x",
+        "",
+    ] {
+        let error = Jwks::from_issuer(bad, JwksOptions::default()).expect_err(bad);
+        assert!(error.is_builder(), "{bad}: {error:?}");
+    }
+}
+
+#[cfg(feature = "toml")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_verifier_finds_its_keys_through_oidc_discovery() {
+    use proxyless::MeshConfig;
+    let (provider, _served, issuer) = provider();
+    let config = MeshConfig::from_toml_str(&format!(
+        "[verifier]\nissuer = \"{issuer}\"\naudience = \"orders\"\nleeway = \"5s\"\nmax_stale = \"10m\""
+    ))
+    .expect("valid");
+    let verifier = config.verifier().expect("valid").expect("configured");
+    assert!(verifier.verify(&token_from(&issuer, "rsa-1")).await.is_ok());
+    assert_eq!(provider.documents.load(Ordering::SeqCst), 1);
+    let mut claims = claims();
+    claims["iss"] = json!(issuer);
+    claims["aud"] = json!("billing");
+    let elsewhere = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        Some("rsa-1"),
+        &claims,
+    );
+    assert_eq!(verifier.verify(&elsewhere).await, Err(Rejection::Audience));
+
+    // A fixed key set URL, and the issuer required of tokens.
+    let config = MeshConfig::from_toml_str(&format!(
+        "[verifier]\njwks_url = \"http://{}{REALM}/certs\"\nissuer = \"https://issuer.test\"",
+        _served.addr
+    ))
+    .expect("valid");
+    let verifier = config.verifier().expect("valid").expect("configured");
+    assert!(
+        verifier
+            .verify(&token_from("https://issuer.test", "rsa-2"))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        verifier.verify(&token_from(&issuer, "rsa-2")).await,
+        Err(Rejection::Issuer)
+    );
+    assert_eq!(provider.documents.load(Ordering::SeqCst), 1, "no discovery");
+
+    for (toml, field) in [
+        ("[verifier]\naudience = \"orders\"", "verifier.issuer"),
+        ("[verifier]\nissuer = \"idp.test\"", "verifier.issuer"),
+        (
+            "[verifier]\njwks_url = \"ftp://k.test\"",
+            "verifier.jwks_url",
+        ),
+        (
+            "[verifier]\nissuer = \"https://i.test\"\nmax_stale = \"0s\"",
+            "verifier.max_stale",
+        ),
+        (
+            "[verifier]\nissuer = \"https://i.test\"\nleeway = \"9000h\"",
+            "verifier.leeway",
+        ),
+        (
+            "[verifier]\nissuer = \"https://i.test\"\njkws_url = \"x\"",
+            "verifier.jkws_url",
+        ),
+    ] {
+        let error = MeshConfig::from_toml_str(toml)
+            .and_then(|c| c.verifier().map(|_| ()))
+            .expect_err(toml);
+        assert_eq!(error.field(), Some(field), "{toml}: {error}");
+    }
+}

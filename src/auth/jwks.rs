@@ -22,6 +22,10 @@
 //!   from a published set: anyone who can read it could sign with it.
 //! - A set that is malformed, or has no usable key, is refused whole, and the previous set
 //!   kept.
+//! - [`Jwks::from_issuer`] finds the set of an OpenID provider through its discovery document
+//!   (`/.well-known/openid-configuration`, OpenID Connect Discovery 1.0 §4): the document's
+//!   `issuer` must equal the configured one exactly (§4.3), and its `jwks_uri` is used until a
+//!   fetch from it fails, when the document is read again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -105,9 +109,30 @@ struct KeySet {
     expires: Instant,
 }
 
+/// Where a key set is found.
+enum Source {
+    /// At a fixed URL.
+    Url(reqwest::Url),
+    /// At the `jwks_uri` of an OpenID provider's discovery document.
+    Issuer {
+        issuer: String,
+        document: reqwest::Url,
+    },
+}
+
+impl Source {
+    /// The URL to show: the key set's, or the discovery document's.
+    fn url(&self) -> &reqwest::Url {
+        match self {
+            Source::Url(url) => url,
+            Source::Issuer { document, .. } => document,
+        }
+    }
+}
+
 /// A remote JSON Web Key Set.
 pub struct Jwks {
-    url: reqwest::Url,
+    source: Source,
     options: JwksOptions,
     http: reqwest::Client,
     current: ArcSwapOption<KeySet>,
@@ -125,12 +150,17 @@ struct FetchState {
     /// The last failed fetch: while the endpoint is down, requests do not each try again.
     last_failure: Option<Instant>,
     refresher: bool,
+    /// The key set's URL read from the discovery document, until a fetch from it fails.
+    discovered: Option<reqwest::Url>,
 }
 
 impl fmt::Debug for Jwks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Jwks")
-            .field("url", &self.url.as_str())
+        let mut f = f.debug_struct("Jwks");
+        if let Source::Issuer { issuer, .. } = &self.source {
+            f.field("issuer", issuer);
+        }
+        f.field("url", &self.source.url().as_str())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -143,6 +173,47 @@ impl Jwks {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| Error::builder("jwks.url", "must be an http(s) URL"))?;
+        Jwks::with_source(Source::Url(url), options)
+    }
+
+    /// The key set of the OpenID provider `issuer`, found through its discovery document
+    /// (OpenID Connect Discovery 1.0): `{issuer}/.well-known/openid-configuration`, whose
+    /// `issuer` must equal `issuer` exactly and whose `jwks_uri` names the set. A
+    /// [`Verifier`](super::Verifier) made with this set requires `iss` to be `issuer`.
+    ///
+    /// `issuer` is an `https` URL without query or fragment (`http` is accepted for tests
+    /// and private networks). Nothing is fetched before the first verification, or
+    /// [`Jwks::refresh`].
+    pub fn from_issuer(issuer: &str, options: JwksOptions) -> Result<Arc<Self>, Error> {
+        let document = reqwest::Url::parse(issuer)
+            .ok()
+            .filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.host().is_some()
+            })
+            .and_then(|_| {
+                // §4: a path's trailing `/` goes before the well-known suffix is added.
+                let base = issuer.strip_suffix('/').unwrap_or(issuer);
+                reqwest::Url::parse(&format!("{base}/.well-known/openid-configuration")).ok()
+            })
+            .ok_or_else(|| {
+                Error::builder(
+                    "jwks.issuer",
+                    "must be an http(s) URL without query or fragment",
+                )
+            })?;
+        Jwks::with_source(
+            Source::Issuer {
+                issuer: issuer.to_owned(),
+                document,
+            },
+            options,
+        )
+    }
+
+    fn with_source(source: Source, options: JwksOptions) -> Result<Arc<Self>, Error> {
         if options.min_ttl > options.max_ttl || options.max_ttl.is_zero() {
             return Err(Error::builder("jwks.ttl", "needs 0 < min <= max"));
         }
@@ -153,7 +224,7 @@ impl Jwks {
             })?,
         };
         Ok(Arc::new_cyclic(|me| Jwks {
-            url,
+            source,
             options,
             http,
             current: ArcSwapOption::empty(),
@@ -161,6 +232,30 @@ impl Jwks {
             wake: Arc::new(tokio::sync::Notify::new()),
             me: me.clone(),
         }))
+    }
+
+    /// The issuer given to [`Jwks::from_issuer`].
+    pub fn issuer(&self) -> Option<&str> {
+        match &self.source {
+            Source::Issuer { issuer, .. } => Some(issuer),
+            Source::Url(_) => None,
+        }
+    }
+
+    /// Fetches the set now (after the discovery document, for [`Jwks::from_issuer`]), so a
+    /// service can refuse to start when its identity provider is misconfigured. The error,
+    /// an [`Error::is_auth`](crate::Error::is_auth) one, says what was wrong: an unreachable
+    /// endpoint, a mismatched `issuer`, a set with no usable key. A failure keeps the
+    /// previous set.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        let mut state = self.fetching.lock().await;
+        let result = self.fetch(&mut state).await;
+        state.last_failure = result.is_err().then(Instant::now);
+        if !state.refresher {
+            state.refresher = true;
+            self.start_refresher();
+        }
+        result.map_err(|message| Error::new(crate::error::Kind::Auth).with_message(message))
     }
 
     /// The key for a token's `kid` and algorithm, fetching or refetching as needed.
@@ -219,11 +314,11 @@ impl Jwks {
                 if unknown_kid {
                     state.last_kid_refetch = Some(Instant::now());
                 }
-                match self.fetch().await {
+                match self.fetch(&mut state).await {
                     Ok(()) => state.last_failure = None,
                     Err(error) => {
                         state.last_failure = Some(Instant::now());
-                        tracing::warn!(url = %self.url, error = %error, "JWKS fetch failed; keeping the last good keys");
+                        tracing::warn!(url = %self.source.url(), error = %error, "JWKS fetch failed; keeping the last good keys");
                     }
                 }
                 if !state.refresher {
@@ -301,11 +396,11 @@ impl Jwks {
                     }
                 }
                 let Some(jwks) = me.upgrade() else { return };
-                let _fetching = jwks.fetching.lock().await;
-                failed = match jwks.fetch().await {
+                let mut state = jwks.fetching.lock().await;
+                failed = match jwks.fetch(&mut state).await {
                     Ok(()) => false,
                     Err(error) => {
-                        tracing::warn!(url = %jwks.url, error = %error, "JWKS refresh failed; serving the last good keys until max_stale");
+                        tracing::warn!(url = %jwks.source.url(), error = %error, "JWKS refresh failed; serving the last good keys until max_stale");
                         true
                     }
                 };
@@ -313,18 +408,43 @@ impl Jwks {
         });
     }
 
-    async fn fetch(&self) -> Result<(), String> {
+    /// Fetches the set (reading the discovery document first when its URL is not known).
+    /// Called with the fetch lock held.
+    async fn fetch(&self, state: &mut FetchState) -> Result<(), String> {
+        let url = match (&self.source, &state.discovered) {
+            (Source::Url(url), _) | (Source::Issuer { .. }, Some(url)) => url.clone(),
+            (Source::Issuer { issuer, document }, None) => {
+                let (_, body) = self.get(document, "discovery document").await?;
+                let url = jwks_uri(&body, issuer)?;
+                state.discovered = Some(url.clone());
+                url
+            }
+        };
+        let result = self.fetch_keys(url).await;
+        if result.is_err() {
+            // The provider may have moved its keys: read the document again next time.
+            state.discovered = None;
+        }
+        result
+    }
+
+    /// A GET with the set's timeout and body limit: the response's `max-age` and body.
+    async fn get(
+        &self,
+        url: &reqwest::Url,
+        what: &str,
+    ) -> Result<(Option<Duration>, Vec<u8>), String> {
         let response = self
             .http
-            .get(self.url.clone())
+            .get(url.clone())
             .header(ACCEPT, "application/json")
             .timeout(self.options.timeout)
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| format!("the {what} could not be fetched: {}", e.without_url()))?;
         if !response.status().is_success() {
             return Err(format!(
-                "the key set endpoint answered {}",
+                "the {what} endpoint answered {}",
                 response.status()
             ));
         }
@@ -335,7 +455,12 @@ impl Jwks {
             .and_then(max_age);
         let body = crate::discovery::http::read_bounded(response, self.options.max_body_bytes)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("the {what} could not be read: {e}"))?;
+        Ok((max_age, body))
+    }
+
+    async fn fetch_keys(&self, url: reqwest::Url) -> Result<(), String> {
+        let (max_age, body) = self.get(&url, "key set").await?;
         let keys = usable_keys(&body)?;
         let ttl = max_age
             .unwrap_or(self.options.min_ttl)
@@ -513,6 +638,43 @@ fn verifying_keys(value: serde_json::Value) -> Result<Vec<VerifyingKey>, (Skippe
         .collect())
 }
 
+/// The key set's URL from an OpenID provider's discovery document, whose `issuer` must be
+/// `issuer` exactly (OpenID Connect Discovery 1.0 §4.3). The set of an `https` issuer must
+/// be served over `https` too.
+pub(crate) fn jwks_uri(body: &[u8], issuer: &str) -> Result<reqwest::Url, String> {
+    #[derive(serde::Deserialize)]
+    struct Document {
+        issuer: String,
+        jwks_uri: String,
+    }
+    let document: Document =
+        serde_json::from_slice(body).map_err(|e| format!("malformed discovery document: {e}"))?;
+    // What the provider sent is shown escaped and cut short.
+    let shown = |text: &str| format!("{:?}", text.chars().take(200).collect::<String>());
+    if document.issuer != issuer {
+        return Err(format!(
+            "the discovery document names issuer {}, not the configured {issuer:?}",
+            shown(&document.issuer)
+        ));
+    }
+    let url = reqwest::Url::parse(&document.jwks_uri)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            format!(
+                "the discovery document's jwks_uri {} is not an http(s) URL",
+                shown(&document.jwks_uri)
+            )
+        })?;
+    if issuer.starts_with("https:") && url.scheme() != "https" {
+        return Err(format!(
+            "the discovery document's jwks_uri {} is not https, as its issuer is",
+            shown(&document.jwks_uri)
+        ));
+    }
+    Ok(url)
+}
+
 /// `max-age` from a `Cache-Control` value.
 fn max_age(value: &str) -> Option<Duration> {
     value.split(',').find_map(|part| {
@@ -520,4 +682,42 @@ fn max_age(value: &str) -> Option<Duration> {
         (name.eq_ignore_ascii_case("max-age"))
             .then(|| seconds.trim().parse().ok().map(Duration::from_secs))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwks_uri;
+
+    fn document(issuer: &str, jwks: &str) -> Vec<u8> {
+        serde_json::json!({"issuer": issuer, "jwks_uri": jwks, "other": [1, 2]})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_document_gives_the_key_set_url_of_its_exact_issuer() {
+        let issuer = "https://idp.test/realms/a";
+        let url = jwks_uri(&document(issuer, "https://keys.test/certs"), issuer).expect("valid");
+        assert_eq!(url.as_str(), "https://keys.test/certs");
+        for (named, jwks) in [
+            ("https://idp.test/realms/a/", "https://keys.test/certs"),
+            ("https://IDP.test/realms/a", "https://keys.test/certs"),
+            ("https://idp.test/realms/b", "https://keys.test/certs"),
+            // An https issuer's keys are never taken over plain http.
+            (issuer, "http://keys.test/certs"),
+            (issuer, "file:///etc/keys"),
+            (issuer, "not a url"),
+        ] {
+            assert!(
+                jwks_uri(&document(named, jwks), issuer).is_err(),
+                "{named} {jwks}"
+            );
+        }
+        assert!(jwks_uri(b"{\"issuer\": \"https://idp.test/realms/a\"}", issuer).is_err());
+        assert!(jwks_uri(b"[]", issuer).is_err());
+        // What the provider sent is shown escaped and cut short.
+        let long = format!("https://idp.test/{}\u{1b}[31m", "x".repeat(10_000));
+        let error = jwks_uri(&document(&long, "https://k.test/"), issuer).expect_err("refused");
+        assert!(error.len() < 400 && !error.contains('\u{1b}'), "{error}");
+    }
 }

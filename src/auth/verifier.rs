@@ -251,9 +251,13 @@ impl Verifier {
         Verifier::with_keys(Keys::Static(keys.into_iter().collect()))
     }
 
-    /// A verifier whose keys come from a remote key set.
+    /// A verifier whose keys come from a remote key set. A set made with
+    /// [`Jwks::from_issuer`] also sets the required issuer (`iss`) to its provider's.
     pub fn with_jwks(jwks: Arc<Jwks>) -> Self {
-        Verifier::with_keys(Keys::Remote(jwks))
+        let issuer = jwks.issuer().map(str::to_owned);
+        let mut verifier = Verifier::with_keys(Keys::Remote(jwks));
+        verifier.issuer = issuer;
+        verifier
     }
 
     fn with_keys(keys: Keys) -> Self {
