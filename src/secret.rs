@@ -77,6 +77,7 @@ pub(crate) fn redact_url(text: &str) -> std::borrow::Cow<'_, str> {
 /// A URL (or address) that may carry credentials, kept as written and shown redacted (see
 /// [`redact_url`]).
 #[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(not(any(feature = "consul", feature = "eureka")), allow(dead_code))]
 pub(crate) struct UrlText(pub(crate) String);
 
 impl fmt::Debug for UrlText {

@@ -142,6 +142,12 @@ struct TokenEndpoint {
     expires_in: Arc<AtomicU64>,
     delay_ms: Arc<AtomicU64>,
     refuse: Arc<std::sync::atomic::AtomicBool>,
+    /// Accepts the request and never answers.
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    /// Answers 503 with an HTML page, as a proxy in front of a down provider does.
+    unavailable: Arc<std::sync::atomic::AtomicBool>,
+    /// `expires_in` as a string, as some providers send it.
+    expires_as_string: Arc<std::sync::atomic::AtomicBool>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -160,6 +166,15 @@ async fn issue(State(endpoint): State<TokenEndpoint>, request: Request) -> Respo
         .unwrap_or_default();
     let form = String::from_utf8_lossy(&body).into_owned();
     endpoint.seen.lock().expect("lock").push((auth, form));
+    if endpoint.hang.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
+    if endpoint.unavailable.load(Ordering::SeqCst) {
+        return Response::builder()
+            .status(503)
+            .body(Body::from("<html>down</html>"))
+            .expect("response");
+    }
     tokio::time::sleep(Duration::from_millis(
         endpoint.delay_ms.load(Ordering::SeqCst),
     ))
@@ -173,10 +188,15 @@ async fn issue(State(endpoint): State<TokenEndpoint>, request: Request) -> Respo
             ))
             .expect("response");
     }
+    let expires_in = endpoint.expires_in.load(Ordering::SeqCst);
     let body = serde_json::json!({
         "access_token": format!("token-{n}"),
         "token_type": "Bearer",
-        "expires_in": endpoint.expires_in.load(Ordering::SeqCst),
+        "expires_in": if endpoint.expires_as_string.load(Ordering::SeqCst) {
+            serde_json::json!(expires_in.to_string())
+        } else {
+            serde_json::json!(expires_in)
+        },
     });
     Response::builder()
         .header("content-type", "application/json")
@@ -295,9 +315,298 @@ async fn client_secret_post_and_a_refusing_endpoint() {
         "grant_type=client_credentials&audience=https%3A%2F%2Fapi.test&client_id=checkout&client_secret=hunter2"
     );
 
+    // The refusal is shared while its backoff lasts: calls fail at once, without a request.
+    for _ in 0..20 {
+        let err = mesh
+            .get("http://orders/")
+            .send()
+            .await
+            .expect_err("backed off");
+        assert!(
+            err.is_auth() && err.to_string().contains("invalid_client"),
+            "{err}"
+        );
+    }
+    assert_eq!(endpoint.fetches.load(Ordering::SeqCst), 1);
+
+    // Past the backoff's first step (at most 1 s), the endpoint is asked again.
     endpoint.refuse.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1050)).await;
     let response = mesh.get("http://orders/").send().await.expect("ok");
     assert!(header(&response, "x-auth").starts_with("Bearer token-"));
+    assert_eq!(endpoint.fetches.load(Ordering::SeqCst), 2);
+}
+
+/// One call to `orders` through `mesh`: the token the service saw, or the error.
+async fn call_orders(mesh: &MeshClient) -> Result<String, proxyless::Error> {
+    let response = mesh.get("http://orders/").send().await?;
+    Ok(header(&response, "x-auth"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_that_hangs_fails_and_recovers_is_asked_once_per_backoff_step() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(3600, Ordering::SeqCst);
+    endpoint.hang.store(true, Ordering::SeqCst);
+    let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", server.addr),
+        "checkout",
+        Secret::new("s3cr3t"),
+    )
+    .timeout(Duration::from_millis(300))
+    .backoff(Duration::from_millis(200), Duration::from_millis(800))
+    .build()
+    .expect("valid");
+    let mesh = mesh_with(source, &orders);
+    let fetches = || endpoint.fetches.load(Ordering::SeqCst);
+
+    // A hundred first calls wait for one fetch, which times out: one request, and its
+    // failure is every caller's.
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { call_orders(&mesh).await })
+        })
+        .collect();
+    for call in calls {
+        let err = call.await.expect("task").expect_err("the endpoint hangs");
+        assert!(err.is_auth(), "{err:?}");
+        assert!(err.to_string().contains("in time"), "{err}");
+    }
+    assert_eq!(fetches(), 1, "one request for a hundred callers");
+
+    // While it fails (now with 503 and an HTML page), calls fail at once, and the endpoint
+    // is asked once per backoff step: steps of 200 ms doubling to 800 ms, each drawn from
+    // its upper half, allow at most 5 requests in 2 s, and at least 2.
+    endpoint.hang.store(false, Ordering::SeqCst);
+    endpoint.unavailable.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let err = call_orders(&mesh).await.expect_err("still down");
+        assert!(err.is_auth(), "{err:?}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = fetches() - 1;
+    assert!(calls >= 50, "{calls} calls");
+    assert!((2..=5).contains(&asked), "{asked} requests in 2 s");
+
+    // Back: within one step the calls get a token again, all from one fetch.
+    endpoint.unavailable.store(false, Ordering::SeqCst);
+    let back = std::time::Instant::now();
+    let token = loop {
+        match call_orders(&mesh).await {
+            Ok(token) => break token,
+            Err(err) => assert!(err.is_auth(), "{err:?}"),
+        }
+        assert!(back.elapsed() < Duration::from_secs(3), "not back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(token, format!("Bearer token-{}", fetches()));
+    let fetched = fetches();
+    for _ in 0..20 {
+        assert_eq!(call_orders(&mesh).await.expect("ok"), token);
+    }
+    assert_eq!(fetches(), fetched);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refresh_keeps_the_valid_token_and_backs_off() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(4, Ordering::SeqCst);
+    // Some providers send `expires_in` as a string.
+    endpoint.expires_as_string.store(true, Ordering::SeqCst);
+    let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", server.addr),
+        "checkout",
+        Secret::new("s3cr3t"),
+    )
+    .refresh_margin(Duration::from_secs(2))
+    .backoff(Duration::from_millis(100), Duration::from_millis(400))
+    .build()
+    .expect("valid");
+    let mesh = mesh_with(source, &orders);
+    assert_eq!(call_orders(&mesh).await.expect("ok"), "Bearer token-1");
+
+    // Past the refresh point (4 s - 2 s) the endpoint fails; the valid token keeps serving
+    // and the background refresh backs off (steps of at least 50, 100, 200, 200 ms: at most
+    // 5 requests in 800 ms).
+    endpoint.unavailable.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2050)).await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(800) {
+        assert_eq!(
+            call_orders(&mesh).await.expect("the valid token serves"),
+            "Bearer token-1"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = endpoint.fetches.load(Ordering::SeqCst) - 1;
+    assert!((1..=5).contains(&asked), "{asked} refresh requests");
+
+    // Back before the token expires: the refresh lands and no call failed meanwhile.
+    endpoint.unavailable.store(false, Ordering::SeqCst);
+    let back = std::time::Instant::now();
+    loop {
+        let token = call_orders(&mesh).await.expect("no call fails");
+        if token != "Bearer token-1" {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(1), "not refreshed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A token endpoint that authenticates clients by `private_key_jwt` (RFC 7523): it verifies
+/// each assertion with the client's public key, its own URL as the audience, and records
+/// the assertions' claims.
+#[derive(Clone, Default)]
+struct AssertionEndpoint {
+    assertions: Arc<Mutex<Vec<Claims>>>,
+}
+
+async fn issue_for_assertion(
+    State(endpoint): State<AssertionEndpoint>,
+    request: Request,
+) -> Response {
+    let own_url = format!(
+        "http://{}{}",
+        request.headers()["host"].to_str().expect("ascii"),
+        request.uri().path()
+    );
+    let verifier = Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB)
+        .expect("key")
+        .with_kid("checkout-key")])
+    .audience(own_url)
+    .issuer("checkout");
+    let body = axum::body::to_bytes(request.into_body(), 16 * 1024)
+        .await
+        .unwrap_or_default();
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let refuse = |why: &str| {
+        Response::builder()
+            .status(401)
+            .body(Body::from(format!(r#"{{"error":"invalid_client_{why}"}}"#)))
+            .expect("response")
+    };
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        || form.contains_key("client_secret")
+        || form.get("client_id").map(String::as_str) != Some("checkout")
+    {
+        return refuse("form");
+    }
+    let Some(assertion) = form.get("client_assertion") else {
+        return refuse("assertion");
+    };
+    let claims = match verifier.verify(assertion).await {
+        Ok(claims) => claims,
+        Err(rejection) => return refuse(rejection.label()),
+    };
+    if claims.subject() != Some("checkout") {
+        return refuse("subject");
+    }
+    let n = {
+        let mut assertions = endpoint.assertions.lock().expect("lock");
+        assertions.push(claims);
+        assertions.len()
+    };
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(format!(
+            r#"{{"access_token":"by-key-{n}","token_type":"bearer","expires_in":"3600"}}"#
+        )))
+        .expect("response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_authenticates_with_a_signed_assertion() {
+    use proxyless::MeshConfig;
+    let endpoint = AssertionEndpoint::default();
+    let server = Served::start(
+        Router::new()
+            .fallback(issue_for_assertion)
+            .with_state(endpoint.clone()),
+    );
+    let token_url = format!("http://{}/oauth/token", server.addr);
+    let orders = echo_token();
+    let key = SigningKey::from_pem(Algorithm::RS256, RSA)
+        .expect("key")
+        .with_kid("checkout-key");
+    let source = OAuth2ClientCredentials::with_private_key(token_url.clone(), "checkout", key)
+        .build()
+        .expect("valid");
+    let mesh = mesh_with(source, &orders);
+    assert_eq!(call_orders(&mesh).await.expect("ok"), "Bearer by-key-1");
+
+    // The same from config; each fetch signs a fresh assertion.
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+        [services.orders]
+        endpoints = [{{ addr = "{orders}" }}]
+        [services.orders.traffic.auth]
+        kind = "oauth2"
+        token_url = "{token_url}"
+        client_id = "checkout"
+        client_auth = "private_key_jwt"
+        algorithm = "RS256"
+        key_file = "tests/keys/rsa.pem"
+        kid = "checkout-key"
+        "#,
+        orders = orders.addr,
+    ))
+    .expect("valid");
+    let mesh = MeshClient::from_config(&config).expect("valid client");
+    assert_eq!(call_orders(&mesh).await.expect("ok"), "Bearer by-key-2");
+    let assertions = endpoint.assertions.lock().expect("lock").clone();
+    let jti = |i: usize| assertions[i].get("jti").cloned();
+    assert!(jti(0).is_some() && jti(0) != jti(1), "{assertions:?}");
+    let lifetime = |c: &Claims| Some(c.get("exp")?.as_u64()? - c.get("iat")?.as_u64()?);
+    assert_eq!(lifetime(&assertions[0]), Some(60));
+
+    // A secret builder cannot claim private_key_jwt, nor a key builder another method.
+    assert!(
+        OAuth2ClientCredentials::builder(&token_url, "c", Secret::new("s"))
+            .client_auth(ClientAuth::PrivateKeyJwt)
+            .build()
+            .is_err()
+    );
+    for (toml, field) in [
+        (
+            "client_auth = \"private_key_jwt\"\nalgorithm = \"RS256\"",
+            "key_file",
+        ),
+        (
+            "client_auth = \"private_key_jwt\"\nkey_file = \"tests/keys/rsa.pem\"",
+            "algorithm",
+        ),
+        (
+            "client_auth = \"private_key_jwt\"\nalgorithm = \"RS256\"\nkey_file = \"tests/keys/rsa.pem\"\nclient_secret = \"s\"",
+            "client_secret",
+        ),
+        (
+            "client_secret = \"s\"\nalgorithm = \"RS256\"\nkey_file = \"tests/keys/rsa.pem\"",
+            "algorithm",
+        ),
+    ] {
+        let toml = format!(
+            "[services.x]\nendpoints = [{{ addr = \"10.0.0.1:80\" }}]\n[services.x.traffic.auth]\nkind = \"oauth2\"\ntoken_url = \"http://t\"\nclient_id = \"c\"\n{toml}"
+        );
+        let err = MeshConfig::from_toml_str(&toml).expect_err(field);
+        assert_eq!(
+            err.field(),
+            Some(format!("services.x.traffic.auth.{field}").as_str()),
+            "{toml}\n{err}"
+        );
+    }
 }
 
 #[tokio::test]

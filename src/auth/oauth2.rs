@@ -9,22 +9,44 @@ use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::source::{BearerToken, TokenSource};
+use super::source::{BearerToken, SigningKey, TokenSource};
 use crate::discovery::BoxFuture;
+use crate::discovery::backoff::Backoff;
 use crate::endpoint::ServiceName;
 use crate::error::{Error, Kind};
 use crate::secret::Secret;
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3, OpenID Connect Core
+/// §9).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientAuth {
     /// HTTP Basic with the form-encoded id and secret (`client_secret_basic`, the default).
     #[default]
     Basic,
     /// `client_id` and `client_secret` in the form body (`client_secret_post`).
     Post,
+    /// A JWT signed with the client's private key (`private_key_jwt`, RFC 7523 §2.2): set by
+    /// [`OAuth2ClientCredentials::with_private_key`].
+    PrivateKeyJwt,
+}
+
+/// The largest token response read, in bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The longest lifetime taken from `expires_in`: a token is fetched again at least daily.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The lifetime of a token whose response has no `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// The lifetime of a `private_key_jwt` client assertion.
+const ASSERTION_LIFETIME: u64 = 60;
+
+/// What proves the client's identity to the token endpoint.
+enum Credential {
+    Secret(Secret),
+    Key(SigningKey),
 }
 
 struct Cached {
@@ -33,24 +55,45 @@ struct Cached {
     expires_at: Instant,
 }
 
+/// The last failed fetch, shared by every caller until the backoff after it is over.
+struct Failure {
+    message: String,
+    retry_at: Instant,
+}
+
+/// The fetch in flight, if any, and what the last ones taught.
+struct Flight {
+    failure: Option<Failure>,
+    backoff: Backoff,
+}
+
 /// Tokens from an OAuth 2.0 token endpoint with the client credentials grant.
 ///
-/// The token is cached until `expires_in` minus a margin (30 s, at most half the lifetime);
-/// near that point one background refresh replaces it while calls keep using the valid one,
-/// so no call waits on the endpoint but the very first. Concurrent first calls share one
-/// request. Endpoint errors are [`Error::is_auth`](crate::Error::is_auth) errors that carry
-/// the RFC 6749 §5.2 `error` code; the secret is never logged or shown.
+/// - The token is cached until `expires_in` minus a margin (30 s, at most half the
+///   lifetime); near that point one background refresh replaces it while calls keep using
+///   the valid one, so no call waits on the endpoint but the very first.
+/// - One fetch serves every caller waiting for it (single flight), and its failure too: a
+///   failed fetch is remembered for an exponential backoff with jitter (1 s doubling to
+///   60 s unless [set](OAuth2Builder::backoff)), during which a caller without a valid token gets that failure at once, without a
+///   request. A failing, slow or hung endpoint therefore sees one request per backoff step
+///   from the process, however many calls are waiting, and calls holding a valid token
+///   never notice it.
+/// - A fetch gives up after its timeout (10 s unless set). The response is read up to
+///   64 KiB; `expires_in` may be a number or a numeric string, and is capped at a day.
+/// - Endpoint errors are [`Error::is_auth`](crate::Error::is_auth) errors that carry the
+///   RFC 6749 §5.2 `error` code; the secret and the token are never logged or shown.
 pub struct OAuth2ClientCredentials {
     token_url: reqwest::Url,
     client_id: String,
-    secret: Secret,
+    credential: Credential,
     auth: ClientAuth,
     scope: Option<String>,
     audience: Option<String>,
     margin: Duration,
+    timeout: Duration,
     http: reqwest::Client,
     cache: ArcSwapOption<Cached>,
-    fetching: tokio::sync::Mutex<()>,
+    flight: tokio::sync::Mutex<Flight>,
     refreshing: AtomicBool,
     me: Weak<OAuth2ClientCredentials>,
 }
@@ -60,7 +103,6 @@ impl fmt::Debug for OAuth2ClientCredentials {
         f.debug_struct("OAuth2ClientCredentials")
             .field("token_url", &self.token_url.as_str())
             .field("client_id", &self.client_id)
-            .field("secret", &self.secret)
             .field("auth", &self.auth)
             .field("scope", &self.scope)
             .finish_non_exhaustive()
@@ -68,21 +110,35 @@ impl fmt::Debug for OAuth2ClientCredentials {
 }
 
 /// Builds [`OAuth2ClientCredentials`].
-#[derive(Debug)]
 #[must_use]
 pub struct OAuth2Builder {
     token_url: String,
     client_id: String,
-    secret: Secret,
+    credential: Credential,
     auth: ClientAuth,
     scope: Option<String>,
     audience: Option<String>,
     margin: Duration,
+    timeout: Duration,
+    backoff: (Duration, Duration),
     http: Option<reqwest::Client>,
 }
 
+impl fmt::Debug for OAuth2Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuth2Builder")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("auth", &self.auth)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
 impl OAuth2Builder {
-    /// How the client authenticates (`client_secret_basic` unless set).
+    /// How the client authenticates with its secret: `client_secret_basic` unless set, or
+    /// `client_secret_post`. [`ClientAuth::PrivateKeyJwt`] needs a key, not a secret:
+    /// [`OAuth2ClientCredentials::with_private_key`].
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
         self
@@ -106,6 +162,19 @@ impl OAuth2Builder {
         self
     }
 
+    /// How long one fetch may take, the response's body included (10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The backoff after a failed fetch: from `base`, doubling to `max`, each step drawn
+    /// from its upper half (1 s and 60 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff = (base, max);
+        self
+    }
+
     /// Speaks to the token endpoint with this client.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
@@ -118,6 +187,26 @@ impl OAuth2Builder {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| Error::builder("oauth2.token_url", "must be an http(s) URL"))?;
+        let by_key = matches!(self.credential, Credential::Key(_));
+        if by_key != (self.auth == ClientAuth::PrivateKeyJwt) {
+            return Err(Error::builder(
+                "oauth2.client_auth",
+                "private_key_jwt goes with a private key (with_private_key), the others with a secret",
+            ));
+        }
+        let (base, max) = self.backoff;
+        if base.is_zero() || base > max {
+            return Err(Error::builder("oauth2.backoff", "needs 0 < base <= max"));
+        }
+        crate::error::check_duration("oauth2.backoff", max)?;
+        if self.timeout.is_zero() {
+            return Err(Error::builder(
+                "oauth2.timeout",
+                "must be greater than zero",
+            ));
+        }
+        crate::error::check_duration("oauth2.timeout", self.timeout)?;
+        crate::error::check_duration("oauth2.refresh_margin", self.margin)?;
         let http = match self.http {
             Some(http) => http,
             None => reqwest::Client::builder().build().map_err(|e| {
@@ -127,31 +216,90 @@ impl OAuth2Builder {
         Ok(Arc::new_cyclic(|me| OAuth2ClientCredentials {
             token_url,
             client_id: self.client_id,
-            secret: self.secret,
+            credential: self.credential,
             auth: self.auth,
             scope: self.scope,
             audience: self.audience,
             margin: self.margin,
+            timeout: self.timeout,
             http,
             cache: ArcSwapOption::empty(),
-            fetching: tokio::sync::Mutex::new(()),
+            flight: tokio::sync::Mutex::new(Flight {
+                failure: None,
+                backoff: Backoff::new(base, max),
+            }),
             refreshing: AtomicBool::new(false),
             me: me.clone(),
         }))
     }
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    token_type: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
+/// A successful token response, checked.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Issued {
+    pub(crate) access_token: String,
+    pub(crate) lifetime: Duration,
 }
 
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: String,
+/// Reads a successful token response (RFC 6749 §5.1): a bearer `access_token`, and
+/// `expires_in` as a number or a numeric string (some providers send one), capped at a day;
+/// five minutes without it.
+pub(crate) fn token_response(body: &[u8]) -> Result<Issued, String> {
+    #[derive(Deserialize)]
+    struct Response {
+        access_token: String,
+        token_type: String,
+        #[serde(default)]
+        expires_in: Option<Value>,
+    }
+    let response: Response = serde_json::from_slice(body)
+        .map_err(|_| "the token response is not a valid token response".to_owned())?;
+    if !response.token_type.eq_ignore_ascii_case("bearer") {
+        return Err("the token endpoint issued a token that is not a bearer token".into());
+    }
+    if response.access_token.is_empty() {
+        return Err("the token endpoint issued an empty token".into());
+    }
+    let seconds = match &response.expires_in {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => return Err("expires_in is not a number of seconds".into()),
+    };
+    let lifetime = match seconds {
+        None if response.expires_in.as_ref().is_some_and(|v| !v.is_null()) => {
+            return Err("expires_in is not a number of seconds".into());
+        }
+        None => DEFAULT_LIFETIME,
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Duration::from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64())).max(Duration::from_secs(1))
+        }
+        Some(_) => return Err("expires_in is not a number of seconds".into()),
+    };
+    Ok(Issued {
+        access_token: response.access_token,
+        lifetime,
+    })
+}
+
+/// The RFC 6749 §5.2 `error` code of a refusal: printable ASCII, at most 64 characters, or
+/// `unknown`. It names the problem without secrets.
+pub(crate) fn error_code(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    serde_json::from_slice::<Refusal>(body)
+        .ok()
+        .map(|e| {
+            e.error
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|code| !code.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn auth_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
@@ -159,126 +307,216 @@ fn auth_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 }
 
 impl OAuth2ClientCredentials {
-    /// A builder for the token endpoint at `token_url`.
+    /// A builder for the token endpoint at `token_url`, authenticating with a client secret
+    /// (`client_secret_basic` unless [`OAuth2Builder::client_auth`] says otherwise).
     pub fn builder(
         token_url: impl Into<String>,
         client_id: impl Into<String>,
         secret: Secret,
     ) -> OAuth2Builder {
+        OAuth2ClientCredentials::new_builder(
+            token_url.into(),
+            client_id.into(),
+            Credential::Secret(secret),
+            ClientAuth::Basic,
+        )
+    }
+
+    /// A builder for the token endpoint at `token_url`, authenticating with `private_key_jwt`
+    /// (RFC 7523 §2.2, OpenID Connect Core §9): each fetch sends a fresh assertion signed
+    /// with `key` (its `kid` in the header), whose `iss` and `sub` are the client id, `aud`
+    /// the token endpoint's URL, with a random `jti` and a 60 s lifetime.
+    pub fn with_private_key(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        key: SigningKey,
+    ) -> OAuth2Builder {
+        OAuth2ClientCredentials::new_builder(
+            token_url.into(),
+            client_id.into(),
+            Credential::Key(key),
+            ClientAuth::PrivateKeyJwt,
+        )
+    }
+
+    fn new_builder(
+        token_url: String,
+        client_id: String,
+        credential: Credential,
+        auth: ClientAuth,
+    ) -> OAuth2Builder {
         OAuth2Builder {
-            token_url: token_url.into(),
-            client_id: client_id.into(),
-            secret,
-            auth: ClientAuth::Basic,
+            token_url,
+            client_id,
+            credential,
+            auth,
             scope: None,
             audience: None,
             margin: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             http: None,
         }
     }
 
+    /// The form body of a token request, with the client's credentials when they go there.
+    fn form(&self) -> Result<String, Error> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(scope) = &self.scope {
+            form.append_pair("scope", scope);
+        }
+        if let Some(audience) = &self.audience {
+            form.append_pair("audience", audience);
+        }
+        match (&self.credential, self.auth) {
+            (Credential::Secret(secret), ClientAuth::Post) => {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_secret", secret.expose());
+            }
+            (Credential::Key(key), _) => {
+                let now = super::source::unix_now();
+                let mut claims = Map::new();
+                claims.insert("iss".into(), Value::from(self.client_id.as_str()));
+                claims.insert("sub".into(), Value::from(self.client_id.as_str()));
+                claims.insert("aud".into(), Value::from(self.token_url.as_str()));
+                claims.insert("jti".into(), Value::from(super::source::random_jti()));
+                claims.insert("iat".into(), Value::from(now));
+                claims.insert("exp".into(), Value::from(now + ASSERTION_LIFETIME));
+                let assertion = key.sign(&claims)?;
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair(
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                );
+                form.append_pair("client_assertion", &assertion);
+            }
+            (Credential::Secret(_), _) => {}
+        }
+        Ok(form.finish())
+    }
+
+    /// One request to the token endpoint.
     async fn fetch(&self) -> Result<Cached, Error> {
         metrics::counter!(crate::observe::TOKEN_REFRESHES, "source" => "oauth2").increment(1);
-        // The form serializer is not Send: finish it before any await.
-        let body = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials");
-            if let Some(scope) = &self.scope {
-                form.append_pair("scope", scope);
-            }
-            if let Some(audience) = &self.audience {
-                form.append_pair("audience", audience);
-            }
-            if self.auth == ClientAuth::Post {
-                form.append_pair("client_id", &self.client_id);
-                form.append_pair("client_secret", self.secret.expose());
-            }
-            form.finish()
-        };
         let mut request = self
             .http
             .post(self.token_url.clone())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .timeout(Duration::from_secs(10));
-        match self.auth {
-            ClientAuth::Post => {}
-            ClientAuth::Basic => {
-                let encode = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                let credentials = format!(
-                    "{}:{}",
-                    encode(&self.client_id),
-                    encode(self.secret.expose())
-                );
-                let mut value = reqwest::header::HeaderValue::from_str(&format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(credentials)
-                ))
-                .map_err(|_| auth_error("the client credentials are not a valid header"))?;
-                value.set_sensitive(true);
-                request = request.header(AUTHORIZATION, value);
-            }
+            .timeout(self.timeout);
+        if let (Credential::Secret(secret), ClientAuth::Basic) = (&self.credential, self.auth) {
+            let encode =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let credentials = format!("{}:{}", encode(&self.client_id), encode(secret.expose()));
+            let mut value = reqwest::header::HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            ))
+            .map_err(|_| auth_error("the client credentials are not a valid header"))?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
         }
-        let response = request.body(body).send().await.map_err(|e| {
-            auth_error("the token endpoint could not be reached").with_source(e.without_url())
+        let response = request.body(self.form()?).send().await.map_err(|e| {
+            let e = e.without_url();
+            if e.is_timeout() {
+                auth_error("the token endpoint did not answer in time").with_source(e)
+            } else {
+                auth_error("the token endpoint could not be reached").with_source(e)
+            }
         })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            auth_error("the token response could not be read").with_source(e.without_url())
-        })?;
-        if body.len() > 64 * 1024 {
-            return Err(auth_error("the token response is larger than 64 KiB"));
-        }
+        let body = crate::discovery::http::read_bounded(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| auth_error("the token response could not be read").with_source(e))?;
         if !status.is_success() {
-            // RFC 6749 §5.2: keep the error code; it names the problem without secrets.
-            let code = serde_json::from_slice::<ErrorResponse>(&body)
-                .map(|e| {
-                    e.error
-                        .chars()
-                        .filter(|c| c.is_ascii_graphic())
-                        .take(64)
-                        .collect::<String>()
-                })
-                .unwrap_or_else(|_| "unknown".into());
             return Err(auth_error(format!(
-                "the token endpoint answered {status}: {code}"
+                "the token endpoint answered {status}: {}",
+                error_code(&body)
             )));
         }
-        let token: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| auth_error("the token response is not a valid token response"))?;
-        if !token.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(auth_error(
-                "the token endpoint issued a token that is not a bearer token",
-            ));
-        }
-        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300).max(1));
-        let margin = self.margin.min(lifetime / 2);
+        let issued = token_response(&body).map_err(auth_error)?;
+        let margin = self.margin.min(issued.lifetime / 2);
         let now = Instant::now();
         Ok(Cached {
-            token: BearerToken::new(&token.access_token)?,
-            refresh_at: now + lifetime - margin,
-            expires_at: now + lifetime,
+            token: BearerToken::new(&issued.access_token)?,
+            refresh_at: now + issued.lifetime - margin,
+            expires_at: now + issued.lifetime,
         })
     }
 
+    /// A token `usable` says is good enough: the cached one, or one fetch's, shared by every
+    /// caller waiting, or the last failure while its backoff lasts.
+    async fn fetch_shared(
+        &self,
+        usable: fn(&Cached, Instant) -> bool,
+    ) -> Result<BearerToken, Error> {
+        let mut flight = self.flight.lock().await;
+        let now = Instant::now();
+        if let Some(cached) = self.cache.load_full().filter(|c| usable(c, now)) {
+            // Fetched while this caller waited.
+            return Ok(cached.token.clone());
+        }
+        if let Some(failure) = &flight.failure
+            && now < failure.retry_at
+        {
+            return Err(auth_error(format!(
+                "{} (the token endpoint is backed off for {} ms more)",
+                failure.message,
+                failure.retry_at.duration_since(now).as_millis()
+            )));
+        }
+        match self.fetch().await {
+            Ok(fresh) => {
+                flight.failure = None;
+                flight.backoff.reset();
+                let token = fresh.token.clone();
+                self.cache.store(Some(Arc::new(fresh)));
+                Ok(token)
+            }
+            Err(error) => {
+                let delay = flight.backoff.next_delay();
+                tracing::warn!(
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "OAuth2 token fetch failed"
+                );
+                flight.failure = Some(Failure {
+                    message: error.to_string(),
+                    retry_at: Instant::now() + delay,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// Refreshes the token in the background until a fetch succeeds, respecting the backoff;
+    /// one such task at a time. It holds the source only while it fetches.
     fn refresh_in_background(&self) {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some(me) = self.me.upgrade() else {
+        let me = self.me.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.refreshing.store(false, Ordering::Release);
             return;
         };
-        tokio::spawn(async move {
-            let _fetching = me.fetching.lock().await;
-            match me.fetch().await {
-                Ok(fresh) => me.cache.store(Some(Arc::new(fresh))),
-                Err(error) => {
-                    tracing::warn!(error = %error, "OAuth2 token refresh failed; keeping the current token")
-                }
+        runtime.spawn(async move {
+            loop {
+                let wait = {
+                    let Some(source) = me.upgrade() else { return };
+                    let due = |c: &Cached, now: Instant| now < c.refresh_at;
+                    if source.fetch_shared(due).await.is_ok() {
+                        source.refreshing.store(false, Ordering::Release);
+                        return;
+                    }
+                    let flight = source.flight.lock().await;
+                    flight.failure.as_ref().map_or(Duration::from_secs(1), |f| {
+                        f.retry_at.saturating_duration_since(Instant::now())
+                    })
+                };
+                tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
             }
-            me.refreshing.store(false, Ordering::Release);
         });
     }
 }
@@ -293,21 +531,83 @@ impl TokenSource for OAuth2ClientCredentials {
 
     fn token<'a>(&'a self, _: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>> {
         Box::pin(async move {
-            let valid = |now: Instant| self.cache.load_full().filter(|c| now < c.expires_at);
-            if let Some(cached) = valid(Instant::now()) {
-                if Instant::now() >= cached.refresh_at {
+            let now = Instant::now();
+            if let Some(cached) = self.cache.load_full().filter(|c| now < c.expires_at) {
+                if now >= cached.refresh_at {
                     self.refresh_in_background();
                 }
                 return Ok(cached.token.clone());
             }
-            let _fetching = self.fetching.lock().await;
-            if let Some(cached) = valid(Instant::now()) {
-                return Ok(cached.token.clone());
-            }
-            let fresh = self.fetch().await?;
-            let token = fresh.token.clone();
-            self.cache.store(Some(Arc::new(fresh)));
-            Ok(token)
+            self.fetch_shared(|c, now| now < c.expires_at).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_is_a_number_or_a_numeric_string() {
+        let issued = |expires: &str| {
+            token_response(
+                format!(r#"{{"access_token":"t","token_type":"Bearer"{expires}}}"#).as_bytes(),
+            )
+        };
+        let lifetime = |expires: &str| issued(expires).map(|i| i.lifetime);
+        assert_eq!(
+            lifetime(r#","expires_in":3600"#),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            lifetime(r#","expires_in":"3600""#),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            lifetime(r#","expires_in":" 90 ""#),
+            Ok(Duration::from_secs(90))
+        );
+        assert_eq!(
+            lifetime(r#","expires_in":59.5"#),
+            Ok(Duration::from_secs_f64(59.5))
+        );
+        assert_eq!(lifetime(""), Ok(DEFAULT_LIFETIME));
+        assert_eq!(lifetime(r#","expires_in":null"#), Ok(DEFAULT_LIFETIME));
+        assert_eq!(lifetime(r#","expires_in":0"#), Ok(Duration::from_secs(1)));
+        // Huge values are capped, never an overflow.
+        assert_eq!(lifetime(r#","expires_in":1e300"#), Ok(MAX_LIFETIME));
+        assert_eq!(
+            lifetime(r#","expires_in":18446744073709551615"#),
+            Ok(MAX_LIFETIME)
+        );
+        for bad in [
+            r#","expires_in":"soon""#,
+            r#","expires_in":-5"#,
+            r#","expires_in":true"#,
+            r#","expires_in":[1]"#,
+            r#","expires_in":"NaN""#,
+            r#","expires_in":"inf""#,
+        ] {
+            assert!(issued(bad).is_err(), "{bad}");
+        }
+        assert!(token_response(br#"{"access_token":"t","token_type":"mac"}"#).is_err());
+        assert!(token_response(br#"{"access_token":"","token_type":"bearer"}"#).is_err());
+        assert!(token_response(br#"{"token_type":"bearer"}"#).is_err());
+    }
+
+    #[test]
+    fn error_codes_are_printable_and_short() {
+        assert_eq!(
+            error_code(br#"{"error":"invalid_client"}"#),
+            "invalid_client"
+        );
+        assert_eq!(error_code(b"<html>"), "unknown");
+        assert_eq!(error_code(br#"{"error":""}"#), "unknown");
+        let hostile = format!(r#"{{"error":"a\u001b[31m {}"}}"#, "x".repeat(500));
+        let code = error_code(hostile.as_bytes());
+        assert!(
+            code.len() <= 64 && code.chars().all(|c| c.is_ascii_graphic()),
+            "{code}"
+        );
     }
 }

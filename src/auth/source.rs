@@ -86,7 +86,8 @@ impl TokenSource for StaticToken {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -187,6 +188,22 @@ impl SigningKey {
         self.kid = Some(kid.into());
         self
     }
+
+    /// A compact JWS of `claims`, with the key's algorithm and `kid` in its header.
+    pub(crate) fn sign(&self, claims: &Map<String, Value>) -> Result<String, Error> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| {
+            Error::new(Kind::Auth)
+                .with_message("signing failed")
+                .with_source(e)
+        })
+    }
+}
+
+/// A random `jti` (RFC 7519 §4.1.7): 128 bits in hex.
+pub(crate) fn random_jti() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 struct Cached {
@@ -315,17 +332,8 @@ impl JwtSigner {
         claims.insert("iat".into(), Value::from(now));
         claims.insert("nbf".into(), Value::from(now));
         claims.insert("exp".into(), Value::from(now + self.lifetime.as_secs()));
-        claims.insert(
-            "jti".into(),
-            Value::from(format!("{:032x}", rand::random::<u128>())),
-        );
-        let mut header = Header::new(self.key.algorithm);
-        header.kid = self.key.kid.clone();
-        let token = jsonwebtoken::encode(&header, &claims, &self.key.key).map_err(|e| {
-            Error::new(Kind::Auth)
-                .with_message("signing failed")
-                .with_source(e)
-        })?;
+        claims.insert("jti".into(), Value::from(random_jti()));
+        let token = self.key.sign(&claims)?;
         let start = Instant::now();
         Ok(Cached {
             token: BearerToken::new(&token)?,

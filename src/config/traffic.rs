@@ -64,16 +64,16 @@ pub struct AuthConfig {
     /// static: the token.
     #[serde(default)]
     pub token: Option<crate::secret::Secret>,
-    /// jwt: `HS256` … `EdDSA`.
+    /// jwt, and oauth2 with `private_key_jwt`: `HS256` … `EdDSA`.
     #[serde(default)]
     pub algorithm: Option<String>,
-    /// jwt: a private key in PEM.
+    /// jwt, and oauth2 with `private_key_jwt`: a private key in PEM.
     #[serde(default)]
     pub key_file: Option<std::path::PathBuf>,
     /// jwt: an HMAC secret.
     #[serde(default)]
     pub secret: Option<crate::secret::Secret>,
-    /// jwt: the key's `kid`.
+    /// jwt, and oauth2 with `private_key_jwt`: the key's `kid`.
     #[serde(default)]
     pub kid: Option<String>,
     /// jwt: `iss`.
@@ -91,10 +91,11 @@ pub struct AuthConfig {
     /// oauth2: the client id.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// oauth2: the client secret.
+    /// oauth2: the client secret (not with `private_key_jwt`).
     #[serde(default)]
     pub client_secret: Option<crate::secret::Secret>,
-    /// oauth2: `"basic"` (the default) or `"post"`.
+    /// oauth2: `"basic"` (the default), `"post"`, or `"private_key_jwt"` (with `algorithm`,
+    /// `key_file` and optionally `kid`, instead of `client_secret`).
     #[serde(default)]
     pub client_auth: Option<String>,
     /// oauth2: the scope requested.
@@ -482,10 +483,10 @@ impl AuthConfig {
         use AuthKind::*;
         [
             ("token", self.token.is_some(), &[Static]),
-            ("algorithm", self.algorithm.is_some(), &[Jwt]),
-            ("key_file", self.key_file.is_some(), &[Jwt]),
+            ("algorithm", self.algorithm.is_some(), &[Jwt, Oauth2]),
+            ("key_file", self.key_file.is_some(), &[Jwt, Oauth2]),
             ("secret", self.secret.is_some(), &[Jwt]),
-            ("kid", self.kid.is_some(), &[Jwt]),
+            ("kid", self.kid.is_some(), &[Jwt, Oauth2]),
             ("issuer", self.issuer.is_some(), &[Jwt]),
             ("subject", self.subject.is_some(), &[Jwt]),
             ("lifetime", self.lifetime.is_some(), &[Jwt]),
@@ -525,11 +526,54 @@ impl AuthConfig {
         ))
     }
 
+    /// The private key of `algorithm`, `key_file` or `secret`, and `kid`.
+    #[cfg(feature = "jwt")]
+    fn signing_key(&self, field: &str) -> Result<crate::auth::SigningKey, Error> {
+        use crate::auth::SigningKey;
+        let relabel = |name: &str| {
+            let field = format!("{field}.{name}");
+            move |e: Error| {
+                let message = e.to_string();
+                Error::config(field.clone(), message).with_source(e)
+            }
+        };
+        let algorithm: crate::auth::Algorithm = match self.algorithm.as_deref() {
+            None => {
+                return Err(Error::config(
+                    format!("{field}.algorithm"),
+                    format!("is required for {:?} auth with a key", self.kind),
+                ));
+            }
+            Some(algorithm) => algorithm.parse().map_err(|_| {
+                Error::config(format!("{field}.algorithm"), "is not a JWT algorithm")
+            })?,
+        };
+        let key = match (&self.key_file, &self.secret) {
+            (Some(path), None) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::config(format!("{field}.key_file"), "could not be read").with_source(e)
+                })?;
+                SigningKey::from_pem(algorithm, &pem).map_err(relabel("key_file"))?
+            }
+            (None, Some(secret)) => {
+                SigningKey::hmac(algorithm, secret).map_err(relabel("secret"))?
+            }
+            _ => {
+                return Err(Error::config(
+                    format!("{field}.key_file"),
+                    "give key_file (PEM) or secret (HMAC), one of them",
+                ));
+            }
+        };
+        Ok(match &self.kid {
+            Some(kid) => key.with_kid(kid.clone()),
+            None => key,
+        })
+    }
+
     #[cfg(feature = "jwt")]
     fn source(&self, field: &str) -> Result<std::sync::Arc<dyn crate::auth::TokenSource>, Error> {
-        use crate::auth::{
-            ClientAuth, JwtSigner, OAuth2ClientCredentials, SigningKey, StaticToken,
-        };
+        use crate::auth::{ClientAuth, JwtSigner, OAuth2ClientCredentials, StaticToken};
         let required = |name: &str, given: bool| {
             if given {
                 Ok(())
@@ -556,36 +600,7 @@ impl AuthConfig {
                 ))
             }
             AuthKind::Jwt => {
-                required("algorithm", self.algorithm.is_some())?;
-                let algorithm: crate::auth::Algorithm = self
-                    .algorithm
-                    .as_deref()
-                    .and_then(|a| a.parse().ok())
-                    .ok_or_else(|| {
-                        Error::config(format!("{field}.algorithm"), "is not a JWT algorithm")
-                    })?;
-                let key = match (&self.key_file, &self.secret) {
-                    (Some(path), None) => {
-                        let pem = std::fs::read(path).map_err(|e| {
-                            Error::config(format!("{field}.key_file"), "could not be read")
-                                .with_source(e)
-                        })?;
-                        SigningKey::from_pem(algorithm, &pem).map_err(relabel("key_file"))?
-                    }
-                    (None, Some(secret)) => {
-                        SigningKey::hmac(algorithm, secret).map_err(relabel("secret"))?
-                    }
-                    _ => {
-                        return Err(Error::config(
-                            format!("{field}.key_file"),
-                            "give key_file (PEM) or secret (HMAC), one of them",
-                        ));
-                    }
-                };
-                let key = match &self.kid {
-                    Some(kid) => key.with_kid(kid.clone()),
-                    None => key,
-                };
+                let key = self.signing_key(field)?;
                 let mut signer = JwtSigner::builder(key);
                 if let Some(issuer) = &self.issuer {
                     signer = signer.issuer(issuer.clone());
@@ -609,23 +624,55 @@ impl AuthConfig {
             AuthKind::Oauth2 => {
                 required("token_url", self.token_url.is_some())?;
                 required("client_id", self.client_id.is_some())?;
-                required("client_secret", self.client_secret.is_some())?;
-                let client_auth = match self.client_auth.as_deref() {
-                    None | Some("basic") => ClientAuth::Basic,
-                    Some("post") => ClientAuth::Post,
+                let token_url = self.token_url.clone().unwrap_or_default();
+                let client_id = self.client_id.clone().unwrap_or_default();
+                let with_secret = |auth: ClientAuth| match &self.client_secret {
+                    Some(secret) => Ok(OAuth2ClientCredentials::builder(
+                        token_url.clone(),
+                        client_id.clone(),
+                        secret.clone(),
+                    )
+                    .client_auth(auth)),
+                    None => Err(Error::config(
+                        format!("{field}.client_secret"),
+                        "is required for Oauth2 auth, unless client_auth is \"private_key_jwt\"",
+                    )),
+                };
+                let key_setting = [
+                    ("algorithm", self.algorithm.is_some()),
+                    ("key_file", self.key_file.is_some()),
+                    ("kid", self.kid.is_some()),
+                ];
+                let by_key = self.client_auth.as_deref() == Some("private_key_jwt");
+                if let Some((name, _)) = key_setting.iter().find(|(_, given)| *given && !by_key) {
+                    return Err(Error::config(
+                        format!("{field}.{name}"),
+                        "is a setting of client_auth = \"private_key_jwt\" only",
+                    ));
+                }
+                let mut builder = match self.client_auth.as_deref() {
+                    None | Some("basic") => with_secret(ClientAuth::Basic)?,
+                    Some("post") => with_secret(ClientAuth::Post)?,
+                    Some("private_key_jwt") => {
+                        if self.client_secret.is_some() {
+                            return Err(Error::config(
+                                format!("{field}.client_secret"),
+                                "is not used with private_key_jwt, which signs with key_file",
+                            ));
+                        }
+                        OAuth2ClientCredentials::with_private_key(
+                            token_url,
+                            client_id,
+                            self.signing_key(field)?,
+                        )
+                    }
                     Some(_) => {
                         return Err(Error::config(
                             format!("{field}.client_auth"),
-                            "must be \"basic\" or \"post\"",
+                            "must be \"basic\", \"post\" or \"private_key_jwt\"",
                         ));
                     }
                 };
-                let mut builder = OAuth2ClientCredentials::builder(
-                    self.token_url.clone().unwrap_or_default(),
-                    self.client_id.clone().unwrap_or_default(),
-                    self.client_secret.clone().expect("checked above"),
-                )
-                .client_auth(client_auth);
                 if let Some(scope) = &self.scope {
                     builder = builder.scope(scope.clone());
                 }
