@@ -46,6 +46,76 @@ pub fn jwks(body: &[u8]) {
     }
 }
 
+/// A bearer token as a server receives it: the checks made before any signature work, then
+/// verification against a fixed HMAC key and a fixed Ed25519 key. Whatever the bytes, a
+/// refusal is a [`Rejection`](crate::auth::Rejection), never a panic, and nothing is
+/// accepted without the `exp` the verifier requires.
+#[cfg(feature = "jwt")]
+pub fn token(text: &[u8]) {
+    use futures_util::FutureExt as _;
+    let Ok(token) = std::str::from_utf8(text) else {
+        return;
+    };
+    if let Ok(header) = crate::auth::precheck(token) {
+        assert!(header.kid.as_ref().is_none_or(|kid| kid.len() <= 256));
+    }
+    let verifier = fuzz_verifier();
+    // Fixed keys: verification never waits, so it completes on its first poll.
+    let verified = verifier
+        .verify(token)
+        .now_or_never()
+        .expect("fixed keys never wait");
+    if let Ok(claims) = verified {
+        assert!(claims.get("exp").is_some());
+    }
+}
+
+#[cfg(feature = "jwt")]
+fn fuzz_verifier() -> &'static crate::auth::Verifier {
+    use crate::auth::{Algorithm, Verifier, VerifyingKey};
+    static VERIFIER: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        let hmac = VerifyingKey::hmac(Algorithm::HS256, &[7; 32])
+            .expect("a valid key")
+            .with_kid("hmac");
+        // The Ed25519 public key of RFC 8037 §A.2.
+        let ed = VerifyingKey::from_der(
+            Algorithm::EdDSA,
+            &[
+                0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64,
+                0x07, 0x3a, 0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68,
+                0xf7, 0x07, 0x51, 0x1a,
+            ],
+        )
+        .expect("a valid key")
+        .with_kid("ed");
+        Verifier::new([hmac, ed]).audience("orders")
+    })
+}
+
+/// An OpenID provider's discovery document: the key set's URL of its exact issuer, and never
+/// a plain-http one for an https issuer.
+#[cfg(feature = "jwt")]
+pub fn oidc_document(body: &[u8]) {
+    const ISSUER: &str = "https://idp.example/realms/a";
+    if let Ok(url) = crate::auth::jwks_uri(body, ISSUER) {
+        assert_eq!(url.scheme(), "https");
+    }
+}
+
+/// A token endpoint's response body, as a success (RFC 6749 §5.1) and as a refusal (§5.2).
+#[cfg(feature = "jwt")]
+pub fn token_response(body: &[u8]) {
+    if let Ok(issued) = crate::auth::token_response(body) {
+        assert!(!issued.access_token.is_empty());
+        assert!(issued.lifetime >= std::time::Duration::from_secs(1));
+        assert!(issued.lifetime <= std::time::Duration::from_secs(24 * 3600));
+    }
+    let code = crate::auth::error_code(body);
+    assert!(!code.is_empty() && code.len() <= 64);
+    assert!(code.chars().all(|c| c.is_ascii_graphic()));
+}
+
 /// A `Retry-After` header value.
 pub fn retry_after(value: &[u8]) {
     if let Some(pause) = crate::classify::parse_retry_after(value) {

@@ -1151,3 +1151,159 @@ async fn a_configured_verifier_finds_its_keys_through_oidc_discovery() {
         assert_eq!(error.field(), Some(field), "{toml}: {error}");
     }
 }
+
+/// `Claims` as an axum extractor, on an axum server on 127.0.0.1: behind `JwtAuthLayer` it
+/// gets the verified claims; a request refused by the layer, or a route without it, gets
+/// `401` with the RFC 6750 §3 challenge.
+#[cfg(feature = "axum")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_extractor_answers_on_a_real_axum_server() {
+    use axum::routing::get;
+    async fn me(claims: Claims) -> String {
+        claims.subject().unwrap_or_default().to_owned()
+    }
+    let router = Router::new()
+        .route("/me", get(me))
+        .layer(JwtAuthLayer::new(rsa_verifier()))
+        // Added after the layer: not behind it.
+        .route("/unguarded", get(me));
+    let server = Served::start(router);
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = http.get(format!("http://{}{path}", server.addr));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let token = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        None,
+        &claims(),
+    );
+    let ok = get("/me", Some(&token)).await.expect("answered");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.expect("body"), "alice");
+
+    let challenge = |response: &reqwest::Response| {
+        response.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    };
+    let missing = get("/me", None).await.expect("answered");
+    assert_eq!(missing.status(), 401);
+    assert_eq!(challenge(&missing), "Bearer");
+    let mut expired_claims = claims();
+    expired_claims["exp"] = json!(now() - 3600);
+    let expired = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(RSA).expect("key"),
+        None,
+        &expired_claims,
+    );
+    for bad in [expired.as_str(), "not.a.token"] {
+        let refused = get("/me", Some(bad)).await.expect("answered");
+        assert_eq!(refused.status(), 401);
+        assert_eq!(challenge(&refused), "Bearer error=\"invalid_token\"");
+        assert!(refused.text().await.expect("body").is_empty());
+    }
+    // The extractor without the layer never trusts an unverified token.
+    let unguarded = get("/unguarded", Some(&token)).await.expect("answered");
+    assert_eq!(unguarded.status(), 401);
+    assert_eq!(challenge(&unguarded), "Bearer");
+}
+
+/// `AttachTokenLayer` around a plain `reqwest::Client`, no mesh: the URL's host names the
+/// audience, a caller's own `Authorization` is kept unless told otherwise, and a token that
+/// cannot be had fails the call before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_token_layer_around_a_plain_reqwest_client() {
+    use proxyless::auth::{AttachTokenLayer, JwtSigner, OAuth2ClientCredentials, SigningKey};
+    use tower::{Service, ServiceBuilder, ServiceExt as _};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    let router = Router::new()
+        .fallback(move |request: axum::extract::Request| {
+            let seen = counted.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let claims = request.extensions().get::<Claims>().cloned();
+                claims
+                    .and_then(|c| c.get("aud").and_then(|a| a.as_str().map(str::to_owned)))
+                    .unwrap_or_default()
+            }
+        })
+        .layer(JwtAuthLayer::new(
+            Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB).expect("key")])
+                .audience("orders.test"),
+        ));
+    let server = Served::start(router);
+    // The service's name resolves to the server, as DNS would.
+    let http = reqwest::Client::builder()
+        .resolve("orders.test", server.addr)
+        .build()
+        .expect("client");
+    let url = format!("http://orders.test:{}/", server.addr.port());
+    let signer = JwtSigner::builder(SigningKey::from_pem(Algorithm::RS256, RSA).expect("key"))
+        .build()
+        .expect("valid");
+    let mut client = ServiceBuilder::new()
+        .layer(AttachTokenLayer::new(signer.clone()))
+        .service(http.clone());
+    let request = reqwest::Request::new(http::Method::GET, url.parse().expect("url"));
+    let response = client
+        .ready()
+        .await
+        .expect("ready")
+        .call(request)
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "orders.test");
+
+    // A caller's own Authorization stays, unless the layer replaces it.
+    let own = || {
+        let mut request = reqwest::Request::new(http::Method::GET, url.parse().expect("url"));
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer mine".parse().expect("header"));
+        request
+    };
+    let mut kept = ServiceBuilder::new()
+        .layer(AttachTokenLayer::new(signer.clone()))
+        .service(http.clone());
+    let response = kept.call(own()).await.expect("answered");
+    assert_eq!(response.status(), 401);
+    let mut replacing = ServiceBuilder::new()
+        .layer(AttachTokenLayer::new(signer).replace_existing(true))
+        .service(http.clone());
+    let response = replacing.call(own()).await.expect("answered");
+    assert_eq!(response.status(), 200);
+
+    // A token endpoint that refuses: the call fails with is_auth, and no request is sent.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}/token", nobody.local_addr().expect("addr"));
+    drop(nobody);
+    let source = OAuth2ClientCredentials::builder(dead, "c", proxyless::Secret::new("s"))
+        .build()
+        .expect("valid");
+    let before = seen.load(Ordering::SeqCst);
+    let mut failing = ServiceBuilder::new()
+        .layer(AttachTokenLayer::new(source))
+        .service(http);
+    let err = failing
+        .call(reqwest::Request::new(
+            http::Method::GET,
+            url.parse().expect("url"),
+        ))
+        .await
+        .expect_err("no token");
+    assert!(err.is_auth(), "{err:?}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        before,
+        "no request without a token"
+    );
+}

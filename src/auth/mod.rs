@@ -29,12 +29,16 @@ mod verifier;
 pub(crate) use attach::{Attach, insert as insert_authorization};
 pub use attach::{AttachToken, AttachTokenLayer, ResponseFuture as AttachTokenFuture};
 pub use jsonwebtoken::Algorithm;
-#[cfg(feature = "fuzzing")]
-pub(crate) use jwks::usable_keys;
 pub use jwks::{Jwks, JwksOptions};
+#[cfg(feature = "fuzzing")]
+pub(crate) use jwks::{jwks_uri, usable_keys};
 pub use layer::{JwtAuth, JwtAuthLayer};
 pub use oauth2::{ClientAuth, OAuth2Builder, OAuth2ClientCredentials};
+#[cfg(feature = "fuzzing")]
+pub(crate) use oauth2::{error_code, token_response};
 pub use source::{BearerToken, JwtSigner, JwtSignerBuilder, SigningKey, StaticToken, TokenSource};
+#[cfg(feature = "fuzzing")]
+pub(crate) use verifier::precheck;
 pub use verifier::{Claims, MAX_TOKEN_BYTES, Rejection, Verifier, VerifyingKey};
 
 /// The error for a PEM or DER key given with an HMAC algorithm.
