@@ -1,6 +1,7 @@
 //! JWTs: outbound tokens for the mesh's calls ([`TokenSource`]: [`StaticToken`],
 //! [`JwtSigner`], [`OAuth2ClientCredentials`], attached by [`AttachTokenLayer`]), and for
-//! servers, strict verification (RFC 8725) with static keys or a remote JWKS, and
+//! servers, strict verification (RFC 8725) with static keys or a remote JWKS (by URL, or
+//! found through OpenID Connect discovery: [`Jwks::from_issuer`]), and
 //! [`JwtAuthLayer`], a tower layer over `http::Request<B>` for axum, hyper and tonic.
 //!
 //! ```no_run
