@@ -774,6 +774,22 @@ async fn an_entra_shaped_key_without_alg_serves_its_family_and_nothing_else() {
     );
     assert!(verifier.verify(&hmac).await.is_err());
     assert!(verifier.verify(&ec_token("rsa-1")).await.is_err());
+
+    // The verifier's own list narrows the family: RS256 only.
+    let narrowed = verifier.algorithms([Algorithm::RS256]);
+    assert!(
+        narrowed
+            .verify(&rsa_token(Algorithm::RS256, RSA, "rsa-1"))
+            .await
+            .is_ok()
+    );
+    for alg in [Algorithm::RS512, Algorithm::PS256] {
+        assert_eq!(
+            narrowed.verify(&rsa_token(alg, RSA, "rsa-1")).await,
+            Err(Rejection::Header),
+            "{alg:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1143,6 +1159,18 @@ async fn a_configured_verifier_finds_its_keys_through_oidc_discovery() {
         (
             "[verifier]\nissuer = \"https://i.test\"\njkws_url = \"x\"",
             "verifier.jkws_url",
+        ),
+        (
+            "[verifier]\nissuer = \"https://i.test\"\nalgorithms = []",
+            "verifier.algorithms",
+        ),
+        (
+            "[verifier]\nissuer = \"https://i.test\"\nalgorithms = [\"HS256\"]",
+            "verifier.algorithms",
+        ),
+        (
+            "[verifier]\nissuer = \"https://i.test\"\nalgorithms = [\"none\"]",
+            "verifier.algorithms",
         ),
     ] {
         let error = MeshConfig::from_toml_str(toml)

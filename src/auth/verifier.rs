@@ -224,6 +224,8 @@ pub struct Verifier {
     issuer: Option<String>,
     leeway: Duration,
     typ: Option<String>,
+    /// The algorithms accepted; `None`: every one a key serves.
+    algorithms: Option<Arc<[Algorithm]>>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
@@ -235,6 +237,7 @@ impl fmt::Debug for Verifier {
             .field("issuer", &self.issuer)
             .field("leeway", &self.leeway)
             .field("typ", &self.typ)
+            .field("algorithms", &self.algorithms)
             .finish_non_exhaustive()
     }
 }
@@ -267,6 +270,7 @@ impl Verifier {
             issuer: None,
             leeway: Duration::from_secs(60),
             typ: None,
+            algorithms: None,
             clock: Arc::new(system_clock),
         }
     }
@@ -302,9 +306,24 @@ impl Verifier {
         self
     }
 
+    /// Accepts only tokens signed with one of `algorithms`, whatever the keys allow: a key
+    /// without `alg` in a JWKS serves every algorithm of its family (an RSA key RS256 to
+    /// PS512), and this narrows it, as an OpenID provider's
+    /// `id_token_signing_alg_values_supported` would. A token of another algorithm is
+    /// refused as [`Rejection::Header`]. Every algorithm a key serves, unless set.
+    pub fn algorithms(mut self, algorithms: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = Some(algorithms.into_iter().collect());
+        self
+    }
+
     /// Verifies `token` and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, Rejection> {
         let header = precheck(token)?;
+        if let Some(allowed) = &self.algorithms
+            && !allowed.contains(&header.alg)
+        {
+            return Err(Rejection::Header);
+        }
         let key = match &self.keys {
             Keys::Static(keys) => select(keys, &header)?,
             Keys::Remote(jwks) => jwks.key_for(header.kid.as_deref(), header.alg).await?,

@@ -113,6 +113,10 @@ pub struct VerifierConfig {
     /// The header `typ` every token must carry, such as `at+jwt`.
     #[serde(default)]
     pub require_typ: Option<String>,
+    /// The only signature algorithms accepted, such as `["RS256"]`; every one the keys
+    /// serve unless set.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
     /// The clock leeway for `exp` and `nbf` (60 s).
     #[serde(default, deserialize_with = "duration::optional")]
     pub leeway: Option<Duration>,
@@ -138,6 +142,26 @@ impl VerifierConfig {
                 "verifier.max_stale",
                 "must be greater than zero",
             ));
+        }
+        if let Some(algorithms) = &self.algorithms {
+            if algorithms.is_empty() {
+                return Err(Error::config(
+                    "verifier.algorithms",
+                    "must name at least one algorithm; leave it out for every one",
+                ));
+            }
+            const PUBLIC_KEY: [&str; 9] = [
+                "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+            ];
+            if let Some(name) = algorithms
+                .iter()
+                .find(|a| !PUBLIC_KEY.contains(&a.as_str()))
+            {
+                return Err(Error::config(
+                    "verifier.algorithms",
+                    format!("{name:?} is not a public-key JWS algorithm this crate verifies"),
+                ));
+            }
         }
         if cfg!(not(feature = "jwt")) {
             return Err(Error::config(
@@ -188,6 +212,10 @@ impl VerifierConfig {
         }
         if let Some(leeway) = self.leeway {
             verifier = verifier.leeway(leeway);
+        }
+        if let Some(algorithms) = &self.algorithms {
+            let parsed = algorithms.iter().filter_map(|a| a.parse().ok());
+            verifier = verifier.algorithms(parsed.collect::<Vec<_>>());
         }
         Ok(verifier)
     }
