@@ -24,10 +24,10 @@ use proxyless::discovery::ConsulDiscovery;
 
 // The stand-in for Consul's API that the tests use.
 #[allow(dead_code, unreachable_pub)]
-#[path = "../tests/support/consul.rs"]
+#[path = "../tests/it/support/consul.rs"]
 mod fake_consul;
 #[allow(dead_code, unreachable_pub)]
-#[path = "../tests/support/served.rs"]
+#[path = "../tests/it/support/served.rs"]
 mod served;
 use served::Served;
 

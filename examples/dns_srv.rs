@@ -21,7 +21,7 @@ use proxyless::discovery::DnsDiscovery;
 
 // The in-process DNS server that the tests use.
 #[allow(dead_code, unreachable_pub)]
-#[path = "../tests/support/dns.rs"]
+#[path = "../tests/it/support/dns.rs"]
 mod dns;
 use dns::{TestDns, a, srv};
 

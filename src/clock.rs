@@ -3,8 +3,8 @@
 //! A call through the whole stack asks for the time at each policy: when it is recorded,
 //! given a deadline, admitted by the rate limiter and the breaker, given a token and sent
 //! to an endpoint, then again for each of them when it ends; about ten readings of the
-//! monotonic clock per call, some 23 ns each on this crate's benchmark machine (through the
-//! vDSO), for what is one instant at the start and one at the end.
+//! monotonic clock per call, each a vDSO call (its cost: BENCHMARKS.md, "The machine"), for
+//! what is one instant at the start and one at the end.
 //!
 //! A service's stack runs each synchronous step (starting a call, polling it) inside
 //! [`step`]. The first [`now`] in a step reads the clock; the others in the same step get

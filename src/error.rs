@@ -69,6 +69,9 @@ pub(crate) enum Kind {
     Overloaded,
     /// No outbound token could be had (signing failed, the token endpoint refused).
     Auth,
+    /// An invariant of the mesh broke, such as a future polled after it finished: a bug,
+    /// or a misuse of a future.
+    Internal,
 }
 
 impl Error {
@@ -107,6 +110,11 @@ impl Error {
 
     pub(crate) fn unknown_service(service: ServiceName) -> Self {
         Error::new(Kind::UnknownService).with_service(service)
+    }
+
+    /// A broken invariant: never a builder or configuration error.
+    pub(crate) fn internal(message: &'static str) -> Self {
+        Error::new(Kind::Internal).with_message(message)
     }
 
     pub(crate) fn invalid_url(message: impl Into<Cow<'static, str>>) -> Self {
@@ -246,6 +254,12 @@ impl Error {
         self.inner.kind == Kind::Auth
     }
 
+    /// An invariant of the mesh broke (a future polled after it finished, for one): a bug
+    /// to report, or a misuse of a future, never a problem with settings or the network.
+    pub fn is_internal(&self) -> bool {
+        self.inner.kind == Kind::Internal
+    }
+
     /// The HTTP status of the response, when the error came from one.
     pub fn status(&self) -> Option<reqwest::StatusCode> {
         self.reqwest().and_then(reqwest::Error::status)
@@ -299,6 +313,7 @@ impl fmt::Display for Error {
             Kind::RateLimited => f.write_str("rate limited")?,
             Kind::Overloaded => f.write_str("overloaded")?,
             Kind::Auth => f.write_str("no token")?,
+            Kind::Internal => f.write_str("internal error")?,
         }
         if let Some(service) = service {
             write!(f, " for service `{service}`")?;

@@ -111,9 +111,9 @@ pin_project! {
 /// A tokio timer registered for each call costs more than its bookkeeping: when the new
 /// timer is the runtime's earliest (the usual case for a call timeout shorter than any other
 /// timer), tokio wakes its driver to re-arm, one `eventfd` write and one more turn of the
-/// event loop per call (about 1.7 µs of client CPU on a loopback call, on this crate's
-/// benchmark machine). Here a call's deadline is one entry in a table, and one task per
-/// service, running only while calls wait, keeps one timer for all of them.
+/// event loop per call (measured in BENCHMARKS.md, "What limits it"). Here a call's
+/// deadline is one entry in a table, and one task per service, running only while calls
+/// wait, keeps one timer for all of them.
 ///
 /// A call that runs out of time fails within one tick of its deadline: a thirty-second of the
 /// timeout, at least 1 ms and at most 100 ms.

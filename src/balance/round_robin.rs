@@ -14,8 +14,8 @@ use super::NoCandidates;
 /// on several threads may take the same turn, or set the cursor back to a turn already
 /// taken, so that their shares are even over many picks but the order is not a strict
 /// rotation. Envoy keeps the same trade by giving each worker thread a balancer of its own.
-/// A locked increment and a division took 14 – 16 ns per pick on one 2-core Xeon, a load
-/// and a store about 1 ns (BENCHMARKS.md).
+/// A load and a store cost a fraction of a locked increment and a division (BENCHMARKS.md,
+/// "On the Xeon").
 #[derive(Debug)]
 pub struct RoundRobin {
     candidates: Box<[u32]>,

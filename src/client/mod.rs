@@ -250,7 +250,7 @@ impl Future for ResponseFuture {
             Pending::Boxed(future) => future.as_mut().poll(cx),
             Pending::Failed(error) => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| Error::builder("call", "polled after it failed")))),
+                .unwrap_or_else(|| Error::internal("polled after it failed")))),
         }
     }
 }

@@ -573,7 +573,7 @@ where
         StateProj::Calling { .. } => return Poll::Ready(None),
         StateProj::Ended { result } => result
             .take()
-            .unwrap_or_else(|| Err(Error::builder("call", "polled after its attempt ended"))),
+            .unwrap_or_else(|| Err(Error::internal("polled after its attempt ended"))),
         StateProj::RateWait { wait, request } => match ready!(wait.as_mut().poll(cx)) {
             Ok(()) => {
                 let request = request.take();
@@ -633,7 +633,7 @@ where
         StateProj::Backoff { sleep } => {
             ready!(sleep.as_mut().poll(cx));
             let Some(retry) = call.retry.as_mut() else {
-                return Poll::Ready(Some(Err(Error::builder("call", "no retry to wait for"))));
+                return Poll::Ready(Some(Err(Error::internal("no retry to wait for"))));
             };
             match retry.next_request() {
                 Ok(request) => admit(state.as_mut(), call, Some(Box::new(request)), false),
@@ -669,7 +669,7 @@ fn admit<F, S>(
 ) {
     let Some(mut request) = request else {
         state.set(State::Ended {
-            result: Some(Err(Error::builder("call", "no request to send"))),
+            result: Some(Err(Error::internal("no request to send"))),
         });
         return;
     };

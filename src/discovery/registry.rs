@@ -972,9 +972,9 @@ impl ServiceEntry {
     /// Moves the records in `stats` (a snapshot's, which it alone held) that nothing else
     /// holds to the spares, reset, up to as many as the last update listed: an update
     /// that replaces endpoints gives the new ones these, rather than allocating as many
-    /// records while freeing as many. On a heap a busy process has fragmented, the
-    /// allocator's slow paths took 30 – 40% of a 10 000-endpoint update (`perf`). Each
-    /// record is reset here, in the one pass that touches it.
+    /// records while freeing as many: on a heap a busy process has fragmented, the
+    /// allocator's slow paths were most of a large update (BENCHMARKS.md, "What was
+    /// optimised"). Each record is reset here, in the one pass that touches it.
     fn keep_spare(&self, stats: &mut [Arc<EndpointStats>]) {
         let cap = self.listed.load(Ordering::Relaxed);
         let mut spare = self.lock_spare();

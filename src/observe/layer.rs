@@ -115,6 +115,7 @@ fn error_label(error: &Error) -> &'static str {
         Kind::Auth => "auth",
         Kind::InvalidUrl | Kind::Request | Kind::Builder | Kind::Config => "request",
         Kind::Transport => "transport",
+        Kind::Internal => "internal",
     }
 }
 

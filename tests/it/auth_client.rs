@@ -1,13 +1,11 @@
 //! Outbound tokens through MeshClient: a signer and OAuth2 client credentials against real
 //! servers on 127.0.0.1 (a JwtAuthLayer-protected service and a token endpoint).
-#![cfg(feature = "jwt")]
-
-mod support;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::Served;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -18,10 +16,9 @@ use proxyless::auth::{
 };
 use proxyless::client::TrafficPolicy;
 use proxyless::{Endpoint, MeshClient, Secret, StaticDiscovery};
-use support::Served;
 
-const RSA: &[u8] = include_bytes!("keys/rsa.pem");
-const RSA_PUB: &[u8] = include_bytes!("keys/rsa.pub.pem");
+const RSA: &[u8] = include_bytes!("../keys/rsa.pem");
+const RSA_PUB: &[u8] = include_bytes!("../keys/rsa.pub.pem");
 
 /// A service that only answers callers with a valid token for audience `orders`, and echoes
 /// the token's `jti` and `aud`, and the raw Authorization header.

@@ -1,11 +1,9 @@
 //! Balancing real requests over real HTTP servers on 127.0.0.1.
 
-mod support;
-
-use proxyless::{Balancer, MeshClient, ServiceOptions, StaticDiscovery};
-use support::{
+use crate::support::{
     TestServer, chi_square_p_value, hits, servers, upper_regularized_gamma, wait_for_version,
 };
+use proxyless::{Balancer, MeshClient, ServiceOptions, StaticDiscovery};
 
 const REQUESTS: usize = 10_000;
 
@@ -95,7 +93,7 @@ async fn round_robin_sequence_is_exact() {
     let mut order = Vec::new();
     for _ in 0..9 {
         let response = mesh.get("http://orders/").send().await.expect("ok");
-        order.push(support::server_of(&response));
+        order.push(crate::support::server_of(&response));
     }
     // The cycle starts at a random endpoint, then visits the three in address order.
     let mut by_addr: Vec<&TestServer> = servers.iter().collect();
@@ -137,7 +135,7 @@ async fn smooth_weighted_round_robin_sequence_is_exact() {
     let mut order = Vec::new();
     for _ in 0..14 {
         let response = mesh.get("http://orders/").send().await.expect("ok");
-        order.push(support::server_of(&response));
+        order.push(crate::support::server_of(&response));
     }
     let (a, b, c) = (&by_addr[0].name, &by_addr[1].name, &by_addr[2].name);
     let cycle = [a, a, b, a, c, a, a];
@@ -167,7 +165,7 @@ async fn endpoints_added_or_removed_at_run_time_are_used_or_avoided() {
     let mut answered = Vec::new();
     for _ in 0..3 {
         let response = mesh.get("http://orders/").send().await.expect("ok");
-        answered.push(support::server_of(&response));
+        answered.push(crate::support::server_of(&response));
     }
     answered.sort();
     assert_eq!(answered, ["s0", "s1", "s2"]);

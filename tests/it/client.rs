@@ -1,11 +1,9 @@
 //! The request API against real HTTP servers on 127.0.0.1.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestServer, server_of, servers};
 use proxyless::{Endpoint, MeshClient, StaticDiscovery};
-use support::{TestServer, server_of, servers};
 
 fn mesh_for(server: &TestServer) -> MeshClient {
     MeshClient::builder()

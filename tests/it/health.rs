@@ -1,15 +1,13 @@
 //! Outlier ejection, health scores, panic mode and pushback, against real servers on
 //! 127.0.0.1 whose failures and latency the tests control.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::{Control, TestServer, hits};
 use proxyless::balance::health::{HealthScoring, OutlierDetection};
 use proxyless::client::TrafficPolicy;
 use proxyless::{MeshClient, StaticDiscovery};
-use support::{Control, TestServer, hits};
 
 async fn controlled(n: usize) -> (Vec<TestServer>, Vec<Control>) {
     let mut servers = Vec::new();
@@ -351,7 +349,7 @@ async fn a_pushed_back_call_is_retried_on_another_endpoint_at_once() {
     for _ in 0..40 {
         let response = mesh.get("http://orders/").send().await.expect("answered");
         assert_eq!(response.status(), 200, "a pushback is retried elsewhere");
-        assert_eq!(support::server_of(&response), "s1");
+        assert_eq!(crate::support::server_of(&response), "s1");
     }
     assert_eq!(
         controls[0].hits.load(Ordering::SeqCst),

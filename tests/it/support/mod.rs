@@ -1,7 +1,5 @@
 //! Real components for the integration tests: HTTP servers on 127.0.0.1, a scripted discovery
 //! backend, and the chi-square test.
-#![allow(dead_code, unreachable_pub)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,16 +2,14 @@
 //! every panel, rendered by the Prometheus exporter, must contain every metric its queries
 //! name.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{ScriptedDiscovery, TestServer};
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use proxyless::breaker::{BreakerConfig, SlidingWindow};
 use proxyless::client::TrafficPolicy;
 use proxyless::{DiscoveryError, MeshClient};
-use support::{ScriptedDiscovery, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_exported() {
@@ -81,7 +79,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
 
     let rendered = prometheus.render();
     let dashboard: serde_json::Value =
-        serde_json::from_str(include_str!("../dashboards/proxyless.json")).expect("valid JSON");
+        serde_json::from_str(include_str!("../../dashboards/proxyless.json")).expect("valid JSON");
     let mut names = std::collections::BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {

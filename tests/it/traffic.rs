@@ -1,10 +1,9 @@
 //! Traffic policies through MeshClient, with faults injected into real servers on 127.0.0.1.
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use crate::support::{Control, TestServer, server_of, servers};
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use proxyless::breaker::{BreakerConfig, SlidingWindow};
@@ -12,7 +11,6 @@ use proxyless::client::TrafficPolicy;
 use proxyless::limit::{OnExceed, Rate};
 use proxyless::retry::RetryPolicy;
 use proxyless::{Balancer, MeshClient, StaticDiscovery};
-use support::{Control, TestServer, server_of, servers};
 
 fn mesh(discovery: StaticDiscovery, traffic: TrafficPolicy) -> MeshClient {
     MeshClient::builder()

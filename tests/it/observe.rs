@@ -1,15 +1,13 @@
 //! Metrics and statistics after known traffic against real servers on 127.0.0.1.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::TestServer;
 use axum::http::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use proxyless::client::TrafficPolicy;
 use proxyless::{MeshClient, StaticDiscovery};
-use support::TestServer;
 
 /// What was recorded while `test` ran on a current-thread runtime under a local debugging
 /// recorder (so that every task it spawns records there too).
@@ -324,7 +322,7 @@ fn endpoint_series(
 fn per_endpoint_labels_are_off_by_default_and_capped_when_on() {
     let mut addrs = Vec::new();
     let snapshot = recorded(|| async {
-        let servers = support::servers(3).await;
+        let servers = crate::support::servers(3).await;
         addrs = servers.iter().map(|s| s.addr.to_string()).collect();
         let endpoints: Vec<_> = servers.iter().map(|s| s.endpoint()).collect();
         let discovery = StaticDiscovery::new()
@@ -381,7 +379,7 @@ fn per_endpoint_labels_stay_capped_as_endpoints_churn() {
         discovery
             .set("orders", (500..1000).map(closed))
             .expect("valid");
-        support::wait_for_version(&mesh, "orders", 2).await;
+        crate::support::wait_for_version(&mesh, "orders", 2).await;
         for _ in 0..1000 {
             let _ = mesh.get("http://orders/").send().await;
         }

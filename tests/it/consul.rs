@@ -1,15 +1,12 @@
 //! The Consul backend against a stand-in for Consul's HTTP API on 127.0.0.1 (no Consul binary
 //! can be installed here): filters, weights, addresses, blocking-query rules, failures.
-#![cfg(feature = "consul")]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::consul::{FakeConsul, Mode, instance};
+use crate::support::{hits, servers};
 use proxyless::discovery::{ConsulBuilder, ConsulDiscovery};
 use proxyless::{Health, MeshClient};
-use support::consul::{FakeConsul, Mode, instance};
-use support::{hits, servers};
 
 fn consul(fake: &FakeConsul) -> ConsulBuilder {
     ConsulDiscovery::builder()
@@ -115,6 +112,10 @@ async fn passing_instances_with_their_weights_and_addresses() {
     );
 
     let seen = fake.seen();
+    assert_eq!(
+        seen[0].service, "my-service",
+        "the health API of the service called"
+    );
     assert_eq!(seen[0].param("passing"), Some("true"));
     assert_eq!(
         seen[0].param("index"),
@@ -443,7 +444,7 @@ async fn an_instance_registered_without_a_port_is_skipped_not_fatal() {
         "{status:?}"
     );
     assert_eq!(
-        support::rejected(&mesh, "my-service"),
+        crate::support::rejected(&mesh, "my-service"),
         [
             "my-service-node-b: invalid_port",
             "my-service-node-c: invalid_address",

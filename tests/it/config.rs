@@ -1,13 +1,11 @@
 //! Configuration: parsing, validation that names the field, and parity with the builder.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{server_of, servers};
 use proxyless::{
     Balancer, MeshClient, MeshClientBuilder, MeshConfig, ServiceOptions, StaticDiscovery,
 };
-use support::{server_of, servers};
 
 fn field_of(result: Result<MeshConfig, proxyless::Error>) -> String {
     let err = result.expect_err("invalid config");
@@ -336,10 +334,10 @@ fn backends_are_configured_by_kind_and_secrets_stay_hidden() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_consul_backend_resolves_through_the_api() {
     let servers = servers(1).await;
-    let fake = support::consul::FakeConsul::start().await;
+    let fake = crate::support::consul::FakeConsul::start().await;
     fake.set(
         "my-service",
-        vec![support::consul::instance(
+        vec![crate::support::consul::instance(
             "a",
             "127.0.0.1",
             "",
@@ -362,8 +360,8 @@ async fn a_configured_consul_backend_resolves_through_the_api() {
 
 #[test]
 fn the_configs_shown_in_the_docs_parse() {
-    let readme = include_str!("../README.md");
-    let module_docs: String = include_str!("../src/config/mod.rs")
+    let readme = include_str!("../../README.md");
+    let module_docs: String = include_str!("../../src/config/mod.rs")
         .lines()
         .filter_map(|line| line.strip_prefix("//! ").or(line.strip_prefix("//!")))
         .collect::<Vec<_>>()

@@ -1,13 +1,11 @@
 //! The Eureka backend against a stand-in for Eureka's REST API on 127.0.0.1, serving JSON
 //! shaped like Eureka's documented `GET /eureka/v2/apps/{appID}` answers.
-#![cfg(feature = "eureka")]
-
-mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Served, hits, servers};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -15,7 +13,6 @@ use axum::response::Response;
 use proxyless::discovery::EurekaDiscovery;
 use proxyless::{MeshClient, Scheme};
 use serde_json::{Value, json};
-use support::{Served, hits, servers};
 
 type Apps = Arc<Mutex<HashMap<String, String>>>;
 
@@ -150,7 +147,7 @@ async fn only_up_instances_with_their_ports_weights_and_schemes() {
             instance("127.0.0.1", servers[1].addr.port(), "UP", None, None),
         ])),
     );
-    support::wait_for_version(&mesh, "orders", 2).await;
+    crate::support::wait_for_version(&mesh, "orders", 2).await;
     let answered = hits(&mesh, "http://orders/", 400).await;
     let to_weighted = answered.iter().filter(|s| **s == servers[0].name).count();
     assert!((240..=360).contains(&to_weighted), "{to_weighted} of 400");
@@ -254,7 +251,7 @@ async fn one_bad_instance_is_skipped_and_the_rest_are_used() {
     let status = mesh.discovery_status("orders").expect("watched");
     assert_eq!(status.last_error, None, "{status:?}");
     assert_eq!(
-        support::rejected(&mesh, "orders"),
+        crate::support::rejected(&mesh, "orders"),
         [
             "127.0.0.1:orders:0: invalid_port",
             "127.0.0.1:orders:9001: invalid_weight",

@@ -1,16 +1,13 @@
 //! The DNS backend against real DNS servers on 127.0.0.1: hickory-server in-process (no
 //! setup needed) and dnsmasq (installed by .ci/run; required when CI=true).
-#![cfg(feature = "dns")]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::dns::{Dnsmasq, TestDns, a, dnsmasq_binary, srv};
+use crate::support::{hits, servers};
 use hickory_server::proto::rr::RecordType;
 use proxyless::discovery::{DiscoveryErrorKind, DnsDiscovery};
 use proxyless::{DiscoveryError, MeshClient};
-use support::dns::{Dnsmasq, TestDns, a, dnsmasq_binary, srv};
-use support::{hits, servers};
 
 fn mesh(discovery: DnsDiscovery) -> MeshClient {
     MeshClient::builder()

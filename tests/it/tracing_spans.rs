@@ -2,11 +2,9 @@
 //! each callsite's interest process-wide, and tests running beside it without a subscriber
 //! would race that cache.
 
-mod support;
-
+use crate::support::TestServer;
 use axum::http::StatusCode;
 use proxyless::{MeshClient, StaticDiscovery};
-use support::TestServer;
 
 /// A writer that keeps what the subscriber writes.
 #[derive(Clone, Default)]

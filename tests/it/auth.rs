@@ -1,12 +1,10 @@
 //! JWT verification against hostile tokens, and JWKS served over HTTP on 127.0.0.1.
-#![cfg(feature = "jwt")]
-
-mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::Served;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -17,19 +15,18 @@ use proxyless::auth::{
     Algorithm, Claims, Jwks, JwksOptions, JwtAuthLayer, Rejection, Verifier, VerifyingKey,
 };
 use serde_json::{Value, json};
-use support::Served;
 use tower::ServiceExt;
 
-const RSA: &[u8] = include_bytes!("keys/rsa.pem");
-const RSA_PUB: &[u8] = include_bytes!("keys/rsa.pub.pem");
-const RSA2: &[u8] = include_bytes!("keys/rsa2.pem");
-const EC256: &[u8] = include_bytes!("keys/ec256.pem");
-const EC256_PUB: &[u8] = include_bytes!("keys/ec256.pub.pem");
-const EC384: &[u8] = include_bytes!("keys/ec384.pem");
-const EC384_PUB: &[u8] = include_bytes!("keys/ec384.pub.pem");
-const ED: &[u8] = include_bytes!("keys/ed25519.pem");
-const ED_PUB: &[u8] = include_bytes!("keys/ed25519.pub.pem");
-const JWKS: &str = include_str!("keys/jwks.json");
+const RSA: &[u8] = include_bytes!("../keys/rsa.pem");
+const RSA_PUB: &[u8] = include_bytes!("../keys/rsa.pub.pem");
+const RSA2: &[u8] = include_bytes!("../keys/rsa2.pem");
+const EC256: &[u8] = include_bytes!("../keys/ec256.pem");
+const EC256_PUB: &[u8] = include_bytes!("../keys/ec256.pub.pem");
+const EC384: &[u8] = include_bytes!("../keys/ec384.pem");
+const EC384_PUB: &[u8] = include_bytes!("../keys/ec384.pub.pem");
+const ED: &[u8] = include_bytes!("../keys/ed25519.pem");
+const ED_PUB: &[u8] = include_bytes!("../keys/ed25519.pub.pem");
+const JWKS: &str = include_str!("../keys/jwks.json");
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn now() -> i64 {
@@ -636,8 +633,8 @@ async fn typ_is_checked_only_when_required() {
     assert!(strict.verify(&access).await.is_ok());
 }
 
-const MORE_JWKS: &str = include_str!("keys/more_jwks.json");
-const RSA_X5C: &str = include_str!("keys/rsa.x5c.json");
+const MORE_JWKS: &str = include_str!("../keys/more_jwks.json");
+const RSA_X5C: &str = include_str!("../keys/rsa.x5c.json");
 
 /// `rsa-1` with a certificate of its key and the certificate's thumbprints, as Keycloak and
 /// Entra ID publish their keys, and `changes` applied.

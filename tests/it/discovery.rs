@@ -1,17 +1,15 @@
 //! The registry against real servers: stale-on-error, unknown services, empty snapshots, the
 //! first-snapshot wait, and the lifetime of watch tasks.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::{ScriptedDiscovery, hits, server_of, servers, wait_for_version};
 use proxyless::discovery::{BoxFuture, DiscoveryResult};
 use proxyless::{
     Discovery, DiscoveryError, Endpoint, EndpointAddr, MeshClient, ServiceName, ServiceOptions,
     StaticDiscovery,
 };
-use support::{ScriptedDiscovery, hits, server_of, servers, wait_for_version};
 
 fn scripted_mesh(discovery: &ScriptedDiscovery) -> MeshClient {
     MeshClient::builder()
