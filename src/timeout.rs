@@ -296,14 +296,23 @@ impl Drop for Sweeping {
 /// the table, nor its reference count).
 pub(crate) struct Deadline {
     at: Instant,
+    /// How long after its start it passes, for the error.
+    after: Duration,
     registered: Option<(Arc<Deadlines>, usize)>,
 }
 
 impl Deadline {
     /// A deadline `deadlines`' timeout from now.
     pub(crate) fn new(deadlines: &Deadlines) -> Self {
+        Deadline::after(deadlines.after)
+    }
+
+    /// A deadline `after` from now, such as a request's own timeout, kept in a table made
+    /// for another timeout: it is checked on that table's tick.
+    pub(crate) fn after(after: Duration) -> Self {
         Deadline {
-            at: crate::clock::now() + deadlines.after,
+            at: crate::clock::now() + after,
+            after,
             registered: None,
         }
     }
@@ -321,7 +330,7 @@ impl Deadline {
         deadlines: &Arc<Deadlines>,
     ) -> Poll<Error> {
         self.poll_passed(cx, deadlines)
-            .map(|()| expired(deadlines.after))
+            .map(|()| expired(self.after))
     }
 
     /// [`poll_expired`](Self::poll_expired) for the deadline of one attempt.
@@ -331,7 +340,7 @@ impl Deadline {
         deadlines: &Arc<Deadlines>,
     ) -> Poll<Error> {
         self.poll_passed(cx, deadlines)
-            .map(|()| attempt_expired(deadlines.after))
+            .map(|()| attempt_expired(self.after))
     }
 
     fn poll_passed(&mut self, cx: &mut Context<'_>, deadlines: &Arc<Deadlines>) -> Poll<()> {

@@ -95,7 +95,8 @@ impl JwksOptions {
         self
     }
 
-    /// Fetches with this client.
+    /// Fetches with this client, and its redirect policy. The crate's own follows up to five
+    /// redirects and never one from `https` to plain `http`.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -217,11 +218,22 @@ impl Jwks {
         if options.min_ttl > options.max_ttl || options.max_ttl.is_zero() {
             return Err(Error::builder("jwks.ttl", "needs 0 < min <= max"));
         }
+        for (field, duration) in [
+            ("jwks.ttl", options.max_ttl),
+            ("jwks.max_stale", options.max_stale),
+            ("jwks.refetch_interval", options.refetch_interval),
+            ("jwks.timeout", options.timeout),
+        ] {
+            crate::error::check_duration(field, duration)?;
+        }
         let http = match &options.http {
             Some(http) => http.clone(),
-            None => reqwest::Client::builder().build().map_err(|e| {
-                Error::builder("jwks.http_client", "reqwest failed to build").with_source(e)
-            })?,
+            None => reqwest::Client::builder()
+                .redirect(no_downgrade())
+                .build()
+                .map_err(|e| {
+                    Error::builder("jwks.http_client", "reqwest failed to build").with_source(e)
+                })?,
         };
         Ok(Arc::new_cyclic(|me| Jwks {
             source,
@@ -411,16 +423,18 @@ impl Jwks {
     /// Fetches the set (reading the discovery document first when its URL is not known).
     /// Called with the fetch lock held.
     async fn fetch(&self, state: &mut FetchState) -> Result<(), String> {
+        // One timeout for the document and the keys together.
+        let deadline = Instant::now() + self.options.timeout;
         let url = match (&self.source, &state.discovered) {
             (Source::Url(url), _) | (Source::Issuer { .. }, Some(url)) => url.clone(),
             (Source::Issuer { issuer, document }, None) => {
-                let (_, body) = self.get(document, "discovery document").await?;
+                let (_, body) = self.get(document, "discovery document", deadline).await?;
                 let url = jwks_uri(&body, issuer)?;
                 state.discovered = Some(url.clone());
                 url
             }
         };
-        let result = self.fetch_keys(url).await;
+        let result = self.fetch_keys(url, deadline).await;
         if result.is_err() {
             // The provider may have moved its keys: read the document again next time.
             state.discovered = None;
@@ -433,12 +447,17 @@ impl Jwks {
         &self,
         url: &reqwest::Url,
         what: &str,
+        deadline: Instant,
     ) -> Result<(Option<Duration>, Vec<u8>), String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no time was left to fetch the {what}"));
+        }
         let response = self
             .http
             .get(url.clone())
             .header(ACCEPT, "application/json")
-            .timeout(self.options.timeout)
+            .timeout(left)
             .send()
             .await
             .map_err(|e| format!("the {what} could not be fetched: {}", e.without_url()))?;
@@ -459,8 +478,8 @@ impl Jwks {
         Ok((max_age, body))
     }
 
-    async fn fetch_keys(&self, url: reqwest::Url) -> Result<(), String> {
-        let (max_age, body) = self.get(&url, "key set").await?;
+    async fn fetch_keys(&self, url: reqwest::Url, deadline: Instant) -> Result<(), String> {
+        let (max_age, body) = self.get(&url, "key set", deadline).await?;
         let keys = usable_keys(&body)?;
         let ttl = max_age
             .unwrap_or(self.options.min_ttl)
@@ -638,6 +657,24 @@ fn verifying_keys(value: serde_json::Value) -> Result<Vec<VerifyingKey>, (Skippe
         .collect())
 }
 
+/// Follows up to five redirects, never from `https` to anything else: a key set (or the
+/// document naming it) fetched over TLS is never swapped for one fetched in the clear.
+fn no_downgrade() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let secure = attempt
+            .previous()
+            .first()
+            .is_some_and(|u| u.scheme() == "https");
+        if secure && attempt.url().scheme() != "https" {
+            attempt.error("a redirect from https to plain http")
+        } else if attempt.previous().len() > 5 {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// The key set's URL from an OpenID provider's discovery document, whose `issuer` must be
 /// `issuer` exactly (OpenID Connect Discovery 1.0 §4.3). The set of an `https` issuer must
 /// be served over `https` too.
@@ -666,7 +703,8 @@ pub(crate) fn jwks_uri(body: &[u8], issuer: &str) -> Result<reqwest::Url, String
                 shown(&document.jwks_uri)
             )
         })?;
-    if issuer.starts_with("https:") && url.scheme() != "https" {
+    let https_issuer = reqwest::Url::parse(issuer).is_ok_and(|u| u.scheme() == "https");
+    if https_issuer && url.scheme() != "https" {
         return Err(format!(
             "the discovery document's jwks_uri {} is not https, as its issuer is",
             shown(&document.jwks_uri)

@@ -2,11 +2,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use base64::Engine as _;
+use futures_util::FutureExt as _;
+use futures_util::future::Shared;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -61,8 +63,14 @@ struct Failure {
     retry_at: Instant,
 }
 
+/// The end of a fetch in flight, which every caller waiting for a token awaits.
+type InFlight = Shared<BoxFuture<'static, ()>>;
+
 /// The fetch in flight, if any, and what the last ones taught.
 struct Flight {
+    /// Runs as a task of its own: a caller that stops waiting (its deadline passed, it was
+    /// dropped) cancels nothing, and the token it fetches serves the next caller.
+    in_flight: Option<InFlight>,
     failure: Option<Failure>,
     backoff: Backoff,
 }
@@ -91,9 +99,10 @@ pub struct OAuth2ClientCredentials {
     audience: Option<String>,
     margin: Duration,
     timeout: Duration,
+    assertion_audience: String,
     http: reqwest::Client,
     cache: ArcSwapOption<Cached>,
-    flight: tokio::sync::Mutex<Flight>,
+    flight: Mutex<Flight>,
     refreshing: AtomicBool,
     me: Weak<OAuth2ClientCredentials>,
 }
@@ -121,6 +130,7 @@ pub struct OAuth2Builder {
     margin: Duration,
     timeout: Duration,
     backoff: (Duration, Duration),
+    assertion_audience: Option<String>,
     http: Option<reqwest::Client>,
 }
 
@@ -175,7 +185,17 @@ impl OAuth2Builder {
         self
     }
 
-    /// Speaks to the token endpoint with this client.
+    /// The `aud` of a `private_key_jwt` assertion: the token endpoint's URL unless set. RFC
+    /// 7523 §3 allows either that or the authorization server's issuer identifier, which
+    /// some servers require.
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.assertion_audience = Some(audience.into());
+        self
+    }
+
+    /// Speaks to the token endpoint with this client. The crate's own client follows no
+    /// redirect, so the credentials go to the token endpoint only; a client given here keeps
+    /// its own redirect policy.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -209,10 +229,18 @@ impl OAuth2Builder {
         crate::error::check_duration("oauth2.refresh_margin", self.margin)?;
         let http = match self.http {
             Some(http) => http,
-            None => reqwest::Client::builder().build().map_err(|e| {
-                Error::builder("oauth2.http_client", "reqwest failed to build").with_source(e)
-            })?,
+            // A redirect would send the credentials in the body (the secret, or the
+            // assertion) to wherever it points: not followed.
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| {
+                    Error::builder("oauth2.http_client", "reqwest failed to build").with_source(e)
+                })?,
         };
+        let assertion_audience = self
+            .assertion_audience
+            .unwrap_or_else(|| token_url.as_str().to_owned());
         Ok(Arc::new_cyclic(|me| OAuth2ClientCredentials {
             token_url,
             client_id: self.client_id,
@@ -222,9 +250,11 @@ impl OAuth2Builder {
             audience: self.audience,
             margin: self.margin,
             timeout: self.timeout,
+            assertion_audience,
             http,
             cache: ArcSwapOption::empty(),
-            flight: tokio::sync::Mutex::new(Flight {
+            flight: Mutex::new(Flight {
+                in_flight: None,
                 failure: None,
                 backoff: Backoff::new(base, max),
             }),
@@ -234,11 +264,20 @@ impl OAuth2Builder {
     }
 }
 
-/// A successful token response, checked.
-#[derive(Debug, PartialEq)]
+/// A successful token response, checked. Its `Debug` leaves the token out.
+#[derive(PartialEq)]
 pub(crate) struct Issued {
     pub(crate) access_token: String,
     pub(crate) lifetime: Duration,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued")
+            .field("access_token", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
 }
 
 /// Reads a successful token response (RFC 6749 §5.1): a bearer `access_token`, and
@@ -325,7 +364,8 @@ impl OAuth2ClientCredentials {
     /// A builder for the token endpoint at `token_url`, authenticating with `private_key_jwt`
     /// (RFC 7523 §2.2, OpenID Connect Core §9): each fetch sends a fresh assertion signed
     /// with `key` (its `kid` in the header), whose `iss` and `sub` are the client id, `aud`
-    /// the token endpoint's URL, with a random `jti` and a 60 s lifetime.
+    /// the token endpoint's URL (or [`OAuth2Builder::assertion_audience`]), with a random
+    /// `jti` and a 60 s lifetime.
     pub fn with_private_key(
         token_url: impl Into<String>,
         client_id: impl Into<String>,
@@ -355,6 +395,7 @@ impl OAuth2ClientCredentials {
             margin: Duration::from_secs(30),
             timeout: Duration::from_secs(10),
             backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            assertion_audience: None,
             http: None,
         }
     }
@@ -379,7 +420,7 @@ impl OAuth2ClientCredentials {
                 let mut claims = Map::new();
                 claims.insert("iss".into(), Value::from(self.client_id.as_str()));
                 claims.insert("sub".into(), Value::from(self.client_id.as_str()));
-                claims.insert("aud".into(), Value::from(self.token_url.as_str()));
+                claims.insert("aud".into(), Value::from(self.assertion_audience.as_str()));
                 claims.insert("jti".into(), Value::from(super::source::random_jti()));
                 claims.insert("iat".into(), Value::from(now));
                 claims.insert("exp".into(), Value::from(now + ASSERTION_LIFETIME));
@@ -445,34 +486,98 @@ impl OAuth2ClientCredentials {
         })
     }
 
-    /// A token `usable` says is good enough: the cached one, or one fetch's, shared by every
-    /// caller waiting, or the last failure while its backoff lasts.
+    fn lock_flight(&self) -> std::sync::MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A token `usable` says is good enough: the cached one, or the one fetch's in flight,
+    /// shared by every caller waiting, or the last failure while its backoff lasts.
     async fn fetch_shared(
         &self,
         usable: fn(&Cached, Instant) -> bool,
     ) -> Result<BearerToken, Error> {
-        let mut flight = self.flight.lock().await;
-        let now = Instant::now();
-        if let Some(cached) = self.cache.load_full().filter(|c| usable(c, now)) {
-            // Fetched while this caller waited.
-            return Ok(cached.token.clone());
+        loop {
+            let in_flight = {
+                let mut flight = self.lock_flight();
+                let now = Instant::now();
+                if let Some(cached) = self.cache.load_full().filter(|c| usable(c, now)) {
+                    return Ok(cached.token.clone());
+                }
+                match &flight.in_flight {
+                    Some(in_flight) => in_flight.clone(),
+                    None => {
+                        if let Some(failure) = &flight.failure
+                            && now < failure.retry_at
+                        {
+                            return Err(auth_error(format!(
+                                "{} (the token endpoint is backed off for {} ms more)",
+                                failure.message,
+                                failure.retry_at.duration_since(now).as_millis()
+                            )));
+                        }
+                        let in_flight = self.start_fetch().ok_or_else(|| {
+                            Error::internal("a token fetch needs a tokio runtime")
+                        })?;
+                        flight.in_flight = Some(in_flight.clone());
+                        in_flight
+                    }
+                }
+            };
+            in_flight.await;
+            // The fetch recorded a token or a failure: look again.
+            let failed = {
+                let flight = self.lock_flight();
+                let fresh = self
+                    .cache
+                    .load_full()
+                    .is_some_and(|c| usable(&c, Instant::now()));
+                match &flight.failure {
+                    Some(failure) if flight.in_flight.is_none() && !fresh => {
+                        Some(failure.message.clone())
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(message) = failed {
+                return Err(auth_error(message));
+            }
         }
-        if let Some(failure) = &flight.failure
-            && now < failure.retry_at
-        {
-            return Err(auth_error(format!(
-                "{} (the token endpoint is backed off for {} ms more)",
-                failure.message,
-                failure.retry_at.duration_since(now).as_millis()
-            )));
-        }
-        match self.fetch().await {
+    }
+
+    /// Spawns one fetch, which records its token or its failure, whoever waits for it.
+    fn start_fetch(&self) -> Option<InFlight> {
+        let me = self.me.clone();
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let task = runtime.spawn(async move {
+            if let Some(source) = me.upgrade() {
+                let result = source.fetch().await;
+                source.record(result);
+            }
+        });
+        let me = self.me.clone();
+        let ended: BoxFuture<'static, ()> = Box::pin(async move {
+            if let Err(error) = task.await
+                && let Some(source) = me.upgrade()
+            {
+                // Cancelled with its runtime, or panicked: still an end, so no caller waits
+                // for it again.
+                source.record(Err(auth_error(format!(
+                    "the token fetch ended early: {error}"
+                ))));
+            }
+        });
+        Some(ended.shared())
+    }
+
+    /// Records the end of a fetch: the token, or the failure and the backoff after it.
+    fn record(&self, result: Result<Cached, Error>) {
+        let mut flight = self.lock_flight();
+        flight.in_flight = None;
+        match result {
             Ok(fresh) => {
                 flight.failure = None;
                 flight.backoff.reset();
-                let token = fresh.token.clone();
                 self.cache.store(Some(Arc::new(fresh)));
-                Ok(token)
             }
             Err(error) => {
                 let delay = flight.backoff.next_delay();
@@ -485,7 +590,6 @@ impl OAuth2ClientCredentials {
                     message: error.to_string(),
                     retry_at: Instant::now() + delay,
                 });
-                Err(error)
             }
         }
     }
@@ -496,21 +600,31 @@ impl OAuth2ClientCredentials {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let me = self.me.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.refreshing.store(false, Ordering::Release);
             return;
         };
+        /// Clears `refreshing` however the task ends, its runtime's shutdown included.
+        struct Refreshing(Weak<OAuth2ClientCredentials>);
+        impl Drop for Refreshing {
+            fn drop(&mut self) {
+                if let Some(source) = self.0.upgrade() {
+                    source.refreshing.store(false, Ordering::Release);
+                }
+            }
+        }
+        let guard = Refreshing(self.me.clone());
         runtime.spawn(async move {
             loop {
                 let wait = {
-                    let Some(source) = me.upgrade() else { return };
+                    let Some(source) = guard.0.upgrade() else {
+                        return;
+                    };
                     let due = |c: &Cached, now: Instant| now < c.refresh_at;
                     if source.fetch_shared(due).await.is_ok() {
-                        source.refreshing.store(false, Ordering::Release);
                         return;
                     }
-                    let flight = source.flight.lock().await;
+                    let flight = source.lock_flight();
                     flight.failure.as_ref().map_or(Duration::from_secs(1), |f| {
                         f.retry_at.saturating_duration_since(Instant::now())
                     })

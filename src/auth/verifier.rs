@@ -310,7 +310,8 @@ impl Verifier {
     /// without `alg` in a JWKS serves every algorithm of its family (an RSA key RS256 to
     /// PS512), and this narrows it, as an OpenID provider's
     /// `id_token_signing_alg_values_supported` would. A token of another algorithm is
-    /// refused as [`Rejection::Header`]. Every algorithm a key serves, unless set.
+    /// refused as [`Rejection::Header`]. Every algorithm a key serves, unless set; an empty
+    /// list refuses every token.
     pub fn algorithms(mut self, algorithms: impl IntoIterator<Item = Algorithm>) -> Self {
         self.algorithms = Some(algorithms.into_iter().collect());
         self

@@ -445,20 +445,23 @@ impl<F, R, C> ResponseFuture<F, R, C> {
     /// Ends an attempt still in flight as a timeout: the deadline of the call it belongs to
     /// passed. Its endpoint records a failure (for ejection and its health score) and leaves
     /// the in-flight count; the future must not be polled again. An attempt that is only
-    /// dropped (cancelled by its caller) records nothing.
-    pub(crate) fn time_out(self: Pin<&mut Self>) {
-        if let Projection::Called {
-            call,
-            started,
-            span,
-            ..
-        } = self.project().state.project()
-            && call.active
-        {
-            call.end();
-            call.snapshot
-                .record(call.index, Outcome::Failure, crate::clock::since(*started));
-            span.record("outcome", "timeout");
+    /// dropped (cancelled by its caller) records nothing. `error`, the timeout, comes back
+    /// naming the service and the endpoint.
+    pub(crate) fn time_out(self: Pin<&mut Self>, error: Error) -> Error {
+        match self.project().state.project() {
+            Projection::Called {
+                call,
+                started,
+                span,
+                ..
+            } if call.active => {
+                call.end();
+                call.snapshot
+                    .record(call.index, Outcome::Failure, crate::clock::since(*started));
+                span.record("outcome", "timeout");
+                attach(error, &call.snapshot, call.index)
+            }
+            _ => error,
         }
     }
 

@@ -249,10 +249,12 @@ where
     let (shared, inner) = caller.parts();
     let policies = &*shared.policies;
     let record = policies.metrics.begin(&request);
-    // A request with a timeout of its own is bounded by it (the transport's, for each
-    // attempt) instead of the service's deadlines, as a request's timeout header overrides a
-    // route's in Envoy.
-    let own_timeout = request.timeout().is_some();
+    // A request with a timeout of its own is bounded by it instead of the service's
+    // deadlines, as a request's timeout header overrides a route's in Envoy: the whole call
+    // (waits for a token or a rate limit included) by the service's table, each attempt by
+    // the transport.
+    let own = request.timeout().copied();
+    let own_timeout = own.is_some();
     // A handle on the span, not a borrow of it: the record moves into the future below.
     let entered = record.span().clone().entered();
     let mut retry = policies
@@ -286,8 +288,7 @@ where
     let deadline = policies
         .timeout
         .as_deref()
-        .filter(|_| !own_timeout)
-        .map(Deadline::new);
+        .map(|deadlines| own.map_or_else(|| Deadline::new(deadlines), Deadline::after));
     // Only an attempt that can be retried has a deadline of its own: a call that cannot move
     // on to another endpoint is bounded by the call's deadline alone.
     let attempts_timed = policies.attempt_timeout.is_some() && !own_timeout && retry.is_some();
@@ -455,8 +456,7 @@ where
                     (Some(deadline), Some(deadlines)) => match deadline.poll_expired(cx, deadlines)
                     {
                         Poll::Ready(error) => {
-                            expire(this.state, this.call);
-                            Poll::Ready(Err(error))
+                            Poll::Ready(Err(expire(this.state, this.call, error)))
                         }
                         Poll::Pending => Poll::Pending,
                     },
@@ -475,16 +475,27 @@ where
 /// endpoint and the breaker (an endpoint that never answers is failing, not merely slow).
 /// Out of line: few calls end so.
 #[inline(never)]
-fn expire<S>(state: Pin<&mut State<Attempt<S>>>, call: &mut Call<S>)
+fn expire<S>(state: Pin<&mut State<Attempt<S>>>, call: &mut Call<S>, error: Error) -> Error
 where
     S: Service<reqwest::Request>,
 {
-    if let StateProj::Calling { future } = state.project() {
-        future.time_out();
-        if let (Some(ticket), Some(breaker)) =
-            (call.permits.breaker.take(), &call.shared.policies.breaker)
-        {
-            breaker.settle(ticket, crate::classify::Outcome::Failure);
+    match state.project() {
+        StateProj::Calling { future } => {
+            let error = future.time_out(error);
+            if let (Some(ticket), Some(breaker)) =
+                (call.permits.breaker.take(), &call.shared.policies.breaker)
+            {
+                breaker.settle(ticket, crate::classify::Outcome::Failure);
+            }
+            error
+        }
+        // Between attempts: the service, and the endpoint the last attempt went to.
+        _ => {
+            let error = error.with_service(call.shared.policies.metrics.service().clone());
+            match call.retry.as_ref().and_then(|retry| retry.last_endpoint()) {
+                Some(endpoint) => error.with_endpoint(endpoint.clone()),
+                None => error,
+            }
         }
     }
 }
@@ -512,8 +523,7 @@ where
                         let error = ready!(attempt.poll_attempt_expired(cx, deadlines));
                         // Counted against the endpoint here; the breaker and the retry
                         // policy read it below, as any attempt's outcome.
-                        future.time_out();
-                        Err(error)
+                        Err(future.time_out(error))
                     }
                     _ => return Poll::Pending,
                 },

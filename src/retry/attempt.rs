@@ -60,6 +60,11 @@ impl Tried {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
+    /// The endpoint of the last attempt.
+    pub(crate) fn last(&self) -> Option<&EndpointAddr> {
+        self.rest.last().or(self.first.as_ref())
+    }
+
     fn push(&mut self, endpoint: &EndpointAddr) {
         match self.first {
             None => self.first = Some(endpoint.clone()),

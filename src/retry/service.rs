@@ -313,6 +313,11 @@ pub(crate) struct RetryState<R> {
 }
 
 impl<R> RetryState<R> {
+    /// The endpoint of the call's last attempt, if one was made.
+    pub(crate) fn last_endpoint(&self) -> Option<&crate::endpoint::EndpointAddr> {
+        self.tried.last()
+    }
+
     /// Lends the endpoints tried so far to the layers below, which call one attempt, until
     /// the guard is dropped.
     pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {

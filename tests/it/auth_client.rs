@@ -353,7 +353,7 @@ async fn a_token_endpoint_that_hangs_fails_and_recovers_is_asked_once_per_backof
         Secret::new("s3cr3t"),
     )
     .timeout(Duration::from_millis(300))
-    .backoff(Duration::from_millis(200), Duration::from_millis(800))
+    .backoff(Duration::from_millis(400), Duration::from_millis(800))
     .build()
     .expect("valid");
     let mesh = mesh_with(source, &orders);
@@ -375,8 +375,9 @@ async fn a_token_endpoint_that_hangs_fails_and_recovers_is_asked_once_per_backof
     assert_eq!(fetches(), 1, "one request for a hundred callers");
 
     // While it fails (now with 503 and an HTML page), calls fail at once, and the endpoint
-    // is asked once per backoff step: steps of 200 ms doubling to 800 ms, each drawn from
-    // its upper half, allow at most 5 requests in 2 s, and at least 2.
+    // is asked once per backoff step: steps of 400 ms doubling to 800 ms, each drawn from
+    // its upper half (at least 200, then 400 ms), allow at most 6 requests in 2 s, and at
+    // least 2.
     endpoint.hang.store(false, Ordering::SeqCst);
     endpoint.unavailable.store(true, Ordering::SeqCst);
     let started = std::time::Instant::now();
@@ -390,7 +391,7 @@ async fn a_token_endpoint_that_hangs_fails_and_recovers_is_asked_once_per_backof
     }
     let asked = fetches() - 1;
     assert!(calls >= 50, "{calls} calls");
-    assert!((2..=5).contains(&asked), "{asked} requests in 2 s");
+    assert!((2..=6).contains(&asked), "{asked} requests in 2 s");
 
     // Back: within one step the calls get a token again, all from one fetch.
     endpoint.unavailable.store(false, Ordering::SeqCst);
@@ -414,7 +415,7 @@ async fn a_token_endpoint_that_hangs_fails_and_recovers_is_asked_once_per_backof
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_keeps_the_valid_token_and_backs_off() {
     let endpoint = TokenEndpoint::default();
-    endpoint.expires_in.store(4, Ordering::SeqCst);
+    endpoint.expires_in.store(6, Ordering::SeqCst);
     // Some providers send `expires_in` as a string.
     endpoint.expires_as_string.store(true, Ordering::SeqCst);
     let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
@@ -424,18 +425,18 @@ async fn a_failing_refresh_keeps_the_valid_token_and_backs_off() {
         "checkout",
         Secret::new("s3cr3t"),
     )
-    .refresh_margin(Duration::from_secs(2))
+    .refresh_margin(Duration::from_secs(3))
     .backoff(Duration::from_millis(100), Duration::from_millis(400))
     .build()
     .expect("valid");
     let mesh = mesh_with(source, &orders);
     assert_eq!(call_orders(&mesh).await.expect("ok"), "Bearer token-1");
 
-    // Past the refresh point (4 s - 2 s) the endpoint fails; the valid token keeps serving
+    // Past the refresh point (6 s - 3 s) the endpoint fails; the valid token keeps serving
     // and the background refresh backs off (steps of at least 50, 100, 200, 200 ms: at most
-    // 5 requests in 800 ms).
+    // 6 requests in 800 ms).
     endpoint.unavailable.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2050)).await;
+    tokio::time::sleep(Duration::from_millis(3050)).await;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(800) {
         assert_eq!(
@@ -445,7 +446,7 @@ async fn a_failing_refresh_keeps_the_valid_token_and_backs_off() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let asked = endpoint.fetches.load(Ordering::SeqCst) - 1;
-    assert!((1..=5).contains(&asked), "{asked} refresh requests");
+    assert!((1..=6).contains(&asked), "{asked} refresh requests");
 
     // Back before the token expires: the refresh lands and no call failed meanwhile.
     endpoint.unavailable.store(false, Ordering::SeqCst);
@@ -458,6 +459,77 @@ async fn a_failing_refresh_keeps_the_valid_token_and_backs_off() {
         assert!(back.elapsed() < Duration::from_secs(1), "not refreshed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_does_not_cancel_the_fetch() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(3600, Ordering::SeqCst);
+    endpoint.delay_ms.store(800, Ordering::SeqCst);
+    let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", server.addr),
+        "checkout",
+        Secret::new("s3cr3t"),
+    )
+    .build()
+    .expect("valid");
+    let mesh = mesh_with(source, &orders);
+    // Calls whose own timeout is shorter than the endpoint's answer give up waiting (their
+    // timeout bounds the wait for a token too)...
+    for _ in 0..2 {
+        let err = mesh
+            .get("http://orders/")
+            .timeout(Duration::from_millis(100))
+            .send()
+            .await
+            .expect_err("the token takes 800 ms");
+        assert!(err.is_timeout(), "{err:?}");
+    }
+    // ...but the one fetch they started goes on, and its token serves the next calls.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(call_orders(&mesh).await.expect("ok"), "Bearer token-1");
+    assert_eq!(endpoint.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_redirect_is_not_followed_with_the_credentials() {
+    // A server that would collect what is posted to it.
+    let collected = Arc::new(AtomicUsize::new(0));
+    let counter = collected.clone();
+    let collector = Served::start(Router::new().fallback(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { "{}" }
+    }));
+    let target = format!("http://{}/steal", collector.addr);
+    let redirecting = Served::start(Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            Response::builder()
+                .status(307)
+                .header("location", target)
+                .body(Body::empty())
+                .expect("response")
+        }
+    }));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", redirecting.addr),
+        "checkout",
+        Secret::new("s3cr3t"),
+    )
+    .client_auth(ClientAuth::Post)
+    .build()
+    .expect("valid");
+    let mesh = mesh_with(source, &orders);
+    let err = call_orders(&mesh).await.expect_err("redirected");
+    assert!(err.is_auth() && err.to_string().contains("307"), "{err}");
+    assert_eq!(
+        collected.load(Ordering::SeqCst),
+        0,
+        "the secret went nowhere"
+    );
 }
 
 /// A token endpoint that authenticates clients by `private_key_jwt` (RFC 7523): it verifies
@@ -568,6 +640,23 @@ async fn private_key_jwt_authenticates_with_a_signed_assertion() {
     assert!(jti(0).is_some() && jti(0) != jti(1), "{assertions:?}");
     let lifetime = |c: &Claims| Some(c.get("exp")?.as_u64()? - c.get("iat")?.as_u64()?);
     assert_eq!(lifetime(&assertions[0]), Some(60));
+
+    // An assertion for another audience (the issuer, which other servers want) is refused
+    // by this one, which wants its own URL.
+    let source = OAuth2ClientCredentials::with_private_key(
+        token_url.clone(),
+        "checkout",
+        SigningKey::from_pem(Algorithm::RS256, RSA)
+            .expect("key")
+            .with_kid("checkout-key"),
+    )
+    .assertion_audience("https://idp.test")
+    .build()
+    .expect("valid");
+    let err = call_orders(&mesh_with(source, &orders))
+        .await
+        .expect_err("wrong audience");
+    assert!(err.to_string().contains("invalid_client_audience"), "{err}");
 
     // A secret builder cannot claim private_key_jwt, nor a key builder another method.
     assert!(

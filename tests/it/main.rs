@@ -1,6 +1,10 @@
 //! The integration tests, one binary: real servers on 127.0.0.1 (HTTP, DNS, Consul's and
 //! Eureka's APIs, key sets and token endpoints) and the mesh against them, a module per area.
-//! (`tests/alloc.rs` is a binary of its own: it installs a counting global allocator.)
+//!
+//! Three tests are binaries of their own, as each sets process-wide state: `tests/alloc.rs`
+//! installs a counting global allocator, `tests/dashboard.rs` the global metrics recorder,
+//! and `tests/tracing_spans.rs` a subscriber whose callsite interest tracing caches
+//! process-wide.
 
 mod support;
 
@@ -13,7 +17,6 @@ mod client;
 mod config;
 #[cfg(feature = "consul")]
 mod consul;
-mod dashboard;
 mod discovery;
 #[cfg(feature = "dns")]
 mod dns;
@@ -21,5 +24,4 @@ mod dns;
 mod eureka;
 mod health;
 mod observe;
-mod tracing_spans;
 mod traffic;

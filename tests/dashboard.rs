@@ -1,15 +1,20 @@
 //! The Grafana dashboard charts series that the mesh really exports: traffic that exercises
 //! every panel, rendered by the Prometheus exporter, must contain every metric its queries
-//! name.
+//! name. In a test binary of its own: it installs the process-wide metrics recorder.
+
+// The integration tests' servers and backends; this binary uses two of them.
+#[allow(dead_code)]
+#[path = "it/support/mod.rs"]
+mod support;
 
 use std::time::Duration;
 
-use crate::support::{ScriptedDiscovery, TestServer};
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use proxyless::breaker::{BreakerConfig, SlidingWindow};
 use proxyless::client::TrafficPolicy;
 use proxyless::{DiscoveryError, MeshClient};
+use support::{ScriptedDiscovery, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_exported() {
@@ -79,7 +84,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
 
     let rendered = prometheus.render();
     let dashboard: serde_json::Value =
-        serde_json::from_str(include_str!("../../dashboards/proxyless.json")).expect("valid JSON");
+        serde_json::from_str(include_str!("../dashboards/proxyless.json")).expect("valid JSON");
     let mut names = std::collections::BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {

@@ -2,9 +2,14 @@
 //! each callsite's interest process-wide, and tests running beside it without a subscriber
 //! would race that cache.
 
-use crate::support::TestServer;
+// The integration tests' servers; this binary uses one of them.
+#[allow(dead_code)]
+#[path = "it/support/mod.rs"]
+mod support;
+
 use axum::http::StatusCode;
 use proxyless::{MeshClient, StaticDiscovery};
+use support::TestServer;
 
 /// A writer that keeps what the subscriber writes.
 #[derive(Clone, Default)]
