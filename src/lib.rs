@@ -67,7 +67,11 @@
 
 #[cfg(feature = "jwt")]
 pub mod auth;
+mod backoff;
 pub mod balance;
+#[cfg(any(feature = "consul", feature = "eureka", feature = "jwt"))]
+mod body;
+mod boxed;
 pub mod breaker;
 pub mod classify;
 pub mod client;
@@ -81,6 +85,7 @@ pub mod limit;
 pub mod observe;
 mod per_second;
 pub mod retry;
+mod rng;
 mod secret;
 pub mod timeout;
 

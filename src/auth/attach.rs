@@ -6,7 +6,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use tower::{Layer, Service};
 
 use super::source::TokenSource;
-use crate::discovery::BoxFuture;
+use crate::boxed::BoxFuture;
 use crate::endpoint::{ServiceName, validate_service_name};
 use crate::error::Error;
 

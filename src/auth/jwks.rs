@@ -348,11 +348,7 @@ impl Jwks {
 
     /// How long the refresher waits before its next fetch: until a little before the set
     /// expires, or, after failures, an exponential backoff with jitter.
-    fn next_refresh(
-        &self,
-        failures: &mut crate::discovery::backoff::Backoff,
-        failed: bool,
-    ) -> Duration {
+    fn next_refresh(&self, failures: &mut crate::backoff::Backoff, failed: bool) -> Duration {
         if failed {
             let delay = failures.next_delay();
             // Past `max_stale` every verification fails until a fetch succeeds: ask at least
@@ -386,7 +382,7 @@ impl Jwks {
             return;
         };
         runtime.spawn(async move {
-            let mut failures = crate::discovery::backoff::Backoff::new(
+            let mut failures = crate::backoff::Backoff::new(
                 Duration::from_secs(1),
                 Duration::from_secs(60),
             );
@@ -472,7 +468,7 @@ impl Jwks {
             .get(CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
-        let body = crate::discovery::http::read_bounded(response, self.options.max_body_bytes)
+        let body = crate::body::read_bounded(response, self.options.max_body_bytes)
             .await
             .map_err(|e| format!("the {what} could not be read: {e}"))?;
         Ok((max_age, body))

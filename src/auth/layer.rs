@@ -6,7 +6,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::{Rejection, Verifier};
-use crate::discovery::BoxFuture;
+use crate::boxed::BoxFuture;
 
 /// Verifies the bearer token of every request before it reaches the inner service.
 ///

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::source::{BearerToken, SigningKey, TokenSource};
-use crate::discovery::BoxFuture;
-use crate::discovery::backoff::Backoff;
+use crate::backoff::Backoff;
+use crate::boxed::BoxFuture;
 use crate::endpoint::ServiceName;
 use crate::error::{Error, Kind};
 use crate::secret::Secret;
@@ -467,7 +467,7 @@ impl OAuth2ClientCredentials {
             }
         })?;
         let status = response.status();
-        let body = crate::discovery::http::read_bounded(response, MAX_RESPONSE_BYTES)
+        let body = crate::body::read_bounded(response, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| auth_error("the token response could not be read").with_source(e))?;
         if !status.is_success() {

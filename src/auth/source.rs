@@ -11,7 +11,7 @@ use reqwest::header::HeaderValue;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::discovery::BoxFuture;
+use crate::boxed::BoxFuture;
 use crate::endpoint::ServiceName;
 use crate::error::{Error, Kind};
 use crate::secret::Secret;

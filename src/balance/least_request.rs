@@ -63,7 +63,7 @@ mod tests {
     fn idle_endpoints_are_picked_in_proportion_to_weight() {
         let weights = [1u32, 2, 7];
         let table = LeastRequest::new(&weights).expect("weights");
-        let rng = crate::balance::rng::PickRng::for_service(Some(7), "t");
+        let rng = crate::rng::PickRng::for_service(Some(7), "t");
         let mut counts = [0u32; 3];
         let n = 100_000;
         for _ in 0..n {
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn a_loaded_endpoint_loses_its_share() {
         let table = LeastRequest::new(&[1, 1, 1, 1]).expect("weights");
-        let rng = crate::balance::rng::PickRng::for_service(Some(3), "t");
+        let rng = crate::rng::PickRng::for_service(Some(3), "t");
         let in_flight = [10, 0, 0, 0];
         let mut loaded = 0;
         let n = 40_000;
@@ -96,7 +96,7 @@ mod tests {
     fn load_is_compared_per_unit_of_weight() {
         let table = LeastRequest::new(&[4, 1]).expect("weights");
         // A random word that draws each index.
-        let rng = crate::balance::rng::PickRng::for_service(Some(11), "t");
+        let rng = crate::rng::PickRng::for_service(Some(11), "t");
         let mut draws = [None, None];
         while draws.contains(&None) {
             let r = rng.next_u64();

@@ -31,7 +31,6 @@ mod layer;
 mod least_request;
 mod random;
 pub(crate) mod rewrite;
-pub(crate) mod rng;
 mod round_robin;
 mod service;
 mod weighted_random;
@@ -43,7 +42,7 @@ mod tests;
 use serde::Deserialize;
 
 use crate::endpoint::Endpoint;
-use rng::PickRng;
+use crate::rng::PickRng;
 
 pub use layer::BalanceLayer;
 pub use least_request::LeastRequest;

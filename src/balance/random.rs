@@ -1,7 +1,7 @@
 //! Uniform random selection among the endpoints that may take traffic.
 
 use super::NoCandidates;
-use super::rng::scale;
+use crate::rng::scale;
 
 /// Picks uniformly among the indices whose weight is above 0, ignoring the weights' sizes.
 #[derive(Clone, Debug)]

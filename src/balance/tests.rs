@@ -1,8 +1,8 @@
 use proptest::prelude::*;
 
-use super::rng::PickRng;
 use super::*;
 use crate::endpoint::{Endpoint, Health};
+use crate::rng::PickRng;
 
 fn seeded() -> PickRng {
     PickRng::for_service(Some(1), "test")

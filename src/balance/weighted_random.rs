@@ -7,7 +7,7 @@
 //! only rounding is the 64-bit resolution of the random draw.
 
 use super::NoCandidates;
-use super::rng::scale;
+use crate::rng::scale;
 
 /// Picks an index with probability proportional to its weight.
 ///

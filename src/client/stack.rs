@@ -17,9 +17,9 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::balance::{Balance, Router};
+use crate::boxed::BoxFuture;
 use crate::breaker::{Breaker, Ticket};
 use crate::classify::{Classify, HttpClassifier};
-use crate::discovery::BoxFuture;
 use crate::error::Error;
 use crate::limit::{Admission, ConcurrencyLimitLayer, RateLimiterState};
 use crate::observe::{CallRecord, MetricsLayer};

@@ -192,7 +192,12 @@ impl TrafficPolicy {
             .map(|(rate, on_exceed)| RateLimitLayer::new(rate, on_exceed))
             .transpose()?
             .map(|layer| layer.state().clone());
-        let retry = self.retry.clone().map(RetryLayer::new).transpose()?;
+        let seed = balance.registry().seed();
+        let retry = self
+            .retry
+            .clone()
+            .map(|policy| RetryLayer::seeded(policy, seed, name.as_str()))
+            .transpose()?;
         Ok(MeshLayer {
             policies: Arc::new(Policies {
                 metrics: MetricsLayer::new(name),

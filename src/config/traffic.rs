@@ -697,7 +697,7 @@ impl crate::auth::TokenSource for FixedAudience {
     fn token<'a>(
         &'a self,
         _: &'a crate::endpoint::ServiceName,
-    ) -> crate::discovery::BoxFuture<'a, Result<crate::auth::BearerToken, Error>> {
+    ) -> crate::boxed::BoxFuture<'a, Result<crate::auth::BearerToken, Error>> {
         self.inner.token(&self.audience)
     }
 }

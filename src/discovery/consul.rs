@@ -51,12 +51,12 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
 use super::http::{DEFAULT_MAX_BODY_BYTES, read_bounded, status_error, transport};
 use super::{
     BoxFuture, BoxStream, Consistency, Discovered, Discovery, DiscoveryError, DiscoveryResult,
     RejectReason,
 };
+use crate::backoff::Backoff;
 use crate::endpoint::{Endpoint, EndpointAddr, Health, ServiceName};
 use crate::error::Error;
 use crate::secret::{Secret, UrlText, redact_url};
@@ -531,7 +531,7 @@ impl Pacing {
     async fn wait(&mut self) {
         match std::mem::replace(&mut self.next, Next::Now) {
             Next::Now => {}
-            Next::Floor => tokio::time::sleep(super::backoff::jitter(QUERY_FLOOR, 0.5)).await,
+            Next::Floor => tokio::time::sleep(crate::backoff::jitter(QUERY_FLOOR, 0.5)).await,
             Next::Paced => self.bucket.take().await,
             Next::After(delay) => tokio::time::sleep(delay).await,
         }

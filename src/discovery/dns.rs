@@ -50,10 +50,10 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::rdata::SRV;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
-use super::backoff::{Backoff, jitter};
 use super::{
     BoxFuture, BoxStream, Discovered, Discovery, DiscoveryError, DiscoveryResult, RejectReason,
 };
+use crate::backoff::{Backoff, jitter};
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::Error;
 

@@ -1,6 +1,5 @@
-//! What the HTTP-speaking backends (Consul, Eureka) and key and token fetches share: a
-//! bounded body read and the mapping of HTTP failures to discovery errors.
-#![cfg_attr(not(any(feature = "consul", feature = "eureka")), allow(dead_code))]
+//! What the HTTP-speaking backends (Consul, Eureka) share: a bounded body read and the
+//! mapping of HTTP failures to discovery errors.
 
 use reqwest::Response;
 
@@ -9,29 +8,17 @@ use super::DiscoveryError;
 /// The default limit on a registry response body.
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 
-/// Reads a response body of at most `limit` bytes, whatever `Content-Length` claims.
+/// Reads a registry's response body of at most `limit` bytes.
 pub(crate) async fn read_bounded(
-    mut response: Response,
+    response: Response,
     limit: usize,
 ) -> Result<Vec<u8>, DiscoveryError> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit as u64)
-    {
-        return Err(too_large(limit));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn too_large(limit: usize) -> DiscoveryError {
-    DiscoveryError::malformed(format!("the response body is larger than {limit} bytes"))
+    crate::body::read_bounded(response, limit)
+        .await
+        .map_err(|error| match error {
+            crate::body::BodyError::TooLarge(_) => DiscoveryError::malformed(error.to_string()),
+            crate::body::BodyError::Read(error) => transport(error),
+        })
 }
 
 /// A failed exchange with the registry: a timeout, or anything else that made it unreachable.

@@ -47,26 +47,21 @@
 //! [`Error::is_discovery`](crate::Error::is_discovery) or
 //! [`Error::is_unknown_service`](crate::Error::is_unknown_service).
 
-pub(crate) mod backoff;
 #[cfg(feature = "consul")]
 mod consul;
 #[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "eureka")]
 mod eureka;
-#[cfg(any(feature = "consul", feature = "eureka", feature = "jwt"))]
-pub(crate) mod http;
+#[cfg(any(feature = "consul", feature = "eureka"))]
+mod http;
 mod registry;
 mod static_list;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures_core::Stream;
 
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::BoxError;
@@ -111,11 +106,7 @@ pub enum Consistency {
     Consistent,
 }
 
-/// A boxed, `Send` future, as [`Discovery::discover`] returns.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A boxed, `Send` stream, as [`Discovery::watch`] returns.
-pub type BoxStream<'a, T> = Pin<Box<dyn Stream<Item = T> + Send + 'a>>;
+pub use crate::boxed::{BoxFuture, BoxStream};
 
 /// What [`Discovery::discover`] returns: the service's full set of endpoints, and the
 /// instances of the registry's answer that could not be used.
@@ -314,7 +305,7 @@ pub fn poll_discover<D>(
 where
     D: Discovery + ?Sized,
 {
-    let retry = backoff::Backoff::new(Duration::from_secs(1).min(interval), interval);
+    let retry = crate::backoff::Backoff::new(Duration::from_secs(1).min(interval), interval);
     let state = (discovery, service, None::<Duration>, retry);
     Box::pin(futures_util::stream::unfold(
         state,
@@ -325,7 +316,7 @@ where
             let result = discovery.discover(&service).await;
             let wait = if result.is_ok() {
                 retry.reset();
-                backoff::jitter(interval, 0.1)
+                crate::backoff::jitter(interval, 0.1)
             } else {
                 retry.next_delay()
             };

@@ -15,15 +15,15 @@ use tokio::time::Instant;
 
 use super::{
     BoxFuture, Discovered, Discovery, DiscoveryError, DiscoveryErrorKind, RejectReason,
-    RejectedInstance, backoff,
+    RejectedInstance,
 };
 use crate::balance::health::{EndpointStats, HealthScoring, OutlierDetection, scores};
-use crate::balance::rng::PickRng;
 use crate::balance::{Balancer, Selection};
 use crate::classify::Outcome;
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
 use crate::observe::{EndpointLabels, EndpointSeries};
+use crate::rng::PickRng;
 
 /// The most endpoints a snapshot may hold; a larger one is rejected as malformed.
 pub const MAX_ENDPOINTS: usize = 100_000;
@@ -395,6 +395,11 @@ pub(crate) enum Lookup {
 }
 
 impl Registry {
+    /// The seed of the registry's random streams, if one was set.
+    pub(crate) fn seed(&self) -> Option<u64> {
+        self.inner.seed
+    }
+
     /// A builder with every default: no backend, [`Balancer::WeightedRandom`], a 5 second wait
     /// for first snapshots.
     pub fn builder() -> RegistryBuilder {
@@ -787,7 +792,12 @@ impl Snapshot {
             return index;
         }
         let n = self.endpoints.len();
-        let start = crate::balance::rng::PickRng::Thread.next_u64() as usize % n;
+        // From the service's source: seeded with the client's `rng_seed`, reproducible.
+        let start = match self.entry.upgrade() {
+            Some(entry) => entry.rng.next_u64(),
+            None => PickRng::Thread.next_u64(),
+        } as usize
+            % n;
         let candidates = || (0..n).map(|k| (start + k) % n);
         // An endpoint that may take traffic now: listed as eligible, and neither ejected
         // nor paused (its effective weight, unless in panic mode, is 0 then).
@@ -1625,7 +1635,7 @@ async fn watch(alive: WatchAlive, discovery: Arc<dyn Discovery>, registry: Weak<
                                 entry.apply(second);
                             } else {
                                 entry.hold_removal(second.len());
-                                let recheck = backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
+                                let recheck = crate::backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
                                 held = Some((second, Box::pin(tokio::time::sleep(recheck))));
                             }
                         }
@@ -1637,7 +1647,7 @@ async fn watch(alive: WatchAlive, discovery: Arc<dyn Discovery>, registry: Weak<
                                 "the second fetch confirming a mass removal failed; asking again later"
                             );
                             entry.hold_removal(proposed.len());
-                            let recheck = backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
+                            let recheck = crate::backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
                             held = Some((proposed, Box::pin(tokio::time::sleep(recheck))));
                         }
                     }

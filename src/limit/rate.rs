@@ -7,7 +7,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceExt};
 
 use super::{OnExceed, Rate, RateLimiterState};
-use crate::discovery::BoxFuture;
+use crate::boxed::BoxFuture;
 use crate::error::{Error, Kind};
 
 /// Puts a GCRA rate limit in front of a service; clones share the limit.

@@ -125,9 +125,10 @@ impl RetryPolicy {
         )
     }
 
-    /// The wait before retry number `retry` (0 for the first retry).
-    pub(crate) fn delay(&self, retry: u32) -> Duration {
+    /// The wait before retry number `retry` (0 for the first retry), with full jitter drawn
+    /// from `rng`.
+    pub(crate) fn delay(&self, retry: u32, rng: &crate::rng::PickRng) -> Duration {
         let step = self.base.saturating_mul(1 << retry.min(20)).min(self.cap);
-        step.mul_f64(rand::random::<f64>())
+        crate::backoff::full_jitter(step, rng.next_unit())
     }
 }

@@ -11,6 +11,7 @@ use super::attempt::{self, Tried};
 use super::{RetryBudget, RetryPolicy};
 use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::error::Error;
+use crate::rng::PickRng;
 
 /// Retries failed calls under a [`RetryPolicy`] and a [`RetryBudget`]. Clones of the layer,
 /// and every service it makes, share the budget.
@@ -28,15 +29,40 @@ pub struct RetryLayer<C = HttpClassifier> {
 struct Rules {
     policy: RetryPolicy,
     budget: Arc<RetryBudget>,
+    /// The backoff's jitter: the service's seedable source in a client with `rng_seed`.
+    rng: PickRng,
 }
 
 impl RetryLayer {
     /// Retries under `policy`, classifying outcomes with [`HttpClassifier`].
     pub fn new(policy: RetryPolicy) -> Result<Self, Error> {
+        RetryLayer::with_rng(policy, PickRng::Thread)
+    }
+
+    /// The same retries, their jitter drawn from `service`'s stream of `seed` (a client's
+    /// [`rng_seed`](crate::MeshClientBuilder::rng_seed)), or per thread without one.
+    pub(crate) fn seeded(
+        policy: RetryPolicy,
+        seed: Option<u64>,
+        service: &str,
+    ) -> Result<Self, Error> {
+        // Apart from the picks' stream of the same seed.
+        let salt = u64::from_be_bytes(*b"\0\0\0retry");
+        RetryLayer::with_rng(
+            policy,
+            PickRng::for_service(seed.map(|s| s ^ salt), service),
+        )
+    }
+
+    fn with_rng(policy: RetryPolicy, rng: PickRng) -> Result<Self, Error> {
         policy.validate()?;
         let budget = Arc::new(RetryBudget::new(policy.budget)?);
         Ok(RetryLayer {
-            rules: Arc::new(Rules { policy, budget }),
+            rules: Arc::new(Rules {
+                policy,
+                budget,
+                rng,
+            }),
             classifier: HttpClassifier,
         })
     }
@@ -372,7 +398,7 @@ impl<R> RetryState<R> {
             return Settled::Done;
         }
         let delay = match layer.classifier.classify(result.as_ref()) {
-            Outcome::Failure => rules.policy.delay(self.retried),
+            Outcome::Failure => rules.policy.delay(self.retried, &rules.rng),
             Outcome::Ignored
                 if result
                     .as_ref()

@@ -100,7 +100,9 @@ fn backoff_is_full_jitter_under_a_cap() {
         RetryPolicy::default().backoff(Duration::from_millis(10), Duration::from_millis(50));
     for retry in 0..8 {
         let step = Duration::from_millis(10 * (1 << retry)).min(Duration::from_millis(50));
-        let delays: Vec<Duration> = (0..200).map(|_| policy.delay(retry)).collect();
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| policy.delay(retry, &crate::rng::PickRng::Thread))
+            .collect();
         assert!(delays.iter().all(|d| *d <= step), "retry {retry}");
         assert!(
             delays.iter().any(|d| *d < step / 4),

@@ -288,3 +288,48 @@ async fn in_flight_counts_follow_requests_and_their_cancellation() {
     }
     assert_eq!(in_flight(&mesh), (0, 0));
 }
+
+/// With `rng_seed`, the endpoints a call's retries go to are the same on every run, as the
+/// first picks are: the retry's choice of an untried endpoint and its backoff's jitter come
+/// from the service's seeded source too.
+#[test]
+fn seeded_retries_try_endpoints_in_the_same_order_every_run() {
+    use axum::http::StatusCode;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut failing = Vec::new();
+        for i in 0..6 {
+            failing
+                .push(TestServer::start_answering(&format!("s{i}"), StatusCode::BAD_GATEWAY).await);
+        }
+        let run = |seed: u64| {
+            let endpoints: Vec<_> = failing.iter().map(TestServer::endpoint).collect();
+            async move {
+                let mesh = MeshClient::builder()
+                    .discovery(
+                        StaticDiscovery::new()
+                            .with("orders", endpoints)
+                            .expect("valid"),
+                    )
+                    .rng_seed(seed)
+                    .disable_health_scoring()
+                    .disable_outlier_detection()
+                    .build()
+                    .expect("valid client");
+                let mut last = Vec::new();
+                for _ in 0..30 {
+                    // Every endpoint fails: the answer is the third attempt's.
+                    let response = mesh.get("http://orders/").send().await.expect("answered");
+                    last.push(crate::support::server_of(&response));
+                }
+                last
+            }
+        };
+        let first = run(7).await;
+        assert_eq!(run(7).await, first, "the same seed, the same retries");
+        assert_ne!(run(8).await, first, "another seed, other retries");
+    });
+}

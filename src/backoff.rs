@@ -1,5 +1,6 @@
-//! Jittered delays for discovery loops, so that a fleet of clients neither polls a registry
-//! in lockstep nor hammers it in lockstep when it fails.
+//! Every jittered delay of the crate, in one place: the discovery loops' polls and backoffs,
+//! the key-set and token refreshes, and the retries' waits, so that a fleet of clients
+//! neither polls a registry in lockstep nor hammers a failing one in lockstep.
 
 use std::time::Duration;
 
@@ -7,6 +8,12 @@ use std::time::Duration;
 pub(crate) fn jitter(delay: Duration, fraction: f64) -> Duration {
     let factor = 1.0 + fraction * (2.0 * rand::random::<f64>() - 1.0);
     delay.mul_f64(factor.max(0.0))
+}
+
+/// "Full jitter" (Brooker, below): uniform over `[0, step)`, from `unit`, a uniform draw in
+/// `[0, 1)`. Retries draw `unit` from their service's seedable source.
+pub(crate) fn full_jitter(step: Duration, unit: f64) -> Duration {
+    step.mul_f64(unit.clamp(0.0, 1.0))
 }
 
 /// Exponential backoff with "equal jitter": the n-th delay is drawn uniformly from

@@ -1,4 +1,4 @@
-//! Randomness for picks: SplitMix64, lock-free, seedable.
+//! Randomness for picks, and for the retries' jitter: SplitMix64, lock-free, seedable.
 //!
 //! SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators",
 //! OOPSLA 2014) advances its state by a fixed odd constant and hashes it; it passes BigCrush
@@ -37,6 +37,12 @@ impl PickRng {
             None => PickRng::Thread,
             Some(seed) => PickRng::Seeded(AtomicU64::new(mix(seed ^ fnv1a(service)))),
         }
+    }
+
+    /// A uniform draw in `[0, 1)`.
+    pub(crate) fn next_unit(&self) -> f64 {
+        // The top 53 bits, the precision of an f64.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub(crate) fn next_u64(&self) -> u64 {
