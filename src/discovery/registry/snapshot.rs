@@ -1,0 +1,145 @@
+//! One service's published state: its endpoints, what is known of each, and the selection
+//! table for their effective weights, read by every call without a lock.
+
+use super::*;
+
+/// One service's snapshot: its endpoints, what the mesh has learnt of each, and the
+/// selection table built for their effective weights.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) service: ServiceName,
+    pub(crate) endpoints: Arc<[Endpoint]>,
+    pub(super) stats: Arc<[Arc<EndpointStats>]>,
+    pub(super) effective: Box<[u32]>,
+    pub(super) selection: Selection,
+    pub(super) safety: Safety,
+    pub(super) entry: Weak<ServiceEntry>,
+}
+
+impl Drop for Snapshot {
+    /// Gives the records of the endpoints this snapshot alone listed to its service, for the
+    /// next update's new endpoints, once no snapshot (a rebuilt one shares the records) and
+    /// no call (a call holds the snapshot it picked from) holds them.
+    fn drop(&mut self) {
+        let Some(stats) = Arc::get_mut(&mut self.stats) else {
+            return;
+        };
+        if let Some(entry) = self.entry.upgrade() {
+            entry.keep_spare(stats);
+        }
+    }
+}
+
+impl Snapshot {
+    /// Rewrites `url` to endpoint `index`, from what the endpoint remembers when it can;
+    /// with `keep`, puts the logical URL there (see
+    /// [`Rewrites::rewrite_keeping`](crate::balance::rewrite::Rewrites::rewrite_keeping)).
+    #[inline]
+    pub(crate) fn rewrite(
+        &self,
+        index: usize,
+        url: &mut url::Url,
+        keep: Option<&mut Option<url::Url>>,
+    ) {
+        self.stats[index]
+            .rewrites
+            .rewrite_keeping(url, &self.endpoints[index], keep);
+    }
+
+    /// Records a call's outcome against its endpoint: moving averages, and ejection after a
+    /// run of failures.
+    ///
+    /// The request path: atomics only. The entry is reached (a weak reference upgraded) only
+    /// when a run of failures calls for an ejection.
+    pub(crate) fn record(&self, index: usize, outcome: Outcome, latency: Duration) {
+        let alpha = self
+            .safety
+            .scoring
+            .map_or(HealthScoring::default().smoothing, |s| s.smoothing);
+        let run = self.stats[index].record(outcome, latency, alpha);
+        if let Some(detection) = self.safety.detection
+            && run == detection.consecutive_failures
+            && let Some(entry) = self.entry.upgrade()
+        {
+            entry.eject(self, index, &detection);
+        }
+    }
+
+    /// A request to endpoint `index` began; [`Snapshot::end`] must follow once.
+    #[inline]
+    pub(crate) fn begin(&self, index: usize) {
+        self.stats[index].begin();
+    }
+
+    /// A request to endpoint `index` ended, completed or cancelled.
+    #[inline]
+    pub(crate) fn end(&self, index: usize) {
+        self.stats[index].end();
+    }
+
+    /// Pauses an endpoint that pushed back.
+    pub(crate) fn pushback(&self, index: usize, time: Duration) {
+        let Some(entry) = self.entry.upgrade() else {
+            return;
+        };
+        let time = time.min(
+            entry
+                .safety
+                .detection
+                .map_or(crate::classify::MAX_PUSHBACK, |d| d.max_ejection),
+        );
+        self.stats[index].pause(entry.epoch, Instant::now(), time);
+        tracing::info!(
+            service = %self.service,
+            endpoint = %self.endpoints[index].addr(),
+            pause = ?time,
+            "endpoint pushed back; pausing it"
+        );
+        entry.rebuild();
+    }
+
+    /// Whether an endpoint other than `index`, and than those `tried`, may take traffic now:
+    /// listed as eligible, neither ejected nor paused.
+    pub(crate) fn has_other(&self, index: usize, tried: &crate::retry::attempt::Tried) -> bool {
+        let Some(entry) = self.entry.upgrade() else {
+            return false;
+        };
+        let now = Instant::now();
+        (0..self.endpoints.len()).any(|i| {
+            i != index
+                && self.endpoints[i].is_eligible()
+                && !self.stats[i].is_paused(entry.epoch, now)
+                && !self.stats[i].is_ejected(entry.epoch, now)
+                && !tried.contains(self.endpoints[i].addr())
+        })
+    }
+
+    /// `index` if the call has not tried that endpoint yet; otherwise another endpoint that
+    /// may take traffic and that it has not tried, preferring the same priority tier; `index`
+    /// again when it has tried them all.
+    pub(crate) fn untried(&self, index: usize, attempts: &crate::retry::attempt::Tried) -> usize {
+        if !attempts.contains(self.endpoints[index].addr()) {
+            return index;
+        }
+        let n = self.endpoints.len();
+        // From the service's source: seeded with the client's `rng_seed`, reproducible.
+        let start = match self.entry.upgrade() {
+            Some(entry) => entry.rng.next_u64(),
+            None => PickRng::Thread.next_u64(),
+        } as usize
+            % n;
+        let candidates = || (0..n).map(|k| (start + k) % n);
+        // An endpoint that may take traffic now: listed as eligible, and neither ejected
+        // nor paused (its effective weight, unless in panic mode, is 0 then).
+        let fresh = |i: &usize| {
+            let endpoint = &self.endpoints[*i];
+            self.effective[*i] > 0 && !attempts.contains(endpoint.addr())
+        };
+        let tier = self.endpoints[index].priority();
+        candidates()
+            .filter(fresh)
+            .find(|&i| self.endpoints[i].priority() == tier)
+            .or_else(|| candidates().find(fresh))
+            .unwrap_or(index)
+    }
+}
