@@ -66,6 +66,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "jwt")]
+mod attempt;
 pub mod auth;
 mod backoff;
 pub mod balance;

@@ -134,21 +134,24 @@ where
     }
 
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
-        self.router.call(&mut self.inner, request, None)
+        // A standalone retry layer above lends its list (see `crate::attempt`).
+        self.router
+            .call(&mut self.inner, request, crate::attempt::Attempt::default())
     }
 }
 
 impl<C> Router<C> {
-    /// Picks an endpoint for `request`, rewrites its URL to it and sends it with `inner`,
-    /// which must be ready; with `keep`, puts the request's logical URL there, however the
-    /// call goes: for a retry to send again, without a copy of its own when the endpoint
-    /// remembers the URL (the rewritten one replaces it whole).
+    /// Picks an endpoint for `request`, away from those `attempt` tried, rewrites its URL to
+    /// it and sends it with `inner`, which must be ready. With a slot in `attempt`, puts the
+    /// request's logical URL there, however the call goes: for a retry to send again,
+    /// without a copy of its own when the endpoint remembers the URL (the rewritten one
+    /// replaces it whole).
     #[inline(always)]
     pub(crate) fn call<S>(
         &self,
         inner: &mut S,
         mut request: reqwest::Request,
-        keep: Option<&mut Option<url::Url>>,
+        attempt: crate::attempt::Attempt<'_>,
     ) -> ResponseFuture<S::Future, S::Response, C>
     where
         S: Service<reqwest::Request> + Clone + Send + 'static,
@@ -156,6 +159,10 @@ impl<C> Router<C> {
         S::Future: Send,
         C: Classify<S::Response>,
     {
+        let crate::attempt::Attempt {
+            tried,
+            logical_url: keep,
+        } = attempt;
         let host = match logical_host(request.url()) {
             Ok(host) => host,
             Err(error) => return failed(error, &request, keep),
@@ -171,7 +178,7 @@ impl<C> Router<C> {
         match lookup {
             Err(error) => failed(error, &request, keep),
             Ok(Lookup::Picked(snapshot, index)) => {
-                let (index, attempt) = avoid_tried(&snapshot, index);
+                let (index, attempt) = avoid_tried(&snapshot, index, tried);
                 rewrite(&mut request, &snapshot, index, self.preserve_host, keep);
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
@@ -228,7 +235,7 @@ impl<C> Router<C> {
         ResponseFuture::waiting(Box::pin(async move {
             let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
             drop(registry);
-            let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?);
+            let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?, None);
             rewrite(&mut request, &snapshot, index, preserve_host, None);
             let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);
@@ -254,10 +261,15 @@ fn attempt_span(snapshot: &Snapshot, index: usize, attempt: usize) -> tracing::S
     )
 }
 
-/// Inside a retry layer, steers a retry away from endpoints the call already tried, and
-/// records the one chosen. Returns the endpoint and the attempt's number (1 for the first).
-fn avoid_tried(snapshot: &Snapshot, index: usize) -> (usize, usize) {
-    crate::retry::attempt::with_current(|attempts| {
+/// Steers a retry away from the endpoints the call already tried, `tried` or the list a
+/// standalone retry layer lent, and records the one chosen. Returns the endpoint and the
+/// attempt's number (1 for the first).
+fn avoid_tried(
+    snapshot: &Snapshot,
+    index: usize,
+    tried: Option<&mut crate::attempt::Tried>,
+) -> (usize, usize) {
+    let next = |attempts: &mut crate::attempt::Tried| {
         attempts.next(
             |tried| {
                 if tried.is_empty() {
@@ -269,8 +281,11 @@ fn avoid_tried(snapshot: &Snapshot, index: usize) -> (usize, usize) {
             },
             |i| snapshot.endpoints[i].addr(),
         )
-    })
-    .unwrap_or((index, 1))
+    };
+    match tried {
+        Some(tried) => next(tried),
+        None => crate::attempt::with_current(next).unwrap_or((index, 1)),
+    }
 }
 
 /// The host of a logical URL, which must be a name, not an address.
@@ -435,7 +450,7 @@ impl<F, R, C> ResponseFuture<F, R, C> {
 
     /// Whether the service has another endpoint than this attempt's, and than `tried`, that
     /// may take traffic now.
-    pub(crate) fn can_go_elsewhere(&self, tried: &crate::retry::attempt::Tried) -> bool {
+    pub(crate) fn can_go_elsewhere(&self, tried: &crate::attempt::Tried) -> bool {
         match &self.state {
             State::Called { call, .. } => call.snapshot.has_other(call.index, tried),
             State::Waiting { .. } | State::Failed { .. } => false,

@@ -270,12 +270,12 @@ where
             // retried, so its list is not lent, unless an outer retry layer has one
             // out: the balancer would record into that one. The balancer hands the retry
             // the logical URL it replaces.
-            let (_lent, keep) = match retry.as_mut() {
-                Some(retry) => retry.first_attempt(crate::retry::attempt::is_lent()),
-                None => (None, None),
+            let attempt = match retry.as_mut() {
+                Some(retry) => retry.first_attempt(crate::attempt::is_lent()),
+                None => crate::attempt::Attempt::default(),
             };
             State::Calling {
-                future: shared.router.call(inner, request, keep),
+                future: shared.router.call(inner, request, attempt),
             }
         }
         admitted => {
@@ -545,7 +545,7 @@ where
             return Poll::Ready(outcome);
         };
         let attempt = state.as_ref().project_ref();
-        let elsewhere = |tried: &crate::retry::attempt::Tried| match attempt {
+        let elsewhere = |tried: &crate::attempt::Tried| match attempt {
             StateProjRef::Calling { future } => future.can_go_elsewhere(tried),
             _ => false,
         };
@@ -624,8 +624,11 @@ where
                         ))));
                     };
                     let future = {
-                        let _lent = call.retry.as_mut().map(|retry| retry.lend());
-                        call.shared.router.call(spare, *request, None)
+                        let attempt = crate::attempt::Attempt {
+                            tried: call.retry.as_mut().map(|retry| retry.tried_mut()),
+                            logical_url: None,
+                        };
+                        call.shared.router.call(spare, *request, attempt)
                     };
                     call.attempt = call
                         .shared

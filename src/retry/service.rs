@@ -7,8 +7,9 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::attempt::{self, Tried};
+use super::attempt;
 use super::{RetryBudget, RetryPolicy};
+use crate::attempt::{Lent, Tried};
 use crate::classify::{Classify, HttpClassifier, Outcome};
 use crate::error::Error;
 use crate::rng::PickRng;
@@ -346,20 +347,26 @@ impl<R> RetryState<R> {
 
     /// Lends the endpoints tried so far to the layers below, which call one attempt, until
     /// the guard is dropped.
-    pub(crate) fn lend(&mut self) -> attempt::Lent<'_> {
-        attempt::lend(&mut self.tried)
+    pub(crate) fn lend(&mut self) -> Lent<'_> {
+        crate::attempt::lend(&mut self.tried)
     }
 
-    /// For the first attempt: the list of endpoints tried lent, if `lend` says so (see
-    /// [`lend`](Self::lend)), and where the logical URL goes while the template waits for
-    /// it. The first attempt's request is sent without a copy of its URL taken; the
-    /// balancer puts the one it replaces there. `None` once the template has one.
-    pub(crate) fn first_attempt(
-        &mut self,
-        lend: bool,
-    ) -> (Option<attempt::Lent<'_>>, Option<&mut Option<url::Url>>) {
-        let lent = lend.then(|| attempt::lend(&mut self.tried));
-        (lent, self.template.url_slot())
+    /// The endpoints tried so far, for the router's call of the next attempt.
+    pub(crate) fn tried_mut(&mut self) -> &mut Tried {
+        &mut self.tried
+    }
+
+    /// For the first attempt: what the router's call carries. The list of endpoints tried
+    /// goes along only if `own_list` says so (the first attempt's endpoint is otherwise read
+    /// from its future, if the call is retried), and the slot for the logical URL while the
+    /// template waits for it: the first attempt's request is sent without a copy of its URL
+    /// taken, and the balancer puts the one it replaces there (no slot once the template has
+    /// one).
+    pub(crate) fn first_attempt(&mut self, own_list: bool) -> crate::attempt::Attempt<'_> {
+        crate::attempt::Attempt {
+            tried: own_list.then_some(&mut self.tried),
+            logical_url: self.template.url_slot(),
+        }
     }
 
     /// Copies `url` into the template if it waits for one: for a first attempt that does

@@ -100,7 +100,7 @@ impl Snapshot {
 
     /// Whether an endpoint other than `index`, and than those `tried`, may take traffic now:
     /// listed as eligible, neither ejected nor paused.
-    pub(crate) fn has_other(&self, index: usize, tried: &crate::retry::attempt::Tried) -> bool {
+    pub(crate) fn has_other(&self, index: usize, tried: &crate::attempt::Tried) -> bool {
         let Some(entry) = self.entry.upgrade() else {
             return false;
         };
@@ -117,7 +117,7 @@ impl Snapshot {
     /// `index` if the call has not tried that endpoint yet; otherwise another endpoint that
     /// may take traffic and that it has not tried, preferring the same priority tier; `index`
     /// again when it has tried them all.
-    pub(crate) fn untried(&self, index: usize, attempts: &crate::retry::attempt::Tried) -> usize {
+    pub(crate) fn untried(&self, index: usize, attempts: &crate::attempt::Tried) -> usize {
         if !attempts.contains(self.endpoints[index].addr()) {
             return index;
         }

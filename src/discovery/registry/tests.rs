@@ -317,7 +317,7 @@ async fn a_retry_never_goes_to_a_paused_or_ejected_endpoint_while_another_can_ta
     before.stats[2].eject(entry.epoch, Instant::now(), &OutlierDetection::default());
     entry.rebuild();
     let now = snapshot(&registry);
-    let mut tried = crate::retry::attempt::Tried::default();
+    let mut tried = crate::attempt::Tried::default();
     tried.record_first(&addr(0));
     for _ in 0..200 {
         let next = now.untried(0, &tried);
