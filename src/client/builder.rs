@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use super::MeshClient;
 use super::traffic::{Stacks, TrafficPolicy};
 use crate::balance::{BalanceLayer, Balancer};
-use crate::config::MeshConfig;
 use crate::discovery::{Discovery, RegistryBuilder, ServiceOptions};
 use crate::endpoint::ServiceName;
 use crate::error::Error;
@@ -23,12 +22,6 @@ pub struct MeshClientBuilder {
 }
 
 impl MeshClientBuilder {
-    /// A builder holding everything `config` describes: its services, their endpoints and
-    /// balancers, and the client settings. Further calls can add to it or override it.
-    pub fn from_config(config: &MeshConfig) -> Result<Self, Error> {
-        config.apply(MeshClientBuilder::default())
-    }
-
     /// Sends requests with `client`, with its TLS, proxy, pool and timeout settings. By
     /// default the mesh makes a `reqwest::Client` of its own.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {

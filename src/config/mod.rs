@@ -865,6 +865,16 @@ impl EndpointConfig {
     }
 }
 
+// The constructors from a configuration live here, beside what they read, so that the
+// client knows nothing of configuration.
+impl MeshClientBuilder {
+    /// A builder holding everything `config` describes: its services, their endpoints and
+    /// balancers, and the client settings. Further calls can add to it or override it.
+    pub fn from_config(config: &MeshConfig) -> Result<Self, Error> {
+        config.apply(MeshClientBuilder::default())
+    }
+}
+
 impl MeshClient {
     /// Builds a client from a config; the same as
     /// `MeshClientBuilder::from_config(config)?.build()`.

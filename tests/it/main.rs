@@ -8,6 +8,7 @@
 
 mod support;
 
+mod architecture;
 #[cfg(feature = "jwt")]
 mod auth;
 #[cfg(feature = "jwt")]
