@@ -65,8 +65,8 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "jwt")]
 mod attempt;
+#[cfg(feature = "jwt")]
 pub mod auth;
 mod backoff;
 pub mod balance;
