@@ -41,6 +41,15 @@ use tokio::time::Instant;
 use super::verifier::{Rejection, VerifyingKey};
 use crate::error::Error;
 
+mod keys;
+mod oidc;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use keys::usable_keys;
+pub(crate) use oidc::jwks_uri;
+use oidc::no_downgrade;
+
 /// A remote key set's settings.
 #[derive(Clone, Debug)]
 #[must_use]
@@ -503,212 +512,6 @@ fn find(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Option<VerifyingKey>
     }
 }
 
-/// Why a key of a set is skipped: a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Skipped {
-    /// `use` other than `sig`, or `key_ops` without `verify`.
-    NotForSigning,
-    /// A type, curve or algorithm this crate does not verify with, or a shared secret.
-    Unsupported,
-    /// A key that does not parse.
-    Malformed,
-}
-
-impl Skipped {
-    fn as_str(self) -> &'static str {
-        match self {
-            Skipped::NotForSigning => "not_for_signing",
-            Skipped::Unsupported => "unsupported",
-            Skipped::Malformed => "malformed",
-        }
-    }
-}
-
-/// The usable keys of a JWKS body, by `kid`: an error only when the body is malformed or no
-/// key in it can verify a signature (see the module documentation).
-pub(crate) fn usable_keys(
-    body: &[u8],
-) -> Result<HashMap<Option<String>, Vec<VerifyingKey>>, String> {
-    #[derive(serde::Deserialize)]
-    struct Set {
-        keys: Vec<serde_json::Value>,
-    }
-    let set: Set = serde_json::from_slice(body).map_err(|e| format!("malformed key set: {e}"))?;
-    let mut keys: HashMap<Option<String>, Vec<VerifyingKey>> = HashMap::new();
-    let mut skipped = Vec::new();
-    for value in set.keys {
-        let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
-        match verifying_keys(value) {
-            Ok(usable) => {
-                let slot = keys.entry(kid).or_default();
-                for key in usable {
-                    // A second key of the same `kid` and algorithm is ambiguous: the first
-                    // one listed is kept.
-                    if !slot.iter().any(|k| k.algorithm == key.algorithm) {
-                        slot.push(key);
-                    }
-                }
-            }
-            Err((why, detail)) => {
-                metrics::counter!(crate::observe::JWKS_KEYS_SKIPPED, "reason" => why.as_str())
-                    .increment(1);
-                skipped.push((kid, detail));
-            }
-        }
-    }
-    if !skipped.is_empty() {
-        tracing::debug!(
-            ?skipped,
-            usable = keys.len(),
-            "skipped keys of the key set that cannot verify a signature"
-        );
-    }
-    if keys.is_empty() {
-        return Err(format!(
-            "the key set has no key that can verify a signature ({} skipped)",
-            skipped.len()
-        ));
-    }
-    Ok(keys)
-}
-
-/// The verifying keys of one JWK, one per algorithm it serves, or why it has none.
-fn verifying_keys(value: serde_json::Value) -> Result<Vec<VerifyingKey>, (Skipped, String)> {
-    let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-    if let Some(usage) = text("use")
-        && usage != "sig"
-    {
-        return Err((
-            Skipped::NotForSigning,
-            format!("use is {usage:?}, not \"sig\""),
-        ));
-    }
-    if let Some(ops) = value.get("key_ops")
-        && !ops
-            .as_array()
-            .is_some_and(|ops| ops.iter().any(|op| op == "verify"))
-    {
-        return Err((
-            Skipped::NotForSigning,
-            "key_ops leave out \"verify\"".into(),
-        ));
-    }
-    let kty = text("kty").unwrap_or_default();
-    let crv = text("crv").unwrap_or_default();
-    // The algorithms the key's own type and curve allow: a key is never used outside them.
-    let family: &[Algorithm] = match (kty.as_str(), crv.as_str()) {
-        ("RSA", _) => &[
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
-        ("EC", "P-256") => &[Algorithm::ES256],
-        ("EC", "P-384") => &[Algorithm::ES384],
-        ("OKP", "Ed25519") => &[Algorithm::EdDSA],
-        ("oct", _) => {
-            return Err((
-                Skipped::Unsupported,
-                "a shared secret is never taken from a published key set".into(),
-            ));
-        }
-        _ => {
-            return Err((
-                Skipped::Unsupported,
-                format!("key type {kty:?} with curve {crv:?} is not supported"),
-            ));
-        }
-    };
-    let algorithms: Vec<Algorithm> = match text("alg") {
-        None => family.to_vec(),
-        Some(alg) => match alg.parse::<Algorithm>() {
-            Ok(alg) if family.contains(&alg) => vec![alg],
-            _ => {
-                return Err((
-                    Skipped::Unsupported,
-                    format!("alg {alg:?} is not a signature algorithm of a {kty} key"),
-                ));
-            }
-        },
-    };
-    // jsonwebtoken's JWK type: it knows fewer `alg` values than are published (RSA-OAEP
-    // keys were skipped above), and none matter past this point.
-    let mut value = value;
-    if let Some(object) = value.as_object_mut() {
-        object.remove("alg");
-    }
-    let jwk: jsonwebtoken::jwk::Jwk =
-        serde_json::from_value(value).map_err(|e| (Skipped::Malformed, e.to_string()))?;
-    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
-        .map_err(|e| (Skipped::Malformed, e.to_string()))?;
-    Ok(algorithms
-        .into_iter()
-        .map(|algorithm| VerifyingKey {
-            kid: jwk.common.key_id.clone(),
-            algorithm,
-            key: key.clone(),
-        })
-        .collect())
-}
-
-/// Follows up to five redirects, never from `https` to anything else: a key set (or the
-/// document naming it) fetched over TLS is never swapped for one fetched in the clear.
-fn no_downgrade() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let secure = attempt
-            .previous()
-            .first()
-            .is_some_and(|u| u.scheme() == "https");
-        if secure && attempt.url().scheme() != "https" {
-            attempt.error("a redirect from https to plain http")
-        } else if attempt.previous().len() > 5 {
-            attempt.stop()
-        } else {
-            attempt.follow()
-        }
-    })
-}
-
-/// The key set's URL from an OpenID provider's discovery document, whose `issuer` must be
-/// `issuer` exactly (OpenID Connect Discovery 1.0 §4.3). The set of an `https` issuer must
-/// be served over `https` too.
-pub(crate) fn jwks_uri(body: &[u8], issuer: &str) -> Result<reqwest::Url, String> {
-    #[derive(serde::Deserialize)]
-    struct Document {
-        issuer: String,
-        jwks_uri: String,
-    }
-    let document: Document =
-        serde_json::from_slice(body).map_err(|e| format!("malformed discovery document: {e}"))?;
-    // What the provider sent is shown escaped and cut short.
-    let shown = |text: &str| format!("{:?}", text.chars().take(200).collect::<String>());
-    if document.issuer != issuer {
-        return Err(format!(
-            "the discovery document names issuer {}, not the configured {issuer:?}",
-            shown(&document.issuer)
-        ));
-    }
-    let url = reqwest::Url::parse(&document.jwks_uri)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            format!(
-                "the discovery document's jwks_uri {} is not an http(s) URL",
-                shown(&document.jwks_uri)
-            )
-        })?;
-    let https_issuer = reqwest::Url::parse(issuer).is_ok_and(|u| u.scheme() == "https");
-    if https_issuer && url.scheme() != "https" {
-        return Err(format!(
-            "the discovery document's jwks_uri {} is not https, as its issuer is",
-            shown(&document.jwks_uri)
-        ));
-    }
-    Ok(url)
-}
-
 /// `max-age` from a `Cache-Control` value.
 fn max_age(value: &str) -> Option<Duration> {
     value.split(',').find_map(|part| {
@@ -716,42 +519,4 @@ fn max_age(value: &str) -> Option<Duration> {
         (name.eq_ignore_ascii_case("max-age"))
             .then(|| seconds.trim().parse().ok().map(Duration::from_secs))?
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::jwks_uri;
-
-    fn document(issuer: &str, jwks: &str) -> Vec<u8> {
-        serde_json::json!({"issuer": issuer, "jwks_uri": jwks, "other": [1, 2]})
-            .to_string()
-            .into_bytes()
-    }
-
-    #[test]
-    fn the_document_gives_the_key_set_url_of_its_exact_issuer() {
-        let issuer = "https://idp.test/realms/a";
-        let url = jwks_uri(&document(issuer, "https://keys.test/certs"), issuer).expect("valid");
-        assert_eq!(url.as_str(), "https://keys.test/certs");
-        for (named, jwks) in [
-            ("https://idp.test/realms/a/", "https://keys.test/certs"),
-            ("https://IDP.test/realms/a", "https://keys.test/certs"),
-            ("https://idp.test/realms/b", "https://keys.test/certs"),
-            // An https issuer's keys are never taken over plain http.
-            (issuer, "http://keys.test/certs"),
-            (issuer, "file:///etc/keys"),
-            (issuer, "not a url"),
-        ] {
-            assert!(
-                jwks_uri(&document(named, jwks), issuer).is_err(),
-                "{named} {jwks}"
-            );
-        }
-        assert!(jwks_uri(b"{\"issuer\": \"https://idp.test/realms/a\"}", issuer).is_err());
-        assert!(jwks_uri(b"[]", issuer).is_err());
-        // What the provider sent is shown escaped and cut short.
-        let long = format!("https://idp.test/{}\u{1b}[31m", "x".repeat(10_000));
-        let error = jwks_uri(&document(&long, "https://k.test/"), issuer).expect_err("refused");
-        assert!(error.len() < 400 && !error.contains('\u{1b}'), "{error}");
-    }
 }

@@ -10,7 +10,6 @@ use base64::Engine as _;
 use futures_util::FutureExt as _;
 use futures_util::future::Shared;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -20,6 +19,12 @@ use crate::boxed::BoxFuture;
 use crate::endpoint::ServiceName;
 use crate::error::{Error, Kind};
 use crate::secret::Secret;
+
+mod response;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use response::{error_code, token_response};
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3, OpenID Connect Core
 /// §9).
@@ -38,10 +43,6 @@ pub enum ClientAuth {
 
 /// The largest token response read, in bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// The longest lifetime taken from `expires_in`: a token is fetched again at least daily.
-const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-/// The lifetime of a token whose response has no `expires_in`.
-const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 /// The lifetime of a `private_key_jwt` client assertion.
 const ASSERTION_LIFETIME: u64 = 60;
 
@@ -82,8 +83,8 @@ struct Flight {
 ///   the valid one, so no call waits on the endpoint but the very first.
 /// - One fetch serves every caller waiting for it (single flight), and its failure too: a
 ///   failed fetch is remembered for an exponential backoff with jitter (1 s doubling to
-///   60 s unless [set](OAuth2Builder::backoff)), during which a caller without a valid token gets that failure at once, without a
-///   request. A failing, slow or hung endpoint therefore sees one request per backoff step
+///   60 s unless [set](OAuth2Builder::backoff)), during which a caller without a valid
+///   token gets that failure at once, without a request. A failing, slow or hung endpoint therefore sees one request per backoff step
 ///   from the process, however many calls are waiting, and calls holding a valid token
 ///   never notice it.
 /// - A fetch gives up after its timeout (10 s unless set). The response is read up to
@@ -262,83 +263,6 @@ impl OAuth2Builder {
             me: me.clone(),
         }))
     }
-}
-
-/// A successful token response, checked. Its `Debug` leaves the token out.
-#[derive(PartialEq)]
-pub(crate) struct Issued {
-    pub(crate) access_token: String,
-    pub(crate) lifetime: Duration,
-}
-
-impl fmt::Debug for Issued {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issued")
-            .field("access_token", &"<redacted>")
-            .field("lifetime", &self.lifetime)
-            .finish()
-    }
-}
-
-/// Reads a successful token response (RFC 6749 §5.1): a bearer `access_token`, and
-/// `expires_in` as a number or a numeric string (some providers send one), capped at a day;
-/// five minutes without it.
-pub(crate) fn token_response(body: &[u8]) -> Result<Issued, String> {
-    #[derive(Deserialize)]
-    struct Response {
-        access_token: String,
-        token_type: String,
-        #[serde(default)]
-        expires_in: Option<Value>,
-    }
-    let response: Response = serde_json::from_slice(body)
-        .map_err(|_| "the token response is not a valid token response".to_owned())?;
-    if !response.token_type.eq_ignore_ascii_case("bearer") {
-        return Err("the token endpoint issued a token that is not a bearer token".into());
-    }
-    if response.access_token.is_empty() {
-        return Err("the token endpoint issued an empty token".into());
-    }
-    let seconds = match &response.expires_in {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
-        Some(_) => return Err("expires_in is not a number of seconds".into()),
-    };
-    let lifetime = match seconds {
-        None if response.expires_in.as_ref().is_some_and(|v| !v.is_null()) => {
-            return Err("expires_in is not a number of seconds".into());
-        }
-        None => DEFAULT_LIFETIME,
-        Some(s) if s.is_finite() && s >= 0.0 => {
-            Duration::from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64())).max(Duration::from_secs(1))
-        }
-        Some(_) => return Err("expires_in is not a number of seconds".into()),
-    };
-    Ok(Issued {
-        access_token: response.access_token,
-        lifetime,
-    })
-}
-
-/// The RFC 6749 §5.2 `error` code of a refusal: printable ASCII, at most 64 characters, or
-/// `unknown`. It names the problem without secrets.
-pub(crate) fn error_code(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Refusal {
-        error: String,
-    }
-    serde_json::from_slice::<Refusal>(body)
-        .ok()
-        .map(|e| {
-            e.error
-                .chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|code| !code.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn auth_error(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
@@ -654,74 +578,5 @@ impl TokenSource for OAuth2ClientCredentials {
             }
             self.fetch_shared(|c, now| now < c.expires_at).await
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expires_in_is_a_number_or_a_numeric_string() {
-        let issued = |expires: &str| {
-            token_response(
-                format!(r#"{{"access_token":"t","token_type":"Bearer"{expires}}}"#).as_bytes(),
-            )
-        };
-        let lifetime = |expires: &str| issued(expires).map(|i| i.lifetime);
-        assert_eq!(
-            lifetime(r#","expires_in":3600"#),
-            Ok(Duration::from_secs(3600))
-        );
-        assert_eq!(
-            lifetime(r#","expires_in":"3600""#),
-            Ok(Duration::from_secs(3600))
-        );
-        assert_eq!(
-            lifetime(r#","expires_in":" 90 ""#),
-            Ok(Duration::from_secs(90))
-        );
-        assert_eq!(
-            lifetime(r#","expires_in":59.5"#),
-            Ok(Duration::from_secs_f64(59.5))
-        );
-        assert_eq!(lifetime(""), Ok(DEFAULT_LIFETIME));
-        assert_eq!(lifetime(r#","expires_in":null"#), Ok(DEFAULT_LIFETIME));
-        assert_eq!(lifetime(r#","expires_in":0"#), Ok(Duration::from_secs(1)));
-        // Huge values are capped, never an overflow.
-        assert_eq!(lifetime(r#","expires_in":1e300"#), Ok(MAX_LIFETIME));
-        assert_eq!(
-            lifetime(r#","expires_in":18446744073709551615"#),
-            Ok(MAX_LIFETIME)
-        );
-        for bad in [
-            r#","expires_in":"soon""#,
-            r#","expires_in":-5"#,
-            r#","expires_in":true"#,
-            r#","expires_in":[1]"#,
-            r#","expires_in":"NaN""#,
-            r#","expires_in":"inf""#,
-        ] {
-            assert!(issued(bad).is_err(), "{bad}");
-        }
-        assert!(token_response(br#"{"access_token":"t","token_type":"mac"}"#).is_err());
-        assert!(token_response(br#"{"access_token":"","token_type":"bearer"}"#).is_err());
-        assert!(token_response(br#"{"token_type":"bearer"}"#).is_err());
-    }
-
-    #[test]
-    fn error_codes_are_printable_and_short() {
-        assert_eq!(
-            error_code(br#"{"error":"invalid_client"}"#),
-            "invalid_client"
-        );
-        assert_eq!(error_code(b"<html>"), "unknown");
-        assert_eq!(error_code(br#"{"error":""}"#), "unknown");
-        let hostile = format!(r#"{{"error":"a\u001b[31m {}"}}"#, "x".repeat(500));
-        let code = error_code(hostile.as_bytes());
-        assert!(
-            code.len() <= 64 && code.chars().all(|c| c.is_ascii_graphic()),
-            "{code}"
-        );
     }
 }
