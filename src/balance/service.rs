@@ -1,3 +1,6 @@
+//! The router (where a call goes, what its outcome teaches) and the standalone [`Balance`]
+//! service around it, with their response future. (A long file: the three are one path.)
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

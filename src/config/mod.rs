@@ -1,5 +1,8 @@
 //! The whole mesh as data: [`MeshConfig`], read from TOML or JSON.
 //!
+//! (A long file: each section's data type sits with its checks and with the builder calls
+//! it stands for, so that a setting and its validation read together.)
+//!
 //! ```toml
 //! [client]
 //! balancer = "weighted_random"      # the default for services that name none

@@ -1,4 +1,6 @@
 //! Traffic policies, outlier detection and health scoring as configuration.
+//!
+//! (A long file: each section's data type sits with its checks and the policy it builds.)
 
 use std::num::NonZeroU32;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Consul's health API, followed with blocking queries.
 //!
+//! (A long file: the settings, the health API's parsing and the pacing of blocking queries
+//! are one protocol, read together.)
+//!
 //! Endpoints come from `GET /v1/health/service/:name` (Consul's HTTP API, "Health" →
 //! "List Service Instances for Service"): by default only instances whose checks all pass
 //! (`?passing`), or, with [`ConsulBuilder::include_warning`], warning instances too. An

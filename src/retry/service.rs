@@ -1,3 +1,6 @@
+//! The standalone [`Retry`] service and the per-call retry state the fused stack shares
+//! with it. (A long file: both sides of that state read together.)
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

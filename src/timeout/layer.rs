@@ -21,7 +21,7 @@ pub struct TimeoutLayer {
 
 impl TimeoutLayer {
     /// Bounds every call to `deadline`. The services the layer makes share one table of
-    /// deadlines, checked on one tick (see the [module](self) documentation).
+    /// deadlines, checked on one tick (see the [module](crate::timeout) documentation).
     pub fn new(deadline: Duration) -> Self {
         TimeoutLayer {
             deadlines: Deadlines::new(deadline),

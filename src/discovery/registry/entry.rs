@@ -1,5 +1,8 @@
 //! One service in the registry: its snapshot's updates, staleness, the mass-removal guard,
 //! effective weights, ejection, pushback and panic mode.
+//!
+//! (A long file: every change of a service's snapshot goes through here, under one publish
+//! lock. It shrinks when the selection state moves to balance; see ARCHITECTURE.md.)
 
 use super::*;
 
