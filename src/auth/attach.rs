@@ -16,6 +16,13 @@ use crate::error::Error;
 /// is, unless [`AttachTokenLayer::replace_existing`] says otherwise.
 #[derive(Clone)]
 pub struct AttachTokenLayer {
+    attacher: TokenAttacher,
+}
+
+/// What attaching tokens takes: the source and whether a caller's own `Authorization` is
+/// replaced. The standalone layer's services and a service's fused stack share it.
+#[derive(Clone)]
+pub(crate) struct TokenAttacher {
     source: Arc<dyn TokenSource>,
     replace_existing: bool,
 }
@@ -23,6 +30,14 @@ pub struct AttachTokenLayer {
 impl std::fmt::Debug for AttachTokenLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttachTokenLayer")
+            .field("replace_existing", &self.attacher.replace_existing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TokenAttacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAttacher")
             .field("replace_existing", &self.replace_existing)
             .finish_non_exhaustive()
     }
@@ -32,15 +47,22 @@ impl AttachTokenLayer {
     /// Tokens from `source`.
     pub fn new(source: Arc<dyn TokenSource>) -> Self {
         AttachTokenLayer {
-            source,
-            replace_existing: false,
+            attacher: TokenAttacher {
+                source,
+                replace_existing: false,
+            },
         }
     }
 
     /// Replaces an `Authorization` header the caller set.
     pub fn replace_existing(mut self, replace: bool) -> Self {
-        self.replace_existing = replace;
+        self.attacher.replace_existing = replace;
         self
+    }
+
+    /// What the layer's services attach tokens with.
+    pub(crate) fn attacher(&self) -> &TokenAttacher {
+        &self.attacher
     }
 }
 
@@ -50,7 +72,7 @@ impl<S> Layer<S> for AttachTokenLayer {
     fn layer(&self, inner: S) -> AttachToken<S> {
         AttachToken {
             inner,
-            layer: self.clone(),
+            attacher: self.attacher.clone(),
         }
     }
 }
@@ -59,7 +81,7 @@ impl<S> Layer<S> for AttachTokenLayer {
 #[derive(Clone, Debug)]
 pub struct AttachToken<S> {
     inner: S,
-    layer: AttachTokenLayer,
+    attacher: TokenAttacher,
 }
 
 impl<S> Service<reqwest::Request> for AttachToken<S>
@@ -78,7 +100,7 @@ where
     }
 
     fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
-        let fetch = match self.layer.attach(&mut request, None) {
+        let fetch = match self.attacher.attach(&mut request, None) {
             Attach::Done => return ResponseFuture::direct(self.inner.call(request)),
             Attach::Fetch(fetch) => fetch,
         };
@@ -100,7 +122,7 @@ pub(crate) enum Attach {
     Fetch(BoxFuture<'static, Result<HeaderValue, Error>>),
 }
 
-impl AttachTokenLayer {
+impl TokenAttacher {
     /// Puts a token on `request` if one is ready now (cached and fresh); otherwise says how
     /// to fetch one. A request that keeps its own `Authorization`, or whose host is not a
     /// service name, needs none. `known` is a service name already checked, the one a

@@ -27,7 +27,7 @@ mod oauth2;
 mod source;
 mod verifier;
 
-pub(crate) use attach::{Attach, insert as insert_authorization};
+pub(crate) use attach::{Attach, TokenAttacher, insert as insert_authorization};
 pub use attach::{AttachToken, AttachTokenLayer, ResponseFuture as AttachTokenFuture};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{Jwks, JwksOptions};

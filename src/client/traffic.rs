@@ -208,10 +208,12 @@ impl TrafficPolicy {
                     .map(crate::timeout::Deadlines::new),
                 retry,
                 rate,
-                concurrency: self.concurrency_limit.map(ConcurrencyLimitLayer::new),
+                concurrency: self
+                    .concurrency_limit
+                    .map(|max| ConcurrencyLimitLayer::new(max).limiter().clone()),
                 breaker,
                 #[cfg(feature = "jwt")]
-                auth: self.auth.clone(),
+                auth: self.auth.as_ref().map(|layer| layer.attacher().clone()),
             }),
             balance,
         })

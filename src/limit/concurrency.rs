@@ -9,26 +9,53 @@ use tower::{Layer, Service};
 
 use crate::error::{Error, Kind};
 
+/// The concurrency limit itself: a count of calls in flight and its cap, shared by the
+/// standalone layer's services and a service's fused stack.
+#[derive(Debug)]
+pub(crate) struct ConcurrencyLimiter {
+    in_flight: AtomicUsize,
+    max: usize,
+}
+
+impl ConcurrencyLimiter {
+    /// A slot for one more call now, held until it is dropped, or the error a call over
+    /// the limit gets.
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Slot, Error> {
+        if self.in_flight.fetch_add(1, Ordering::Acquire) >= self.max {
+            self.in_flight.fetch_sub(1, Ordering::Release);
+            return Err(Error::new(Kind::Overloaded)
+                .with_message(format!("{} calls in flight, the limit", self.max)));
+        }
+        Ok(Slot(self.clone()))
+    }
+}
+
 /// Caps the calls in flight through a service; one over the cap fails at once with
 /// [`Error::is_overloaded`](crate::Error::is_overloaded). Clones share the cap.
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimitLayer {
-    in_flight: Arc<AtomicUsize>,
-    max: usize,
+    limiter: Arc<ConcurrencyLimiter>,
 }
 
 impl ConcurrencyLimitLayer {
     /// At most `max` calls in flight.
     pub fn new(max: usize) -> Self {
         ConcurrencyLimitLayer {
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            max,
+            limiter: Arc::new(ConcurrencyLimiter {
+                in_flight: AtomicUsize::new(0),
+                max,
+            }),
         }
     }
 
     /// Calls in flight now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.limiter.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The limiter the layer's services share.
+    pub(crate) fn limiter(&self) -> &Arc<ConcurrencyLimiter> {
+        &self.limiter
     }
 }
 
@@ -38,8 +65,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
     fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
         ConcurrencyLimit {
             inner,
-            in_flight: self.in_flight.clone(),
-            max: self.max,
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -48,8 +74,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-    in_flight: Arc<AtomicUsize>,
-    max: usize,
+    limiter: Arc<ConcurrencyLimiter>,
 }
 
 impl<S> ConcurrencyLimit<S> {
@@ -78,7 +103,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match admit(&self.in_flight, self.max) {
+        match self.limiter.admit() {
             Ok(permit) => ResponseFuture {
                 future: Some(self.inner.call(request)),
                 permit: Some(permit),
@@ -93,35 +118,17 @@ where
     }
 }
 
-impl ConcurrencyLimitLayer {
-    /// A slot for one more call now, held until the permit is dropped, or the error a call
-    /// over the limit gets.
-    pub(crate) fn admit(&self) -> Result<Slot, Error> {
-        admit(&self.in_flight, self.max)
-    }
-}
-
 /// One call's place under a concurrency limit, given back when dropped.
 ///
 /// A call over the limit fails at once and never waits, so the limit is one atomic count
 /// rather than a semaphore, whose release takes a lock to wake waiters there never are.
 #[derive(Debug)]
-pub(crate) struct Slot(Arc<AtomicUsize>);
+pub(crate) struct Slot(Arc<ConcurrencyLimiter>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
-}
-
-fn admit(in_flight: &Arc<AtomicUsize>, max: usize) -> Result<Slot, Error> {
-    if in_flight.fetch_add(1, Ordering::Acquire) >= max {
-        in_flight.fetch_sub(1, Ordering::Release);
-        return Err(
-            Error::new(Kind::Overloaded).with_message(format!("{max} calls in flight, the limit"))
-        );
-    }
-    Ok(Slot(in_flight.clone()))
 }
 
 pin_project! {

@@ -32,8 +32,8 @@ mod rate;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use concurrency::Slot;
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
+pub(crate) use concurrency::{ConcurrencyLimiter, Slot};
 pub use gcra::{OnExceed, Rate, RateLimiterState};
 pub(crate) use rate::{Admission, admit};
 pub use rate::{RateLimit, RateLimitLayer};

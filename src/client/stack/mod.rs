@@ -25,7 +25,7 @@ use crate::boxed::BoxFuture;
 use crate::breaker::{Breaker, Ticket};
 use crate::classify::{Classify, HttpClassifier};
 use crate::error::Error;
-use crate::limit::{Admission, ConcurrencyLimitLayer, RateLimiterState};
+use crate::limit::{Admission, ConcurrencyLimiter, RateLimiterState};
 use crate::observe::{CallRecord, MetricsLayer};
 use crate::retry::{RetryLayer, RetryState, Settled};
 use crate::timeout::{Deadline, Deadlines};
@@ -48,10 +48,10 @@ pub(crate) struct Policies {
     pub(crate) attempt_timeout: Option<Arc<Deadlines>>,
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) rate: Option<Arc<RateLimiterState>>,
-    pub(crate) concurrency: Option<ConcurrencyLimitLayer>,
+    pub(crate) concurrency: Option<Arc<ConcurrencyLimiter>>,
     pub(crate) breaker: Option<Arc<Breaker>>,
     #[cfg(feature = "jwt")]
-    pub(crate) auth: Option<crate::auth::AttachTokenLayer>,
+    pub(crate) auth: Option<crate::auth::TokenAttacher>,
 }
 
 /// What one attempt holds while it runs: its concurrency slot and its breaker ticket (given
