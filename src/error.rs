@@ -112,6 +112,29 @@ impl Error {
         Error::new(Kind::UnknownService).with_service(service)
     }
 
+    /// A copy of this error for one more caller of a result that many share (one token
+    /// fetch for every waiting call): the same kind, place and message, and its causes as
+    /// text, since a cause need not be `Clone`.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    pub(crate) fn duplicate(&self) -> Error {
+        let mut copy = Error::new(self.inner.kind);
+        copy.inner.service = self.inner.service.clone();
+        copy.inner.endpoint = self.inner.endpoint.clone();
+        copy.inner.field = self.inner.field.clone();
+        copy.inner.message = self.inner.message.clone();
+        if let Some(source) = &self.inner.source {
+            let mut text = source.to_string();
+            let mut cause = source.source();
+            while let Some(next) = cause {
+                text.push_str(": ");
+                text.push_str(&next.to_string());
+                cause = next.source();
+            }
+            copy.inner.source = Some(text.into());
+        }
+        copy
+    }
+
     /// A broken invariant: never a builder or configuration error.
     pub(crate) fn internal(message: &'static str) -> Self {
         Error::new(Kind::Internal).with_message(message)

@@ -73,8 +73,12 @@ impl RequestBuilder {
         self.map(|r| r.body(body))
     }
 
-    /// Sets a timeout for this request, from the start of the connection to the end of the
-    /// response body, overriding the client's.
+    /// Sets a timeout for this request, in place of its service's timeout and per-attempt
+    /// timeout: it bounds the whole call (waits for a rate limit or a token, retries and
+    /// their backoff included) and each attempt's exchange, from the start of the
+    /// connection to the end of the response body. A call out of time fails with
+    /// [`Error::is_timeout`](crate::Error::is_timeout), within one tick of the service's
+    /// deadline table (see [`TimeoutLayer`](crate::timeout::TimeoutLayer)).
     pub fn timeout(self, timeout: Duration) -> Self {
         self.map(|r| r.timeout(timeout))
     }

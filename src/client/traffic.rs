@@ -198,10 +198,14 @@ impl TrafficPolicy {
             .clone()
             .map(|policy| RetryLayer::seeded(policy, seed, name.as_str()))
             .transpose()?;
+        let timeout = self.timeout.map(crate::timeout::Deadlines::new);
         Ok(MeshLayer {
             policies: Arc::new(Policies {
                 metrics: MetricsLayer::new(name),
-                timeout: self.timeout.map(crate::timeout::Deadlines::new),
+                deadlines: timeout.clone().unwrap_or_else(|| {
+                    crate::timeout::Deadlines::new(crate::client::DEFAULT_TIMEOUT)
+                }),
+                timeout,
                 attempt_timeout: retry
                     .as_ref()
                     .and_then(RetryLayer::per_attempt_timeout)

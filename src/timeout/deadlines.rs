@@ -213,8 +213,12 @@ impl Deadline {
     /// A deadline `after` from now, such as a request's own timeout, kept in a table made
     /// for another timeout: it is checked on that table's tick.
     pub(crate) fn after(after: Duration) -> Self {
+        let now = crate::clock::now();
         Deadline {
-            at: crate::clock::now() + after,
+            // A timeout too long to add (`Duration::MAX`) is a year: never reached.
+            at: now
+                .checked_add(after)
+                .unwrap_or_else(|| now + crate::error::MAX_SETTING_DURATION),
             after,
             registered: None,
         }

@@ -494,6 +494,53 @@ async fn a_caller_that_stops_waiting_does_not_cancel_the_fetch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_own_timeout_bounds_the_call_whatever_the_services_timeout() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.expires_in.store(3600, Ordering::SeqCst);
+    endpoint.delay_ms.store(2000, Ordering::SeqCst);
+    let server = Served::start(Router::new().fallback(issue).with_state(endpoint.clone()));
+    let orders = echo_token();
+    let source = OAuth2ClientCredentials::builder(
+        format!("http://{}/oauth/token", server.addr),
+        "checkout",
+        Secret::new("s3cr3t"),
+    )
+    .build()
+    .expect("valid");
+    // A service with no timeout of its own.
+    let mesh = MeshClient::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", [Endpoint::new(orders.addr)])
+                .expect("valid"),
+        )
+        .traffic(TrafficPolicy::default().no_timeout().token_source(source))
+        .build()
+        .expect("valid client");
+    let started = std::time::Instant::now();
+    let err = mesh
+        .get("http://orders/")
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await
+        .expect_err("the token takes 2 s");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "bounded by its own timeout, not the token's 2 s: {:?}",
+        started.elapsed()
+    );
+    // A timeout too long to add to the clock is no deadline at all, never a panic.
+    let response = mesh
+        .get("http://orders/")
+        .timeout(Duration::MAX)
+        .send()
+        .await
+        .expect("answered once the token comes");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_redirect_is_not_followed_with_the_credentials() {
     // A server that would collect what is posted to it.
     let collected = Arc::new(AtomicUsize::new(0));

@@ -331,6 +331,7 @@ fn backends_are_configured_by_kind_and_secrets_stay_hidden() {
     assert!(err.to_string().contains("eureka.url"), "{err}");
 }
 
+#[cfg(feature = "consul")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_consul_backend_resolves_through_the_api() {
     let servers = servers(1).await;

@@ -1,14 +1,12 @@
 //! OpenID Connect discovery (OpenID Connect Discovery 1.0): the key set's URL from a
 //! provider's document, and the redirects a key fetch may follow.
 
-/// Follows up to five redirects, never from `https` to anything else: a key set (or the
-/// document naming it) fetched over TLS is never swapped for one fetched in the clear.
+/// Follows up to five redirects, none to a plain URL once the chain has been on `https`: a
+/// key set (or the document naming it) asked for over TLS is never swapped for one fetched
+/// in the clear.
 pub(super) fn no_downgrade() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let secure = attempt
-            .previous()
-            .first()
-            .is_some_and(|u| u.scheme() == "https");
+        let secure = attempt.previous().iter().any(|u| u.scheme() == "https");
         if secure && attempt.url().scheme() != "https" {
             attempt.error("a redirect from https to plain http")
         } else if attempt.previous().len() > 5 {

@@ -60,7 +60,7 @@ struct Cached {
 
 /// The last failed fetch, shared by every caller until the backoff after it is over.
 struct Failure {
-    message: String,
+    error: Error,
     retry_at: Instant,
 }
 
@@ -433,11 +433,8 @@ impl OAuth2ClientCredentials {
                         if let Some(failure) = &flight.failure
                             && now < failure.retry_at
                         {
-                            return Err(auth_error(format!(
-                                "{} (the token endpoint is backed off for {} ms more)",
-                                failure.message,
-                                failure.retry_at.duration_since(now).as_millis()
-                            )));
+                            // The failure as it was, for every caller until the next try.
+                            return Err(failure.error.duplicate());
                         }
                         let in_flight = self.start_fetch().ok_or_else(|| {
                             Error::internal("a token fetch needs a tokio runtime")
@@ -447,23 +444,35 @@ impl OAuth2ClientCredentials {
                     }
                 }
             };
-            in_flight.await;
-            // The fetch recorded a token or a failure: look again.
+            // Bounded: a fetch whose runtime stopped being driven never ends, and never times
+            // out either.
+            let wait = self.timeout + Duration::from_secs(1);
+            let ended = tokio::time::timeout(wait, in_flight.clone()).await.is_ok();
             let failed = {
-                let flight = self.lock_flight();
+                let mut flight = self.lock_flight();
+                if !ended
+                    && flight
+                        .in_flight
+                        .as_ref()
+                        .is_some_and(|current| current.ptr_eq(&in_flight))
+                {
+                    // Forgotten: the next caller starts another.
+                    flight.in_flight = None;
+                }
+                // The fetch recorded a token or a failure: look again.
                 let fresh = self
                     .cache
                     .load_full()
                     .is_some_and(|c| usable(&c, Instant::now()));
                 match &flight.failure {
                     Some(failure) if flight.in_flight.is_none() && !fresh => {
-                        Some(failure.message.clone())
+                        Some(failure.error.duplicate())
                     }
                     _ => None,
                 }
             };
-            if let Some(message) = failed {
-                return Err(auth_error(message));
+            if let Some(error) = failed {
+                return Err(error);
             }
         }
     }
@@ -483,11 +492,15 @@ impl OAuth2ClientCredentials {
             if let Err(error) = task.await
                 && let Some(source) = me.upgrade()
             {
-                // Cancelled with its runtime, or panicked: still an end, so no caller waits
-                // for it again.
-                source.record(Err(auth_error(format!(
-                    "the token fetch ended early: {error}"
-                ))));
+                if error.is_cancelled() {
+                    // Its runtime shut down: no failure of the endpoint's. The next caller
+                    // starts another fetch.
+                    source.lock_flight().in_flight = None;
+                } else {
+                    source.record(Err(auth_error(format!(
+                        "the token fetch panicked: {error}"
+                    ))));
+                }
             }
         });
         Some(ended.shared())
@@ -511,7 +524,7 @@ impl OAuth2ClientCredentials {
                     "OAuth2 token fetch failed"
                 );
                 flight.failure = Some(Failure {
-                    message: error.to_string(),
+                    error,
                     retry_at: Instant::now() + delay,
                 });
             }

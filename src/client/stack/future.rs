@@ -18,9 +18,9 @@ where
     let policies = &*shared.policies;
     let record = policies.metrics.begin(&request);
     // A request with a timeout of its own is bounded by it instead of the service's
-    // deadlines, as a request's timeout header overrides a route's in Envoy: the whole call
-    // (waits for a token or a rate limit included) by the service's table, each attempt by
-    // the transport.
+    // timeout, as a request's timeout header overrides a route's in Envoy: the whole call,
+    // waits for a token or a rate limit and retries included, and each attempt's exchange
+    // (by the transport).
     let own = request.timeout().copied();
     let own_timeout = own.is_some();
     // A handle on the span, not a borrow of it: the record moves into the future below.
@@ -53,10 +53,10 @@ where
             park(admitted, request)
         }
     };
-    let deadline = policies
-        .timeout
-        .as_deref()
-        .map(|deadlines| own.map_or_else(|| Deadline::new(deadlines), Deadline::after));
+    let deadline = match own {
+        Some(own) => Some(Deadline::after(own)),
+        None => policies.timeout.as_deref().map(Deadline::new),
+    };
     // Only an attempt that can be retried has a deadline of its own: a call that cannot move
     // on to another endpoint is bounded by the call's deadline alone.
     let attempts_timed = policies.attempt_timeout.is_some() && !own_timeout && retry.is_some();
@@ -92,7 +92,8 @@ pin_project! {
     {
         #[pin]
         state: State<Attempt<S>>,
-        // Set when the service has a timeout (`call.shared.policies.timeout`).
+        // Set when the service has a timeout or the request one of its own, and kept in
+        // `call.shared.policies.deadlines`.
         deadline: Option<Deadline>,
         call: Call<S>,
         // Recorded into `call.shared`'s metrics layer, which it holds no reference to.
@@ -206,10 +207,10 @@ where
             let _entered = this.record.span().enter();
             match poll_attempts(this.state.as_mut(), this.call, cx) {
                 Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending => match (this.deadline, &this.call.shared.policies.timeout) {
+                Poll::Pending => match this.deadline {
                     // An attempt whose own deadline comes first is woken by it: the call
                     // keeps one entry in one deadline table at a time.
-                    (Some(deadline), Some(_))
+                    Some(deadline)
                         if matches!(
                             this.state.as_ref().project_ref(),
                             StateProjRef::Calling { .. }
@@ -221,14 +222,15 @@ where
                     {
                         Poll::Pending
                     }
-                    (Some(deadline), Some(deadlines)) => match deadline.poll_expired(cx, deadlines)
-                    {
-                        Poll::Ready(error) => {
-                            Poll::Ready(Err(expire(this.state, this.call, error)))
+                    Some(deadline) => {
+                        match deadline.poll_expired(cx, &this.call.shared.policies.deadlines) {
+                            Poll::Ready(error) => {
+                                Poll::Ready(Err(expire(this.state, this.call, error)))
+                            }
+                            Poll::Pending => Poll::Pending,
                         }
-                        Poll::Pending => Poll::Pending,
-                    },
-                    _ => Poll::Pending,
+                    }
+                    None => Poll::Pending,
                 },
             }
         };

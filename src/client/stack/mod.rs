@@ -41,7 +41,12 @@ use future::*;
 #[derive(Debug)]
 pub(crate) struct Policies {
     pub(crate) metrics: MetricsLayer,
+    /// The service's timeout, if it has one: each call's deadline unless the request sets
+    /// its own.
     pub(crate) timeout: Option<Arc<Deadlines>>,
+    /// The table the calls' deadlines are kept in: the service timeout's, or, without one,
+    /// a table for the requests that set a timeout of their own.
+    pub(crate) deadlines: Arc<Deadlines>,
     /// The deadline of each attempt: the retry policy's per-attempt timeout, enforced here
     /// so that an attempt that never answers is a timeout against its endpoint whatever the
     /// transport.

@@ -15,7 +15,9 @@ use proxyless::discovery::{BoxFuture, BoxStream, Discovered, DiscoveryResult};
 use proxyless::{Discovery, DiscoveryError, Endpoint, MeshClient, ServiceName};
 use tokio::sync::mpsc;
 
+#[cfg(feature = "consul")]
 pub mod consul;
+#[cfg(feature = "dns")]
 pub mod dns;
 mod served;
 
@@ -286,6 +288,7 @@ impl Discovery for ScriptedDiscovery {
 }
 
 /// The instances `service`'s last answer rejected, as "instance: reason", sorted.
+#[cfg(any(feature = "consul", feature = "eureka"))]
 pub fn rejected(mesh: &MeshClient, service: &str) -> Vec<String> {
     let status = mesh.discovery_status(service).expect("watched");
     let mut reasons: Vec<_> = status
