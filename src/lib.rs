@@ -83,11 +83,13 @@ pub mod endpoint;
 mod error;
 mod hash;
 pub mod limit;
+mod names;
 pub mod observe;
 mod per_second;
 pub mod retry;
 mod rng;
 mod secret;
+mod series;
 pub mod timeout;
 
 #[cfg(feature = "fuzzing")]

@@ -107,7 +107,7 @@ where
                         reason = rejection.label(),
                         "request refused: bad bearer token"
                     );
-                    metrics::counter!(crate::observe::VERIFICATION_FAILURES, "reason" => rejection.label())
+                    metrics::counter!(crate::names::VERIFICATION_FAILURES, "reason" => rejection.label())
                         .increment(1);
                     Ok(unauthorized(rejection))
                 }

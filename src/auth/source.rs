@@ -319,7 +319,7 @@ impl JwtSigner {
     }
 
     fn sign(&self, audience: &str) -> Result<Cached, Error> {
-        metrics::counter!(crate::observe::TOKEN_REFRESHES, "source" => "jwt").increment(1);
+        metrics::counter!(crate::names::TOKEN_REFRESHES, "source" => "jwt").increment(1);
         let now = unix_now();
         let mut claims = self.custom.clone();
         if let Some(iss) = &self.issuer {

@@ -52,7 +52,7 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::error::Error;
-use crate::observe::EndpointSeries;
+use crate::series::EndpointSeries;
 
 /// Outlier ejection settings; the defaults are Envoy's.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -278,7 +278,7 @@ fn avoid_tried(
                 if tried.is_empty() {
                     return index;
                 }
-                metrics::counter!(crate::observe::RETRIES, "server.address" => snapshot.service.to_string())
+                metrics::counter!(crate::names::RETRIES, "server.address" => snapshot.service.to_string())
                     .increment(1);
                 snapshot.untried(index, tried)
             },

@@ -472,9 +472,9 @@ impl Breaker {
 
     fn transition(&self, to: &'static str, state: f64) {
         let service = self.service.clone();
-        metrics::counter!(crate::observe::BREAKER_TRANSITIONS, "server.address" => service.clone(), "to" => to)
+        metrics::counter!(crate::names::BREAKER_TRANSITIONS, "server.address" => service.clone(), "to" => to)
             .increment(1);
-        metrics::gauge!(crate::observe::BREAKER_STATE, "server.address" => service).set(state);
+        metrics::gauge!(crate::names::BREAKER_STATE, "server.address" => service).set(state);
     }
 
     fn open(&self, machine: &mut Machine, counts: Counts) {

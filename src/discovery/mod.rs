@@ -118,7 +118,7 @@ pub type DiscoveryResult = Result<Discovered, DiscoveryError>;
 ///
 /// One bad instance never fails the rest of the answer: the registry uses the endpoints,
 /// logs each rejected instance at `warn` once (when it first appears), counts it in
-/// [`REJECTED_INSTANCES`](crate::observe::REJECTED_INSTANCES) and lists it in
+/// [`REJECTED_INSTANCES`](crate::names::REJECTED_INSTANCES) and lists it in
 /// [`DiscoveryStatus::rejected`]. Only an answer whose every instance was rejected fails the
 /// refresh (as malformed), and the last good set stays in use.
 ///

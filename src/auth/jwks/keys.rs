@@ -54,7 +54,7 @@ pub(crate) fn usable_keys(
                 }
             }
             Err((why, detail)) => {
-                metrics::counter!(crate::observe::JWKS_KEYS_SKIPPED, "reason" => why.as_str())
+                metrics::counter!(crate::names::JWKS_KEYS_SKIPPED, "reason" => why.as_str())
                     .increment(1);
                 skipped.push((kid, detail));
             }

@@ -15,7 +15,7 @@
 //!   them: a key whose `use` is not `sig` (Keycloak's encryption key), whose `key_ops` leave
 //!   out `verify`, of a type or curve this crate does not verify with (`oct`, `OKP` X25519,
 //!   `EC` P-521), or that does not parse is skipped, logged at `debug` once per fetch and
-//!   counted in [`JWKS_KEYS_SKIPPED`](crate::observe::JWKS_KEYS_SKIPPED). A key without
+//!   counted in [`JWKS_KEYS_SKIPPED`](crate::names::JWKS_KEYS_SKIPPED). A key without
 //!   `alg` (Microsoft Entra ID publishes its keys so) serves the algorithms of its own family
 //!   only: an RSA key RS256/384/512 and PS256/384/512, an EC key its curve's (ES256 for
 //!   P-256, ES384 for P-384), an Ed25519 key EdDSA. A shared secret (`oct`) is never taken

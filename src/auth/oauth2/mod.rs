@@ -363,7 +363,7 @@ impl OAuth2ClientCredentials {
 
     /// One request to the token endpoint.
     async fn fetch(&self) -> Result<Cached, Error> {
-        metrics::counter!(crate::observe::TOKEN_REFRESHES, "source" => "oauth2").increment(1);
+        metrics::counter!(crate::names::TOKEN_REFRESHES, "source" => "oauth2").increment(1);
         let mut request = self
             .http
             .post(self.token_url.clone())

@@ -494,7 +494,7 @@ impl ServiceEntry {
             return;
         }
         let time = snapshot.stats[index].eject(self.epoch, now, detection);
-        metrics::counter!(crate::observe::EJECTIONS, "server.address" => self.name.to_string())
+        metrics::counter!(crate::names::EJECTIONS, "server.address" => self.name.to_string())
             .increment(1);
         tracing::warn!(service = %self.name, endpoint = %endpoint, ejected_for = ?time, "endpoint ejected");
         self.rebuild();
@@ -537,7 +537,7 @@ impl ServiceEntry {
             version = status.version,
             "discovery update"
         );
-        metrics::gauge!(crate::observe::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
+        metrics::gauge!(crate::names::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
             .set(endpoints.len() as f64);
         let listed = endpoints.len();
         self.listed.store(listed, Ordering::Relaxed);
@@ -583,7 +583,7 @@ impl ServiceEntry {
                 endpoints = previous.endpoints.len(),
                 "the registry withdrew the service; its requests fail until it is offered again"
             );
-            metrics::gauge!(crate::observe::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
+            metrics::gauge!(crate::names::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
                 .set(0.0);
         }
     }
@@ -609,7 +609,7 @@ impl ServiceEntry {
         status.rejected_total += fresh.len() as u64;
         for instance in fresh {
             metrics::counter!(
-                crate::observe::REJECTED_INSTANCES,
+                crate::names::REJECTED_INSTANCES,
                 "server.address" => self.name.to_string(),
                 "reason" => instance.reason.as_str()
             )
@@ -630,7 +630,7 @@ impl ServiceEntry {
             let since = self.epoch.elapsed().as_nanos() as u64 + 1;
             self.failing_since.store(since, Ordering::Relaxed);
         }
-        metrics::counter!(crate::observe::DISCOVERY_ERRORS, "server.address" => self.name.to_string())
+        metrics::counter!(crate::names::DISCOVERY_ERRORS, "server.address" => self.name.to_string())
             .increment(1);
         let mut status = self.lock_status();
         status.consecutive_errors += 1;

@@ -31,8 +31,8 @@ use crate::balance::{Balancer, Selection};
 use crate::classify::Outcome;
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
-use crate::observe::{EndpointLabels, EndpointSeries};
 use crate::rng::PickRng;
+use crate::series::{EndpointLabels, EndpointSeries};
 
 mod answer;
 mod builder;

@@ -126,7 +126,7 @@ pub(super) async fn watch(
                     entry.rebuild();
                     let refreshed_at = entry.lock_status().refreshed_at;
                     if let Some(age) = refreshed_at.map(|at| at.elapsed()) {
-                        metrics::gauge!(crate::observe::DISCOVERY_AGE, "server.address" => entry.name.to_string())
+                        metrics::gauge!(crate::names::DISCOVERY_AGE, "server.address" => entry.name.to_string())
                             .set(age.as_secs_f64());
                     }
                     continue;

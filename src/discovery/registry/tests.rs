@@ -242,7 +242,7 @@ fn a_rejected_instance_is_counted_once_while_it_stays() {
         .snapshot()
         .into_vec()
         .into_iter()
-        .filter(|(key, ..)| key.key().name() == crate::observe::REJECTED_INSTANCES)
+        .filter(|(key, ..)| key.key().name() == crate::names::REJECTED_INSTANCES)
         .map(|(.., value)| match value {
             DebugValue::Counter(n) => n,
             _ => 0,

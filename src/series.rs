@@ -1,4 +1,5 @@
-//! Per-endpoint metric series: opt-in, and capped per service.
+//! Per-endpoint metric series: opt-in, and capped per service. The health record of each
+//! endpoint (in balance) holds its series; [`observe`](crate::observe) documents them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ impl EndpointSeries {
     fn new(service: &ServiceName, endpoint: &str) -> Self {
         let handle = |outcome: &'static str| {
             metrics::histogram!(
-                super::ENDPOINT_ATTEMPT_DURATION,
+                crate::names::ENDPOINT_ATTEMPT_DURATION,
                 "server.address" => service.to_string(),
                 "endpoint" => endpoint.to_owned(),
                 "outcome" => outcome,
