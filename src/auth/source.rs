@@ -225,6 +225,7 @@ pub struct JwtSigner {
     issuer: Option<String>,
     subject: Option<String>,
     audiences: HashMap<String, String>,
+    audience: Option<String>,
     lifetime: Duration,
     custom: Map<String, Value>,
     cache: ArcSwap<HashMap<String, Arc<Cached>, crate::hash::BuildNameHasher>>,
@@ -251,6 +252,7 @@ pub struct JwtSignerBuilder {
     issuer: Option<String>,
     subject: Option<String>,
     audiences: HashMap<String, String>,
+    audience: Option<String>,
     lifetime: Duration,
     custom: Map<String, Value>,
 }
@@ -271,6 +273,15 @@ impl JwtSignerBuilder {
     /// Uses `audience` as `aud` for calls to `service` instead of its name.
     pub fn audience_for(mut self, service: impl Into<String>, audience: impl Into<String>) -> Self {
         self.audiences.insert(service.into(), audience.into());
+        self
+    }
+
+    /// Uses `audience` as `aud` for every call whose service [`audience_for`] does not name,
+    /// instead of the service's name.
+    ///
+    /// [`audience_for`]: JwtSignerBuilder::audience_for
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
         self
     }
 
@@ -296,6 +307,7 @@ impl JwtSignerBuilder {
             issuer: self.issuer,
             subject: self.subject,
             audiences: self.audiences,
+            audience: self.audience,
             lifetime: self.lifetime,
             custom: self.custom,
             cache: ArcSwap::default(),
@@ -313,6 +325,7 @@ impl JwtSigner {
             issuer: None,
             subject: None,
             audiences: HashMap::new(),
+            audience: None,
             lifetime: Duration::from_secs(300),
             custom: Map::new(),
         }
@@ -355,9 +368,19 @@ impl JwtSigner {
     }
 }
 
+impl JwtSigner {
+    /// The `aud` of calls to `service`: its own, the fixed one, or its name.
+    fn audience_of<'a>(&'a self, service: &'a str) -> &'a str {
+        self.audiences
+            .get(service)
+            .or(self.audience.as_ref())
+            .map_or(service, String::as_str)
+    }
+}
+
 impl TokenSource for JwtSigner {
     fn ready(&self, service: &str) -> Option<BearerToken> {
-        let audience = self.audiences.get(service).map_or(service, String::as_str);
+        let audience = self.audience_of(service);
         let cache = self.cache.load();
         let cached = cache.get(audience)?;
         // Past the refresh point, `token` starts the re-signing.
@@ -366,10 +389,7 @@ impl TokenSource for JwtSigner {
 
     fn token<'a>(&'a self, service: &'a ServiceName) -> BoxFuture<'a, Result<BearerToken, Error>> {
         Box::pin(async move {
-            let audience = self
-                .audiences
-                .get(service.as_str())
-                .map_or(service.as_str(), String::as_str);
+            let audience = self.audience_of(service.as_str());
             let now = Instant::now();
             if let Some(cached) = self.cache.load().get(audience).cloned()
                 && now < cached.expires_at

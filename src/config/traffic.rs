@@ -613,15 +613,10 @@ impl AuthConfig {
                 if let Some(lifetime) = self.lifetime {
                     signer = signer.lifetime(lifetime);
                 }
-                let signer = signer.build().map_err(relabel("lifetime"))?;
-                match &self.audience {
-                    None => Ok(signer),
-                    Some(audience) => Ok(std::sync::Arc::new(FixedAudience {
-                        inner: signer,
-                        audience: crate::endpoint::ServiceName::new(audience)
-                            .map_err(relabel("audience"))?,
-                    })),
+                if let Some(audience) = &self.audience {
+                    signer = signer.audience(audience.clone());
                 }
+                Ok(signer.build().map_err(relabel("lifetime"))?)
             }
             AuthKind::Oauth2 => {
                 required("token_url", self.token_url.is_some())?;
@@ -684,22 +679,5 @@ impl AuthConfig {
                 Ok(builder.build().map_err(relabel("token_url"))?)
             }
         }
-    }
-}
-
-/// A signer whose tokens name one audience whatever the service called.
-#[cfg(feature = "jwt")]
-struct FixedAudience {
-    inner: std::sync::Arc<crate::auth::JwtSigner>,
-    audience: crate::endpoint::ServiceName,
-}
-
-#[cfg(feature = "jwt")]
-impl crate::auth::TokenSource for FixedAudience {
-    fn token<'a>(
-        &'a self,
-        _: &'a crate::endpoint::ServiceName,
-    ) -> crate::boxed::BoxFuture<'a, Result<crate::auth::BearerToken, Error>> {
-        self.inner.token(&self.audience)
     }
 }

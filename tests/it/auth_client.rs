@@ -917,3 +917,39 @@ async fn token_sources_come_from_config() {
         assert_eq!(err.field(), Some(field), "{toml}\n{err}");
     }
 }
+
+#[tokio::test]
+async fn a_signer_with_a_fixed_audience_names_it_for_every_service_but_those_set_apart() {
+    use proxyless::ServiceName;
+    let signer = JwtSigner::builder(SigningKey::from_pem(Algorithm::RS256, RSA).expect("key"))
+        .audience("https://api.example")
+        .audience_for("billing", "billing-api")
+        .build()
+        .expect("valid");
+    let verifier = |audience: &str| {
+        Verifier::new([VerifyingKey::from_pem(Algorithm::RS256, RSA_PUB).expect("key")])
+            .audience(audience)
+    };
+    let token_for = |service: &str| {
+        let signer = signer.clone();
+        let service = ServiceName::new(service).expect("valid");
+        async move {
+            let header = signer.token(&service).await.expect("signed");
+            header.header_value().to_str().expect("ascii")["Bearer ".len()..].to_owned()
+        }
+    };
+    for service in ["orders", "payments"] {
+        let token = token_for(service).await;
+        assert!(verifier("https://api.example").verify(&token).await.is_ok());
+        assert!(verifier(service).verify(&token).await.is_err());
+    }
+    let billing = token_for("billing").await;
+    assert!(verifier("billing-api").verify(&billing).await.is_ok());
+
+    // The same from config: any string is an audience, a URL included.
+    let config = proxyless::MeshConfig::from_toml_str(
+        "[services.orders]\nendpoints = [{ addr = \"10.0.0.1:80\" }]\n[services.orders.traffic.auth]\nkind = \"jwt\"\nalgorithm = \"RS256\"\nkey_file = \"tests/keys/rsa.pem\"\naudience = \"https://api.example\"",
+    )
+    .expect("valid");
+    assert!(MeshClient::from_config(&config).is_ok());
+}
