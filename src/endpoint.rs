@@ -454,6 +454,24 @@ impl serde::Serialize for Endpoint {
     }
 }
 
+/// For tests: endpoint `i` of a pool of 64 addresses, two of them host names.
+#[cfg(test)]
+pub(crate) fn sample(i: u8) -> Endpoint {
+    match i {
+        62 => Endpoint::new(
+            "orders-a.internal:8080"
+                .parse::<EndpointAddr>()
+                .expect("address"),
+        ),
+        63 => Endpoint::new(
+            "orders-b.internal:8080"
+                .parse::<EndpointAddr>()
+                .expect("address"),
+        ),
+        i => Endpoint::new(([10, 0, i / 8, i % 8], 8080 + u16::from(i % 3))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,9 +97,9 @@ pub mod timeout;
 pub mod fuzzing;
 
 pub use balance::Balancer;
-pub use client::{MeshClient, MeshClientBuilder};
+pub use client::{MeshClient, MeshClientBuilder, ServiceOptions};
 pub use config::MeshConfig;
-pub use discovery::{Discovery, DiscoveryError, Registry, ServiceOptions, StaticDiscovery};
+pub use discovery::{Discovery, DiscoveryError, Registry, StaticDiscovery};
 pub use endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
 pub use error::{BoxError, Error, Result};
 pub use secret::Secret;

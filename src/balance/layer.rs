@@ -1,7 +1,15 @@
+//! [`BalanceLayer`] and its builder: the balancer's settings, checked once.
+
+use std::sync::Arc;
+
 use tower::Layer;
 
-use super::Balance;
+use super::health::{HealthScoring, OutlierDetection};
+use super::pool::{Pools, Safety, Settings};
+use super::{Balance, Balancer, EndpointStatus};
 use crate::discovery::Registry;
+use crate::endpoint::ServiceName;
+use crate::error::Error;
 
 /// Balances requests to logical services over the endpoints a [`Registry`] discovers.
 ///
@@ -26,24 +34,48 @@ use crate::discovery::Registry;
 /// let response = service.oneshot(request).await?;
 /// # Ok(()) }
 /// ```
+///
+/// What calls teach of each endpoint (health scores, ejections, pauses) is kept per layer:
+/// the services a layer (and its clones) makes share it, and a second layer built over the
+/// same registry learns on its own.
 #[derive(Clone, Debug)]
 pub struct BalanceLayer {
-    registry: Registry,
+    pools: Arc<Pools>,
     preserve_host: bool,
 }
 
 impl BalanceLayer {
-    /// Balances over `registry`'s services.
+    /// Balances over `registry`'s services with every default: [`Balancer::WeightedRandom`],
+    /// outlier detection and health scoring on.
     pub fn new(registry: Registry) -> Self {
+        let seed = registry.seed();
         BalanceLayer {
-            registry,
+            pools: Arc::new(Pools::new(
+                Settings {
+                    balancer: Balancer::default(),
+                    services: Default::default(),
+                    safety: Safety::default(),
+                    seed,
+                },
+                registry,
+            )),
             preserve_host: false,
         }
     }
 
+    /// A builder, to set the balancer, outlier detection and health scoring.
+    pub fn builder() -> BalanceLayerBuilder {
+        BalanceLayerBuilder::default()
+    }
+
     /// The registry it balances over.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        self.pools.registry()
+    }
+
+    /// What the balancer knows of each endpoint of `service` now, if it has endpoints.
+    pub fn endpoint_status(&self, service: &str) -> Option<Vec<EndpointStatus>> {
+        self.pools.endpoint_status(service)
     }
 
     /// Sends the logical host (`orders`) as the `Host` header instead of the endpoint's
@@ -52,12 +84,133 @@ impl BalanceLayer {
         self.preserve_host = preserve;
         self
     }
+
+    /// The seed of the balancer's random streams, if one was set.
+    pub(crate) fn seed(&self) -> Option<u64> {
+        self.pools.seed()
+    }
+
+    /// The balancer's pools.
+    pub(crate) fn pools(&self) -> &Arc<Pools> {
+        &self.pools
+    }
 }
 
 impl<S> Layer<S> for BalanceLayer {
     type Service = Balance<S>;
 
     fn layer(&self, inner: S) -> Balance<S> {
-        Balance::new(inner, self.registry.clone(), self.preserve_host)
+        Balance::with_pools(inner, self.pools.clone(), self.preserve_host)
+    }
+}
+
+/// Builds a [`BalanceLayer`]. Settings are checked once, in [`BalanceLayerBuilder::build`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct BalanceLayerBuilder {
+    balancer: Balancer,
+    services: Vec<(String, Balancer)>,
+    safety: Safety,
+    seed: Option<u64>,
+    preserve_host: bool,
+}
+
+impl BalanceLayerBuilder {
+    /// The balancer of every service that has none of its own;
+    /// [`Balancer::WeightedRandom`] unless set.
+    pub fn balancer(mut self, balancer: Balancer) -> Self {
+        self.balancer = balancer;
+        self
+    }
+
+    /// The balancer of one service. Naming the same service twice is an error.
+    pub fn service_balancer(mut self, service: impl Into<String>, balancer: Balancer) -> Self {
+        self.services.push((service.into(), balancer));
+        self
+    }
+
+    /// Ejects endpoints that fail in a row, as `detection` says (on by default, with
+    /// Envoy's defaults; see [`crate::balance::health`]).
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.safety.detection = Some(detection);
+        self
+    }
+
+    /// Never ejects endpoints.
+    pub fn disable_outlier_detection(mut self) -> Self {
+        self.safety.detection = None;
+        self
+    }
+
+    /// Bends weights by health scores, as `scoring` says (on by default; see
+    /// [`crate::balance::health`]).
+    pub fn health_scoring(mut self, scoring: HealthScoring) -> Self {
+        self.safety.scoring = Some(scoring);
+        self
+    }
+
+    /// Uses the configured weights as they are.
+    pub fn disable_health_scoring(mut self) -> Self {
+        self.safety.scoring = None;
+        self
+    }
+
+    /// Records each attempt's duration by endpoint, for at most `cap` endpoints per service
+    /// (at least 1); later ones share the label `other`. Off by default. See
+    /// [`observe`](crate::observe) for the series.
+    pub fn endpoint_labels(mut self, cap: usize) -> Self {
+        self.safety.endpoint_labels = Some(cap);
+        self
+    }
+
+    /// Seeds the balancer's randomness, for reproducible tests: each service gets its own
+    /// stream derived from the seed and its name. The registry's seed unless set.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sends the logical host as the `Host` header (see [`BalanceLayer::preserve_host`]).
+    pub fn preserve_host(mut self, preserve: bool) -> Self {
+        self.preserve_host = preserve;
+        self
+    }
+
+    /// Checks the settings and builds the layer over `registry`.
+    pub fn build(self, registry: Registry) -> Result<BalanceLayer, Error> {
+        if let Some(detection) = &self.safety.detection {
+            detection.validate()?;
+        }
+        if let Some(scoring) = &self.safety.scoring {
+            scoring.validate()?;
+        }
+        if self.safety.endpoint_labels == Some(0) {
+            return Err(Error::builder(
+                "endpoint_labels",
+                "must be at least 1; leave it unset for no per-endpoint labels",
+            ));
+        }
+        let mut services = std::collections::HashMap::new();
+        for (name, balancer) in self.services {
+            let service = ServiceName::new(&name)?;
+            if services.insert(service.clone(), balancer).is_some() {
+                return Err(Error::builder(
+                    format!("services.{service}.balancer"),
+                    "is configured twice",
+                ));
+            }
+        }
+        Ok(BalanceLayer {
+            pools: Arc::new(Pools::new(
+                Settings {
+                    balancer: self.balancer,
+                    services,
+                    safety: self.safety,
+                    seed: self.seed.or_else(|| registry.seed()),
+                },
+                registry,
+            )),
+            preserve_host: self.preserve_host,
+        })
     }
 }

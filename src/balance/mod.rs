@@ -1,7 +1,8 @@
 //! Load balancing: choosing one endpoint of a service for each request.
 //!
-//! The registry builds a selection table for a service each time its set of endpoints changes,
-//! and the request path only reads it: a pick takes no lock and allocates nothing (the one
+//! The registry publishes each service's set of endpoints; the balancer keeps, per service,
+//! what calls have taught of each endpoint (`pool/`) and builds a selection table each time
+//! the set or the endpoints' effective weights change, and the request path only reads it: a pick takes no lock and allocates nothing (the one
 //! exception, a smooth weighted round-robin cycle too long to tabulate, is documented on
 //! [`WeightedRoundRobin`]).
 //!
@@ -29,6 +30,7 @@
 pub mod health;
 mod layer;
 mod least_request;
+mod pool;
 mod random;
 pub(crate) mod rewrite;
 mod round_robin;
@@ -44,8 +46,10 @@ use serde::Deserialize;
 use crate::endpoint::Endpoint;
 use crate::rng::PickRng;
 
-pub use layer::BalanceLayer;
+pub use layer::{BalanceLayer, BalanceLayerBuilder};
 pub use least_request::LeastRequest;
+pub use pool::EndpointStatus;
+pub(crate) use pool::{Lookup, Pool, Pools, Snapshot};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub(crate) use service::Router;

@@ -10,8 +10,9 @@ use pin_project_lite::pin_project;
 use reqwest::header::{HOST, HeaderValue};
 use tower::{Service, ServiceExt};
 
+use super::{Lookup, Pool, Pools, Snapshot};
 use crate::classify::{Classify, HttpClassifier, Outcome};
-use crate::discovery::{BoxFuture, Lookup, Registry, ServiceEntry, Snapshot};
+use crate::discovery::{BoxFuture, Registry};
 use crate::endpoint::EndpointAddr;
 use crate::error::Error;
 
@@ -34,10 +35,10 @@ pub struct Balance<S, C = HttpClassifier> {
 /// teaches. A mesh stack shares one among its calls and lends it each call's transport.
 #[derive(Clone)]
 pub(crate) struct Router<C = HttpClassifier> {
-    registry: Registry,
+    pools: Arc<Pools>,
     /// The one service this balancer's calls name, when it is known: its calls skip the
-    /// registry's map.
-    pinned: Option<Arc<ServiceEntry>>,
+    /// map of pools.
+    pinned: Option<Arc<Pool>>,
     preserve_host: bool,
     classifier: C,
 }
@@ -47,8 +48,8 @@ impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Balance<S, C> {
         let router = &self.router;
         f.debug_struct("Balance")
             .field("inner", &self.inner)
-            .field("registry", &router.registry)
-            .field("pinned", &router.pinned.as_ref().map(|entry| entry.name()))
+            .field("pools", &router.pools)
+            .field("pinned", &router.pinned.as_ref().map(|pool| pool.name()))
             .field("preserve_host", &router.preserve_host)
             .field("classifier", &router.classifier)
             .finish()
@@ -56,12 +57,22 @@ impl<S: std::fmt::Debug, C: std::fmt::Debug> std::fmt::Debug for Balance<S, C> {
 }
 
 impl<S> Balance<S> {
-    /// Balances over `registry`, sending each rewritten request to `inner`.
+    /// Balances over `registry` with every default, sending each rewritten request to
+    /// `inner`: what `BalanceLayer::new(registry).preserve_host(preserve_host).layer(inner)`
+    /// makes, with health records of its own.
     pub fn new(inner: S, registry: Registry, preserve_host: bool) -> Self {
+        use tower::Layer;
+        super::BalanceLayer::new(registry)
+            .preserve_host(preserve_host)
+            .layer(inner)
+    }
+
+    /// Balances over `pools`, a layer's, sending each rewritten request to `inner`.
+    pub(crate) fn with_pools(inner: S, pools: Arc<Pools>, preserve_host: bool) -> Self {
         Balance {
             inner,
             router: Router {
-                registry,
+                pools,
                 pinned: None,
                 preserve_host,
                 classifier: HttpClassifier,
@@ -74,7 +85,7 @@ impl<S, C> Balance<S, C> {
     /// Classifies outcomes with `classifier` instead of [`HttpClassifier`].
     pub fn with_classifier<D>(self, classifier: D) -> Balance<S, D> {
         let Router {
-            registry,
+            pools,
             pinned,
             preserve_host,
             classifier: _,
@@ -82,7 +93,7 @@ impl<S, C> Balance<S, C> {
         Balance {
             inner: self.inner,
             router: Router {
-                registry,
+                pools,
                 pinned,
                 preserve_host,
                 classifier,
@@ -90,9 +101,9 @@ impl<S, C> Balance<S, C> {
         }
     }
 
-    /// Looks calls to `entry`'s service up in `entry` itself, not in the registry's map.
-    pub(crate) fn pin(&mut self, entry: Arc<ServiceEntry>) {
-        self.router.pinned = Some(entry);
+    /// Looks calls to `pool`'s service up in `pool` itself, not in the map of pools.
+    pub(crate) fn pin(&mut self, pool: Arc<Pool>) {
+        self.router.pinned = Some(pool);
     }
 
     /// The wrapped service and the rest.
@@ -117,7 +128,7 @@ impl<S, C> Balance<S, C> {
 
     /// The registry this service balances over.
     pub fn registry(&self) -> &Registry {
-        &self.router.registry
+        self.router.pools.registry()
     }
 }
 
@@ -171,12 +182,12 @@ impl<C> Router<C> {
             Err(error) => return failed(error, &request, keep),
         };
         let lookup = match &self.pinned {
-            Some(entry) if entry.name().as_str() == host => match entry.lookup() {
+            Some(pool) if pool.name().as_str() == host => match pool.lookup() {
                 // The registry forgot the service (idle): it starts it afresh.
-                Ok(Lookup::Forgotten) => self.registry.lookup(host),
+                Ok(Lookup::Forgotten) => self.pools.lookup(host),
                 lookup => lookup,
             },
-            _ => self.registry.lookup(host),
+            _ => self.pools.lookup(host),
         };
         match lookup {
             Err(error) => failed(error, &request, keep),
@@ -192,18 +203,18 @@ impl<C> Router<C> {
                 };
                 ResponseFuture::called(future, call, self.classifier.clone(), span)
             }
-            // The registry never answers so; the pinned entry's is handled above.
+            // The pools never answer so; the pinned pool's is handled above.
             Ok(Lookup::Forgotten) => failed(
                 Error::new(crate::error::Kind::Discovery)
                     .with_message("the service was forgotten while it was looked up"),
                 &request,
                 keep,
             ),
-            Ok(Lookup::Pending(entry)) => {
+            Ok(Lookup::Pending(pool)) => {
                 if let Some(keep) = keep {
                     *keep = Some(request.url().clone());
                 }
-                self.wait_first(inner, request, entry)
+                self.wait_first(inner, request, pool)
             }
         }
     }
@@ -216,7 +227,7 @@ impl<C> Router<C> {
         &self,
         inner: &mut S,
         mut request: reqwest::Request,
-        entry: Arc<ServiceEntry>,
+        pool: Arc<Pool>,
     ) -> ResponseFuture<S::Future, S::Response, C>
     where
         S: Service<reqwest::Request> + Clone + Send + 'static,
@@ -229,16 +240,16 @@ impl<C> Router<C> {
         let inner = std::mem::replace(inner, clone);
         // The future keeps the registry, and so the service's watch task, alive: a
         // `oneshot` drops this service as soon as it has called it.
-        let registry = self.registry.clone();
+        let pools = self.pools.clone();
         let preserve_host = self.preserve_host;
         let classifier = self.classifier.clone();
         // A retry layer above lends its list of tried endpoints only while it calls, so
         // this attempt neither avoids nor records them: the retry of a call that waited
         // for the first snapshot may go to the same endpoint.
         ResponseFuture::waiting(Box::pin(async move {
-            let snapshot = entry.wait(registry.first_snapshot_timeout()).await?;
-            drop(registry);
-            let (index, _) = avoid_tried(&snapshot, entry.pick(&snapshot)?, None);
+            let snapshot = pool.wait(pools.registry().first_snapshot_timeout()).await?;
+            drop(pools);
+            let (index, _) = avoid_tried(&snapshot, pool.pick(&snapshot)?, None);
             rewrite(&mut request, &snapshot, index, preserve_host, None);
             let started = crate::clock::now();
             let mut call = InFlight::new(snapshot.clone(), index);

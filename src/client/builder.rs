@@ -3,9 +3,10 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use super::MeshClient;
+use super::ServiceOptions;
 use super::traffic::{Stacks, TrafficPolicy};
-use crate::balance::{BalanceLayer, Balancer};
-use crate::discovery::{Discovery, RegistryBuilder, ServiceOptions};
+use crate::balance::{BalanceLayerBuilder, Balancer};
+use crate::discovery::{Discovery, RegistryBuilder};
 use crate::endpoint::ServiceName;
 use crate::error::Error;
 
@@ -15,6 +16,7 @@ use crate::error::Error;
 #[must_use]
 pub struct MeshClientBuilder {
     registry: RegistryBuilder,
+    balance: BalanceLayerBuilder,
     http: Option<reqwest::Client>,
     preserve_host: bool,
     traffic: TrafficPolicy,
@@ -44,13 +46,20 @@ impl MeshClientBuilder {
     /// The balancer for every service that has none of its own
     /// ([`Balancer::WeightedRandom`] unless set).
     pub fn balancer(mut self, balancer: Balancer) -> Self {
-        self.registry = self.registry.balancer(balancer);
+        self.balance = self.balance.balancer(balancer);
         self
     }
 
     /// Settings for one service.
     pub fn service(mut self, name: impl Into<String>, options: ServiceOptions) -> Self {
-        self.registry = self.registry.service(name, options);
+        let name = name.into();
+        self.registry = match options.discovery {
+            Some(discovery) => self.registry.service_arc(name.clone(), discovery),
+            None => self.registry.configured(name.clone()),
+        };
+        if let Some(balancer) = options.balancer {
+            self.balance = self.balance.service_balancer(name, balancer);
+        }
         self
     }
 
@@ -99,25 +108,25 @@ impl MeshClientBuilder {
         mut self,
         detection: crate::balance::health::OutlierDetection,
     ) -> Self {
-        self.registry = self.registry.outlier_detection(detection);
+        self.balance = self.balance.outlier_detection(detection);
         self
     }
 
     /// Never ejects endpoints.
     pub fn disable_outlier_detection(mut self) -> Self {
-        self.registry = self.registry.disable_outlier_detection();
+        self.balance = self.balance.disable_outlier_detection();
         self
     }
 
     /// Health-score settings (on by default; see [`crate::balance::health`]).
     pub fn health_scoring(mut self, scoring: crate::balance::health::HealthScoring) -> Self {
-        self.registry = self.registry.health_scoring(scoring);
+        self.balance = self.balance.health_scoring(scoring);
         self
     }
 
     /// Uses configured weights as they are, without health scores.
     pub fn disable_health_scoring(mut self) -> Self {
-        self.registry = self.registry.disable_health_scoring();
+        self.balance = self.balance.disable_health_scoring();
         self
     }
 
@@ -130,7 +139,7 @@ impl MeshClientBuilder {
     /// Records each attempt's duration by endpoint, for at most `cap` endpoints per service;
     /// later ones share the label `other`. Off by default. See [`crate::observe`].
     pub fn endpoint_labels(mut self, cap: usize) -> Self {
-        self.registry = self.registry.endpoint_labels(cap);
+        self.balance = self.balance.endpoint_labels(cap);
         self
     }
 
@@ -181,7 +190,10 @@ impl MeshClientBuilder {
             }
         }
         let stacks = Stacks::new(self.traffic, configured)?;
-        let balance = BalanceLayer::new(registry).preserve_host(self.preserve_host);
+        let balance = self
+            .balance
+            .preserve_host(self.preserve_host)
+            .build(registry)?;
         Ok(MeshClient {
             inner: std::sync::Arc::new(super::ClientInner {
                 http,

@@ -21,6 +21,7 @@
 //! nothing.
 
 mod builder;
+mod options;
 mod request;
 mod stack;
 mod traffic;
@@ -38,6 +39,7 @@ use crate::discovery::{BoxFuture, DiscoveryStatus, Registry};
 use crate::error::Error;
 
 pub use builder::MeshClientBuilder;
+pub use options::ServiceOptions;
 pub use request::RequestBuilder;
 pub use stack::{MeshFuture, MeshService};
 pub use traffic::{DEFAULT_TIMEOUT, MeshLayer, TrafficPolicy};
@@ -183,11 +185,21 @@ impl MeshClient {
         self.registry().status(service)
     }
 
+    /// What the balancer knows of each endpoint of `service` now (weights, health score,
+    /// ejection, pauses, calls in flight), if it has endpoints.
+    pub fn endpoint_status(&self, service: &str) -> Option<Vec<crate::balance::EndpointStatus>> {
+        self.inner.balance.endpoint_status(service)
+    }
+
     /// What `service`'s calls have done: count, error rate, mean response time, throughput,
     /// percentiles, in-flight calls, and each endpoint's weight and health. `None` before
     /// its first call.
     pub fn stats(&self, service: &str) -> Option<crate::observe::ServiceStats> {
-        let endpoints = self.registry().endpoint_status(service).unwrap_or_default();
+        let endpoints = self
+            .inner
+            .balance
+            .endpoint_status(service)
+            .unwrap_or_default();
         self.inner
             .stacks
             .stats_of(service, move |cell| cell.snapshot(endpoints))

@@ -192,7 +192,7 @@ impl TrafficPolicy {
             .map(|(rate, on_exceed)| RateLimitLayer::new(rate, on_exceed))
             .transpose()?
             .map(|layer| layer.state().clone());
-        let seed = balance.registry().seed();
+        let seed = balance.seed();
         let retry = self
             .retry
             .clone()
@@ -246,7 +246,6 @@ impl MeshLayer {
         let metrics = &self.policies.metrics;
         let endpoints = self
             .balance
-            .registry()
             .endpoint_status(metrics.service().as_str())
             .unwrap_or_default();
         metrics.stats().snapshot(endpoints)
@@ -258,12 +257,12 @@ impl<S> Layer<S> for MeshLayer {
 
     fn layer(&self, transport: S) -> MeshService<S> {
         let mut balance = self.balance.layer(transport);
-        // A service that has resolved has a registry entry: its calls can go to the entry
-        // directly, until the registry forgets it (idle), when they look it up again. (A
+        // A service that has resolved has a pool: its calls can go to the pool directly,
+        // until the registry forgets the service (idle), when they look it up again. (A
         // `MeshClient` resolves a service before building its stack.)
         let name = self.policies.metrics.service();
-        if let Some(entry) = self.balance.registry().resolved_entry(name.as_str()) {
-            balance.pin(entry);
+        if let Some(pool) = self.balance.pools().resolved(name.as_str()) {
+            balance.pin(pool);
         }
         MeshService::new(self.policies.clone(), balance)
     }

@@ -62,8 +62,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::balance::Balancer;
+use crate::client::ServiceOptions;
 use crate::client::{MeshClient, MeshClientBuilder};
-use crate::discovery::{Discovery, ServiceOptions, StaticDiscovery};
+use crate::discovery::{Discovery, StaticDiscovery};
 use crate::endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
 use crate::error::Error;
 use crate::secret::Secret;

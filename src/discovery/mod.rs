@@ -2,10 +2,11 @@
 //!
 //! A backend implements [`Discovery`]: given a service name, it returns the service's *full*
 //! set of endpoints (a snapshot, as pingora's `ServiceDiscovery` does), never a diff. The
-//! [`Registry`] runs one watch task per service, started on the first request for it, and
-//! publishes each new snapshot through an `ArcSwap` that the request path reads without a lock.
-//! The registry, not the backend, compares snapshots, validates them and rebuilds the
-//! balancer's selection table only when the set really changed.
+//! [`Registry`] runs one watch task per service, started on the first request for it. The
+//! registry, not the backend, validates each answer, compares it with the current set and
+//! publishes it, only when the set really changed, to the balancers that read the service
+//! ([`BalanceLayer`](crate::balance::BalanceLayer)), which rebuild their selection tables
+//! from it.
 //!
 //! # Writing a backend
 //!
@@ -68,10 +69,9 @@ use crate::error::BoxError;
 
 pub use registry::{
     DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE,
-    DEFAULT_MAX_SERVICES, DiscoveryStatus, EndpointStatus, MAX_ENDPOINTS, Registry,
-    RegistryBuilder, ServiceOptions,
+    DEFAULT_MAX_SERVICES, DiscoveryStatus, MAX_ENDPOINTS, Registry, RegistryBuilder,
 };
-pub(crate) use registry::{Lookup, ServiceEntry, Snapshot};
+pub(crate) use registry::{ServiceEntry, Subscriber};
 pub use static_list::StaticDiscovery;
 
 #[cfg(all(feature = "fuzzing", feature = "consul"))]

@@ -39,7 +39,7 @@ pub struct ServiceStats {
     pub in_flight: i64,
     /// What the mesh knows of each endpoint: configured and effective weight, health score,
     /// ejected or paused.
-    pub endpoints: Vec<crate::discovery::EndpointStatus>,
+    pub endpoints: Vec<crate::balance::EndpointStatus>,
 }
 
 /// The counters behind a [`ServiceStats`]. A call costs four atomic updates, five if it
@@ -122,10 +122,7 @@ impl StatsCell {
         self.window[(second % WINDOW as u64) as usize].add(second, 1);
     }
 
-    pub(crate) fn snapshot(
-        &self,
-        endpoints: Vec<crate::discovery::EndpointStatus>,
-    ) -> ServiceStats {
+    pub(crate) fn snapshot(&self, endpoints: Vec<crate::balance::EndpointStatus>) -> ServiceStats {
         // Started first: a call that starts after this read and completes before the buckets
         // are read is counted completed and not started, and the count in flight is held
         // at 0; the other way round it would be counted in flight after it completed.

@@ -13,7 +13,8 @@ const LAYERS: &[&[&str]] = &[
     &["client"],
     &["auth", "limit", "breaker", "retry", "timeout"],
     &["observe"],
-    &["balance", "discovery"],
+    &["balance"],
+    &["discovery"],
     &["series"],
     &["attempt", "classify"],
     &["error", "endpoint"],
@@ -33,12 +34,7 @@ const LAYERS: &[&[&str]] = &[
 /// The edges within a layer that ARCHITECTURE.md names under "Cycles left". Breaking one is
 /// progress: take it out here and on the page. Any other edge within a layer, or up the
 /// layers, fails the test.
-const CYCLES_LEFT: &[(&str, &str)] = &[
-    ("balance", "discovery"),
-    ("discovery", "balance"),
-    ("endpoint", "error"),
-    ("error", "endpoint"),
-];
+const CYCLES_LEFT: &[(&str, &str)] = &[("endpoint", "error"), ("error", "endpoint")];
 
 fn rust_files(path: &Path, into: &mut Vec<std::path::PathBuf>) {
     if path.is_dir() {

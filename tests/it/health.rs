@@ -49,7 +49,7 @@ async fn a_failing_endpoint_is_ejected_and_returns_after_its_time() {
     for _ in 0..60 {
         let _ = mesh.get("http://orders/").send().await;
     }
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     let s1 = status
         .iter()
         .find(|e| e.addr.to_string() == servers[1].addr.to_string())
@@ -87,7 +87,7 @@ async fn at_most_the_maximum_share_is_ejected_and_panic_mode_balances_across_all
     for _ in 0..400 {
         let _ = mesh.get("http://orders/").send().await;
     }
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     let ejected = status.iter().filter(|e| e.ejected).count();
     assert_eq!(ejected, 1, "10% of 10 endpoints: {status:?}");
 
@@ -107,7 +107,7 @@ async fn at_most_the_maximum_share_is_ejected_and_panic_mode_balances_across_all
     for _ in 0..200 {
         let _ = mesh.get("http://orders/").send().await;
     }
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     assert!(
         status.iter().filter(|e| e.ejected).count() >= 2,
         "{status:?}"
@@ -137,7 +137,7 @@ async fn a_slow_endpoint_loses_traffic_smoothly_and_wins_it_back() {
     controls[2].delay_ms.store(60, Ordering::SeqCst);
     let _warm = hits(&mesh, "http://orders/", 300).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     let slow = &status
         .iter()
         .find(|e| e.addr.to_string() == servers[2].addr.to_string())
@@ -191,7 +191,7 @@ async fn pushback_pauses_an_endpoint_without_counting_as_a_failure() {
         pushed_back, 1,
         "one 503 with Retry-After, then s0 is paused"
     );
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     assert!(status.iter().any(|e| e.paused), "{status:?}");
     assert!(!status.iter().any(|e| e.ejected));
 
@@ -199,7 +199,7 @@ async fn pushback_pauses_an_endpoint_without_counting_as_a_failure() {
     controls[0].retry_after.store(0, Ordering::SeqCst);
     // The pause (2 s) runs out, and the next maintenance tick (every second) returns it.
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     let answered = hits(&mesh, "http://orders/", 200).await;
     assert!(
         share(&answered, "s0") > 0.3,
@@ -241,15 +241,18 @@ async fn ejection_on_paused_time() {
                 .with("orders", endpoints)
                 .expect("valid"),
         )
+        .build()
+        .expect("valid registry");
+    let balance = BalanceLayer::builder()
         .outlier_detection(
             OutlierDetection::default()
                 .max_ejected_share(0.25)
                 .ejection_time(Duration::from_secs(30), Duration::from_secs(300)),
         )
         .disable_health_scoring()
-        .build()
-        .expect("valid registry");
-    let service = BalanceLayer::new(registry.clone()).layer(inner);
+        .build(registry)
+        .expect("valid balancer");
+    let service = balance.layer(inner);
     let call = || {
         let service = service.clone();
         async move {
@@ -261,8 +264,8 @@ async fn ejection_on_paused_time() {
     for _ in 0..200 {
         call().await;
     }
-    let ejected = |registry: &Registry| {
-        registry
+    let ejected = |balance: &BalanceLayer| {
+        balance
             .endpoint_status("orders")
             .expect("resolved")
             .iter()
@@ -271,16 +274,16 @@ async fn ejection_on_paused_time() {
             .collect::<Vec<_>>()
     };
     // Two endpoints fail, but a quarter of four is one.
-    let first = ejected(&registry);
+    let first = ejected(&balance);
     assert_eq!(first.len(), 1, "{first:?}");
 
     // 29 s later it is still out; at 30 s (and the next tick) it is back, and with both
     // failing ports still failing, the other one can now be ejected.
     tokio::time::advance(Duration::from_secs(29)).await;
-    assert_eq!(ejected(&registry), first);
+    assert_eq!(ejected(&balance), first);
     tokio::time::advance(Duration::from_secs(2)).await;
     tokio::task::yield_now().await;
-    assert!(ejected(&registry).is_empty(), "returned after 30 s");
+    assert!(ejected(&balance).is_empty(), "returned after 30 s");
     failing_ports.lock().expect("lock").clear();
     for _ in 0..50 {
         let response = call().await;
@@ -332,7 +335,7 @@ async fn an_endpoint_answering_500_is_ejected_though_500_is_not_retried() {
     // A 500 is an answer: not retried, so the caller sees the first few...
     assert!((5..=8).contains(&five_hundreds), "{five_hundreds}");
     // ...but five in a row eject the endpoint.
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     assert!(status.iter().any(|e| e.ejected), "{status:?}");
 }
 
@@ -356,7 +359,7 @@ async fn a_pushed_back_call_is_retried_on_another_endpoint_at_once() {
         1,
         "paused after its first answer"
     );
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     assert!(status.iter().any(|e| e.paused), "{status:?}");
 }
 

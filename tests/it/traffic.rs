@@ -536,7 +536,6 @@ async fn with_defaults_an_endpoint_that_never_answers_is_ejected_within_seconds(
         started.elapsed()
     );
     let status = mesh
-        .registry()
         .endpoint_status("orders")
         .expect("resolved")
         .into_iter()
@@ -612,7 +611,7 @@ async fn an_overall_deadline_that_ends_an_attempt_counts_against_its_endpoint() 
             call.elapsed()
         );
     }
-    let status = mesh.registry().endpoint_status("orders").expect("resolved");
+    let status = mesh.endpoint_status("orders").expect("resolved");
     // Three failures recorded against it (a moving average of 0.9^3 of its successes).
     assert!(status[0].success_rate < 0.75, "{status:?}");
     // Three timeouts in three calls: the breaker opened.

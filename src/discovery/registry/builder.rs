@@ -1,4 +1,4 @@
-//! The registry's settings: [`RegistryBuilder`], [`ServiceOptions`] and their bounds.
+//! The registry's settings: [`RegistryBuilder`] and its bounds.
 
 use super::*;
 
@@ -21,58 +21,10 @@ pub const DEFAULT_MAX_SERVICES: usize = 10_000;
 /// How long a watch waits before it restarts a backend's stream that ended.
 pub(super) const WATCH_RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// Per-service settings: which backend finds the service, and how its requests are balanced.
-///
-/// Unset fields fall back to the registry's defaults.
-#[derive(Clone, Default)]
-pub struct ServiceOptions {
-    pub(super) discovery: Option<Arc<dyn Discovery>>,
-    pub(super) balancer: Option<Balancer>,
-}
-
-impl ServiceOptions {
-    /// Options that use every default.
-    pub fn new() -> Self {
-        ServiceOptions::default()
-    }
-
-    /// Finds the service through `discovery` instead of the default backend.
-    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
-        self.discovery = Some(Arc::new(discovery));
-        self
-    }
-
-    /// Like [`ServiceOptions::discovery`], for a backend already shared.
-    pub fn discovery_arc(mut self, discovery: Arc<dyn Discovery>) -> Self {
-        self.discovery = Some(discovery);
-        self
-    }
-
-    /// Balances the service's requests with `balancer`.
-    pub fn balancer(mut self, balancer: Balancer) -> Self {
-        self.balancer = Some(balancer);
-        self
-    }
-}
-
-impl fmt::Debug for ServiceOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceOptions")
-            .field(
-                "discovery",
-                &self.discovery.as_ref().map(|_| "dyn Discovery"),
-            )
-            .field("balancer", &self.balancer)
-            .finish()
-    }
-}
-
 /// Builds a [`Registry`]. Settings are checked once, in [`RegistryBuilder::build`].
-#[derive(Debug)]
 pub struct RegistryBuilder {
-    default_discovery: Option<ServiceOptions>,
-    default_balancer: Balancer,
-    services: Vec<(String, ServiceOptions)>,
+    default_discovery: Option<Arc<dyn Discovery>>,
+    services: Vec<(String, Option<Arc<dyn Discovery>>)>,
     first_snapshot_timeout: Duration,
     seed: Option<u64>,
     pub(super) safety: Safety,
@@ -85,25 +37,18 @@ pub struct RegistryBuilder {
 pub(super) struct Safety {
     pub(super) max_staleness: Option<Duration>,
     pub(super) mass_removal_share: Option<f64>,
-    pub(super) detection: Option<OutlierDetection>,
-    pub(super) scoring: Option<HealthScoring>,
-    pub(super) endpoint_labels: Option<usize>,
 }
 
 impl Default for RegistryBuilder {
     fn default() -> Self {
         RegistryBuilder {
             default_discovery: None,
-            default_balancer: Balancer::default(),
             services: Vec::new(),
             first_snapshot_timeout: DEFAULT_FIRST_SNAPSHOT_TIMEOUT,
             seed: None,
             safety: Safety {
                 max_staleness: None,
                 mass_removal_share: Some(DEFAULT_MASS_REMOVAL_SHARE),
-                detection: Some(OutlierDetection::default()),
-                scoring: Some(HealthScoring::default()),
-                endpoint_labels: None,
             },
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_services: DEFAULT_MAX_SERVICES,
@@ -115,26 +60,33 @@ impl RegistryBuilder {
     /// The backend for every service that has no backend of its own. Without one, only the
     /// services named with [`RegistryBuilder::service`] are known.
     pub fn discovery(mut self, discovery: impl Discovery) -> Self {
-        self.default_discovery = Some(ServiceOptions::new().discovery(discovery));
+        self.default_discovery = Some(Arc::new(discovery));
         self
     }
 
     /// Like [`RegistryBuilder::discovery`], for a backend already shared.
     pub fn discovery_arc(mut self, discovery: Arc<dyn Discovery>) -> Self {
-        self.default_discovery = Some(ServiceOptions::new().discovery_arc(discovery));
+        self.default_discovery = Some(discovery);
         self
     }
 
-    /// The balancer of every service that has none of its own; [`Balancer::WeightedRandom`]
-    /// unless set.
-    pub fn balancer(mut self, balancer: Balancer) -> Self {
-        self.default_balancer = balancer;
+    /// Names a service and the backend that finds it. Naming the same service twice is an
+    /// error.
+    pub fn service(mut self, name: impl Into<String>, discovery: impl Discovery) -> Self {
+        self.services.push((name.into(), Some(Arc::new(discovery))));
         self
     }
 
-    /// Names a service and its options. Naming the same service twice is an error.
-    pub fn service(mut self, name: impl Into<String>, options: ServiceOptions) -> Self {
-        self.services.push((name.into(), options));
+    /// Like [`RegistryBuilder::service`], for a backend already shared.
+    pub fn service_arc(mut self, name: impl Into<String>, discovery: Arc<dyn Discovery>) -> Self {
+        self.services.push((name.into(), Some(discovery)));
+        self
+    }
+
+    /// Names a service that the default backend finds: a configured service, never
+    /// forgotten when idle. Without a default backend, [`RegistryBuilder::build`] fails.
+    pub fn configured(mut self, name: impl Into<String>) -> Self {
+        self.services.push((name.into(), None));
         self
     }
 
@@ -145,7 +97,8 @@ impl RegistryBuilder {
         self
     }
 
-    /// Seeds every balancer's randomness, for reproducible tests. Each service gets its own
+    /// Seeds the randomness of the balancers over this registry (unless they are given a
+    /// seed of their own) and of retries, for reproducible tests. Each service gets its own
     /// stream derived from the seed and its name.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -171,43 +124,9 @@ impl RegistryBuilder {
         self
     }
 
-    /// Ejects endpoints that fail in a row, as `detection` says (on by default, with
-    /// Envoy's defaults; see [`crate::balance::health`]).
-    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
-        self.safety.detection = Some(detection);
-        self
-    }
-
-    /// Never ejects endpoints.
-    pub fn disable_outlier_detection(mut self) -> Self {
-        self.safety.detection = None;
-        self
-    }
-
-    /// Bends weights by health scores, as `scoring` says (on by default; see
-    /// [`crate::balance::health`]).
-    pub fn health_scoring(mut self, scoring: HealthScoring) -> Self {
-        self.safety.scoring = Some(scoring);
-        self
-    }
-
-    /// Uses the configured weights as they are.
-    pub fn disable_health_scoring(mut self) -> Self {
-        self.safety.scoring = None;
-        self
-    }
-
     /// Applies every update as it comes, however many endpoints it removes.
     pub fn disable_mass_removal_guard(mut self) -> Self {
         self.safety.mass_removal_share = None;
-        self
-    }
-
-    /// Records each attempt's duration by endpoint, for at most `cap` endpoints per service
-    /// (at least 1); later ones share the label `other`. Off by default. See
-    /// [`observe`](crate::observe) for the series.
-    pub fn endpoint_labels(mut self, cap: usize) -> Self {
-        self.safety.endpoint_labels = Some(cap);
         self
     }
 
@@ -259,18 +178,6 @@ impl RegistryBuilder {
         if let Some(staleness) = self.safety.max_staleness {
             crate::error::check_duration("max_staleness", staleness)?;
         }
-        if let Some(detection) = &self.safety.detection {
-            detection.validate()?;
-        }
-        if let Some(scoring) = &self.safety.scoring {
-            scoring.validate()?;
-        }
-        if self.safety.endpoint_labels == Some(0) {
-            return Err(Error::builder(
-                "endpoint_labels",
-                "must be at least 1; leave it unset for no per-endpoint labels",
-            ));
-        }
         if self.safety.max_staleness.is_some_and(|d| d.is_zero()) {
             return Err(Error::builder("max_staleness", "must be greater than zero"));
         }
@@ -282,17 +189,17 @@ impl RegistryBuilder {
                 format!("must be above 0 and at most 1, not {share}"),
             ));
         }
-        let default_discovery = self.default_discovery.and_then(|o| o.discovery);
+        let default_discovery = self.default_discovery;
         let mut routes = HashMap::new();
-        for (name, options) in self.services {
+        for (name, discovery) in self.services {
             let service = ServiceName::new(&name)?;
-            if options.discovery.is_none() && default_discovery.is_none() {
+            if discovery.is_none() && default_discovery.is_none() {
                 return Err(Error::builder(
                     format!("services.{service}"),
                     "has no discovery backend, and no default backend is set",
                 ));
             }
-            if routes.insert(service.clone(), options).is_some() {
+            if routes.insert(service.clone(), discovery).is_some() {
                 return Err(Error::builder(
                     format!("services.{service}"),
                     "is configured twice",
@@ -305,7 +212,6 @@ impl RegistryBuilder {
                 tasks: Mutex::new(HashMap::new()),
                 routes,
                 default_discovery,
-                default_balancer: self.default_balancer,
                 first_snapshot_timeout: self.first_snapshot_timeout,
                 seed: self.seed,
                 safety: self.safety,
@@ -314,5 +220,24 @@ impl RegistryBuilder {
                 refusing: AtomicBool::new(false),
             }),
         })
+    }
+}
+
+impl fmt::Debug for RegistryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let services: Vec<&str> = self
+            .services
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        f.debug_struct("RegistryBuilder")
+            .field("default_discovery", &self.default_discovery.is_some())
+            .field("services", &services)
+            .field("first_snapshot_timeout", &self.first_snapshot_timeout)
+            .field("seed", &self.seed)
+            .field("safety", &self.safety)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_services", &self.max_services)
+            .finish()
     }
 }

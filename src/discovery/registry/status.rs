@@ -1,5 +1,4 @@
-//! What the registry tells of a service and its endpoints: [`DiscoveryStatus`],
-//! [`EndpointStatus`].
+//! What the registry tells of a service: [`DiscoveryStatus`].
 
 use super::*;
 
@@ -7,7 +6,7 @@ use super::*;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiscoveryStatus {
-    /// Endpoints in the current snapshot.
+    /// Endpoints in the current set.
     pub endpoints: usize,
     /// How many distinct snapshots have been applied; 0 before the first.
     pub version: u64,
@@ -31,29 +30,4 @@ pub struct DiscoveryStatus {
     pub rejected: Vec<RejectedInstance>,
     /// Instances rejected in all, each counted when it first appeared.
     pub rejected_total: u64,
-}
-
-/// What the mesh knows of one endpoint, from [`Registry::endpoint_status`].
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct EndpointStatus {
-    /// The endpoint.
-    pub addr: crate::endpoint::EndpointAddr,
-    /// Its configured weight.
-    pub weight: u32,
-    /// The weight the balancer uses now (health score, ejection and pauses applied; scaled
-    /// by 64 when health scoring is on). 0: it takes no traffic.
-    pub effective_weight: u32,
-    /// Its health score: 0 when healthy, lower as it fails or slows.
-    pub health_score: f64,
-    /// The moving average of its successes, from 0 to 1.
-    pub success_rate: f64,
-    /// The moving average of its latency.
-    pub latency: Duration,
-    /// Ejected for failing in a row.
-    pub ejected: bool,
-    /// Paused at its own request (`Retry-After`).
-    pub paused: bool,
-    /// Requests to it in flight now, retries included.
-    pub in_flight: u32,
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How often a watch task looks at its service's use and age.
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
+
 /// How long a held mass removal waits before the backend is asked again, before jitter.
 const HELD_REMOVAL_RECHECK: Duration = Duration::from_secs(30);
 
@@ -35,8 +38,8 @@ impl Drop for WatchAlive {
 
 /// A service's watch task: follows the backend's stream for as long as the registry lives.
 ///
-/// Beside the stream it runs the maintenance tick (effective weights, ejections running
-/// out), a second fetch that confirms a mass removal, and the re-check of a held one: none
+/// Beside the stream it runs the maintenance tick (the idle timeout, the age gauge), a
+/// second fetch that confirms a mass removal, and the re-check of a held one: none
 /// of them waits for another.
 pub(super) async fn watch(
     alive: WatchAlive,
@@ -46,10 +49,7 @@ pub(super) async fn watch(
     // The guard came in with the task, so that it marks the watch ended even if the task is
     // dropped before it first runs.
     let entry = alive.0.clone();
-    let period = entry
-        .safety
-        .scoring
-        .map_or(Duration::from_secs(1), |s| s.update_period);
+    let period = MAINTENANCE_PERIOD;
     let mut ticks = {
         let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,8 +122,6 @@ pub(super) async fn watch(
                         }
                         return;
                     }
-                    // Effective weights move with health scores, and ejections run out.
-                    entry.rebuild();
                     let refreshed_at = entry.lock_status().refreshed_at;
                     if let Some(age) = refreshed_at.map(|at| at.elapsed()) {
                         metrics::gauge!(crate::names::DISCOVERY_AGE, "server.address" => entry.name.to_string())
@@ -177,11 +175,7 @@ fn confirm(
     discovery: &Arc<dyn Discovery>,
     proposed: Arc<[Endpoint]>,
 ) -> Confirmation {
-    let current = entry
-        .current
-        .load()
-        .as_ref()
-        .map_or(0, |s| s.endpoints.len());
+    let current = entry.current.load().as_ref().map_or(0, |s| s.len());
     tracing::info!(
         service = %entry.name,
         endpoints = current,

@@ -1,7 +1,17 @@
 //! One service's published state: its endpoints, what is known of each, and the selection
 //! table for their effective weights, read by every call without a lock.
 
-use super::*;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Pool, Safety};
+use crate::balance::Selection;
+use crate::balance::health::{EndpointStats, HealthScoring};
+use crate::classify::Outcome;
+use crate::endpoint::{Endpoint, ServiceName};
+use crate::rng::PickRng;
 
 /// One service's snapshot: its endpoints, what the mesh has learnt of each, and the
 /// selection table built for their effective weights.
@@ -9,11 +19,11 @@ use super::*;
 pub(crate) struct Snapshot {
     pub(crate) service: ServiceName,
     pub(crate) endpoints: Arc<[Endpoint]>,
-    pub(super) stats: Arc<[Arc<EndpointStats>]>,
-    pub(super) effective: Box<[u32]>,
-    pub(super) selection: Selection,
-    pub(super) safety: Safety,
-    pub(super) entry: Weak<ServiceEntry>,
+    pub(crate) stats: Arc<[Arc<EndpointStats>]>,
+    pub(crate) effective: Box<[u32]>,
+    pub(crate) selection: Selection,
+    pub(crate) safety: Safety,
+    pub(super) pool: Weak<Pool>,
 }
 
 impl Drop for Snapshot {
@@ -24,8 +34,8 @@ impl Drop for Snapshot {
         let Some(stats) = Arc::get_mut(&mut self.stats) else {
             return;
         };
-        if let Some(entry) = self.entry.upgrade() {
-            entry.keep_spare(stats);
+        if let Some(pool) = self.pool.upgrade() {
+            pool.keep_spare(stats);
         }
     }
 }
@@ -49,7 +59,7 @@ impl Snapshot {
     /// Records a call's outcome against its endpoint: moving averages, and ejection after a
     /// run of failures.
     ///
-    /// The request path: atomics only. The entry is reached (a weak reference upgraded) only
+    /// The request path: atomics only. The pool is reached (a weak reference upgraded) only
     /// when a run of failures calls for an ejection.
     pub(crate) fn record(&self, index: usize, outcome: Outcome, latency: Duration) {
         let alpha = self
@@ -59,9 +69,9 @@ impl Snapshot {
         let run = self.stats[index].record(outcome, latency, alpha);
         if let Some(detection) = self.safety.detection
             && run == detection.consecutive_failures
-            && let Some(entry) = self.entry.upgrade()
+            && let Some(pool) = self.pool.upgrade()
         {
-            entry.eject(self, index, &detection);
+            pool.eject(self, index, &detection);
         }
     }
 
@@ -79,37 +89,36 @@ impl Snapshot {
 
     /// Pauses an endpoint that pushed back.
     pub(crate) fn pushback(&self, index: usize, time: Duration) {
-        let Some(entry) = self.entry.upgrade() else {
+        let Some(pool) = self.pool.upgrade() else {
             return;
         };
         let time = time.min(
-            entry
-                .safety
+            pool.safety
                 .detection
                 .map_or(crate::classify::MAX_PUSHBACK, |d| d.max_ejection),
         );
-        self.stats[index].pause(entry.epoch, Instant::now(), time);
+        self.stats[index].pause(pool.epoch, Instant::now(), time);
         tracing::info!(
             service = %self.service,
             endpoint = %self.endpoints[index].addr(),
             pause = ?time,
             "endpoint pushed back; pausing it"
         );
-        entry.rebuild();
+        pool.rebuild();
     }
 
     /// Whether an endpoint other than `index`, and than those `tried`, may take traffic now:
     /// listed as eligible, neither ejected nor paused.
     pub(crate) fn has_other(&self, index: usize, tried: &crate::attempt::Tried) -> bool {
-        let Some(entry) = self.entry.upgrade() else {
+        let Some(pool) = self.pool.upgrade() else {
             return false;
         };
         let now = Instant::now();
         (0..self.endpoints.len()).any(|i| {
             i != index
                 && self.endpoints[i].is_eligible()
-                && !self.stats[i].is_paused(entry.epoch, now)
-                && !self.stats[i].is_ejected(entry.epoch, now)
+                && !self.stats[i].is_paused(pool.epoch, now)
+                && !self.stats[i].is_ejected(pool.epoch, now)
                 && !tried.contains(self.endpoints[i].addr())
         })
     }
@@ -123,8 +132,8 @@ impl Snapshot {
         }
         let n = self.endpoints.len();
         // From the service's source: seeded with the client's `rng_seed`, reproducible.
-        let start = match self.entry.upgrade() {
-            Some(entry) => entry.rng.next_u64(),
+        let start = match self.pool.upgrade() {
+            Some(pool) => pool.rng.next_u64(),
             None => PickRng::Thread.next_u64(),
         } as usize
             % n;

@@ -1,0 +1,662 @@
+//! Each service's selection state, owned by the balancer that reads it: the registry
+//! publishes a service's endpoint set, and its [`Pool`] keeps, beside the set, what calls
+//! have taught of each endpoint (health records, ejection, pauses), the effective weights and
+//! the selection table built for them.
+//!
+//! - this file: [`Pools`], every service's pool, and [`Pool`], one service's, with every
+//!   change of its snapshot under one publish lock;
+//! - [`snapshot`]: the state a call reads, and where its outcome is recorded;
+//! - [`status`]: what the balancer tells of each endpoint.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::time::Instant;
+
+use super::health::{EndpointStats, HealthScoring, OutlierDetection, scores};
+use super::{Balancer, Selection};
+use crate::discovery::{Registry, ServiceEntry, Subscriber};
+use crate::endpoint::{Endpoint, EndpointAddr, ServiceName};
+use crate::error::{Error, Kind};
+use crate::rng::PickRng;
+use crate::series::{EndpointLabels, EndpointSeries};
+
+mod snapshot;
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use snapshot::Snapshot;
+pub use status::EndpointStatus;
+
+/// How a balancer treats every service: the settings of
+/// [`BalanceLayerBuilder`](super::BalanceLayerBuilder), checked.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) balancer: Balancer,
+    pub(crate) services: HashMap<ServiceName, Balancer>,
+    pub(crate) safety: Safety,
+    pub(crate) seed: Option<u64>,
+}
+
+/// What protects a service's calls from its failing endpoints; one copy per service.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Safety {
+    pub(crate) detection: Option<OutlierDetection>,
+    pub(crate) scoring: Option<HealthScoring>,
+    pub(crate) endpoint_labels: Option<usize>,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety {
+            detection: Some(OutlierDetection::default()),
+            scoring: Some(HealthScoring::default()),
+            endpoint_labels: None,
+        }
+    }
+}
+
+/// What a call finds when it looks its service up.
+pub(crate) enum Lookup {
+    /// An endpoint was picked from the current snapshot.
+    Picked(Arc<Snapshot>, usize),
+    /// The service has no endpoints yet; wait on its pool.
+    Pending(Arc<Pool>),
+    /// The registry forgot the service (idle): look it up in [`Pools`] again.
+    Forgotten,
+}
+
+/// Every service's pool, shared by the clones of one balancer.
+pub(crate) struct Pools {
+    registry: Registry,
+    settings: Settings,
+    /// Read on every call that has no pool pinned; replaced whole (copy on write) when a
+    /// service is added.
+    services: ArcSwap<HashMap<ServiceName, Arc<Pool>>>,
+    /// Serializes additions.
+    adding: Mutex<()>,
+}
+
+impl Pools {
+    pub(crate) fn new(settings: Settings, registry: Registry) -> Self {
+        Pools {
+            registry,
+            settings,
+            services: ArcSwap::default(),
+            adding: Mutex::new(()),
+        }
+    }
+
+    /// The registry whose sets the pools consume.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The seed of the pools' random streams, if one was set.
+    pub(crate) fn seed(&self) -> Option<u64> {
+        self.settings.seed
+    }
+
+    /// Picks an endpoint of `host`, the host of a logical URL. The hot path: no lock, no
+    /// allocation; a service's first call makes its pool.
+    #[inline]
+    pub(crate) fn lookup(&self, host: &str) -> Result<Lookup, Error> {
+        if let Some(pool) = self.services.load().get(host) {
+            match pool.lookup()? {
+                Lookup::Forgotten => {}
+                found => return Ok(found),
+            }
+        }
+        self.lookup_new(host)
+    }
+
+    /// A lookup for a service with no pool yet, or a forgotten one. Out of line.
+    #[inline(never)]
+    fn lookup_new(&self, host: &str) -> Result<Lookup, Error> {
+        let pool = self.pool(host)?;
+        match pool.lookup()? {
+            Lookup::Forgotten => Err(Error::new(Kind::Discovery)
+                .with_service(pool.name.clone())
+                .with_message("the service was forgotten while it was looked up")),
+            found => Ok(found),
+        }
+    }
+
+    /// The pool of `host`, made and subscribed to the registry's entry on its first use.
+    pub(crate) fn pool(&self, host: &str) -> Result<Arc<Pool>, Error> {
+        if let Some(pool) = self.services.load().get(host)
+            && !pool.entry.is_forgotten()
+        {
+            return Ok(pool.clone());
+        }
+        let entry = self.registry.entry(host)?;
+        let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
+        let services = self.services.load();
+        if let Some(pool) = services.get(host)
+            && Arc::ptr_eq(&pool.entry, &entry)
+        {
+            return Ok(pool.clone());
+        }
+        let name = entry.name().clone();
+        let balancer = self
+            .settings
+            .services
+            .get(&name)
+            .copied()
+            .unwrap_or(self.settings.balancer);
+        let rng = PickRng::for_service(self.settings.seed, name.as_str());
+        let pool = Arc::new_cyclic(|this| {
+            Pool::new(
+                name.clone(),
+                entry.clone(),
+                balancer,
+                rng,
+                self.settings.safety,
+                this.clone(),
+            )
+        });
+        let subscriber: Weak<Pool> = Arc::downgrade(&pool);
+        entry.subscribe(subscriber);
+        pool.start_maintenance();
+        // The pools of services the registry has forgotten go, so that there are as many
+        // pools as the registry keeps entries.
+        let mut services = HashMap::clone(&services);
+        services.retain(|_, pool| !pool.entry.is_forgotten());
+        services.insert(name, pool.clone());
+        self.services.store(Arc::new(services));
+        Ok(pool)
+    }
+
+    /// The pool of `host`, if the service has endpoints; made if the registry has them and
+    /// no call has made it yet.
+    pub(crate) fn resolved(&self, host: &str) -> Option<Arc<Pool>> {
+        let existing = self.services.load().get(host).cloned();
+        let pool = match existing {
+            Some(pool) if !pool.entry.is_forgotten() => pool,
+            _ if self.registry.has_endpoints(host) => self.pool(host).ok()?,
+            _ => return None,
+        };
+        pool.current.load().is_some().then_some(pool)
+    }
+}
+
+impl std::fmt::Debug for Pools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut services: Vec<_> = self.services.load().keys().cloned().collect();
+        services.sort();
+        f.debug_struct("Pools")
+            .field("registry", &self.registry)
+            .field("services", &services)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// One service's selection state.
+pub(crate) struct Pool {
+    name: ServiceName,
+    /// The registry's entry of the service, whose sets this pool is given.
+    entry: Arc<ServiceEntry>,
+    balancer: Balancer,
+    rng: PickRng,
+    safety: Safety,
+    /// The origin of the times the health records keep.
+    epoch: Instant,
+    /// Whether the last effective weights were computed in panic mode.
+    panicking: AtomicBool,
+    current: ArcSwapOption<Snapshot>,
+    /// Per-endpoint metric series, when they are on; used only to build snapshots.
+    labels: Option<Mutex<EndpointLabels>>,
+    /// Records of endpoints that no snapshot lists any more, each held by nothing else, for
+    /// the next update's new endpoints (see [`Snapshot`]'s `Drop`).
+    spare: Mutex<Vec<Arc<EndpointStats>>>,
+    /// How many endpoints the last update listed: the most spares worth keeping. Read
+    /// where a snapshot is dropped, which may be anywhere, so not from `current`.
+    listed: AtomicUsize,
+    /// What a dropped snapshot's list holds in place of a record moved to `spare`.
+    placeholder: Arc<EndpointStats>,
+    /// Held by whoever replaces `current`: the registry publishing a set, the maintenance
+    /// tick, and a call whose outcome ejects or pauses an endpoint. A rebuild reads the
+    /// snapshot it rebuilds under it, so it never puts back a set an update has replaced.
+    publish: Mutex<()>,
+    /// Whether the maintenance task runs; cleared when it ends in any way.
+    maintaining: AtomicBool,
+    /// The pool itself, for the snapshots it builds.
+    this: Weak<Pool>,
+}
+
+impl Subscriber for Pool {
+    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>) {
+        match endpoints {
+            Some(endpoints) => self.update(endpoints.clone()),
+            None => self.withdraw(),
+        }
+    }
+}
+
+impl Pool {
+    fn new(
+        name: ServiceName,
+        entry: Arc<ServiceEntry>,
+        balancer: Balancer,
+        rng: PickRng,
+        safety: Safety,
+        this: Weak<Pool>,
+    ) -> Self {
+        Pool {
+            this,
+            labels: safety
+                .endpoint_labels
+                .map(|cap| Mutex::new(EndpointLabels::new(name.clone(), cap))),
+            name,
+            entry,
+            balancer,
+            rng,
+            safety,
+            epoch: Instant::now(),
+            panicking: AtomicBool::new(false),
+            current: ArcSwapOption::empty(),
+            spare: Mutex::new(Vec::new()),
+            listed: AtomicUsize::new(0),
+            placeholder: Arc::default(),
+            publish: Mutex::new(()),
+            maintaining: AtomicBool::new(false),
+        }
+    }
+
+    /// The service's name.
+    pub(crate) fn name(&self) -> &ServiceName {
+        &self.name
+    }
+
+    /// Picks an endpoint from the current snapshot, or says the call must wait for the
+    /// first (or, for a service the registry has forgotten, that the call must look again).
+    #[inline]
+    pub(crate) fn lookup(self: &Arc<Self>) -> Result<Lookup, Error> {
+        if !self.entry.touch() {
+            return Ok(Lookup::Forgotten);
+        }
+        if !self.maintaining.load(Ordering::Relaxed) {
+            self.start_maintenance();
+        }
+        match self.current.load_full() {
+            Some(snapshot) => {
+                self.entry.check_staleness()?;
+                let index = self.pick(&snapshot)?;
+                Ok(Lookup::Picked(snapshot, index))
+            }
+            None => match self.entry.first_error() {
+                Some(error) => Err(error),
+                None => Ok(Lookup::Pending(self.clone())),
+            },
+        }
+    }
+
+    /// Waits for the service's first endpoints, at most `timeout`.
+    pub(crate) async fn wait(&self, timeout: Duration) -> Result<Arc<Snapshot>, Error> {
+        self.entry.wait(timeout).await?;
+        // The registry gives its subscribers a set before it wakes its waiters; it may have
+        // withdrawn the service since.
+        self.current.load_full().ok_or_else(|| {
+            self.entry
+                .first_error()
+                .unwrap_or_else(|| Error::internal("a published set never reached its balancer"))
+        })
+    }
+
+    /// Starts the task that recomputes effective weights as health scores move and
+    /// ejections run out, every `update_period`; again, if it ended (a runtime shut down).
+    /// Out of line: the request path only checks a flag.
+    #[inline(never)]
+    fn start_maintenance(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.maintaining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let period = self
+            .safety
+            .scoring
+            .map_or(Duration::from_secs(1), |s| s.update_period);
+        let alive = Maintaining(Arc::downgrade(self));
+        runtime.spawn(async move {
+            let alive = alive;
+            let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = alive.0.upgrade() else {
+                    return;
+                };
+                if pool.entry.is_forgotten() {
+                    return;
+                }
+                pool.rebuild();
+            }
+        });
+    }
+
+    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Vec<Arc<EndpointStats>>> {
+        // A list of records, consistent after every statement.
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves the records in `stats` (a snapshot's, which it alone held) that nothing else
+    /// holds to the spares, reset, up to as many as the last update listed: an update
+    /// that replaces endpoints gives the new ones these, rather than allocating as many
+    /// records while freeing as many: on a heap a busy process has fragmented, the
+    /// allocator's slow paths were most of a large update (BENCHMARKS.md, "What was
+    /// optimised"). Each record is reset here, in the one pass that touches it.
+    fn keep_spare(&self, stats: &mut [Arc<EndpointStats>]) {
+        let cap = self.listed.load(Ordering::Relaxed);
+        let mut spare = self.lock_spare();
+        // A few records at a time, touched first (see `EndpointStats::touch`): the records
+        // of a snapshot lie all over a heap that has been in use for a while.
+        let mut touched = 0;
+        for chunk in stats.chunks_mut(16) {
+            if spare.len() >= cap {
+                break;
+            }
+            touched ^= chunk.iter().fold(0, |all, record| all ^ record.touch());
+            for record in chunk {
+                if spare.len() >= cap {
+                    break;
+                }
+                // Unique: no other snapshot lists it, and none can reach it through this one.
+                if let Some(unique) = Arc::get_mut(record) {
+                    *unique = EndpointStats::default();
+                    spare.push(std::mem::replace(record, self.placeholder.clone()));
+                }
+            }
+        }
+        std::hint::black_box(touched);
+    }
+
+    /// A fresh record for a newly listed endpoint: a spare one (reset, and held by nothing
+    /// else, as `keep_spare` left it), or a new one.
+    fn fresh_record(
+        &self,
+        spare: &mut Vec<Arc<EndpointStats>>,
+        endpoint: &Endpoint,
+    ) -> Arc<EndpointStats> {
+        let series = self.series(endpoint);
+        match spare.pop() {
+            // Touched only when it takes a metric series.
+            Some(mut record) if series.is_some() => match Arc::get_mut(&mut record) {
+                Some(reused) => {
+                    reused.series = series;
+                    record
+                }
+                None => Arc::new(EndpointStats::with_series(series)),
+            },
+            Some(record) => record,
+            None => Arc::new(EndpointStats::with_series(series)),
+        }
+    }
+
+    /// The metric series of a newly listed endpoint, when per-endpoint labels are on.
+    fn series(&self, endpoint: &Endpoint) -> Option<Arc<EndpointSeries>> {
+        let labels = self.labels.as_ref()?;
+        // The labels are only a cache of handles: a panic elsewhere leaves them usable.
+        let mut labels = labels.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(labels.series(endpoint.addr()))
+    }
+
+    pub(crate) fn pick(&self, snapshot: &Snapshot) -> Result<usize, Error> {
+        let stats = &snapshot.stats;
+        let in_flight = |i: usize| stats[i].in_flight();
+        snapshot
+            .selection
+            .pick(&self.rng, in_flight)
+            .ok_or_else(|| self.no_endpoints(snapshot))
+    }
+
+    /// Why nothing could be picked. Out of line.
+    #[cold]
+    #[inline(never)]
+    fn no_endpoints(&self, snapshot: &Snapshot) -> Error {
+        let message = if snapshot.endpoints.is_empty() {
+            "the registry lists no endpoints".to_owned()
+        } else {
+            let now = Instant::now();
+            let count = |out: &dyn Fn(&EndpointStats) -> bool| {
+                snapshot.stats.iter().filter(|s| out(s)).count()
+            };
+            format!(
+                "none of the {} endpoints may take traffic: {} paused by their \
+                 Retry-After, {} ejected, the rest of weight 0 or critical",
+                snapshot.endpoints.len(),
+                count(&|s| s.is_paused(self.epoch, now)),
+                count(&|s| s.is_ejected(self.epoch, now)),
+            )
+        };
+        Error::new(Kind::NoEndpoints)
+            .with_service(self.name.clone())
+            .with_message(message)
+    }
+
+    /// The effective weight of each endpoint now: its weight if it may take traffic, bent by
+    /// its health score; 0 if it may not, or is ejected or paused (unless too few remain,
+    /// the panic threshold).
+    fn effective(&self, endpoints: &[Endpoint], stats: &[Arc<EndpointStats>]) -> Box<[u32]> {
+        let now = Instant::now();
+        let eligible = |i: usize| endpoints[i].is_eligible();
+        let out =
+            |i: usize| stats[i].is_ejected(self.epoch, now) || stats[i].is_paused(self.epoch, now);
+        let eligible_count = (0..endpoints.len()).filter(|&i| eligible(i)).count();
+        let available_count = (0..endpoints.len())
+            .filter(|&i| eligible(i) && !out(i))
+            .count();
+        // Panic mode guards pauses too, so it stays on when ejection is off: a maintenance
+        // page answering `Retry-After` from every endpoint must not stop every call.
+        let threshold = self.safety.detection.unwrap_or_default().panic_threshold;
+        let panic = (available_count as f64) < threshold * eligible_count as f64;
+        // Log the change, not every recomputation while it lasts.
+        if self.panicking.swap(panic, Ordering::Relaxed) != panic {
+            if panic {
+                tracing::warn!(
+                    service = %self.name,
+                    available = available_count,
+                    eligible = eligible_count,
+                    "below the panic threshold: balancing across every endpoint"
+                );
+            } else {
+                tracing::info!(service = %self.name, "out of panic mode");
+            }
+        }
+        let factors: Option<Vec<f64>> = self.safety.scoring.map(|scoring| {
+            let stats: Vec<&EndpointStats> = stats.iter().map(|s| &**s).collect();
+            scores(&stats, &scoring)
+                .into_iter()
+                .map(|score| scoring.factor(score))
+                .collect()
+        });
+        (0..endpoints.len())
+            .map(|i| {
+                if !eligible(i) || (out(i) && !panic) {
+                    return 0;
+                }
+                let weight = endpoints[i].weight();
+                match &factors {
+                    None => weight,
+                    // Scaled by 64 so that a factor below 1 keeps its resolution; equal
+                    // factors cancel out (and a weighted round robin divides by the gcd).
+                    Some(factors) => (f64::from(weight) * 64.0 * factors[i])
+                        .round()
+                        .clamp(1.0, f64::from(u32::MAX))
+                        as u32,
+                }
+            })
+            .collect()
+    }
+
+    /// Rebuilds the current snapshot's selection if effective weights changed.
+    fn rebuild(&self) {
+        let _publish = self.lock_publish();
+        let Some(current) = self.current.load_full() else {
+            return;
+        };
+        let now = Instant::now();
+        for stats in current.stats.iter() {
+            stats.expire(self.epoch, now);
+            if let Some(detection) = &self.safety.detection {
+                stats.decay(self.epoch, now, detection.base_ejection);
+            }
+        }
+        let effective = self.effective(&current.endpoints, &current.stats);
+        if effective == current.effective {
+            return;
+        }
+        let selection =
+            Selection::with_weights(self.balancer, &current.endpoints, &effective, &self.rng);
+        self.current.store(Some(Arc::new(Snapshot {
+            service: self.name.clone(),
+            endpoints: current.endpoints.clone(),
+            stats: current.stats.clone(),
+            effective,
+            selection,
+            safety: self.safety,
+            pool: self.this.clone(),
+        })));
+    }
+
+    /// Ejects endpoint `index` of `snapshot`, unless the maximum share is already ejected.
+    fn eject(&self, snapshot: &Snapshot, index: usize, detection: &OutlierDetection) {
+        let now = Instant::now();
+        let ejected = snapshot
+            .stats
+            .iter()
+            .filter(|s| s.is_ejected(self.epoch, now))
+            .count();
+        let allowed =
+            ((detection.max_ejected_share * snapshot.stats.len() as f64).floor() as usize).max(1);
+        let endpoint = snapshot.endpoints[index].addr();
+        if ejected >= allowed {
+            snapshot.stats[index].spare_ejection();
+            tracing::warn!(
+                service = %self.name,
+                endpoint = %endpoint,
+                ejected,
+                "endpoint failing, but the maximum share is already ejected"
+            );
+            return;
+        }
+        let time = snapshot.stats[index].eject(self.epoch, now, detection);
+        metrics::counter!(crate::names::EJECTIONS, "server.address" => self.name.to_string())
+            .increment(1);
+        tracing::warn!(service = %self.name, endpoint = %endpoint, ejected_for = ?time, "endpoint ejected");
+        self.rebuild();
+    }
+
+    /// Builds the snapshot of a set the registry published, keeping what was learnt of each
+    /// endpoint that stays.
+    fn update(&self, endpoints: Arc<[Endpoint]>) {
+        let publish = self.lock_publish();
+        let previous = self.current.load_full();
+        let mut carried = Carried::new(previous.as_deref());
+        let mut spare = std::mem::take(&mut *self.lock_spare());
+        let stats: Arc<[Arc<EndpointStats>]> = endpoints
+            .iter()
+            .map(|endpoint| {
+                carried
+                    .find(endpoint.addr())
+                    .unwrap_or_else(|| self.fresh_record(&mut spare, endpoint))
+            })
+            .collect();
+        let effective = self.effective(&endpoints, &stats);
+        let selection = Selection::with_weights(self.balancer, &endpoints, &effective, &self.rng);
+        let listed = endpoints.len();
+        self.listed.store(listed, Ordering::Relaxed);
+        self.current.store(Some(Arc::new(Snapshot {
+            service: self.name.clone(),
+            endpoints,
+            stats,
+            effective,
+            selection,
+            safety: self.safety,
+            pool: self.this.clone(),
+        })));
+        drop(publish);
+        // Spares left over stay for the next update, as many as this snapshot lists.
+        let mut kept = self.lock_spare();
+        kept.append(&mut spare);
+        kept.truncate(listed);
+        drop(kept);
+        // The snapshot replaced: dropped here, if no call holds it, its records of the
+        // endpoints it alone listed become spares.
+        drop(previous);
+    }
+
+    /// Drops the snapshot: the backend withdrew the service.
+    fn withdraw(&self) {
+        let publish = self.lock_publish();
+        let previous = self.current.swap(None);
+        drop(publish);
+        drop(previous);
+    }
+
+    fn lock_publish(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data of its own.
+        self.publish.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Clears a pool's `maintaining` flag when its maintenance task ends in any way, so that
+/// the next call starts it again.
+struct Maintaining(Weak<Pool>);
+
+impl Drop for Maintaining {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.maintaining.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The records of the endpoints of the snapshot before, found by address for the next one.
+///
+/// Both lists are sorted by address (the registry publishes them so), and the next one's
+/// addresses are asked for in order, so one pass over the previous list finds them all: a
+/// 10 000-endpoint update compares at most 20 000 addresses, where a binary search per
+/// endpoint compared about 125 000.
+struct Carried<'a> {
+    endpoints: &'a [Endpoint],
+    stats: &'a [Arc<EndpointStats>],
+    /// The first of `endpoints` not yet passed.
+    next: usize,
+}
+
+impl<'a> Carried<'a> {
+    fn new(previous: Option<&'a Snapshot>) -> Self {
+        match previous {
+            Some(previous) => Carried {
+                endpoints: &previous.endpoints,
+                stats: &previous.stats,
+                next: 0,
+            },
+            None => Carried {
+                endpoints: &[],
+                stats: &[],
+                next: 0,
+            },
+        }
+    }
+
+    /// The record of the endpoint at `addr`, if the snapshot before listed it. Each call must
+    /// ask for an address after the one before.
+    fn find(&mut self, addr: &EndpointAddr) -> Option<Arc<EndpointStats>> {
+        while let Some(endpoint) = self.endpoints.get(self.next) {
+            match endpoint.addr().cmp(addr) {
+                std::cmp::Ordering::Less => self.next += 1,
+                std::cmp::Ordering::Equal => return self.stats.get(self.next).cloned(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
