@@ -771,6 +771,9 @@ async fn a_registry_that_answers_every_name_keeps_a_bounded_set_of_services() {
         mesh.registry().services(),
         [ServiceName::new("svc-7").expect("valid")]
     );
+    // What the balancer learnt of a forgotten service's endpoints goes with it.
+    assert!(mesh.endpoint_status("svc-0").is_none());
+    assert!(mesh.endpoint_status("svc-7").is_some());
     // New names are accepted again, and the stacks of forgotten services go with them.
     let err = mesh
         .get("http://svc-10000/")

@@ -117,13 +117,16 @@ impl Pools {
     /// A lookup for a service with no pool yet, or a forgotten one. Out of line.
     #[inline(never)]
     fn lookup_new(&self, host: &str) -> Result<Lookup, Error> {
-        let pool = self.pool(host)?;
-        match pool.lookup()? {
-            Lookup::Forgotten => Err(Error::new(Kind::Discovery)
-                .with_service(pool.name.clone())
-                .with_message("the service was forgotten while it was looked up")),
-            found => Ok(found),
+        // A service forgotten between making its pool and looking in it is looked up
+        // again: the registry starts it afresh.
+        for _ in 0..3 {
+            match self.pool(host)?.lookup()? {
+                Lookup::Forgotten => continue,
+                found => return Ok(found),
+            }
         }
+        Err(Error::new(Kind::Discovery)
+            .with_message(format!("{host} was forgotten each time it was looked up")))
     }
 
     /// The pool of `host`, made and subscribed to the registry's entry on its first use.
@@ -133,14 +136,17 @@ impl Pools {
         {
             return Ok(pool.clone());
         }
-        let entry = self.registry.entry(host)?;
         let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
         let services = self.services.load();
+        // Another call may have made it while this one waited for the lock.
         if let Some(pool) = services.get(host)
-            && Arc::ptr_eq(&pool.entry, &entry)
+            && !pool.entry.is_forgotten()
         {
             return Ok(pool.clone());
         }
+        // Under the lock: a pool made here is for the entry the registry holds now (a
+        // forgotten one stays out of the map, and its calls look again).
+        let entry = self.registry.entry(host)?;
         let name = entry.name().clone();
         let balancer = self
             .settings
@@ -298,14 +304,22 @@ impl Pool {
 
     /// Waits for the service's first endpoints, at most `timeout`.
     pub(crate) async fn wait(&self, timeout: Duration) -> Result<Arc<Snapshot>, Error> {
-        self.entry.wait(timeout).await?;
-        // The registry gives its subscribers a set before it wakes its waiters; it may have
-        // withdrawn the service since.
-        self.current.load_full().ok_or_else(|| {
-            self.entry
-                .first_error()
-                .unwrap_or_else(|| Error::internal("a published set never reached its balancer"))
-        })
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.entry.wait(left.max(Duration::from_millis(1))).await?;
+            // The registry gives its subscribers a set before it wakes its waiters; it may
+            // have withdrawn the service since, and then the wait goes on.
+            if let Some(snapshot) = self.current.load_full() {
+                return Ok(snapshot);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(Kind::Discovery)
+                    .with_service(self.name.clone())
+                    .with_message(format!("no endpoints were discovered within {timeout:?}")));
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Starts the task that recomputes effective weights as health scores move and
@@ -334,6 +348,8 @@ impl Pool {
                     return;
                 };
                 if pool.entry.is_forgotten() {
+                    // What was learnt of its endpoints goes with the service.
+                    pool.withdraw();
                     return;
                 }
                 pool.rebuild();

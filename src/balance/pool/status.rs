@@ -38,7 +38,7 @@ impl Pools {
     /// What the balancer knows of each endpoint of `service` now, if it has endpoints.
     pub(crate) fn endpoint_status(&self, service: &str) -> Option<Vec<EndpointStatus>> {
         let services = self.services.load();
-        let pool = services.get(service)?;
+        let pool = services.get(service).filter(|p| !p.entry.is_forgotten())?;
         let snapshot = pool.current.load_full()?;
         let now = Instant::now();
         let scoring = pool.safety.scoring.unwrap_or_default();

@@ -131,8 +131,8 @@ impl RegistryBuilder {
     }
 
     /// Forgets a service that has had no call for `idle` (10 minutes unless set): its watch
-    /// stops, its snapshot and what was learnt of its endpoints go, and its next call
-    /// resolves it afresh. A registry that answers every name (Consul's health API answers
+    /// stops, its set goes (and with it, in each balancer, what was learnt of its
+    /// endpoints), and its next call resolves it afresh. A registry that answers every name (Consul's health API answers
     /// `200 []` for a service it does not know) so keeps no entry, task and long poll for
     /// every host name a caller ever used.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {

@@ -288,19 +288,27 @@ impl ServiceEntry {
         );
     }
 
-    /// Publishes a validated set if it differs from the current one.
+    /// Publishes a validated set if it differs from the current one: to the subscribers
+    /// first, then as the entry's own, then in the status, so that a status whose version
+    /// moved, and a first-set wait that returned, speak of a set every subscriber has.
     pub(super) fn apply(&self, endpoints: Arc<[Endpoint]>) {
         let mut subscribers = self.lock_publish();
         self.failing_since.store(0, Ordering::Relaxed);
-        let mut status = self.lock_status();
-        status.refreshed_at = Some(Instant::now());
-        status.last_error = None;
-        status.consecutive_errors = 0;
         let unchanged = self
             .current
             .load()
             .as_ref()
             .is_some_and(|current| **current == endpoints);
+        let previous = if unchanged {
+            None
+        } else {
+            Self::notify(&mut subscribers, Some(&endpoints));
+            self.current.swap(Some(Arc::new(endpoints.clone())))
+        };
+        let mut status = self.lock_status();
+        status.refreshed_at = Some(Instant::now());
+        status.last_error = None;
+        status.consecutive_errors = 0;
         if unchanged {
             return;
         }
@@ -314,8 +322,6 @@ impl ServiceEntry {
         drop(status);
         metrics::gauge!(crate::names::DISCOVERY_ENDPOINTS, "server.address" => self.name.to_string())
             .set(endpoints.len() as f64);
-        Self::notify(&mut subscribers, Some(&endpoints));
-        let previous = self.current.swap(Some(Arc::new(endpoints)));
         drop(subscribers);
         self.changed.notify_waiters();
         // The set replaced, freed outside the lock.
