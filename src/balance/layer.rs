@@ -176,8 +176,8 @@ impl BalanceLayerBuilder {
         self
     }
 
-    /// Checks the settings and builds the layer over `registry`.
-    pub fn build(self, registry: Registry) -> Result<BalanceLayer, Error> {
+    /// Checks the settings, not the services named.
+    pub(crate) fn check(&self) -> Result<(), Error> {
         if let Some(detection) = &self.safety.detection {
             detection.validate()?;
         }
@@ -190,6 +190,12 @@ impl BalanceLayerBuilder {
                 "must be at least 1; leave it unset for no per-endpoint labels",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the settings and builds the layer over `registry`.
+    pub fn build(self, registry: Registry) -> Result<BalanceLayer, Error> {
+        self.check()?;
         let mut services = std::collections::HashMap::new();
         for (name, balancer) in self.services {
             let service = ServiceName::new(&name)?;

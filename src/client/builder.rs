@@ -169,6 +169,12 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Checks the discovery and balancing settings as `build` does, without building.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.registry.check()?;
+        self.balance.check()
+    }
+
     /// Checks the settings and builds the client. Nothing is resolved and no task is started
     /// until the first request.
     pub fn build(self) -> Result<MeshClient, Error> {

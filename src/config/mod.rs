@@ -1,7 +1,8 @@
 //! The whole mesh as data: [`MeshConfig`], read from TOML or JSON.
 //!
-//! (A long file: each section's data type sits with its checks and with the builder calls
-//! it stands for, so that a setting and its validation read together.)
+//! Each section's type is in a file of its own (`backend.rs`, `auth.rs`, `traffic.rs`,
+//! `verifier.rs`); what a value may be is checked once, by the builder the setting goes to,
+//! and its errors are named as the config's fields.
 //!
 //! ```toml
 //! [client]
@@ -59,7 +60,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::balance::Balancer;
 use crate::client::ServiceOptions;
@@ -67,14 +68,19 @@ use crate::client::{MeshClient, MeshClientBuilder};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
 use crate::error::Error;
-use crate::secret::Secret;
 
+mod auth;
+mod backend;
+pub(crate) mod duration;
 mod traffic;
+mod verifier;
 
+pub use auth::{AuthConfig, JwtAuth, KeyConfig, OAuth2Auth, StaticAuth};
+pub use backend::{BackendConfig, ConsulConfig, DnsAConfig, DnsSrvConfig, EurekaConfig};
 pub use traffic::{
-    AuthConfig, AuthKind, BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig,
-    RetryConfig, TrafficConfig,
+    BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig, RetryConfig, TrafficConfig,
 };
+pub use verifier::VerifierConfig;
 
 /// The whole mesh: client settings and services.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -93,136 +99,6 @@ pub struct MeshConfig {
     /// How a server verifies inbound JWTs: [`MeshConfig::verifier`].
     #[serde(default)]
     pub verifier: Option<VerifierConfig>,
-}
-
-/// `[verifier]`: the [`Verifier`](crate::auth::Verifier) of a server's inbound JWTs
-/// (feature `jwt`), with its keys from a JWKS.
-///
-/// With `issuer` alone the key set is found through the issuer's OpenID Connect discovery
-/// document ([`Jwks::from_issuer`](crate::auth::Jwks::from_issuer)); with `jwks_url` it is
-/// fetched from there, and `issuer`, if given, is required of every token's `iss`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct VerifierConfig {
-    /// The issuer (`iss`) every token must name; without `jwks_url`, an OpenID provider.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// The key set's URL, when it is not found through OIDC discovery.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    /// The audience (`aud`) every token must name.
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// The header `typ` every token must carry, such as `at+jwt`.
-    #[serde(default)]
-    pub require_typ: Option<String>,
-    /// The only signature algorithms accepted, such as `["RS256"]`; every one the keys
-    /// serve unless set.
-    #[serde(default)]
-    pub algorithms: Option<Vec<String>>,
-    /// The clock leeway for `exp` and `nbf` (60 s).
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub leeway: Option<Duration>,
-    /// How long past their expiry the last good keys serve while the provider is down (1 h).
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub max_stale: Option<Duration>,
-}
-
-impl VerifierConfig {
-    fn check(&self) -> Result<(), Error> {
-        if self.issuer.is_none() && self.jwks_url.is_none() {
-            return Err(Error::config(
-                "verifier.issuer",
-                "give issuer (OIDC discovery), jwks_url, or both",
-            ));
-        }
-        if let Some(leeway) = self.leeway {
-            crate::error::check_duration("verifier.leeway", leeway)
-                .map_err(|e| Error::config("verifier.leeway", e.to_string()))?;
-        }
-        if self.max_stale == Some(Duration::ZERO) {
-            return Err(Error::config(
-                "verifier.max_stale",
-                "must be greater than zero",
-            ));
-        }
-        if let Some(algorithms) = &self.algorithms {
-            if algorithms.is_empty() {
-                return Err(Error::config(
-                    "verifier.algorithms",
-                    "must name at least one algorithm; leave it out for every one",
-                ));
-            }
-            const PUBLIC_KEY: [&str; 9] = [
-                "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-            ];
-            if let Some(name) = algorithms
-                .iter()
-                .find(|a| !PUBLIC_KEY.contains(&a.as_str()))
-            {
-                return Err(Error::config(
-                    "verifier.algorithms",
-                    format!("{name:?} is not a public-key JWS algorithm this crate verifies"),
-                ));
-            }
-        }
-        if cfg!(not(feature = "jwt")) {
-            return Err(Error::config(
-                "verifier",
-                "needs the jwt feature of proxyless",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The verifier this section describes. Nothing is fetched yet.
-    #[cfg(feature = "jwt")]
-    pub fn build(&self) -> Result<crate::auth::Verifier, Error> {
-        use crate::auth::{Jwks, JwksOptions, Verifier};
-        self.check()?;
-        let mut options = JwksOptions::default();
-        if let Some(max_stale) = self.max_stale {
-            options = options.max_stale(max_stale);
-        }
-        let relabel = |field: &'static str| {
-            move |e: Error| {
-                let message = e.to_string();
-                Error::config(field, message).with_source(e)
-            }
-        };
-        let mut verifier = match (&self.jwks_url, &self.issuer) {
-            (Some(url), issuer) => {
-                let verifier = Verifier::with_jwks(
-                    Jwks::new(url, options).map_err(relabel("verifier.jwks_url"))?,
-                );
-                match issuer {
-                    Some(issuer) => verifier.issuer(issuer.clone()),
-                    None => verifier,
-                }
-            }
-            (None, Some(issuer)) => Verifier::with_jwks(
-                Jwks::from_issuer(issuer, options).map_err(relabel("verifier.issuer"))?,
-            ),
-            (None, None) => {
-                return Err(Error::config("verifier.issuer", "give issuer or jwks_url"));
-            }
-        };
-        if let Some(audience) = &self.audience {
-            verifier = verifier.audience(audience.clone());
-        }
-        if let Some(typ) = &self.require_typ {
-            verifier = verifier.require_typ(typ.clone());
-        }
-        if let Some(leeway) = self.leeway {
-            verifier = verifier.leeway(leeway);
-        }
-        if let Some(algorithms) = &self.algorithms {
-            let parsed = algorithms.iter().filter_map(|a| a.parse().ok());
-            verifier = verifier.algorithms(parsed.collect::<Vec<_>>());
-        }
-        Ok(verifier)
-    }
 }
 
 /// Settings for the client as a whole.
@@ -286,123 +162,6 @@ pub struct ServiceConfig {
     /// This service's traffic policies, over the client's.
     #[serde(default)]
     pub traffic: Option<TrafficConfig>,
-}
-
-/// The kinds of discovery backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// Consul's health API (feature `consul`).
-    Consul,
-    /// DNS SRV records (feature `dns`).
-    DnsSrv,
-    /// DNS A/AAAA records with a fixed port (feature `dns`).
-    DnsA,
-    /// Eureka's REST API (feature `eureka`).
-    Eureka,
-}
-
-impl BackendKind {
-    fn name(self) -> &'static str {
-        match self {
-            BackendKind::Consul => "consul",
-            BackendKind::DnsSrv => "dns_srv",
-            BackendKind::DnsA => "dns_a",
-            BackendKind::Eureka => "eureka",
-        }
-    }
-}
-
-/// A discovery backend. `kind` says which; each setting belongs to some kinds only, and a
-/// setting of another kind is an error. See each backend's builder for what a setting does.
-///
-/// Its `Debug` shows `address` and `url` without any credentials written into them.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct BackendConfig {
-    /// Which backend.
-    pub kind: BackendKind,
-    /// consul: the agent's HTTP address; `CONSUL_HTTP_ADDR` if absent.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// consul: the ACL token; `CONSUL_HTTP_TOKEN` if absent. Never shown in `Debug`.
-    #[serde(default)]
-    pub token: Option<Secret>,
-    /// consul: the datacenter to query.
-    #[serde(default)]
-    pub datacenter: Option<String>,
-    /// consul: tags every instance must carry.
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-    /// consul: route to warning instances too.
-    #[serde(default)]
-    pub include_warning: Option<bool>,
-    /// consul: `"default"`, `"stale"` or `"consistent"`.
-    #[serde(default)]
-    pub consistency: Option<crate::discovery::Consistency>,
-    /// consul: namespace (Enterprise).
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// consul: admin partition (Enterprise).
-    #[serde(default)]
-    pub partition: Option<String>,
-    /// consul: how long a blocking query waits.
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub wait: Option<Duration>,
-    /// consul: how long a non-blocking query may take (5 s unless set).
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub query_timeout: Option<Duration>,
-    /// dns_srv: the domain after `_<service>._tcp.`; dns_a: the domain after `<service>.`.
-    #[serde(default)]
-    pub domain: Option<String>,
-    /// dns_a: the port of every address.
-    #[serde(default)]
-    pub port: Option<u16>,
-    /// dns_srv, dns_a: name servers (`ip:port`); the system's if absent.
-    #[serde(default)]
-    pub nameservers: Option<Vec<std::net::SocketAddr>>,
-    /// dns_srv, dns_a: the shortest refresh interval.
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub min_ttl: Option<Duration>,
-    /// dns_srv, dns_a: the longest refresh interval.
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub max_ttl: Option<Duration>,
-    /// eureka: the server, such as `http://127.0.0.1:8761/eureka`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// eureka: how often to poll.
-    #[serde(default, deserialize_with = "duration::optional")]
-    pub poll_interval: Option<Duration>,
-}
-
-impl fmt::Debug for BackendConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn redacted(url: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
-            url.as_deref().map(crate::secret::redact_url)
-        }
-        f.debug_struct("BackendConfig")
-            .field("kind", &self.kind)
-            .field("address", &redacted(&self.address))
-            .field("token", &self.token)
-            .field("datacenter", &self.datacenter)
-            .field("tags", &self.tags)
-            .field("include_warning", &self.include_warning)
-            .field("consistency", &self.consistency)
-            .field("namespace", &self.namespace)
-            .field("partition", &self.partition)
-            .field("wait", &self.wait)
-            .field("query_timeout", &self.query_timeout)
-            .field("domain", &self.domain)
-            .field("port", &self.port)
-            .field("nameservers", &self.nameservers)
-            .field("min_ttl", &self.min_ttl)
-            .field("max_ttl", &self.max_ttl)
-            .field("url", &redacted(&self.url))
-            .field("poll_interval", &self.poll_interval)
-            .finish()
-    }
 }
 
 /// One statically listed endpoint.
@@ -475,35 +234,15 @@ impl MeshConfig {
     /// Checks what the types alone cannot: service names, addresses, duplicate endpoints,
     /// services whose every weight is 0, durations of zero.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.client.first_snapshot_timeout == Some(Duration::ZERO) {
-            return Err(Error::config(
-                "client.first_snapshot_timeout",
-                "must be greater than zero",
-            ));
-        }
-        if self.client.max_staleness == Some(Duration::ZERO) {
-            return Err(Error::config(
-                "client.max_staleness",
-                "must be greater than zero",
-            ));
-        }
-        if self.client.max_services == Some(0) {
-            return Err(Error::config("client.max_services", "must be at least 1"));
-        }
-        if self.client.endpoint_labels == Some(0) {
-            return Err(Error::config(
-                "client.endpoint_labels",
-                "must be at least 1; leave it out for no per-endpoint labels",
-            ));
-        }
-        if let Some(share) = self.client.mass_removal_share
-            && !(share > 0.0 && share <= 1.0)
-        {
-            return Err(Error::config(
-                "client.mass_removal_share",
-                "must be above 0 and at most 1",
-            ));
-        }
+        // The client's settings are checked by the builders they go to, once; their errors
+        // name the setting, here under `client.`.
+        self.client_settings(MeshClientBuilder::default())?
+            .check()
+            .map_err(|e| {
+                let field = format!("client.{}", e.field().unwrap_or_default());
+                let message = e.to_string();
+                Error::config(field, message).with_source(e)
+            })?;
         let known_backend = |field: String, name: &str| {
             if self.discovery.contains_key(name) {
                 Ok(())
@@ -530,12 +269,6 @@ impl MeshConfig {
                 let _checked =
                     traffic.policy(&default_traffic, &format!("services.{name}.traffic"))?;
             }
-        }
-        if let Some(outlier) = &self.client.outlier_detection {
-            outlier.detection()?;
-        }
-        if let Some(health) = &self.client.health_scoring {
-            health.scoring()?;
         }
         for (name, service) in &self.services {
             let field = format!("services.{name}");
@@ -589,33 +322,52 @@ impl MeshConfig {
         Ok(())
     }
 
-    /// Adds what this config describes to `builder`.
-    pub(crate) fn apply(&self, mut builder: MeshClientBuilder) -> Result<MeshClientBuilder, Error> {
-        self.validate()?;
-        if let Some(balancer) = self.client.balancer {
+    /// `builder` with the `[client]` section's discovery and balancing settings.
+    fn client_settings(&self, mut builder: MeshClientBuilder) -> Result<MeshClientBuilder, Error> {
+        let client = &self.client;
+        if let Some(balancer) = client.balancer {
             builder = builder.balancer(balancer);
         }
-        if let Some(timeout) = self.client.first_snapshot_timeout {
+        if let Some(timeout) = client.first_snapshot_timeout {
             builder = builder.first_snapshot_timeout(timeout);
         }
-        builder = builder.preserve_host(self.client.preserve_host);
-        if let Some(max) = self.client.max_staleness {
+        builder = builder.preserve_host(client.preserve_host);
+        if let Some(max) = client.max_staleness {
             builder = builder.max_staleness(max);
         }
-        match self.client.idle_timeout {
+        match client.idle_timeout {
             Some(Duration::ZERO) => builder = builder.no_idle_timeout(),
             Some(idle) => builder = builder.idle_timeout(idle),
             None => {}
         }
-        if let Some(max) = self.client.max_services {
+        if let Some(max) = client.max_services {
             builder = builder.max_services(max);
         }
-        if let Some(share) = self.client.mass_removal_share {
+        if let Some(share) = client.mass_removal_share {
             builder = builder.mass_removal_share(share);
         }
-        if let Some(cap) = self.client.endpoint_labels {
+        if let Some(cap) = client.endpoint_labels {
             builder = builder.endpoint_labels(cap);
         }
+        if let Some(outlier) = &client.outlier_detection {
+            builder = match outlier.detection()? {
+                Some(detection) => builder.outlier_detection(detection),
+                None => builder.disable_outlier_detection(),
+            };
+        }
+        if let Some(health) = &client.health_scoring {
+            builder = match health.scoring()? {
+                Some(scoring) => builder.health_scoring(scoring),
+                None => builder.disable_health_scoring(),
+            };
+        }
+        Ok(builder)
+    }
+
+    /// Adds what this config describes to `builder`.
+    pub(crate) fn apply(&self, builder: MeshClientBuilder) -> Result<MeshClientBuilder, Error> {
+        self.validate()?;
+        let mut builder = self.client_settings(builder)?;
         let default_traffic = self.client.traffic.clone().unwrap_or_default();
         builder =
             builder.traffic(default_traffic.policy(&TrafficConfig::default(), "client.traffic")?);
@@ -625,18 +377,6 @@ impl MeshConfig {
                     traffic.policy(&default_traffic, &format!("services.{name}.traffic"))?;
                 builder = builder.service_traffic(name.clone(), policy);
             }
-        }
-        if let Some(outlier) = &self.client.outlier_detection {
-            builder = match outlier.detection()? {
-                Some(detection) => builder.outlier_detection(detection),
-                None => builder.disable_outlier_detection(),
-            };
-        }
-        if let Some(health) = &self.client.health_scoring {
-            builder = match health.scoring()? {
-                Some(scoring) => builder.health_scoring(scoring),
-                None => builder.disable_health_scoring(),
-            };
         }
         let mut backends: BTreeMap<&str, Arc<dyn Discovery>> = BTreeMap::new();
         for (name, backend) in &self.discovery {
@@ -670,174 +410,6 @@ impl MeshConfig {
             builder = builder.service(name.clone(), options);
         }
         Ok(builder)
-    }
-}
-
-impl BackendConfig {
-    /// The settings given, by name, with the kinds each belongs to.
-    fn settings(&self) -> [(&'static str, bool, &'static [BackendKind]); 17] {
-        use BackendKind::*;
-        [
-            ("address", self.address.is_some(), &[Consul]),
-            ("token", self.token.is_some(), &[Consul]),
-            ("datacenter", self.datacenter.is_some(), &[Consul]),
-            ("tags", self.tags.is_some(), &[Consul]),
-            ("include_warning", self.include_warning.is_some(), &[Consul]),
-            ("consistency", self.consistency.is_some(), &[Consul]),
-            ("namespace", self.namespace.is_some(), &[Consul]),
-            ("partition", self.partition.is_some(), &[Consul]),
-            ("wait", self.wait.is_some(), &[Consul]),
-            ("query_timeout", self.query_timeout.is_some(), &[Consul]),
-            ("domain", self.domain.is_some(), &[DnsSrv, DnsA]),
-            ("port", self.port.is_some(), &[DnsA]),
-            ("nameservers", self.nameservers.is_some(), &[DnsSrv, DnsA]),
-            ("min_ttl", self.min_ttl.is_some(), &[DnsSrv, DnsA]),
-            ("max_ttl", self.max_ttl.is_some(), &[DnsSrv, DnsA]),
-            ("url", self.url.is_some(), &[Eureka]),
-            ("poll_interval", self.poll_interval.is_some(), &[Eureka]),
-        ]
-    }
-
-    /// Checks what parsing cannot, naming fields under `field`.
-    fn check(&self, field: &str) -> Result<(), Error> {
-        let kind = self.kind;
-        for (name, given, kinds) in self.settings() {
-            if given && !kinds.contains(&kind) {
-                return Err(Error::config(
-                    format!("{field}.{name}"),
-                    format!("is not a setting of a {} backend", kind.name()),
-                ));
-            }
-        }
-        let required = |name: &str, given: bool| {
-            if given {
-                Ok(())
-            } else {
-                Err(Error::config(
-                    format!("{field}.{name}"),
-                    format!("is required for a {} backend", kind.name()),
-                ))
-            }
-        };
-        match kind {
-            BackendKind::DnsSrv => required("domain", self.domain.is_some())?,
-            BackendKind::DnsA => required("port", self.port.is_some())?,
-            BackendKind::Eureka => required("url", self.url.is_some())?,
-            BackendKind::Consul => {}
-        }
-        for (name, value) in [
-            ("wait", self.wait),
-            ("query_timeout", self.query_timeout),
-            ("min_ttl", self.min_ttl),
-            ("max_ttl", self.max_ttl),
-            ("poll_interval", self.poll_interval),
-        ] {
-            if value == Some(Duration::ZERO) {
-                return Err(Error::config(
-                    format!("{field}.{name}"),
-                    "must be greater than zero",
-                ));
-            }
-        }
-        if self.port == Some(0) {
-            return Err(Error::config(format!("{field}.port"), "must be above zero"));
-        }
-        Ok(())
-    }
-
-    /// Builds the backend; an error names `field`.
-    fn build(&self, field: &str) -> Result<Arc<dyn Discovery>, Error> {
-        #[cfg_attr(
-            not(any(feature = "consul", feature = "dns", feature = "eureka")),
-            allow(unused_variables)
-        )]
-        let rename = |e: Error| {
-            let inner = e.to_string();
-            Error::config(field, inner).with_source(e)
-        };
-        match self.kind {
-            #[cfg(feature = "consul")]
-            BackendKind::Consul => {
-                use crate::discovery::ConsulDiscovery;
-                let mut b = ConsulDiscovery::builder()
-                    .include_warning(self.include_warning.unwrap_or(false));
-                if let Some(address) = &self.address {
-                    b = b.address(address.clone());
-                }
-                if let Some(token) = &self.token {
-                    b = b.token(token.clone());
-                }
-                if let Some(dc) = &self.datacenter {
-                    b = b.datacenter(dc.clone());
-                }
-                for tag in self.tags.iter().flatten() {
-                    b = b.tag(tag.clone());
-                }
-                if let Some(consistency) = self.consistency {
-                    b = b.consistency(consistency);
-                }
-                if let Some(ns) = &self.namespace {
-                    b = b.namespace(ns.clone());
-                }
-                if let Some(partition) = &self.partition {
-                    b = b.partition(partition.clone());
-                }
-                if let Some(wait) = self.wait {
-                    b = b.wait(wait);
-                }
-                if let Some(timeout) = self.query_timeout {
-                    b = b.query_timeout(timeout);
-                }
-                Ok(Arc::new(b.build().map_err(rename)?))
-            }
-            #[cfg(feature = "dns")]
-            BackendKind::DnsSrv | BackendKind::DnsA => {
-                use crate::discovery::DnsDiscovery;
-                let domain = self.domain.clone().unwrap_or_default();
-                let mut b = match self.port {
-                    Some(port) => {
-                        let b = DnsDiscovery::a_aaaa(port);
-                        if domain.is_empty() {
-                            b
-                        } else {
-                            b.domain(domain)
-                        }
-                    }
-                    None => DnsDiscovery::srv(domain),
-                };
-                for ns in self.nameservers.iter().flatten() {
-                    b = b.nameserver(*ns);
-                }
-                if let Some(ttl) = self.min_ttl {
-                    b = b.min_ttl(ttl);
-                }
-                if let Some(ttl) = self.max_ttl {
-                    b = b.max_ttl(ttl);
-                }
-                Ok(Arc::new(b.build().map_err(rename)?))
-            }
-            #[cfg(feature = "eureka")]
-            BackendKind::Eureka => {
-                let url = self.url.clone().unwrap_or_default();
-                let mut b = crate::discovery::EurekaDiscovery::builder(url);
-                if let Some(interval) = self.poll_interval {
-                    b = b.poll_interval(interval);
-                }
-                Ok(Arc::new(b.build().map_err(rename)?))
-            }
-            #[allow(unreachable_patterns)]
-            kind => Err(Error::config(
-                format!("{field}.kind"),
-                format!(
-                    "needs a feature of proxyless that is not enabled: {}",
-                    match kind {
-                        BackendKind::Consul => "consul",
-                        BackendKind::DnsSrv | BackendKind::DnsA => "dns",
-                        BackendKind::Eureka => "eureka",
-                    }
-                ),
-            )),
-        }
     }
 }
 
@@ -887,80 +459,44 @@ impl MeshClient {
     }
 }
 
+/// A parse error at `path`: a [`SettingError`]'s setting is added to the path.
 fn path_error(path: String, message: String) -> Error {
-    let field = if path == "." || path == "?" {
+    let mut field = if path == "." || path == "?" {
         "<root>".to_owned()
     } else {
         path
     };
+    let mut message = message;
+    if let Some((setting, rest)) = message
+        .strip_prefix("setting `")
+        .and_then(|m| m.split_once("`: "))
+    {
+        field = format!("{field}.{setting}");
+        message = rest.to_owned();
+    }
     Error::config(field, message)
 }
 
-/// Human-readable durations: a whole number and `ms`, `s`, `m` or `h`.
-pub(crate) mod duration {
-    use super::*;
+/// One setting of a section found wrong after the section was read (a setting of another
+/// kind, a required one missing). Its message starts with "setting `name`: ", which
+/// `path_error` moves onto the field's path.
+#[derive(Debug)]
+pub(crate) struct SettingError {
+    setting: &'static str,
+    message: String,
+}
 
-    /// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
-    pub(crate) fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("`{text}` has no unit (ms, s, m or h)"))?;
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-        let seconds = |factor: u64| {
-            number
-                .checked_mul(factor)
-                .map(Duration::from_secs)
-                .ok_or_else(|| format!("`{text}` is too long"))
-        };
-        let duration = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => seconds(1)?,
-            "m" => seconds(60)?,
-            "h" => seconds(3600)?,
-            _ => return Err(format!("`{text}` has an unknown unit; use ms, s, m or h")),
-        };
-        // No setting is meant to be longer than a year; some would overflow the clock.
-        if duration > crate::error::MAX_SETTING_DURATION {
-            return Err(format!("`{text}` is longer than a year"));
+impl SettingError {
+    pub(crate) fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        SettingError {
+            setting,
+            message: message.into(),
         }
-        Ok(duration)
     }
+}
 
-    pub(crate) fn optional<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse(&text).map(Some).map_err(serde::de::Error::custom)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn parses_units_and_rejects_the_rest() {
-            assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
-            assert_eq!(parse("5s"), Ok(Duration::from_secs(5)));
-            assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
-            assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
-            for bad in [
-                "",
-                "5",
-                "s",
-                "-1s",
-                "1.5s",
-                "5 s",
-                "5d",
-                "99999999999999999999h",
-                "9000h",
-                "5000000000000s",
-            ] {
-                assert!(parse(bad).is_err(), "{bad:?} should be rejected");
-            }
-        }
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "setting `{}`: {}", self.setting, self.message)
     }
 }

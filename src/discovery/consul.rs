@@ -210,6 +210,30 @@ impl ConsulBuilder {
         self.build_with_env(|key| std::env::var(key).ok())
     }
 
+    /// Checks the settings that need no environment and no I/O; [`ConsulBuilder::build`]
+    /// checks them too.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.wait.is_zero() || self.wait > Duration::from_secs(600) {
+            return Err(Error::builder(
+                "consul.wait",
+                "must be above zero and at most 10 minutes",
+            ));
+        }
+        if self.query_timeout.is_zero() || self.query_timeout > Duration::from_secs(600) {
+            return Err(Error::builder(
+                "consul.query_timeout",
+                "must be above zero and at most 10 minutes",
+            ));
+        }
+        if self.burst == 0 || self.refill.is_zero() {
+            return Err(Error::builder(
+                "consul.rate_limit",
+                "needs a burst and a refill period above zero",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn build_with_env(
         mut self,
         env: impl Fn(&str) -> Option<String>,
@@ -234,24 +258,7 @@ impl ConsulBuilder {
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
             .ok_or_else(|| Error::builder("consul.address", "must be http(s)://host:port"))?;
-        if self.wait.is_zero() || self.wait > Duration::from_secs(600) {
-            return Err(Error::builder(
-                "consul.wait",
-                "must be above zero and at most 10 minutes",
-            ));
-        }
-        if self.query_timeout.is_zero() || self.query_timeout > Duration::from_secs(600) {
-            return Err(Error::builder(
-                "consul.query_timeout",
-                "must be above zero and at most 10 minutes",
-            ));
-        }
-        if self.burst == 0 || self.refill.is_zero() {
-            return Err(Error::builder(
-                "consul.rate_limit",
-                "needs a burst and a refill period above zero",
-            ));
-        }
+        self.check()?;
         let token = match &self.token {
             Some(token) => {
                 let mut value = HeaderValue::from_str(token.expose())

@@ -125,8 +125,8 @@ impl DnsBuilder {
         self
     }
 
-    /// Checks the settings and builds the resolver.
-    pub fn build(self) -> Result<DnsDiscovery, Error> {
+    /// Checks the settings, with no I/O; [`DnsBuilder::build`] checks them too.
+    pub(crate) fn check(&self) -> Result<(), Error> {
         if self.min_ttl > self.max_ttl || self.max_ttl.is_zero() {
             return Err(Error::builder(
                 "dns.min_ttl",
@@ -155,6 +155,12 @@ impl DnsBuilder {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks the settings and builds the resolver.
+    pub fn build(self) -> Result<DnsDiscovery, Error> {
+        self.check()?;
         let mut options = ResolverOpts::default();
         options.timeout = self.timeout;
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;

@@ -68,8 +68,13 @@ impl EurekaBuilder {
         self
     }
 
-    /// Checks the settings.
-    pub fn build(self) -> Result<EurekaDiscovery, Error> {
+    /// Checks the settings, with no I/O; [`EurekaBuilder::build`] checks them too.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.base().map(drop)
+    }
+
+    /// The server's base URL, checked, with the other settings.
+    fn base(&self) -> Result<Url, Error> {
         let mut base = Url::parse(&self.base.0)
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
@@ -88,6 +93,12 @@ impl EurekaBuilder {
         }
         crate::error::check_duration("eureka.poll_interval", self.poll_interval)?;
         crate::error::check_duration("eureka.timeout", self.timeout)?;
+        Ok(base)
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<EurekaDiscovery, Error> {
+        let base = self.base()?;
         let http = match self.http.clone() {
             Some(http) => http,
             None => reqwest::Client::builder().build().map_err(|e| {

@@ -150,6 +150,10 @@ fn invalid_configs_name_the_field() {
         ("[discovery.d]\nkind = \"dns_srv\"".into(), "discovery.d.domain"),
         ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nurl = \"http://e\"".into(), "discovery.d.url"),
         ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nnameservers = [\"localhost\"]".into(), "discovery.d.nameservers[0]"),
+        ("[discovery.e]\nkind = \"eureka\"".into(), "discovery.e.url"),
+        ("[discovery.e]\nkind = \"eureka\"\nurl = \"http://e/eureka\"\npoll_interval = \"0s\"".into(), "discovery.e.poll_interval"),
+        ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"".into(), "discovery.d.min_ttl"),
+        ("[discovery.d]\nkind = \"dns_a\"\nport = 80\ntags = [\"a\"]".into(), "discovery.d.tags"),
         ("[client]\nmass_removal_share = 1.5".into(), "client.mass_removal_share"),
         ("[client]\nmax_staleness = \"0s\"".into(), "client.max_staleness"),
         ("[client]\nendpoint_labels = 0".into(), "client.endpoint_labels"),
@@ -318,6 +322,10 @@ fn backends_are_configured_by_kind_and_secrets_stay_hidden() {
     )
     .expect("valid");
     assert_eq!(config.discovery.len(), 4);
+    assert!(matches!(
+        &config.discovery["legacy"],
+        proxyless::config::BackendConfig::DnsA(a) if a.port == 8080
+    ));
     assert!(!format!("{config:?}").contains("s3cret"));
     let mesh = MeshClient::from_config(&config).expect("builds every backend");
     assert!(!format!("{mesh:?}").contains("s3cret"));
@@ -327,8 +335,9 @@ fn backends_are_configured_by_kind_and_secrets_stay_hidden() {
     )
     .and_then(|c| MeshClient::from_config(&c))
     .expect_err("bad url");
-    assert_eq!(err.field(), Some("discovery.c"));
-    assert!(err.to_string().contains("eureka.url"), "{err}");
+    // Checked once, by the backend's builder, and named as the section's setting.
+    assert_eq!(err.field(), Some("discovery.c.url"));
+    assert!(err.to_string().contains("must be http(s)"), "{err}");
 }
 
 #[cfg(feature = "consul")]
@@ -525,4 +534,47 @@ fn absurd_durations_and_windows_are_errors_that_name_the_field() {
         .validate()
         .expect_err("a window of years");
     assert_eq!(err.field(), Some("breaker.sliding_window"));
+}
+
+#[test]
+fn sections_are_variants_of_their_kind_and_read_inside_other_configs() {
+    use proxyless::config::{AuthConfig, BackendConfig};
+    let config = MeshConfig::from_toml_str(
+        "[discovery.d]\nkind = \"dns_srv\"\ndomain = \"service.consul\"\n\
+         [services.x]\nendpoints = [ { addr = \"10.0.0.1:80\" } ]\n\
+         [services.x.traffic.auth]\nkind = \"static\"\ntoken = \"t0ken\"",
+    )
+    .expect("valid");
+    assert!(
+        matches!(&config.discovery["d"], BackendConfig::DnsSrv(srv) if srv.domain == "service.consul")
+    );
+    let auth = config.services["x"]
+        .traffic
+        .as_ref()
+        .and_then(|t| t.auth.as_ref());
+    match auth {
+        Some(AuthConfig::Static(s)) => assert_eq!(s.token.expose(), "t0ken"),
+        other => panic!("a static token, not {other:?}"),
+    }
+    assert!(
+        !format!("{config:?}").contains("t0ken"),
+        "the token stays hidden"
+    );
+
+    // Inside an application's own configuration, a misplaced setting is named in the message.
+    #[derive(serde::Deserialize)]
+    struct App {
+        #[allow(dead_code)]
+        mesh: MeshConfig,
+    }
+    let err = serde_json::from_str::<App>(
+        r#"{"mesh": {"discovery": {"d": {"kind": "dns_a", "port": 80, "url": "http://x"}}}}"#,
+    )
+    .err()
+    .expect("a eureka setting in a dns_a backend");
+    assert!(
+        err.to_string()
+            .contains("setting `url`: is not a setting of a dns_a backend"),
+        "{err}"
+    );
 }

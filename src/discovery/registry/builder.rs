@@ -154,8 +154,8 @@ impl RegistryBuilder {
         self
     }
 
-    /// Checks the settings and builds the registry. Nothing is resolved until first use.
-    pub fn build(self) -> Result<Registry, Error> {
+    /// Checks the settings, not the services named.
+    pub(crate) fn check(&self) -> Result<(), Error> {
         if self.first_snapshot_timeout.is_zero() {
             return Err(Error::builder(
                 "first_snapshot_timeout",
@@ -189,6 +189,12 @@ impl RegistryBuilder {
                 format!("must be above 0 and at most 1, not {share}"),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the settings and builds the registry. Nothing is resolved until first use.
+    pub fn build(self) -> Result<Registry, Error> {
+        self.check()?;
         let default_discovery = self.default_discovery;
         let mut routes = HashMap::new();
         for (name, discovery) in self.services {
