@@ -1,4 +1,6 @@
 //! The breaker's state machine: closed, open, half-open, moved by call outcomes.
+//!
+//! (A long file: every transition of the three states reads together.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

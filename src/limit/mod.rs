@@ -26,7 +26,6 @@
 //! [`Error::is_overloaded`]: crate::Error::is_overloaded
 
 mod concurrency;
-mod gcra;
 mod rate;
 
 #[cfg(test)]
@@ -34,6 +33,5 @@ mod tests;
 
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub(crate) use concurrency::{ConcurrencyLimiter, Slot};
-pub use gcra::{OnExceed, Rate, RateLimiterState};
-pub(crate) use rate::{Admission, admit};
-pub use rate::{RateLimit, RateLimitLayer};
+pub(crate) use rate::Admission;
+pub use rate::{OnExceed, Rate, RateLimit, RateLimitLayer, RateLimiterState};

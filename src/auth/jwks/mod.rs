@@ -26,6 +26,9 @@
 //!   (`/.well-known/openid-configuration`, OpenID Connect Discovery 1.0 §4): the document's
 //!   `issuer` must equal the configured one exactly (§4.3), and its `jwks_uri` is used until a
 //!   fetch from it fails, when the document is read again.
+//!
+//! (A long file: the cache's states and the background refresher that moves between them
+//! read together; keys are parsed in `keys.rs`, the issuer's discovery is in `oidc.rs`.)
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,4 +1,7 @@
 //! OAuth 2.0 client credentials (RFC 6749 §4.4), as a [`TokenSource`].
+//!
+//! (A long file: the builder's settings and the single-flight fetch they configure read
+//! together; the token response is parsed in `response.rs`.)
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

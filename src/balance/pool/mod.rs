@@ -3,8 +3,10 @@
 //! have taught of each endpoint (health records, ejection, pauses), the effective weights and
 //! the selection table built for them.
 //!
-//! - this file: [`Pools`], every service's pool, and [`Pool`], one service's, with every
-//!   change of its snapshot under one publish lock;
+//! - this file: [`Pool`], one service's state, with every change of its snapshot under
+//!   one publish lock;
+//! - [`pools`]: every service's pool in one balancer;
+//! - [`records`]: what is learnt of each endpoint, carried across updates and reused;
 //! - [`snapshot`]: the state a call reads, and where its outcome is recorded;
 //! - [`status`]: what the balancer tells of each endpoint.
 
@@ -13,22 +15,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use super::health::{EndpointStats, HealthScoring, OutlierDetection, scores};
 use super::{Balancer, Selection};
-use crate::discovery::{Registry, ServiceEntry, Subscriber};
-use crate::endpoint::{Endpoint, EndpointAddr, ServiceName};
+use crate::discovery::{ServiceEntry, Subscriber};
+use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
 use crate::rng::PickRng;
-use crate::series::{EndpointLabels, EndpointSeries};
+use crate::series::EndpointLabels;
+use records::Carried;
 
+mod pools;
+mod records;
 mod snapshot;
 mod status;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use pools::Pools;
 pub(crate) use snapshot::Snapshot;
 pub use status::EndpointStatus;
 
@@ -68,138 +74,6 @@ pub(crate) enum Lookup {
     Pending(Arc<Pool>),
     /// The registry forgot the service (idle): look it up in [`Pools`] again.
     Forgotten,
-}
-
-/// Every service's pool, shared by the clones of one balancer.
-pub(crate) struct Pools {
-    registry: Registry,
-    settings: Settings,
-    /// Read on every call that has no pool pinned; replaced whole (copy on write) when a
-    /// service is added.
-    services: ArcSwap<HashMap<ServiceName, Arc<Pool>>>,
-    /// Serializes additions.
-    adding: Mutex<()>,
-}
-
-impl Pools {
-    pub(crate) fn new(settings: Settings, registry: Registry) -> Self {
-        Pools {
-            registry,
-            settings,
-            services: ArcSwap::default(),
-            adding: Mutex::new(()),
-        }
-    }
-
-    /// The registry whose sets the pools consume.
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// The seed of the pools' random streams, if one was set.
-    pub(crate) fn seed(&self) -> Option<u64> {
-        self.settings.seed
-    }
-
-    /// Picks an endpoint of `host`, the host of a logical URL. The hot path: no lock, no
-    /// allocation; a service's first call makes its pool.
-    #[inline]
-    pub(crate) fn lookup(&self, host: &str) -> Result<Lookup, Error> {
-        if let Some(pool) = self.services.load().get(host) {
-            match pool.lookup()? {
-                Lookup::Forgotten => {}
-                found => return Ok(found),
-            }
-        }
-        self.lookup_new(host)
-    }
-
-    /// A lookup for a service with no pool yet, or a forgotten one. Out of line.
-    #[inline(never)]
-    fn lookup_new(&self, host: &str) -> Result<Lookup, Error> {
-        // A service forgotten between making its pool and looking in it is looked up
-        // again: the registry starts it afresh.
-        for _ in 0..3 {
-            match self.pool(host)?.lookup()? {
-                Lookup::Forgotten => continue,
-                found => return Ok(found),
-            }
-        }
-        Err(Error::new(Kind::Discovery)
-            .with_message(format!("{host} was forgotten each time it was looked up")))
-    }
-
-    /// The pool of `host`, made and subscribed to the registry's entry on its first use.
-    pub(crate) fn pool(&self, host: &str) -> Result<Arc<Pool>, Error> {
-        if let Some(pool) = self.services.load().get(host)
-            && !pool.entry.is_forgotten()
-        {
-            return Ok(pool.clone());
-        }
-        let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
-        let services = self.services.load();
-        // Another call may have made it while this one waited for the lock.
-        if let Some(pool) = services.get(host)
-            && !pool.entry.is_forgotten()
-        {
-            return Ok(pool.clone());
-        }
-        // Under the lock: a pool made here is for the entry the registry holds now (a
-        // forgotten one stays out of the map, and its calls look again).
-        let entry = self.registry.entry(host)?;
-        let name = entry.name().clone();
-        let balancer = self
-            .settings
-            .services
-            .get(&name)
-            .copied()
-            .unwrap_or(self.settings.balancer);
-        let rng = PickRng::for_service(self.settings.seed, name.as_str());
-        let pool = Arc::new_cyclic(|this| {
-            Pool::new(
-                name.clone(),
-                entry.clone(),
-                balancer,
-                rng,
-                self.settings.safety,
-                this.clone(),
-            )
-        });
-        let subscriber: Weak<Pool> = Arc::downgrade(&pool);
-        entry.subscribe(subscriber);
-        pool.start_maintenance();
-        // The pools of services the registry has forgotten go, so that there are as many
-        // pools as the registry keeps entries.
-        let mut services = HashMap::clone(&services);
-        services.retain(|_, pool| !pool.entry.is_forgotten());
-        services.insert(name, pool.clone());
-        self.services.store(Arc::new(services));
-        Ok(pool)
-    }
-
-    /// The pool of `host`, if the service has endpoints; made if the registry has them and
-    /// no call has made it yet.
-    pub(crate) fn resolved(&self, host: &str) -> Option<Arc<Pool>> {
-        let existing = self.services.load().get(host).cloned();
-        let pool = match existing {
-            Some(pool) if !pool.entry.is_forgotten() => pool,
-            _ if self.registry.has_endpoints(host) => self.pool(host).ok()?,
-            _ => return None,
-        };
-        pool.current.load().is_some().then_some(pool)
-    }
-}
-
-impl std::fmt::Debug for Pools {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut services: Vec<_> = self.services.load().keys().cloned().collect();
-        services.sort();
-        f.debug_struct("Pools")
-            .field("registry", &self.registry)
-            .field("services", &services)
-            .field("settings", &self.settings)
-            .finish()
-    }
 }
 
 /// One service's selection state.
@@ -355,72 +229,6 @@ impl Pool {
                 pool.rebuild();
             }
         });
-    }
-
-    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Vec<Arc<EndpointStats>>> {
-        // A list of records, consistent after every statement.
-        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Moves the records in `stats` (a snapshot's, which it alone held) that nothing else
-    /// holds to the spares, reset, up to as many as the last update listed: an update
-    /// that replaces endpoints gives the new ones these, rather than allocating as many
-    /// records while freeing as many: on a heap a busy process has fragmented, the
-    /// allocator's slow paths were most of a large update (BENCHMARKS.md, "What was
-    /// optimised"). Each record is reset here, in the one pass that touches it.
-    fn keep_spare(&self, stats: &mut [Arc<EndpointStats>]) {
-        let cap = self.listed.load(Ordering::Relaxed);
-        let mut spare = self.lock_spare();
-        // A few records at a time, touched first (see `EndpointStats::touch`): the records
-        // of a snapshot lie all over a heap that has been in use for a while.
-        let mut touched = 0;
-        for chunk in stats.chunks_mut(16) {
-            if spare.len() >= cap {
-                break;
-            }
-            touched ^= chunk.iter().fold(0, |all, record| all ^ record.touch());
-            for record in chunk {
-                if spare.len() >= cap {
-                    break;
-                }
-                // Unique: no other snapshot lists it, and none can reach it through this one.
-                if let Some(unique) = Arc::get_mut(record) {
-                    *unique = EndpointStats::default();
-                    spare.push(std::mem::replace(record, self.placeholder.clone()));
-                }
-            }
-        }
-        std::hint::black_box(touched);
-    }
-
-    /// A fresh record for a newly listed endpoint: a spare one (reset, and held by nothing
-    /// else, as `keep_spare` left it), or a new one.
-    fn fresh_record(
-        &self,
-        spare: &mut Vec<Arc<EndpointStats>>,
-        endpoint: &Endpoint,
-    ) -> Arc<EndpointStats> {
-        let series = self.series(endpoint);
-        match spare.pop() {
-            // Touched only when it takes a metric series.
-            Some(mut record) if series.is_some() => match Arc::get_mut(&mut record) {
-                Some(reused) => {
-                    reused.series = series;
-                    record
-                }
-                None => Arc::new(EndpointStats::with_series(series)),
-            },
-            Some(record) => record,
-            None => Arc::new(EndpointStats::with_series(series)),
-        }
-    }
-
-    /// The metric series of a newly listed endpoint, when per-endpoint labels are on.
-    fn series(&self, endpoint: &Endpoint) -> Option<Arc<EndpointSeries>> {
-        let labels = self.labels.as_ref()?;
-        // The labels are only a cache of handles: a panic elsewhere leaves them usable.
-        let mut labels = labels.lock().unwrap_or_else(PoisonError::into_inner);
-        Some(labels.series(endpoint.addr()))
     }
 
     pub(crate) fn pick(&self, snapshot: &Snapshot) -> Result<usize, Error> {
@@ -631,48 +439,5 @@ impl Drop for Maintaining {
         if let Some(pool) = self.0.upgrade() {
             pool.maintaining.store(false, Ordering::Release);
         }
-    }
-}
-
-/// The records of the endpoints of the snapshot before, found by address for the next one.
-///
-/// Both lists are sorted by address (the registry publishes them so), and the next one's
-/// addresses are asked for in order, so one pass over the previous list finds them all: a
-/// 10 000-endpoint update compares at most 20 000 addresses, where a binary search per
-/// endpoint compared about 125 000.
-struct Carried<'a> {
-    endpoints: &'a [Endpoint],
-    stats: &'a [Arc<EndpointStats>],
-    /// The first of `endpoints` not yet passed.
-    next: usize,
-}
-
-impl<'a> Carried<'a> {
-    fn new(previous: Option<&'a Snapshot>) -> Self {
-        match previous {
-            Some(previous) => Carried {
-                endpoints: &previous.endpoints,
-                stats: &previous.stats,
-                next: 0,
-            },
-            None => Carried {
-                endpoints: &[],
-                stats: &[],
-                next: 0,
-            },
-        }
-    }
-
-    /// The record of the endpoint at `addr`, if the snapshot before listed it. Each call must
-    /// ask for an address after the one before.
-    fn find(&mut self, addr: &EndpointAddr) -> Option<Arc<EndpointStats>> {
-        while let Some(endpoint) = self.endpoints.get(self.next) {
-            match endpoint.addr().cmp(addr) {
-                std::cmp::Ordering::Less => self.next += 1,
-                std::cmp::Ordering::Equal => return self.stats.get(self.next).cloned(),
-                std::cmp::Ordering::Greater => return None,
-            }
-        }
-        None
     }
 }

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 
-use crate::StaticDiscovery;
 use crate::classify::Outcome;
+use crate::{Registry, StaticDiscovery};
 
 /// Endpoint `i` of a pool of 64 addresses, two of them host names.
 fn endpoint(i: u8) -> Endpoint {

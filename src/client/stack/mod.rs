@@ -91,7 +91,7 @@ impl Policies {
         after_rate: bool,
     ) -> Admitted {
         if let Some(rate) = self.rate.as_ref().filter(|_| !after_rate) {
-            match crate::limit::admit(rate) {
+            match rate.admit() {
                 Admission::Now => {}
                 Admission::Wait => {
                     let rate = rate.clone();

@@ -1,19 +1,25 @@
-//! GCRA rate limiting (governor) on tokio's clock.
+//! GCRA rate limiting (governor) on tokio's clock: [`RateLimiterState`], the core that
+//! [`RateLimitLayer`] and a service's fused stack share.
 //!
 //! The generic cell rate algorithm (ATM Forum TM 4.1; governor's implementation) keeps one
 //! timestamp, the "theoretical arrival time", and admits a call if it is not too far ahead of
 //! now: a steady `rate` with bursts of up to `burst` calls, and no background refill task.
 //! Time is tokio's, so a limiter runs on paused time in tests.
 
+use crate::error::{Error, Kind};
 use std::num::NonZeroU32;
 use std::time::Duration;
+
+mod layer;
+mod service;
+
+pub use layer::RateLimitLayer;
+pub use service::RateLimit;
 
 use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-
-use crate::error::{Error, Kind};
 
 /// What a rate limiter does with a call over the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,5 +136,33 @@ impl RateLimiterState {
     /// What happens to a call over the limit.
     pub fn on_exceed(&self) -> OnExceed {
         self.on_exceed
+    }
+}
+
+/// What a rate limiter says of one more call now.
+pub(crate) enum Admission {
+    /// It goes now.
+    Now,
+    /// It may wait its turn ([`RateLimiterState::acquire`]).
+    Wait,
+    /// It is refused.
+    Refused(Error),
+}
+
+impl RateLimiterState {
+    /// Asks for one more call now: the check every call makes, without I/O.
+    pub(crate) fn admit(&self) -> Admission {
+        let state = self;
+        let wait = match state.check() {
+            Ok(()) => return Admission::Now,
+            Err(wait) => wait,
+        };
+        match state.on_exceed() {
+            OnExceed::Wait(max) if wait <= max => Admission::Wait,
+            _ => Admission::Refused(Error::new(Kind::RateLimited).with_message(format!(
+                "over the local rate limit; capacity in {:.3}s",
+                wait.as_secs_f64()
+            ))),
+        }
     }
 }

@@ -1,51 +1,23 @@
+//! [`RateLimit`]: the service a [`RateLimitLayer`](super::RateLimitLayer) makes, and its
+//! future.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
-use super::{OnExceed, Rate, RateLimiterState};
+use super::{Admission, RateLimiterState};
 use crate::boxed::BoxFuture;
-use crate::error::{Error, Kind};
-
-/// Puts a GCRA rate limit in front of a service; clones share the limit.
-#[derive(Clone, Debug)]
-pub struct RateLimitLayer {
-    state: Arc<RateLimiterState>,
-}
-
-impl RateLimitLayer {
-    /// A limit of `rate`, doing `on_exceed` with calls over it.
-    pub fn new(rate: Rate, on_exceed: OnExceed) -> Result<Self, Error> {
-        Ok(RateLimitLayer {
-            state: Arc::new(RateLimiterState::new(rate, on_exceed)?),
-        })
-    }
-
-    /// The shared limiter.
-    pub fn state(&self) -> &Arc<RateLimiterState> {
-        &self.state
-    }
-}
-
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
+use crate::error::Error;
 
 /// The service [`RateLimitLayer`] makes.
 #[derive(Clone, Debug)]
 pub struct RateLimit<S> {
-    inner: S,
-    state: Arc<RateLimiterState>,
+    pub(super) inner: S,
+    pub(super) state: Arc<RateLimiterState>,
 }
 
 impl<S> RateLimit<S> {
@@ -86,7 +58,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match admit(&self.state) {
+        match self.state.admit() {
             Admission::Now => ResponseFuture {
                 state: State::Called {
                     future: self.inner.call(request),
@@ -110,31 +82,6 @@ where
                 state: State::Failed { error: Some(error) },
             },
         }
-    }
-}
-
-/// What a rate limiter says of one more call now.
-pub(crate) enum Admission {
-    /// It goes now.
-    Now,
-    /// It may wait its turn ([`RateLimiterState::acquire`]).
-    Wait,
-    /// It is refused.
-    Refused(Error),
-}
-
-/// Asks `state` for one more call now: the check every call makes, without I/O.
-pub(crate) fn admit(state: &RateLimiterState) -> Admission {
-    let wait = match state.check() {
-        Ok(()) => return Admission::Now,
-        Err(wait) => wait,
-    };
-    match state.on_exceed() {
-        OnExceed::Wait(max) if wait <= max => Admission::Wait,
-        _ => Admission::Refused(Error::new(Kind::RateLimited).with_message(format!(
-            "over the local rate limit; capacity in {:.3}s",
-            wait.as_secs_f64()
-        ))),
     }
 }
 
