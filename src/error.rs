@@ -151,6 +151,14 @@ impl Error {
         err
     }
 
+    /// This error (a builder's, found while a configuration was read) as a configuration
+    /// error of `field`, with the same message and source.
+    pub(crate) fn in_config(mut self, field: impl Into<String>) -> Self {
+        self.inner.kind = Kind::Config;
+        self.inner.field = Some(field.into());
+        self
+    }
+
     /// A builder error that names the offending setting.
     pub(crate) fn builder(field: impl Into<String>, message: impl Into<Cow<'static, str>>) -> Self {
         let mut err = Error::new(Kind::Builder).with_message(message);

@@ -275,7 +275,8 @@ impl TryFrom<Section> for BackendConfig {
                 foreign(&eureka)?;
                 BackendConfig::DnsA(DnsAConfig {
                     port: port.ok_or_else(|| required("port"))?,
-                    domain,
+                    // An empty domain is none, as it always was.
+                    domain: domain.filter(|d| !d.is_empty()),
                     nameservers: nameservers.unwrap_or_default(),
                     min_ttl,
                     max_ttl,
@@ -301,7 +302,7 @@ impl TryFrom<Section> for BackendConfig {
     not(any(feature = "consul", feature = "dns", feature = "eureka")),
     allow(dead_code)
 )]
-fn relabel<'a>(field: &'a str, settings: &'static [&'static str]) -> impl Fn(Error) -> Error + 'a {
+fn relabel<'a>(field: &'a str, settings: &'a [&'a str]) -> impl Fn(Error) -> Error + 'a {
     move |error: Error| {
         let setting = error
             .field()
@@ -312,8 +313,7 @@ fn relabel<'a>(field: &'a str, settings: &'static [&'static str]) -> impl Fn(Err
             Some(setting) => format!("{field}.{setting}"),
             None => field.to_owned(),
         };
-        let message = error.to_string();
-        Error::config(field, message).with_source(error)
+        error.in_config(field)
     }
 }
 
@@ -342,7 +342,17 @@ impl BackendConfig {
         match self {
             #[cfg(feature = "consul")]
             BackendConfig::Consul(c) => {
-                let relabel = relabel(field, &["address", "token", "wait", "query_timeout"]);
+                // An address or token from the environment is no setting of the section.
+                let given: Vec<&str> = [
+                    ("address", c.address.is_some()),
+                    ("token", c.token.is_some()),
+                    ("wait", true),
+                    ("query_timeout", true),
+                ]
+                .into_iter()
+                .filter_map(|(name, given)| given.then_some(name))
+                .collect();
+                let relabel = relabel(field, &given);
                 let mut b =
                     crate::discovery::ConsulDiscovery::builder().include_warning(c.include_warning);
                 if let Some(address) = &c.address {
@@ -431,7 +441,17 @@ fn dns(
     field: &str,
     build: bool,
 ) -> Result<Option<Arc<dyn Discovery>>, Error> {
-    let relabel = relabel(field, &["domain", "port", "min_ttl", "max_ttl"]);
+    // The builder names a TTL range it refuses by `min_ttl`; with no `min_ttl` given, the
+    // `max_ttl` given is what falls below the default minimum.
+    let settings: &[&str] = if min_ttl.is_some() {
+        &["domain", "port", "min_ttl", "max_ttl"]
+    } else {
+        &["domain", "port", "max_ttl"]
+    };
+    let relabel = |error: Error| match error.field() {
+        Some("dns.min_ttl") if min_ttl.is_none() => error.in_config(format!("{field}.max_ttl")),
+        _ => relabel(field, settings)(error),
+    };
     for ns in nameservers {
         b = b.nameserver(*ns);
     }

@@ -232,16 +232,18 @@ impl MeshConfig {
     }
 
     /// Checks what the types alone cannot: service names, addresses, duplicate endpoints,
-    /// services whose every weight is 0, durations of zero.
+    /// services whose every weight is 0; and every value as the builder it goes to checks
+    /// it (the client's, each backend's, each token source's), without building anything.
     pub fn validate(&self) -> Result<(), Error> {
         // The client's settings are checked by the builders they go to, once; their errors
         // name the setting, here under `client.`.
         self.client_settings(MeshClientBuilder::default())?
             .check()
             .map_err(|e| {
-                let field = format!("client.{}", e.field().unwrap_or_default());
-                let message = e.to_string();
-                Error::config(field, message).with_source(e)
+                let field = e
+                    .field()
+                    .map_or("client".to_owned(), |f| format!("client.{f}"));
+                e.in_config(field)
             })?;
         let known_backend = |field: String, name: &str| {
             if self.discovery.contains_key(name) {

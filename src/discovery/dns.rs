@@ -127,10 +127,13 @@ impl DnsBuilder {
 
     /// Checks the settings, with no I/O; [`DnsBuilder::build`] checks them too.
     pub(crate) fn check(&self) -> Result<(), Error> {
-        if self.min_ttl > self.max_ttl || self.max_ttl.is_zero() {
+        if self.max_ttl.is_zero() {
+            return Err(Error::builder("dns.max_ttl", "must be above zero"));
+        }
+        if self.min_ttl > self.max_ttl {
             return Err(Error::builder(
                 "dns.min_ttl",
-                "must be at most max_ttl, and max_ttl above zero",
+                format!("must be at most max_ttl ({:?})", self.max_ttl),
             ));
         }
         if self.timeout.is_zero() {

@@ -154,6 +154,9 @@ fn invalid_configs_name_the_field() {
         ("[discovery.e]\nkind = \"eureka\"\nurl = \"http://e/eureka\"\npoll_interval = \"0s\"".into(), "discovery.e.poll_interval"),
         ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nmin_ttl = \"10m\"\nmax_ttl = \"1m\"".into(), "discovery.d.min_ttl"),
         ("[discovery.d]\nkind = \"dns_a\"\nport = 80\ntags = [\"a\"]".into(), "discovery.d.tags"),
+        ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nmax_ttl = \"0s\"".into(), "discovery.d.max_ttl"),
+        // Below the default minimum of 5 s: the setting written is named.
+        ("[discovery.d]\nkind = \"dns_srv\"\ndomain = \"x\"\nmax_ttl = \"2s\"".into(), "discovery.d.max_ttl"),
         ("[client]\nmass_removal_share = 1.5".into(), "client.mass_removal_share"),
         ("[client]\nmax_staleness = \"0s\"".into(), "client.max_staleness"),
         ("[client]\nendpoint_labels = 0".into(), "client.endpoint_labels"),
