@@ -237,6 +237,22 @@ impl Error {
         self.reqwest().is_some_and(reqwest::Error::is_connect)
     }
 
+    /// The TLS handshake with the endpoint failed: its certificate did not verify against
+    /// the trust roots or did not name the identity expected, or the server refused the
+    /// client's certificate or its absence. Such an error is also
+    /// [`is_transport`](Error::is_transport) and [`is_connect`](Error::is_connect) when it
+    /// happened while connecting; its message names the identity expected, and
+    /// [`Error::endpoint`] the endpoint. A client certificate the server refuses after the
+    /// handshake (TLS 1.3) over HTTP/2 may show only as a closed connection (see
+    /// the `tls` module). Always false without the `rustls` feature.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "rustls")]
+        if let Some(source) = &self.inner.source {
+            return is_tls_failure(&**source);
+        }
+        false
+    }
+
     /// A deadline passed: the request's own timeout, or the call's overall deadline.
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == Kind::Timeout
@@ -381,6 +397,36 @@ impl From<reqwest::Error> for Error {
     fn from(err: reqwest::Error) -> Self {
         Error::from_reqwest(err)
     }
+}
+
+/// Whether a TLS failure is among the causes of `error`.
+#[cfg(feature = "rustls")]
+pub(crate) fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        // An I/O error keeps the error it wraps out of `source`: follow it by hand.
+        let io = error.downcast_ref::<std::io::Error>();
+        // An alert the server sent after the client's side of the handshake was done (in
+        // TLS 1.3, a refused or missing client certificate) comes out of rustls at the
+        // first read, as an I/O error with only a message.
+        if io.is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::InvalidData
+                && io.to_string().starts_with("received fatal alert")
+        }) {
+            return true;
+        }
+        cause = match io {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => std::error::Error::source(io),
+            },
+            None => error.source(),
+        };
+    }
+    false
 }
 
 /// The longest duration any setting takes: a year. Longer ones are mistakes (a unit read

@@ -51,9 +51,9 @@
 //! | `dns` | yes | `discovery::DnsDiscovery` (hickory-resolver) |
 //! | `consul` | yes | `discovery::ConsulDiscovery` |
 //! | `eureka` | yes | `discovery::EurekaDiscovery` |
-//! | `jwt` | no | `auth`: JWT verification, JWKS, signing, OAuth2 client credentials |
+//! | `jwt` | yes | `auth`: JWT verification, JWKS, signing, OAuth2 client credentials |
 //! | `axum` | no | `auth::Claims` as an axum extractor |
-//! | `rustls` | no | TLS for the mesh's own `reqwest::Client` |
+//! | `rustls` | no | [`tls`](crate::tls): mesh TLS, services verified by identity, mutual TLS |
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -91,6 +91,9 @@ mod rng;
 mod secret;
 mod series;
 pub mod timeout;
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub mod tls;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

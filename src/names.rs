@@ -35,3 +35,8 @@ pub const VERIFICATION_FAILURES: &str = "proxyless.auth.verification_failures";
 /// Each attempt's duration by endpoint, when per-endpoint labels are on (histogram, seconds;
 /// `server.address`, `endpoint`, `outcome`).
 pub const ENDPOINT_ATTEMPT_DURATION: &str = "proxyless.endpoint.attempt.duration";
+
+/// Counter: client certificate reloads after their files changed, by `outcome`
+/// (`reloaded`, `failed`).
+#[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+pub const TLS_CERT_RELOADS: &str = "proxyless.tls.cert_reloads";

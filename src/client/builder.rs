@@ -21,6 +21,12 @@ pub struct MeshClientBuilder {
     preserve_host: bool,
     traffic: TrafficPolicy,
     service_traffic: Vec<(String, TrafficPolicy)>,
+    http_version: super::HttpVersion,
+    service_http_versions: Vec<(String, super::HttpVersion)>,
+    #[cfg(feature = "rustls")]
+    tls: Option<crate::tls::TlsSettings>,
+    #[cfg(feature = "rustls")]
+    service_tls: Vec<(String, crate::tls::TlsSettings)>,
 }
 
 impl MeshClientBuilder {
@@ -50,9 +56,32 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Mesh TLS for every service: each is called over TLS, verified by its identity, with
+    /// these roots and client certificate (see [`crate::tls`]). A service's own settings
+    /// ([`ServiceOptions::tls`]) fill in over these.
+    #[cfg(feature = "rustls")]
+    pub fn tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
+    }
+
+    /// The HTTP version of every service's calls that sets none of its own
+    /// ([`HttpVersion::Auto`](super::HttpVersion::Auto) unless set).
+    pub fn http_version(mut self, version: super::HttpVersion) -> Self {
+        self.http_version = version;
+        self
+    }
+
     /// Settings for one service.
     pub fn service(mut self, name: impl Into<String>, options: ServiceOptions) -> Self {
         let name = name.into();
+        if let Some(version) = options.http_version {
+            self.service_http_versions.push((name.clone(), version));
+        }
+        #[cfg(feature = "rustls")]
+        if let Some(tls) = options.tls {
+            self.service_tls.push((name.clone(), tls));
+        }
         self.registry = match options.discovery {
             Some(discovery) => self.registry.service_arc(name.clone(), discovery),
             None => self.registry.configured(name.clone()),
@@ -179,12 +208,35 @@ impl MeshClientBuilder {
     /// until the first request.
     pub fn build(self) -> Result<MeshClient, Error> {
         let registry = self.registry.build()?;
+        let own_client = self.http.is_none();
         let http = match self.http {
             Some(http) => http,
             None => reqwest::Client::builder().build().map_err(|e| {
                 Error::builder("http_client", "reqwest failed to build").with_source(e)
             })?,
         };
+        let mut versions = HashMap::new();
+        for (name, version) in self.service_http_versions {
+            let name = ServiceName::new(&name)?;
+            versions.insert(name, version);
+        }
+        let transports = super::transport::Transports {
+            http: http.clone(),
+            own_client,
+            version: self.http_version,
+            versions,
+            #[cfg(feature = "rustls")]
+            tls: self.tls,
+            #[cfg(feature = "rustls")]
+            service_tls: {
+                let mut all = HashMap::new();
+                for (name, settings) in self.service_tls {
+                    all.insert(ServiceName::new(&name)?, settings);
+                }
+                all
+            },
+        };
+        transports.check()?;
         let mut configured = HashMap::new();
         for (name, policy) in self.service_traffic {
             let name = ServiceName::new(&name)?;
@@ -195,7 +247,7 @@ impl MeshClientBuilder {
                 ));
             }
         }
-        let stacks = Stacks::new(self.traffic, configured)?;
+        let stacks = Stacks::new(self.traffic, configured, transports)?;
         let balance = self
             .balance
             .preserve_host(self.preserve_host)

@@ -25,6 +25,7 @@ mod options;
 mod request;
 mod stack;
 mod traffic;
+mod transport;
 
 use std::fmt;
 use std::future::Future;
@@ -43,6 +44,7 @@ pub use options::ServiceOptions;
 pub use request::RequestBuilder;
 pub use stack::{MeshFuture, MeshService};
 pub use traffic::{DEFAULT_TIMEOUT, MeshLayer, TrafficPolicy};
+pub use transport::HttpVersion;
 
 /// An HTTP client whose URLs name services, not hosts.
 ///
@@ -73,6 +75,8 @@ pub struct MeshClient {
 
 /// What a client's clones share; a clone (one per request) takes one reference count.
 struct ClientInner {
+    /// Builds requests (`reqwest::RequestBuilder` needs a client); the services' transports
+    /// send them.
     http: reqwest::Client,
     balance: BalanceLayer,
     stacks: traffic::Stacks,
@@ -167,9 +171,7 @@ impl MeshClient {
                     self.registry().endpoints(&host).await?;
                 }
                 let host = request.url().host_str().unwrap_or_default();
-                self.inner
-                    .stacks
-                    .get(host, &self.inner.balance, &self.inner.http)?
+                self.inner.stacks.get(host, &self.inner.balance)?
             }
         };
         stack.oneshot(request).await
@@ -226,7 +228,7 @@ enum Pending {
     // The call is in its service's stack. Boxed: the caller moves this future around (into
     // its own state, through `IntoFuture`), and a pointer moves cheaper than the stack's few
     // hundred bytes.
-    Calling(Pin<Box<MeshFuture<reqwest::Client>>>),
+    Calling(Pin<Box<MeshFuture<transport::Transport>>>),
     // A service's first call, or a call with per-call options.
     Boxed(BoxFuture<'static, Result<Response, Error>>),
     // Failed before it started (an invalid request).
@@ -234,7 +236,7 @@ enum Pending {
 }
 
 impl ResponseFuture {
-    fn calling(future: MeshFuture<reqwest::Client>) -> Self {
+    fn calling(future: MeshFuture<transport::Transport>) -> Self {
         ResponseFuture {
             state: Pending::Calling(Box::pin(future)),
         }

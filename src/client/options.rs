@@ -15,6 +15,9 @@ use crate::discovery::Discovery;
 pub struct ServiceOptions {
     pub(super) discovery: Option<Arc<dyn Discovery>>,
     pub(super) balancer: Option<Balancer>,
+    pub(super) http_version: Option<super::HttpVersion>,
+    #[cfg(feature = "rustls")]
+    pub(super) tls: Option<crate::tls::TlsSettings>,
 }
 
 impl ServiceOptions {
@@ -40,6 +43,20 @@ impl ServiceOptions {
         self.balancer = Some(balancer);
         self
     }
+
+    /// Calls the service with this HTTP version.
+    pub fn http_version(mut self, version: super::HttpVersion) -> Self {
+        self.http_version = Some(version);
+        self
+    }
+
+    /// Calls the service over mesh TLS with these settings, filled in from the client's
+    /// (see [`crate::tls`]).
+    #[cfg(feature = "rustls")]
+    pub fn tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
+    }
 }
 
 impl fmt::Debug for ServiceOptions {
@@ -50,6 +67,7 @@ impl fmt::Debug for ServiceOptions {
                 &self.discovery.as_ref().map(|_| "dyn Discovery"),
             )
             .field("balancer", &self.balancer)
-            .finish()
+            .field("http_version", &self.http_version)
+            .finish_non_exhaustive()
     }
 }

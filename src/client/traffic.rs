@@ -269,12 +269,13 @@ impl<S> Layer<S> for MeshLayer {
 }
 
 /// One service's stack in a client.
-pub(crate) type Stack = MeshService<reqwest::Client>;
+pub(crate) type Stack = MeshService<super::transport::Transport>;
 
 /// Every service's stack, built on first use and read without a lock.
 pub(crate) struct Stacks {
     default: TrafficPolicy,
     configured: HashMap<ServiceName, TrafficPolicy>,
+    transports: super::transport::Transports,
     built: ArcSwap<HashMap<ServiceName, Stack, crate::hash::BuildNameHasher>>,
     building: Mutex<()>,
 }
@@ -283,6 +284,7 @@ impl Stacks {
     pub(crate) fn new(
         default: TrafficPolicy,
         configured: HashMap<ServiceName, TrafficPolicy>,
+        transports: super::transport::Transports,
     ) -> Result<Self, Error> {
         default.validate()?;
         for (name, policy) in &configured {
@@ -294,6 +296,7 @@ impl Stacks {
         Ok(Stacks {
             default,
             configured,
+            transports,
             built: ArcSwap::default(),
             building: Mutex::new(()),
         })
@@ -306,12 +309,7 @@ impl Stacks {
 
     /// The stack of `host`, a service the registry knows, built on its first call; its
     /// breaker, limits and budget live in it.
-    pub(crate) fn get(
-        &self,
-        host: &str,
-        balance: &BalanceLayer,
-        http: &reqwest::Client,
-    ) -> Result<Stack, Error> {
+    pub(crate) fn get(&self, host: &str, balance: &BalanceLayer) -> Result<Stack, Error> {
         if let Some(stack) = self.built(host) {
             return Ok(stack);
         }
@@ -323,7 +321,7 @@ impl Stacks {
             return Ok(stack);
         }
         let layer = policy(host).mesh_layer(name.clone(), balance.clone())?;
-        let stack = layer.layer(http.clone());
+        let stack = layer.layer(self.transports.of(&name)?);
         let mut built = HashMap::clone(&*self.built.load());
         // The stacks of services the registry has forgotten (idle) go, so that a client
         // called with ever new host names keeps as many stacks as the registry keeps entries.

@@ -1,7 +1,7 @@
 //! The whole mesh as data: [`MeshConfig`], read from TOML or JSON.
 //!
 //! Each section's type is in a file of its own (`backend.rs`, `auth.rs`, `traffic.rs`,
-//! `verifier.rs`); what a value may be is checked once, by the builder the setting goes to,
+//! `tls.rs`, `verifier.rs`); what a value may be is checked once, by the builder the setting goes to,
 //! and its errors are named as the config's fields.
 //!
 //! ```toml
@@ -15,6 +15,11 @@
 //! mass_removal_share = 0.5          # updates removing more wait for a second fetch
 //! preserve_host = false
 //! endpoint_labels = 16              # opt-in: per-endpoint metric labels, at most 16 a service
+//!
+//! [client.tls]                      # mesh TLS for every service (feature `rustls`)
+//! roots = "/etc/mesh/ca.pem"
+//! cert = "/etc/mesh/tls.crt"        # client certificate, reloaded when the files change
+//! key = "/etc/mesh/tls.key"
 //!
 //! # Backends, by a name of your choice; `kind` is consul, dns_srv, dns_a or eureka.
 //! [discovery.consul]
@@ -39,6 +44,10 @@
 //!
 //! [services.billing]                # endpoints from a backend
 //! discovery = "dns"
+//! http_version = "http2"            # auto, http1, http2 or h2c
+//!
+//! [services.billing.tls]            # over [client.tls], field by field
+//! spiffe_id = "spiffe://example.org/ns/prod/sa/billing"
 //!
 //! [verifier]                        # inbound JWTs, for a server (feature `jwt`)
 //! issuer = "https://idp.example/realms/prod"  # keys found by OIDC discovery
@@ -63,7 +72,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::balance::Balancer;
-use crate::client::ServiceOptions;
+use crate::client::{HttpVersion, ServiceOptions};
 use crate::client::{MeshClient, MeshClientBuilder};
 use crate::discovery::{Discovery, StaticDiscovery};
 use crate::endpoint::{Endpoint, EndpointAddr, Health, Scheme, ServiceName};
@@ -72,11 +81,13 @@ use crate::error::Error;
 mod auth;
 mod backend;
 pub(crate) mod duration;
+mod tls;
 mod traffic;
 mod verifier;
 
 pub use auth::{AuthConfig, JwtAuth, KeyConfig, OAuth2Auth, StaticAuth};
 pub use backend::{BackendConfig, ConsulConfig, DnsAConfig, DnsSrvConfig, EurekaConfig};
+pub use tls::TlsConfig;
 pub use traffic::{
     BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig, RetryConfig, TrafficConfig,
 };
@@ -143,6 +154,12 @@ pub struct ClientConfig {
     /// Health-scored weights.
     #[serde(default)]
     pub health_scoring: Option<HealthConfig>,
+    /// Mesh TLS for every service (feature `rustls`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The HTTP version of services without their own: `auto`, `http1`, `http2`, `h2c`.
+    #[serde(default)]
+    pub http_version: Option<HttpVersion>,
 }
 
 /// One service: its endpoints listed, or the backend that finds them.
@@ -162,6 +179,12 @@ pub struct ServiceConfig {
     /// This service's traffic policies, over the client's.
     #[serde(default)]
     pub traffic: Option<TrafficConfig>,
+    /// This service's mesh TLS, over the client's (feature `rustls`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// This service's HTTP version: `auto`, `http1`, `http2`, `h2c`.
+    #[serde(default)]
+    pub http_version: Option<HttpVersion>,
 }
 
 /// One statically listed endpoint.
@@ -260,6 +283,14 @@ impl MeshConfig {
         }
         if let Some(verifier) = &self.verifier {
             verifier.check()?;
+        }
+        if let Some(tls) = &self.client.tls {
+            tls.check("client.tls")?;
+        }
+        for (name, service) in &self.services {
+            if let Some(tls) = &service.tls {
+                tls.check(&format!("services.{name}.tls"))?;
+            }
         }
         for (name, backend) in &self.discovery {
             backend.check(&format!("discovery.{name}"))?;
@@ -363,6 +394,9 @@ impl MeshConfig {
                 None => builder.disable_health_scoring(),
             };
         }
+        if let Some(version) = client.http_version {
+            builder = builder.http_version(version);
+        }
         Ok(builder)
     }
 
@@ -370,6 +404,17 @@ impl MeshConfig {
     pub(crate) fn apply(&self, builder: MeshClientBuilder) -> Result<MeshClientBuilder, Error> {
         self.validate()?;
         let mut builder = self.client_settings(builder)?;
+        #[cfg(feature = "rustls")]
+        if let Some(tls) = &self.client.tls {
+            let settings = tls.settings();
+            // The files are read here too, so that an error names the section.
+            let service = ServiceName::new("service")?;
+            settings.build(&service, "client.tls").map_err(|e| {
+                let at = e.field().unwrap_or("client.tls").to_owned();
+                e.in_config(at)
+            })?;
+            builder = builder.tls(settings);
+        }
         let default_traffic = self.client.traffic.clone().unwrap_or_default();
         builder =
             builder.traffic(default_traffic.policy(&TrafficConfig::default(), "client.traffic")?);
@@ -408,6 +453,13 @@ impl MeshConfig {
             }
             if let Some(balancer) = service.balancer {
                 options = options.balancer(balancer);
+            }
+            if let Some(version) = service.http_version {
+                options = options.http_version(version);
+            }
+            #[cfg(feature = "rustls")]
+            if let Some(tls) = &service.tls {
+                options = options.tls(tls.settings());
             }
             builder = builder.service(name.clone(), options);
         }

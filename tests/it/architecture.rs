@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["fuzzing"],
     &["config"],
     &["client"],
-    &["auth", "limit", "breaker", "retry", "timeout"],
+    &["auth", "limit", "breaker", "retry", "timeout", "tls"],
     &["observe"],
     &["balance"],
     &["discovery"],

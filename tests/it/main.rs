@@ -25,4 +25,6 @@ mod dns;
 mod eureka;
 mod health;
 mod observe;
+#[cfg(feature = "rustls")]
+mod tls;
 mod traffic;

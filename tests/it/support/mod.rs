@@ -20,6 +20,8 @@ pub mod consul;
 #[cfg(feature = "dns")]
 pub mod dns;
 mod served;
+#[cfg(feature = "rustls")]
+pub mod tls;
 
 pub use served::Served;
 

@@ -1,0 +1,464 @@
+//! What sends a service's rewritten requests: the client's shared `reqwest::Client`, or,
+//! for a service reached over mesh TLS, a connection pool per endpoint opened with the
+//! service's identity (see [`crate::tls`]), or a client that speaks HTTP/2 in cleartext.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::error::Error;
+
+/// The HTTP version of a service's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum HttpVersion {
+    /// Over TLS, HTTP/2 when the server offers it by ALPN, HTTP/1.1 otherwise; HTTP/1.1 in
+    /// cleartext.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: over TLS by ALPN (a server without it fails the handshake); in
+    /// cleartext, as [`HttpVersion::H2c`].
+    Http2,
+    /// HTTP/2 in cleartext, with prior knowledge (RFC 9113 §3.3): one multiplexed connection
+    /// per endpoint.
+    H2c,
+}
+
+/// The bottom of a service's stack.
+#[derive(Clone, Debug)]
+pub(crate) enum Transport {
+    /// The client's shared `reqwest::Client`, or one of the service's own for h2c.
+    Shared(reqwest::Client),
+    /// Mesh TLS: a pool per endpoint, opened with the service's identity; the client
+    /// beside it sends what does not go over mesh TLS.
+    #[cfg(feature = "rustls")]
+    Tls(reqwest::Client, Arc<secure::TlsTransport>),
+}
+
+/// The client of a service's cleartext calls at `version`: `shared` unless the version needs
+/// one of its own.
+fn cleartext(shared: &reqwest::Client, version: HttpVersion) -> Result<reqwest::Client, Error> {
+    match version {
+        HttpVersion::Auto | HttpVersion::Http1 => Ok(shared.clone()),
+        HttpVersion::Http2 | HttpVersion::H2c => reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .map_err(|e| Error::builder("http_version", "reqwest failed to build").with_source(e)),
+    }
+}
+
+type Pending = <reqwest::Client as Service<reqwest::Request>>::Future;
+
+pin_project! {
+    /// A request sent by a [`Transport`].
+    #[project = TransportProj]
+    pub(crate) enum TransportFuture {
+        Sending {
+            #[pin]
+            inner: Pending,
+            // For mesh TLS: the identity expected, named in a TLS failure.
+            expected: Option<Arc<str>>,
+        },
+        Failed {
+            error: Option<Error>,
+        },
+    }
+}
+
+impl TransportFuture {
+    fn sending(inner: Pending, expected: Option<Arc<str>>) -> Self {
+        TransportFuture::Sending { inner, expected }
+    }
+}
+
+impl Future for TransportFuture {
+    type Output = Result<reqwest::Response, Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TransportProj::Sending { inner, expected } => match inner.poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(failed(error, expected.as_deref()))),
+            },
+            TransportProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| Error::internal("a transport future polled after it ended")))),
+        }
+    }
+}
+
+/// The error of a request that failed below the mesh; over mesh TLS, a handshake failure
+/// names the identity expected.
+#[cold]
+fn failed(error: reqwest::Error, expected: Option<&str>) -> Error {
+    #[cfg(feature = "rustls")]
+    if let Some(expected) = expected
+        && crate::error::is_tls_failure(&error)
+    {
+        return Error::from_reqwest(error).with_message(format!("TLS with `{expected}` failed"));
+    }
+    let _ = expected;
+    Error::from_reqwest(error)
+}
+
+impl Service<reqwest::Request> for Transport {
+    type Response = reqwest::Response;
+    type Error = Error;
+    type Future = TransportFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // reqwest's client is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, request: reqwest::Request) -> TransportFuture {
+        match self {
+            Transport::Shared(client) => TransportFuture::sending(client.call(request), None),
+            #[cfg(feature = "rustls")]
+            Transport::Tls(shared, tls) => tls.call(shared, request),
+        }
+    }
+}
+
+#[cfg(feature = "rustls")]
+pub(crate) mod secure {
+    //! Mesh TLS: a `reqwest::Client` per endpoint, each resolving the service's name to that
+    //! endpoint alone.
+    //!
+    //! reqwest opens a TLS connection with the URL's host as SNI and verifies the
+    //! certificate against it, and pools connections by scheme, host and port. So a request
+    //! to endpoint `10.0.0.7:8443` of `orders` is sent as `https://orders:8443/…` by a
+    //! client whose resolver answers every name with `10.0.0.7:8443`: TCP goes to the
+    //! endpoint, the handshake names the service, and the pool holds only connections to
+    //! that endpoint. The alternatives fall short: one client for the service would pool
+    //! connections to every endpoint under one key and send a call the balancer gave to one
+    //! endpoint over a connection to another; a rustls verifier alone, with the address as
+    //! the URL's host, sends no SNI; and reqwest has no way to plug in a connector of our own.
+
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    use std::time::{Duration, Instant};
+
+    use arc_swap::ArcSwap;
+    use url::Position;
+
+    use super::*;
+    use crate::endpoint::ServiceName;
+    use crate::tls::{ServiceTls, TlsSettings};
+
+    /// An endpoint's pool unused this long is dropped (reqwest closes idle connections after
+    /// 90 s, so it holds none by then).
+    const DROP_UNUSED_AFTER: Duration = Duration::from_secs(300);
+
+    struct PerEndpoint {
+        client: reqwest::Client,
+        /// Seconds since the transport was made.
+        used: AtomicU64,
+    }
+
+    /// One service's mesh TLS.
+    pub(crate) struct TlsTransport {
+        service: ServiceName,
+        /// Where errors in the settings point.
+        field: String,
+        settings: TlsSettings,
+        /// Every call goes over TLS, `http` URLs included; otherwise only `https` ones do,
+        /// and the rest go to the client beside it.
+        upgrade: bool,
+        version: HttpVersion,
+        tls: OnceLock<Result<ServiceTls, Error>>,
+        clients: ArcSwap<HashMap<Box<str>, Arc<PerEndpoint>>>,
+        building: Mutex<()>,
+        born: Instant,
+    }
+
+    impl std::fmt::Debug for TlsTransport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TlsTransport")
+                .field("service", &self.service)
+                .field("settings", &self.settings)
+                .field("upgrade", &self.upgrade)
+                .field("version", &self.version)
+                .field("endpoints", &self.clients.load().len())
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl TlsTransport {
+        /// `service`'s transport. With `upgrade`, every call goes over TLS; without, only
+        /// calls to `https` endpoints do and the rest go to the client beside it. The
+        /// settings are read at the first TLS call.
+        pub(crate) fn new(
+            service: ServiceName,
+            field: String,
+            settings: TlsSettings,
+            upgrade: bool,
+            version: HttpVersion,
+        ) -> Self {
+            TlsTransport {
+                service,
+                field,
+                settings,
+                upgrade,
+                version,
+                tls: OnceLock::new(),
+                clients: ArcSwap::default(),
+                building: Mutex::new(()),
+                born: Instant::now(),
+            }
+        }
+
+        fn tls(&self) -> Result<&ServiceTls, Error> {
+            self.tls
+                .get_or_init(|| self.settings.build(&self.service, &self.field))
+                .as_ref()
+                .map_err(|error| {
+                    Error::builder(
+                        error.field().unwrap_or(&self.field).to_owned(),
+                        error.to_string(),
+                    )
+                })
+        }
+
+        pub(super) fn call(
+            &self,
+            shared: &mut reqwest::Client,
+            mut request: reqwest::Request,
+        ) -> TransportFuture {
+            let url = request.url();
+            if !self.upgrade && url.scheme() != "https" {
+                return TransportFuture::sending(shared.call(request), None);
+            }
+            let tls = match self.tls() {
+                Ok(tls) => tls,
+                Err(error) => return TransportFuture::Failed { error: Some(error) },
+            };
+            let authority = &url[Position::BeforeHost..Position::AfterPort];
+            let mut client = self.clients.load().get(authority).map(|entry| {
+                entry.used.store(self.seconds(), Ordering::Relaxed);
+                entry.client.clone()
+            });
+            if client.is_none() {
+                client = match self.add(authority, url, tls) {
+                    Ok(client) => Some(client),
+                    Err(error) => return TransportFuture::Failed { error: Some(error) },
+                };
+            }
+            let url = request.url_mut();
+            if url.scheme() != "https" {
+                let _ = url.set_scheme("https");
+            }
+            // The URL's host, a name, never fails to be set on an `http(s)` URL.
+            let _ = url.set_host(Some(&tls.sni));
+            let Some(mut client) = client else {
+                return TransportFuture::Failed {
+                    error: Some(Error::internal("no client for the endpoint")),
+                };
+            };
+            TransportFuture::sending(client.call(request), Some(tls.expected.clone()))
+        }
+
+        fn seconds(&self) -> u64 {
+            self.born.elapsed().as_secs()
+        }
+
+        /// Makes the pool of the endpoint at `authority`, the URL's host and port.
+        #[cold]
+        fn add(
+            &self,
+            authority: &str,
+            url: &url::Url,
+            tls: &ServiceTls,
+        ) -> Result<reqwest::Client, Error> {
+            let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = self.clients.load().get(authority) {
+                return Ok(entry.client.clone());
+            }
+            let port = url.port_or_known_default().unwrap_or(443);
+            let target = match url.host() {
+                Some(url::Host::Ipv4(ip)) => Target::Addr(SocketAddr::from((ip, port))),
+                Some(url::Host::Ipv6(ip)) => Target::Addr(SocketAddr::from((ip, port))),
+                Some(url::Host::Domain(host)) => Target::Host(host.to_owned(), port),
+                None => return Err(Error::invalid_url("the endpoint's URL has no host")),
+            };
+            let mut config = tls.config.clone();
+            config.alpn_protocols = match self.version {
+                HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+                HttpVersion::Http2 | HttpVersion::H2c => vec![b"h2".to_vec()],
+            };
+            let mut builder = reqwest::Client::builder()
+                .tls_backend_preconfigured(config)
+                .no_proxy()
+                .dns_resolver(Arc::new(target));
+            if self.version == HttpVersion::Http1 {
+                builder = builder.http1_only();
+            }
+            let client = builder.build().map_err(|e| {
+                Error::builder(self.field.clone(), "reqwest failed to build").with_source(e)
+            })?;
+            let now = self.seconds();
+            let mut clients = HashMap::clone(&self.clients.load());
+            clients.retain(|_, entry| {
+                now.saturating_sub(entry.used.load(Ordering::Relaxed)) < DROP_UNUSED_AFTER.as_secs()
+            });
+            clients.insert(
+                authority.into(),
+                Arc::new(PerEndpoint {
+                    client: client.clone(),
+                    used: AtomicU64::new(now),
+                }),
+            );
+            self.clients.store(Arc::new(clients));
+            Ok(client)
+        }
+    }
+
+    /// Where an endpoint's connections go, whatever name they are opened with.
+    #[derive(Debug)]
+    enum Target {
+        Addr(SocketAddr),
+        Host(String, u16),
+    }
+
+    impl reqwest::dns::Resolve for Target {
+        fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            match self {
+                Target::Addr(addr) => {
+                    let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(*addr));
+                    Box::pin(std::future::ready(Ok(addrs)))
+                }
+                Target::Host(host, port) => {
+                    let target = (host.clone(), *port);
+                    Box::pin(async move {
+                        let addrs = tokio::net::lookup_host(target).await?;
+                        let addrs: reqwest::dns::Addrs =
+                            Box::new(addrs.collect::<Vec<_>>().into_iter());
+                        Ok(addrs)
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// How each service's transport is made: the client's settings and each service's.
+#[derive(Debug)]
+pub(crate) struct Transports {
+    pub(crate) http: reqwest::Client,
+    /// The mesh made `http` itself (the user gave no client of their own).
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+    pub(crate) own_client: bool,
+    pub(crate) version: HttpVersion,
+    pub(crate) versions: std::collections::HashMap<crate::endpoint::ServiceName, HttpVersion>,
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<crate::tls::TlsSettings>,
+    #[cfg(feature = "rustls")]
+    pub(crate) service_tls:
+        std::collections::HashMap<crate::endpoint::ServiceName, crate::tls::TlsSettings>,
+}
+
+impl Transports {
+    /// The transport of `service`'s calls.
+    pub(crate) fn of(&self, service: &crate::endpoint::ServiceName) -> Result<Transport, Error> {
+        let version = self.versions.get(service).copied().unwrap_or(self.version);
+        #[cfg(feature = "rustls")]
+        {
+            let (settings, field) = match (self.service_tls.get(service), &self.tls) {
+                (Some(own), Some(client)) => {
+                    (Some(own.over(client)), format!("services.{service}.tls"))
+                }
+                (Some(own), None) => (Some(own.clone()), format!("services.{service}.tls")),
+                (None, Some(client)) => (Some(client.clone()), "tls".to_owned()),
+                (None, None) => (None, "tls".to_owned()),
+            };
+            let cleartext = || cleartext(&self.http, version);
+            match settings {
+                Some(settings) => {
+                    return Ok(Transport::Tls(
+                        cleartext()?,
+                        Arc::new(secure::TlsTransport::new(
+                            service.clone(),
+                            field,
+                            settings,
+                            true,
+                            version,
+                        )),
+                    ));
+                }
+                // The mesh's own client verifies `https` endpoints by the service's name
+                // against the system's roots.
+                None if self.own_client => {
+                    return Ok(Transport::Tls(
+                        cleartext()?,
+                        Arc::new(secure::TlsTransport::new(
+                            service.clone(),
+                            field,
+                            crate::tls::TlsSettings::new(),
+                            false,
+                            version,
+                        )),
+                    ));
+                }
+                None => {}
+            }
+        }
+        cleartext(&self.http, version).map(Transport::Shared)
+    }
+}
+
+impl Transports {
+    /// Refuses settings that cannot work, before the first call: h2c with TLS, and TLS
+    /// settings whose files or names cannot be used (read and built once here).
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        #[cfg(feature = "rustls")]
+        {
+            let name = |text: &str| crate::endpoint::ServiceName::new(text);
+            if let Some(settings) = &self.tls {
+                if self.version == HttpVersion::H2c {
+                    return Err(Error::builder(
+                        "http_version",
+                        "h2c is cleartext, and the client has TLS settings",
+                    ));
+                }
+                settings.build(&name("service")?, "tls")?;
+            }
+            if self.tls.is_some()
+                && let Some((service, _)) =
+                    self.versions.iter().find(|(_, v)| **v == HttpVersion::H2c)
+            {
+                return Err(Error::builder(
+                    format!("services.{service}.http_version"),
+                    "h2c is cleartext, and the client has TLS settings",
+                ));
+            }
+            for (service, settings) in &self.service_tls {
+                let field = format!("services.{service}.tls");
+                if self.versions.get(service).copied().unwrap_or(self.version) == HttpVersion::H2c {
+                    return Err(Error::builder(
+                        format!("services.{service}.http_version"),
+                        "h2c is cleartext, and the service has TLS settings",
+                    ));
+                }
+                match &self.tls {
+                    Some(client) => settings.over(client).build(service, &field)?,
+                    None => settings.build(service, &field)?,
+                };
+            }
+        }
+        Ok(())
+    }
+}
