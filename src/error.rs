@@ -246,8 +246,10 @@ impl Error {
     /// handshake (TLS 1.3) over HTTP/2 may show only as a closed connection (see
     /// the `tls` module). Always false without the `rustls` feature.
     pub fn is_tls(&self) -> bool {
+        // A builder error whose cause is a rustls error (a key that does not match) is not a
+        // failed handshake.
         #[cfg(feature = "rustls")]
-        if let Some(source) = &self.inner.source {
+        if let (Kind::Transport, Some(source)) = (self.inner.kind, &self.inner.source) {
             return is_tls_failure(&**source);
         }
         false

@@ -12,6 +12,12 @@
 //! calls in flight (many short windows per path, with an A/A control), and last the targets
 //! these check, each with whether this run met it.
 //!
+//! `OVERHEAD_TRANSPORT` runs the same comparison over another transport (feature `rustls`
+//! for the TLS ones), raw reqwest and the mesh both set up as a user would, with the same
+//! certificates and the same HTTP version: `https` (HTTP/1.1 over TLS, the certificate
+//! naming the service and verified by that name while TCP goes to 127.0.0.1), `https_h2`
+//! (HTTP/2 by ALPN), `h2c` (HTTP/2 in cleartext). haproxy is left out of these.
+//!
 //! The server runs on a runtime of its own with one worker thread; the clients share a
 //! current-thread runtime on the main thread, so that each side has one of a 2-core
 //! machine's cores. haproxy, when found, runs with one thread. With `OVERHEAD_PIN=1` the
@@ -96,8 +102,75 @@ fn pin_current_thread(cpu: usize) {
     assert!(status.success(), "taskset -p -c {cpu} {tid} failed");
 }
 
-/// The server: a small fixed body, as a health or lookup endpoint would answer.
-fn serve() -> (SocketAddr, tokio::runtime::Runtime) {
+/// How raw reqwest and the mesh reach the server (`OVERHEAD_TRANSPORT`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Transport {
+    /// HTTP/1.1 in cleartext.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS, by ALPN.
+    HttpsH2,
+    /// HTTP/2 in cleartext, with prior knowledge.
+    H2c,
+}
+
+impl Transport {
+    fn from_env() -> Transport {
+        match std::env::var("OVERHEAD_TRANSPORT").as_deref() {
+            Err(_) | Ok("http") => Transport::Http,
+            Ok("https") => Transport::Https,
+            Ok("https_h2") => Transport::HttpsH2,
+            Ok("h2c") => Transport::H2c,
+            Ok(other) => panic!("OVERHEAD_TRANSPORT={other}: http, https, https_h2 or h2c"),
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Transport::Https | Transport::HttpsH2)
+    }
+
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Transport::HttpsH2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// A CA and a certificate for the service `bench` (no IP address among its names): PEM of
+/// the CA, and the leaf's chain and key in DER.
+#[cfg(feature = "rustls")]
+struct BenchCerts {
+    ca_pem: String,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+#[cfg(feature = "rustls")]
+fn bench_certs() -> BenchCerts {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+        .expect("a CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["bench".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("a certificate");
+    BenchCerts {
+        ca_pem: ca.pem(),
+        chain: vec![leaf.der().clone()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+/// The server: a small fixed body, as a health or lookup endpoint would answer; over
+/// `transport`.
+fn serve(
+    transport: Transport,
+    #[cfg(feature = "rustls")] certs: &BenchCerts,
+) -> (SocketAddr, tokio::runtime::Runtime) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("local addr");
@@ -113,9 +186,55 @@ fn serve() -> (SocketAddr, tokio::runtime::Runtime) {
         .build()
         .expect("server runtime");
     let router = Router::new().route("/bench", get(|| async { "ok" }));
+    if transport == Transport::Http {
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, router).await.expect("serve");
+        });
+        return (addr, runtime);
+    }
+    #[cfg(feature = "rustls")]
+    let acceptor = transport.tls().then(|| {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs.chain.clone(), certs.key.clone_key())
+            .expect("a server config");
+        config.alpn_protocols = transport.alpn();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    #[cfg(not(feature = "rustls"))]
+    assert!(
+        !transport.tls(),
+        "OVERHEAD_TRANSPORT={transport:?} needs the rustls feature"
+    );
     runtime.spawn(async move {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-        axum::serve(listener, router).await.expect("serve");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            #[cfg(feature = "rustls")]
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                #[cfg(feature = "rustls")]
+                if let Some(acceptor) = acceptor {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                    }
+                    return;
+                }
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     });
     (addr, runtime)
 }
@@ -729,8 +848,19 @@ fn main() {
     if pinned() {
         pin_current_thread(0);
     }
-    let (server, _server_runtime) = serve();
-    let proxy = haproxy(server);
+    let transport = Transport::from_env();
+    #[cfg(feature = "rustls")]
+    let certs = bench_certs();
+    let (server, _server_runtime) = serve(
+        transport,
+        #[cfg(feature = "rustls")]
+        &certs,
+    );
+    let proxy = if transport == Transport::Http {
+        haproxy(server)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -741,15 +871,58 @@ fn main() {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the first recorder");
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let mut http = reqwest::Client::builder().pool_max_idle_per_host(256);
+    // Raw reqwest over another transport, as a user would set it up: for TLS, the CA as its
+    // only root and the service's name resolved to the server, so that the certificate is
+    // verified by that name, as the mesh does.
+    match transport {
+        Transport::Http => {}
+        Transport::H2c => http = http.http2_prior_knowledge(),
+        Transport::Https | Transport::HttpsH2 => {
+            #[cfg(feature = "rustls")]
+            {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in
+                    rustls::pki_types::pem::PemObject::pem_slice_iter(certs.ca_pem.as_bytes())
+                {
+                    roots.add(cert.expect("a CA")).expect("a root");
+                }
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = transport.alpn();
+                http = http
+                    .tls_backend_preconfigured(config)
+                    .resolve("bench", server)
+                    .no_proxy();
+                if transport == Transport::Https {
+                    http = http.http1_only();
+                }
+            }
+        }
+    }
+    let http = http.build().expect("client");
     let quiet = std::env::var("OVERHEAD_POLICY").as_deref() == Ok("bare_quiet");
     let mut builder = MeshClient::builder();
     if quiet {
         // No health scores or ejection: no maintenance timer either.
         builder = builder.disable_health_scoring().disable_outlier_detection();
+    }
+    let version = match transport {
+        Transport::Http | Transport::Https => proxyless::client::HttpVersion::Http1,
+        Transport::HttpsH2 => proxyless::client::HttpVersion::Auto,
+        Transport::H2c => proxyless::client::HttpVersion::H2c,
+    };
+    builder = builder.service(
+        "bench",
+        proxyless::ServiceOptions::new().http_version(version),
+    );
+    #[cfg(feature = "rustls")]
+    if transport.tls() {
+        builder = builder.tls(proxyless::tls::TlsSettings::new().roots_pem(certs.ca_pem.clone()));
     }
     let mesh = builder
         .http_client(http.clone())
@@ -835,7 +1008,11 @@ fn main() {
         server,
         http,
         mesh,
-        raw_url: format!("http://{server}/bench").into(),
+        raw_url: if transport.tls() {
+            format!("https://bench:{}/bench", server.port()).into()
+        } else {
+            format!("http://{server}/bench").into()
+        },
         proxy_url: proxy
             .as_ref()
             .map(|p| Arc::<str>::from(format!("http://{}/bench", p.addr))),
@@ -847,7 +1024,7 @@ fn main() {
     };
 
     println!(
-        "# proxyless end-to-end overhead ({} samples per path, alternating)",
+        "# proxyless end-to-end overhead ({} samples per path, alternating), over {transport:?}",
         options.samples
     );
     if pinned() {

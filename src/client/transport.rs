@@ -23,11 +23,17 @@ pub enum HttpVersion {
     Auto,
     /// HTTP/1.1 only.
     Http1,
-    /// HTTP/2 only: over TLS by ALPN (a server without it fails the handshake); in
-    /// cleartext, as [`HttpVersion::H2c`].
+    /// HTTP/2 only: over TLS offered alone by ALPN (a server that answers with another
+    /// protocol fails the handshake) and spoken with prior knowledge; in cleartext, as
+    /// [`HttpVersion::H2c`].
     Http2,
     /// HTTP/2 in cleartext, with prior knowledge (RFC 9113 §3.3): one multiplexed connection
     /// per endpoint.
+    ///
+    /// A cleartext `http2` or `h2c` service is served by a `reqwest::Client` of the mesh's
+    /// own made for it, even when the client was given one with
+    /// [`http_client`](crate::MeshClientBuilder::http_client): that client's settings
+    /// (proxy, timeouts, roots) do not apply to it.
     H2c,
 }
 
@@ -179,7 +185,9 @@ pub(crate) mod secure {
         /// and the rest go to the client beside it.
         upgrade: bool,
         version: HttpVersion,
-        tls: OnceLock<Result<ServiceTls, Error>>,
+        /// Built when the transport is made for explicit settings; for the default ones, at
+        /// the first `https` call (a failure is not kept: the next call tries again).
+        tls: OnceLock<ServiceTls>,
         clients: ArcSwap<HashMap<Box<str>, Arc<PerEndpoint>>>,
         building: Mutex<()>,
         born: Instant,
@@ -198,17 +206,18 @@ pub(crate) mod secure {
     }
 
     impl TlsTransport {
-        /// `service`'s transport. With `upgrade`, every call goes over TLS; without, only
-        /// calls to `https` endpoints do and the rest go to the client beside it. The
-        /// settings are read at the first TLS call.
+        /// `service`'s transport. With `upgrade` (explicit settings), every call goes over
+        /// TLS and the settings are read now; without (the defaults), only calls to `https`
+        /// endpoints at IP addresses do, the settings are read at the first one, and the
+        /// rest go to the client beside it.
         pub(crate) fn new(
             service: ServiceName,
             field: String,
             settings: TlsSettings,
             upgrade: bool,
             version: HttpVersion,
-        ) -> Self {
-            TlsTransport {
+        ) -> Result<Self, Error> {
+            let transport = TlsTransport {
                 service,
                 field,
                 settings,
@@ -218,19 +227,19 @@ pub(crate) mod secure {
                 clients: ArcSwap::default(),
                 building: Mutex::new(()),
                 born: Instant::now(),
+            };
+            if upgrade {
+                transport.tls()?;
             }
+            Ok(transport)
         }
 
         fn tls(&self) -> Result<&ServiceTls, Error> {
-            self.tls
-                .get_or_init(|| self.settings.build(&self.service, &self.field))
-                .as_ref()
-                .map_err(|error| {
-                    Error::builder(
-                        error.field().unwrap_or(&self.field).to_owned(),
-                        error.to_string(),
-                    )
-                })
+            if let Some(tls) = self.tls.get() {
+                return Ok(tls);
+            }
+            let built = self.settings.build(&self.service, &self.field)?;
+            Ok(self.tls.get_or_init(|| built))
         }
 
         pub(super) fn call(
@@ -239,14 +248,19 @@ pub(crate) mod secure {
             mut request: reqwest::Request,
         ) -> TransportFuture {
             let url = request.url();
-            if !self.upgrade && url.scheme() != "https" {
+            // Without settings of its own, a service's `https` endpoint named by a host name
+            // (an external API, say) is verified by that name, as reqwest does.
+            if !self.upgrade
+                && (url.scheme() != "https" || matches!(url.host(), Some(url::Host::Domain(_))))
+            {
                 return TransportFuture::sending(shared.call(request), None);
             }
             let tls = match self.tls() {
                 Ok(tls) => tls,
                 Err(error) => return TransportFuture::Failed { error: Some(error) },
             };
-            let authority = &url[Position::BeforeHost..Position::AfterPort];
+            // The scheme too: `http://ip` and `https://ip` are ports 80 and 443.
+            let authority = &url[Position::BeforeScheme..Position::AfterPort];
             let mut client = self.clients.load().get(authority).map(|entry| {
                 entry.used.store(self.seconds(), Ordering::Relaxed);
                 entry.client.clone()
@@ -275,7 +289,7 @@ pub(crate) mod secure {
             self.born.elapsed().as_secs()
         }
 
-        /// Makes the pool of the endpoint at `authority`, the URL's host and port.
+        /// Makes the pool of the endpoint at `authority`, the URL's scheme, host and port.
         #[cold]
         fn add(
             &self,
@@ -300,12 +314,20 @@ pub(crate) mod secure {
                 HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
                 HttpVersion::Http2 | HttpVersion::H2c => vec![b"h2".to_vec()],
             };
+            // No redirects: the resolver sends every name to this endpoint, so a redirect
+            // elsewhere would come back here under another name; and never plaintext. A
+            // 3xx goes back to the caller as it is.
             let mut builder = reqwest::Client::builder()
                 .tls_backend_preconfigured(config)
+                .https_only(true)
+                .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .dns_resolver(Arc::new(target));
-            if self.version == HttpVersion::Http1 {
-                builder = builder.http1_only();
+            match self.version {
+                HttpVersion::Http1 => builder = builder.http1_only(),
+                // HTTP/2 even with a server that sets no ALPN.
+                HttpVersion::Http2 => builder = builder.http2_prior_knowledge(),
+                HttpVersion::Auto | HttpVersion::H2c => {}
             }
             let client = builder.build().map_err(|e| {
                 Error::builder(self.field.clone(), "reqwest failed to build").with_source(e)
@@ -396,7 +418,7 @@ impl Transports {
                             settings,
                             true,
                             version,
-                        )),
+                        )?),
                     ));
                 }
                 // The mesh's own client verifies `https` endpoints by the service's name
@@ -410,7 +432,7 @@ impl Transports {
                             crate::tls::TlsSettings::new(),
                             false,
                             version,
-                        )),
+                        )?),
                     ));
                 }
                 None => {}
@@ -428,6 +450,13 @@ impl Transports {
         {
             let name = |text: &str| crate::endpoint::ServiceName::new(text);
             if let Some(settings) = &self.tls {
+                if settings.names_one_service() {
+                    return Err(Error::builder(
+                        "tls.identity",
+                        "names one service's identity, which every service would then \
+                         accept; set it per service",
+                    ));
+                }
                 if self.version == HttpVersion::H2c {
                     return Err(Error::builder(
                         "http_version",

@@ -70,6 +70,13 @@ impl TlsConfig {
                 "set one of `server_name`, `spiffe_id` and `spiffe_trust_domain`",
             ));
         }
+        if field == "client.tls" && (self.server_name.is_some() || self.spiffe_id.is_some()) {
+            return Err(Error::config(
+                "client.tls.identity",
+                "`server_name` and `spiffe_id` name one service; set them under \
+                 [services.X.tls]",
+            ));
+        }
         #[cfg(feature = "rustls")]
         self.settings().check(field).map_err(|e| {
             let at = e.field().unwrap_or(field).to_owned();

@@ -2,9 +2,10 @@
 //! again when they change, as cert-manager or a SPIFFE agent rotates short-lived ones.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
@@ -53,12 +54,20 @@ pub(crate) fn certified_key(
     Ok(key)
 }
 
-/// What identifies a file's content without reading it: modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies a file's content without reading it: modification time, length and, on
+/// Unix, inode and change time (a Kubernetes secret volume swaps a symlink to new files).
+type Stamp = Option<(SystemTime, u64, u64, i64)>;
 
 fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let (inode, changed) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.ino(), meta.ctime_nsec() ^ (meta.ctime() << 30))
+    };
+    #[cfg(not(unix))]
+    let (inode, changed) = (0, 0);
+    Some((meta.modified().ok()?, meta.len(), inode, changed))
 }
 
 struct Files {
@@ -87,16 +96,17 @@ impl Files {
     }
 }
 
-struct Current {
-    key: Arc<CertifiedKey>,
+/// When the files were last looked at, and what they were.
+struct Checked {
     stamps: [Stamp; 2],
-    checked: Instant,
+    at: Instant,
 }
 
 /// The client certificate of a service's connections.
 pub(crate) struct ClientCert {
     files: Option<Files>,
-    current: Mutex<Current>,
+    key: ArcSwap<CertifiedKey>,
+    checked: Mutex<Checked>,
 }
 
 impl std::fmt::Debug for ClientCert {
@@ -113,10 +123,10 @@ impl ClientCert {
     pub(crate) fn fixed(key: CertifiedKey) -> Self {
         ClientCert {
             files: None,
-            current: Mutex::new(Current {
-                key: Arc::new(key),
+            key: ArcSwap::from_pointee(key),
+            checked: Mutex::new(Checked {
                 stamps: [None, None],
-                checked: Instant::now(),
+                at: Instant::now(),
             }),
         }
     }
@@ -136,37 +146,43 @@ impl ClientCert {
         let (key, stamps) = files.load()?;
         Ok(ClientCert {
             files: Some(files),
-            current: Mutex::new(Current {
-                key: Arc::new(key),
+            key: ArcSwap::from_pointee(key),
+            checked: Mutex::new(Checked {
                 stamps,
-                checked: Instant::now(),
+                at: Instant::now(),
             }),
         })
     }
 
-    /// The certificate to present now. A rotation caught half-way (a new certificate with
-    /// the old key) or files that cannot be read keep the last good certificate: logged,
-    /// counted, and tried again at the next check.
+    /// The certificate to present now. At most once every [`CHECK_EVERY`], one handshake
+    /// looks at the files' stamps and, when they changed, reads them (the others present
+    /// the current certificate meanwhile, never waiting). A rotation caught half-way (a new
+    /// certificate with the old key) or files that cannot be read keep the last good
+    /// certificate: logged, counted, and tried again at the next check.
     pub(crate) fn current(&self) -> Arc<CertifiedKey> {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(files) = &self.files else {
-            return current.key.clone();
-        };
-        if current.checked.elapsed() < CHECK_EVERY {
-            return current.key.clone();
+        if let Some(files) = &self.files
+            && let Ok(mut checked) = self.checked.try_lock()
+            && checked.at.elapsed() >= CHECK_EVERY
+        {
+            checked.at = Instant::now();
+            self.check(files, &mut checked);
         }
-        current.checked = Instant::now();
+        self.key.load_full()
+    }
+
+    #[cold]
+    fn check(&self, files: &Files, checked: &mut Checked) {
         let stamps = [stamp(&files.cert), stamp(&files.key)];
-        if stamps == current.stamps {
-            return current.key.clone();
+        if stamps == checked.stamps {
+            return;
         }
         match files.load() {
             Ok((key, stamps)) => {
                 tracing::info!(cert = %files.cert.display(), "client certificate reloaded");
                 metrics::counter!(crate::names::TLS_CERT_RELOADS, "outcome" => "reloaded")
                     .increment(1);
-                current.key = Arc::new(key);
-                current.stamps = stamps;
+                self.key.store(Arc::new(key));
+                checked.stamps = stamps;
             }
             Err(error) => {
                 tracing::warn!(
@@ -178,7 +194,6 @@ impl ClientCert {
                     .increment(1);
             }
         }
-        current.key.clone()
     }
 }
 

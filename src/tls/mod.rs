@@ -20,7 +20,8 @@
 //!
 //! Each endpoint gets its own connection pool (one `reqwest::Client` whose resolver sends
 //! the service's name to that endpoint only), so connections are reused per endpoint and the
-//! balancer's choice is never undone by a pooled connection to another endpoint.
+//! balancer's choice is never undone by a pooled connection to another endpoint. These
+//! clients follow no redirects (a 3xx is the caller's to act on) and never speak plaintext.
 //!
 //! A failed handshake is an [`Error::is_tls`](crate::Error::is_tls) error naming the
 //! endpoint and the identity expected; it is also a connect error, so retries move to
@@ -35,7 +36,12 @@
 //! serves every service without TLS settings exactly as it is, its roots and all: an `https`
 //! endpoint is then reached by its address and verified against it by that client. A
 //! service with TLS settings is always served by the mesh's own connections, from those
-//! settings.
+//! settings. Without a client of your own, an `https` endpoint of a service without
+//! settings is verified by the service's name against the system's roots when the endpoint
+//! is an IP address, and by its own host name (as reqwest does) when it is one.
+//!
+//! An identity that names one service (a DNS name, a SPIFFE ID) can only be set per
+//! service: on the client's settings it would accept that service's certificate for all.
 //!
 //! [`MeshClientBuilder::http_client`]: crate::MeshClientBuilder::http_client
 
@@ -182,7 +188,9 @@ impl TlsSettings {
         self
     }
 
-    /// What the service's certificate must name.
+    /// What the service's certificate must name. On the client's settings, only
+    /// [`ServerIdentity::ServiceName`] and [`ServerIdentity::SpiffeTrustDomain`] are
+    /// accepted: a name or an ID there would accept one service's certificate for all.
     pub fn identity(mut self, identity: ServerIdentity) -> Self {
         self.identity = Some(identity);
         self
@@ -214,6 +222,15 @@ impl TlsSettings {
                 .clone()
                 .or_else(|| base.name_suffix.clone()),
         }
+    }
+
+    /// Whether these settings name one service's identity (a DNS name or a SPIFFE ID):
+    /// as the client's, they would accept that service's certificate for every service.
+    pub(crate) fn names_one_service(&self) -> bool {
+        matches!(
+            self.identity,
+            Some(ServerIdentity::Dns(_) | ServerIdentity::SpiffeId(_))
+        )
     }
 
     /// Everything but the files: what can be checked before the client is built.

@@ -30,13 +30,20 @@ fn next(input: &[u8]) -> Result<(u8, &[u8], &[u8]), BadEncoding> {
     let len = match first {
         short if short < 0x80 => usize::from(short),
         long => {
+            // Long form: 1 to 4 length octets, the first not 0, the length not one the
+            // short form could say (DER's minimal encoding); 0x80, BER's indefinite
+            // length, is not DER.
             let octets = usize::from(long & 0x7f);
-            if octets == 0 || octets > 4 || rest.len() < octets {
+            if octets == 0 || octets > 4 || rest.len() < octets || rest[0] == 0 {
                 return Err(BadEncoding);
             }
             let (len, tail) = rest.split_at(octets);
             rest = tail;
-            len.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b))
+            let len = len.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+            if len < 0x80 {
+                return Err(BadEncoding);
+            }
+            len
         }
     };
     if rest.len() < len {
@@ -81,8 +88,11 @@ pub(crate) fn uris(der: &[u8]) -> Result<Vec<&str>, BadEncoding> {
         if let Ok((BOOLEAN, _, rest)) = next(fields) {
             fields = rest;
         }
-        let (value, _) = expect(fields, OCTET_STRING)?;
-        let (mut names, _) = expect(value, SEQUENCE)?;
+        let (value, rest) = expect(fields, OCTET_STRING)?;
+        let (mut names, trailing) = expect(value, SEQUENCE)?;
+        if !rest.is_empty() || !trailing.is_empty() {
+            return Err(BadEncoding);
+        }
         let mut found = Vec::new();
         while !names.is_empty() {
             let (tag, content, rest) = next(names)?;
@@ -102,7 +112,18 @@ pub(crate) fn uris(der: &[u8]) -> Result<Vec<&str>, BadEncoding> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_an_answer_or_an_error_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = uris(&bytes);
+        }
+    }
 
     fn certificate(params: rcgen::CertificateParams) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().expect("a key");
@@ -154,6 +175,12 @@ mod tests {
             let _ = uris(&garbled);
         }
         assert_eq!(uris(&[]), Err(BadEncoding));
+        // A length in long form that the short form could say, and BER's indefinite length.
+        assert_eq!(uris(&[0x30, 0x81, 0x02, 0x30, 0x00]), Err(BadEncoding));
+        assert_eq!(
+            uris(&[0x30, 0x80, 0x30, 0x00, 0x00, 0x00]),
+            Err(BadEncoding)
+        );
         assert_eq!(
             uris(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
             Err(BadEncoding)

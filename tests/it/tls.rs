@@ -12,10 +12,20 @@ use crate::support::tls::{Issued, Name, ServerTls, TestCa, TlsServer};
 
 const ORDERS_ID: &str = "spiffe://example.org/ns/prod/sa/orders";
 
+/// A mesh whose service `orders` has `tls` as its own settings.
 fn mesh(servers: &[&TlsServer], tls: TlsSettings) -> MeshClient {
-    mesh_with(servers, tls, ServiceOptions::new())
+    let endpoints: Vec<Endpoint> = servers.iter().map(|s| Endpoint::new(s.addr)).collect();
+    let discovery = StaticDiscovery::new()
+        .with("orders", endpoints)
+        .expect("endpoints");
+    MeshClient::builder()
+        .discovery(discovery)
+        .service("orders", ServiceOptions::new().tls(tls))
+        .build()
+        .expect("a mesh")
 }
 
+/// A mesh with `tls` as the client's settings and `options` for `orders`.
 fn mesh_with(servers: &[&TlsServer], tls: TlsSettings, options: ServiceOptions) -> MeshClient {
     let endpoints: Vec<Endpoint> = servers.iter().map(|s| Endpoint::new(s.addr)).collect();
     let discovery = StaticDiscovery::new()
@@ -38,8 +48,8 @@ fn header(response: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
-/// The error of a call that must be refused at the handshake, with its checks: typed as TLS
-/// and connect, naming the endpoint and the identity expected.
+/// The error of a call that must be refused over TLS, with its checks: typed as TLS, naming
+/// the endpoint and the identity expected.
 async fn refused(mesh: &MeshClient, expected: &str) -> proxyless::Error {
     let error = mesh
         .get("http://orders/")
@@ -49,10 +59,18 @@ async fn refused(mesh: &MeshClient, expected: &str) -> proxyless::Error {
     assert!(error.is_tls(), "not a TLS error: {error:?}");
     assert!(error.is_transport(), "{error:?}");
     assert!(error.endpoint().is_some(), "no endpoint named: {error}");
+    let named = format!("TLS with `{expected}` failed");
     assert!(
-        error.to_string().contains(expected),
-        "`{error}` does not name `{expected}`"
+        error.to_string().contains(&named),
+        "`{error}` does not say `{named}`"
     );
+    error
+}
+
+/// [`refused`], for a server certificate refused while connecting: also a connect error.
+async fn refused_at_connect(mesh: &MeshClient, expected: &str) -> proxyless::Error {
+    let error = refused(mesh, expected).await;
+    assert!(error.is_connect(), "not a connect error: {error:?}");
     error
 }
 
@@ -120,7 +138,7 @@ async fn a_name_suffix_and_a_configured_dns_name_are_the_identity() {
 
     // Without the suffix, the certificate does not name `orders`.
     let plain = mesh(&[&server], TlsSettings::new().roots_pem(ca.pem()));
-    refused(&plain, "orders").await;
+    refused_at_connect(&plain, "orders").await;
 }
 
 #[tokio::test]
@@ -130,7 +148,7 @@ async fn a_certificate_for_another_name_is_refused() {
     let server = TlsServer::start([127, 0, 0, 1], "a", ServerTls::new(&cert)).await;
     let mesh = mesh(&[&server], TlsSettings::new().roots_pem(ca.pem()));
     // The certificate names the endpoint's address, but the identity is the service's.
-    refused(&mesh, "`orders`").await;
+    refused_at_connect(&mesh, "orders").await;
     assert!(server.handshake_failures() >= 1);
 }
 
@@ -141,7 +159,7 @@ async fn an_untrusted_ca_and_an_expired_certificate_are_refused() {
     let foreign = other.issue(&[Name::Dns("orders")]);
     let server = TlsServer::start([127, 0, 0, 1], "a", ServerTls::new(&foreign)).await;
     let mesh_a = mesh(&[&server], TlsSettings::new().roots_pem(ca.pem()));
-    let error = refused(&mesh_a, "orders").await;
+    let error = refused_at_connect(&mesh_a, "orders").await;
     assert!(
         format!("{:?}", error).contains("UnknownIssuer"),
         "{error:?}"
@@ -150,7 +168,7 @@ async fn an_untrusted_ca_and_an_expired_certificate_are_refused() {
     let expired = ca.issue_expired(&[Name::Dns("orders")]);
     let server = TlsServer::start([127, 0, 0, 1], "b", ServerTls::new(&expired)).await;
     let mesh_b = mesh(&[&server], TlsSettings::new().roots_pem(ca.pem()));
-    let error = refused(&mesh_b, "orders").await;
+    let error = refused_at_connect(&mesh_b, "orders").await;
     assert!(format!("{:?}", error).contains("Expired"), "{error:?}");
 }
 
@@ -203,7 +221,30 @@ async fn a_spiffe_id_is_matched_exactly_or_by_trust_domain() {
         ),
     ] {
         let wrong = mesh(&[&server], roots.clone().identity(identity));
-        refused(&wrong, named).await;
+        refused_at_connect(&wrong, named).await;
+    }
+
+    // The chain and validity are checked on the SPIFFE path too, and an SVID has one URI.
+    let foreign = TestCa::new("elsewhere").issue(&[Name::Uri(ORDERS_ID)]);
+    let expired = ca.issue_expired(&[Name::Uri(ORDERS_ID)]);
+    let two = ca.issue(&[
+        Name::Uri(ORDERS_ID),
+        Name::Uri("spiffe://example.org/other"),
+    ]);
+    for (cert, why) in [
+        (&foreign, "UnknownIssuer"),
+        (&expired, "Expired"),
+        (&two, "presented"),
+    ] {
+        let server = TlsServer::start([127, 0, 0, 1], "c", ServerTls::new(cert)).await;
+        let exact = mesh(
+            &[&server],
+            roots
+                .clone()
+                .identity(ServerIdentity::SpiffeId(ORDERS_ID.into())),
+        );
+        let error = refused_at_connect(&exact, ORDERS_ID).await;
+        assert!(format!("{error:?}").contains(why), "{why}: {error:?}");
     }
 
     // A certificate with a DNS name only has no SPIFFE ID to match.
@@ -213,7 +254,7 @@ async fn a_spiffe_id_is_matched_exactly_or_by_trust_domain() {
         &[&server],
         roots.identity(ServerIdentity::SpiffeId(ORDERS_ID.into())),
     );
-    refused(&exact, ORDERS_ID).await;
+    refused_at_connect(&exact, ORDERS_ID).await;
 }
 
 #[tokio::test]
@@ -332,7 +373,7 @@ async fn http2_multiplexes_many_calls_over_one_connection_per_endpoint() {
         TlsSettings::new().roots_pem(ca.pem()),
         ServiceOptions::new().http_version(HttpVersion::Http2),
     );
-    refused(&strict, "orders").await;
+    refused_at_connect(&strict, "orders").await;
     // ...and serves an `auto` one over HTTP/1.1.
     let auto = mesh(&[&old], TlsSettings::new().roots_pem(ca.pem()));
     let response = auto.get("http://orders/").send().await.expect("a call");
@@ -430,7 +471,18 @@ async fn unusable_tls_settings_are_builder_errors_that_name_the_field() {
         assert!(error.is_builder(), "{error}");
         assert_eq!(error.field(), Some(field), "{error}");
     }
-    // A key that does not match the certificate.
+    // A client-wide identity naming one service would accept its certificate for all.
+    for identity in [
+        ServerIdentity::Dns("orders".into()),
+        ServerIdentity::SpiffeId(ORDERS_ID.into()),
+    ] {
+        let error = build(
+            TlsSettings::new().roots_pem(ca.pem()).identity(identity),
+            ServiceOptions::new(),
+        );
+        assert_eq!(error.field(), Some("tls.identity"), "{error}");
+    }
+    // A key that does not match the certificate: a builder error, not a TLS failure.
     let one = ca.issue(&[Name::Dns("a")]);
     let two = ca.issue(&[Name::Dns("b")]);
     let error = build(
@@ -440,6 +492,25 @@ async fn unusable_tls_settings_are_builder_errors_that_name_the_field() {
         ServiceOptions::new(),
     );
     assert_eq!(error.field(), Some("tls.client_cert"), "{error}");
+    assert!(!error.is_tls(), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_redirect_is_returned_never_followed_in_plaintext() {
+    let ca = TestCa::new("mesh CA");
+    let cert = ca.issue(&[Name::Dns("orders")]);
+    let server = TlsServer::start([127, 0, 0, 1], "a", ServerTls::new(&cert)).await;
+    let mesh = mesh(&[&server], TlsSettings::new().roots_pem(ca.pem()));
+    let response = mesh
+        .get("http://orders/redirect")
+        .send()
+        .await
+        .expect("the 3xx itself");
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()["location"],
+        format!("http://orders:{}/elsewhere", server.addr.port())
+    );
 }
 
 /// A fresh directory under the system's temporary one.
@@ -529,6 +600,10 @@ async fn tls_and_http_version_come_from_config() {
         (
             format!("{service}\nhttp_version = \"http3\""),
             "services.orders.http_version",
+        ),
+        (
+            format!("[client.tls]\nspiffe_id = \"{ORDERS_ID}\"\n{service}"),
+            "client.tls.identity",
         ),
     ] {
         let (typed, found, error) = bad(&toml);

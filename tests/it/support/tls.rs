@@ -297,6 +297,14 @@ async fn answer(
         .map(str::to_owned)
         .or_else(|| request.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    if request.uri().path() == "/redirect" {
+        // To the same host and port, in plaintext.
+        return Ok(Response::builder()
+            .status(302)
+            .header("location", format!("http://{host}/elsewhere"))
+            .body(Full::new(Bytes::new()))
+            .expect("a response"));
+    }
     if let Some(ms) = request.uri().path().strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
