@@ -454,6 +454,9 @@ impl Floor {
 #[derive(Clone)]
 struct Clients {
     http: reqwest::Client,
+    /// The A/A control's client: `http` itself, or over another transport, one of the same
+    /// settings with connections of its own.
+    http_again: reqwest::Client,
     mesh: MeshClient,
     mode: Diag,
     server: SocketAddr,
@@ -475,12 +478,17 @@ impl Clients {
 
     async fn call(&self, path: Path) {
         let response = match path {
-            Path::Raw | Path::RawAgain => self
-                .http
-                .get(&*self.url(&self.raw_url))
-                .send()
-                .await
-                .expect("raw call"),
+            Path::Raw | Path::RawAgain => {
+                let http = if path == Path::Raw {
+                    &self.http
+                } else {
+                    &self.http_again
+                };
+                http.get(&*self.url(&self.raw_url))
+                    .send()
+                    .await
+                    .expect("raw call")
+            }
             Path::Mesh => self.mesh_call().await,
             Path::Proxy => self
                 .http
@@ -871,40 +879,51 @@ fn main() {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).expect("the first recorder");
 
-    let mut http = reqwest::Client::builder().pool_max_idle_per_host(256);
-    // Raw reqwest over another transport, as a user would set it up: for TLS, the CA as its
-    // only root and the service's name resolved to the server, so that the certificate is
-    // verified by that name, as the mesh does.
-    match transport {
-        Transport::Http => {}
-        Transport::H2c => http = http.http2_prior_knowledge(),
-        Transport::Https | Transport::HttpsH2 => {
-            #[cfg(feature = "rustls")]
-            {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in
-                    rustls::pki_types::pem::PemObject::pem_slice_iter(certs.ca_pem.as_bytes())
+    let raw_client = || {
+        let mut http = reqwest::Client::builder().pool_max_idle_per_host(256);
+        // Raw reqwest over another transport, as a user would set it up: for TLS, the CA as its
+        // only root and the service's name resolved to the server, so that the certificate is
+        // verified by that name, as the mesh does.
+        match transport {
+            Transport::Http => {}
+            Transport::H2c => http = http.http2_prior_knowledge(),
+            Transport::Https | Transport::HttpsH2 => {
+                #[cfg(feature = "rustls")]
                 {
-                    roots.add(cert.expect("a CA")).expect("a root");
-                }
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                config.alpn_protocols = transport.alpn();
-                http = http
-                    .tls_backend_preconfigured(config)
-                    .resolve("bench", server)
-                    .no_proxy();
-                if transport == Transport::Https {
-                    http = http.http1_only();
+                    let mut roots = rustls::RootCertStore::empty();
+                    for cert in
+                        rustls::pki_types::pem::PemObject::pem_slice_iter(certs.ca_pem.as_bytes())
+                    {
+                        roots.add(cert.expect("a CA")).expect("a root");
+                    }
+                    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()
+                        .expect("versions")
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                    config.alpn_protocols = transport.alpn();
+                    http = http
+                        .tls_backend_preconfigured(config)
+                        .resolve("bench", server)
+                        .no_proxy();
+                    if transport == Transport::Https {
+                        http = http.http1_only();
+                    }
                 }
             }
         }
-    }
-    let http = http.build().expect("client");
+        http.build().expect("client")
+    };
+    let http = raw_client();
+    // Over another transport the mesh's TLS (or h2c) connections are its own, not the raw
+    // path's; the A/A control then gets connections of its own too, so that each of the three
+    // paths uses its connection once per round and none is warmer for being shared.
+    let http_again = if transport == Transport::Http {
+        http.clone()
+    } else {
+        raw_client()
+    };
     let quiet = std::env::var("OVERHEAD_POLICY").as_deref() == Ok("bare_quiet");
     let mut builder = MeshClient::builder();
     if quiet {
@@ -924,8 +943,18 @@ fn main() {
     if transport.tls() {
         builder = builder.tls(proxyless::tls::TlsSettings::new().roots_pem(certs.ca_pem.clone()));
     }
+    // `OVERHEAD_MESH_OWN_CLIENT=1`: the mesh on a client (and so connections) of its own, not
+    // the raw path's: what a TLS service's per-endpoint connections are anyway.
+    let mesh_http = if std::env::var("OVERHEAD_MESH_OWN_CLIENT").is_ok() {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client")
+    } else {
+        http.clone()
+    };
     let mesh = builder
-        .http_client(http.clone())
+        .http_client(mesh_http)
         .discovery(
             StaticDiscovery::new()
                 .with("bench", [Endpoint::new(server)])
@@ -1007,6 +1036,7 @@ fn main() {
         mode,
         server,
         http,
+        http_again,
         mesh,
         raw_url: if transport.tls() {
             format!("https://bench:{}/bench", server.port()).into()

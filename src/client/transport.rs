@@ -155,7 +155,7 @@ pub(crate) mod secure {
     use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Mutex, OnceLock, PoisonError};
+    use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
     use std::time::{Duration, Instant};
 
     use arc_swap::ArcSwap;
@@ -173,6 +173,32 @@ pub(crate) mod secure {
         client: reqwest::Client,
         /// Seconds since the transport was made.
         used: AtomicU64,
+        /// The last URL sent here and what it became: setting a URL's host to a name runs
+        /// the name through IDNA and serializes the URL again (a few microseconds), so a
+        /// URL that repeats is copied instead, as `balance::rewrite` does for addresses.
+        last: RwLock<Option<(url::Url, url::Url)>>,
+    }
+
+    impl PerEndpoint {
+        /// Points `url`, an address's, at `sni` over `https`.
+        fn rename(&self, url: &mut url::Url, sni: &str) {
+            if let Ok(last) = self.last.try_read()
+                && let Some((from, to)) = &*last
+                && from == url
+            {
+                *url = to.clone();
+                return;
+            }
+            let from = url.clone();
+            if url.scheme() != "https" {
+                let _ = url.set_scheme("https");
+            }
+            // A name, which never fails to be set on an `http(s)` URL.
+            let _ = url.set_host(Some(sni));
+            if let Ok(mut last) = self.last.try_write() {
+                *last = Some((from, url.clone()));
+            }
+        }
     }
 
     /// One service's mesh TLS.
@@ -261,27 +287,19 @@ pub(crate) mod secure {
             };
             // The scheme too: `http://ip` and `https://ip` are ports 80 and 443.
             let authority = &url[Position::BeforeScheme..Position::AfterPort];
-            let mut client = self.clients.load().get(authority).map(|entry| {
-                entry.used.store(self.seconds(), Ordering::Relaxed);
-                entry.client.clone()
-            });
-            if client.is_none() {
-                client = match self.add(authority, url, tls) {
-                    Ok(client) => Some(client),
+            let found = self.clients.load().get(authority).cloned();
+            let entry = match found {
+                Some(entry) => {
+                    entry.used.store(self.seconds(), Ordering::Relaxed);
+                    entry
+                }
+                None => match self.add(authority, url, tls) {
+                    Ok(entry) => entry,
                     Err(error) => return TransportFuture::Failed { error: Some(error) },
-                };
-            }
-            let url = request.url_mut();
-            if url.scheme() != "https" {
-                let _ = url.set_scheme("https");
-            }
-            // The URL's host, a name, never fails to be set on an `http(s)` URL.
-            let _ = url.set_host(Some(&tls.sni));
-            let Some(mut client) = client else {
-                return TransportFuture::Failed {
-                    error: Some(Error::internal("no client for the endpoint")),
-                };
+                },
             };
+            entry.rename(request.url_mut(), &tls.sni);
+            let mut client = entry.client.clone();
             TransportFuture::sending(client.call(request), Some(tls.expected.clone()))
         }
 
@@ -296,10 +314,10 @@ pub(crate) mod secure {
             authority: &str,
             url: &url::Url,
             tls: &ServiceTls,
-        ) -> Result<reqwest::Client, Error> {
+        ) -> Result<Arc<PerEndpoint>, Error> {
             let _building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = self.clients.load().get(authority) {
-                return Ok(entry.client.clone());
+                return Ok(entry.clone());
             }
             let port = url.port_or_known_default().unwrap_or(443);
             let target = match url.host() {
@@ -337,15 +355,14 @@ pub(crate) mod secure {
             clients.retain(|_, entry| {
                 now.saturating_sub(entry.used.load(Ordering::Relaxed)) < DROP_UNUSED_AFTER.as_secs()
             });
-            clients.insert(
-                authority.into(),
-                Arc::new(PerEndpoint {
-                    client: client.clone(),
-                    used: AtomicU64::new(now),
-                }),
-            );
+            let entry = Arc::new(PerEndpoint {
+                client,
+                used: AtomicU64::new(now),
+                last: RwLock::new(None),
+            });
+            clients.insert(authority.into(), entry.clone());
             self.clients.store(Arc::new(clients));
-            Ok(client)
+            Ok(entry)
         }
     }
 

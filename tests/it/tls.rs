@@ -91,6 +91,15 @@ async fn a_certificate_for_the_service_name_verifies_at_an_ip_endpoint() {
         // ALPN offered h2 first, and the server took it.
         assert_eq!(header(&response, "x-version"), "HTTP/2.0");
     }
+    // A URL that repeats is copied from the last one sent, never confused with another.
+    for path in ["/a?x=1", "/a?x=1", "/b", "/a?x=1", "/a?x=2", "/b"] {
+        let response = mesh
+            .get(format!("http://orders{path}"))
+            .send()
+            .await
+            .expect("a call");
+        assert_eq!(header(&response, "x-path"), path);
+    }
 }
 
 #[tokio::test]
@@ -610,4 +619,39 @@ async fn tls_and_http_version_come_from_config() {
         assert!(typed, "{error}");
         assert_eq!(found.as_deref(), Some(field), "{error}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_retried_elsewhere_and_counts_against_its_endpoint() {
+    let ca = TestCa::new("mesh CA");
+    let good = ca.issue(&[Name::Dns("orders")]);
+    let wrong = ca.issue(&[Name::Dns("payments")]);
+    let healthy = TlsServer::start([127, 0, 0, 1], "healthy", ServerTls::new(&good)).await;
+    let impostor = TlsServer::start([127, 0, 0, 2], "impostor", ServerTls::new(&wrong)).await;
+    let mesh = mesh(
+        &[&healthy, &impostor],
+        TlsSettings::new().roots_pem(ca.pem()),
+    );
+    for _ in 0..20 {
+        // The default policy retries a failed connect on another endpoint.
+        let response = mesh.get("http://orders/").send().await.expect("retried");
+        assert_eq!(header(&response, "x-server"), "healthy");
+    }
+    assert!(impostor.handshake_failures() >= 1);
+    let status = mesh.endpoint_status("orders").expect("a pool");
+    let of = |addr: std::net::SocketAddr| {
+        status
+            .iter()
+            .find(|s| s.addr == proxyless::EndpointAddr::Ip(addr))
+            .expect("listed")
+    };
+    let (healthy, impostor) = (of(healthy.addr), of(impostor.addr));
+    assert!(
+        impostor.success_rate < healthy.success_rate,
+        "{impostor:?} / {healthy:?}"
+    );
+    assert!(
+        impostor.ejected || impostor.effective_weight < healthy.effective_weight,
+        "{impostor:?}"
+    );
 }

@@ -123,7 +123,8 @@ impl<'a> ServerTls<'a> {
 }
 
 /// An HTTPS (or, without TLS, cleartext HTTP/1.1 and h2c) server on a loopback address. Each
-/// response names the server (`x-server`), the HTTP version (`x-version`), the `host`
+/// response names the server (`x-server`), the HTTP version (`x-version`), the path and
+/// query (`x-path`), the `host`
 /// header (`x-host`) and the SNI the client sent (`x-sni`), and the URI name of the client
 /// certificate (`x-client`).
 pub struct TlsServer {
@@ -312,6 +313,10 @@ async fn answer(
     Ok(Response::builder()
         .header("x-server", &*name)
         .header("x-version", version)
+        .header(
+            "x-path",
+            request.uri().path_and_query().map_or("/", |p| p.as_str()),
+        )
         .header("x-host", host)
         .header("x-sni", seen.sni)
         .header("x-client", seen.client)
