@@ -2,7 +2,8 @@
 //!
 //! An in-process service mesh. Outbound HTTP calls go through a [`MeshClient`], which finds a
 //! logical service's endpoints through a pluggable [`Discovery`] backend, picks one with a
-//! [`Balancer`], and sends the request with one shared `reqwest::Client`. There is no sidecar
+//! [`Balancer`], and sends the request with one shared `reqwest::Client` (or, for a service
+//! reached over mesh TLS, a connection pool per endpoint opened with the service's identity). There is no sidecar
 //! and no proxy hop: the mesh's work happens inside the caller, beside the HTTP call.
 //!
 //! ```no_run
@@ -39,6 +40,9 @@
 //!   [`classify`]: what counts as a failure.
 //! - [`client`]: [`MeshClient`], its builder and its request builder, and the per-service
 //!   [`TrafficPolicy`](client::TrafficPolicy).
+//! - `tls` (feature `rustls`): mesh TLS, services verified by DNS name or SPIFFE ID at
+//!   their endpoints' addresses, mutual TLS with certificates reloaded on rotation;
+//!   [`client::HttpVersion`] for HTTP/2 by ALPN and h2c.
 //! - [`config`]: [`MeshConfig`], the whole mesh from TOML or JSON.
 //! - [`Error`]: one opaque error with `is_*` predicates.
 //!

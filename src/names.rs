@@ -40,3 +40,8 @@ pub const ENDPOINT_ATTEMPT_DURATION: &str = "proxyless.endpoint.attempt.duration
 /// (`reloaded`, `failed`).
 #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
 pub const TLS_CERT_RELOADS: &str = "proxyless.tls.cert_reloads";
+
+/// Counter: trust-root reloads after their files changed, by `outcome` (`reloaded`,
+/// `failed`).
+#[cfg_attr(not(feature = "rustls"), allow(dead_code))]
+pub const TLS_ROOTS_RELOADS: &str = "proxyless.tls.roots_reloads";

@@ -21,6 +21,7 @@
 //! | `proxyless.auth.token_refreshes` | counter | `source` (`jwt`, `oauth2`) |
 //! | `proxyless.auth.verification_failures` | counter | `reason` |
 //! | `proxyless.tls.cert_reloads` | counter (feature `rustls`) | `outcome` (`reloaded`, `failed`) |
+//! | `proxyless.tls.roots_reloads` | counter (feature `rustls`) | `outcome` (`reloaded`, `failed`) |
 //! | `proxyless.endpoint.attempt.duration` | histogram, seconds; opt-in | `server.address`, `endpoint`, `outcome` (`success`, `failure`, `ignored`) |
 //!
 //! following OpenTelemetry's semantic conventions for HTTP clients; `error.type` is the

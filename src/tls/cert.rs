@@ -56,9 +56,9 @@ pub(crate) fn certified_key(
 
 /// What identifies a file's content without reading it: modification time, length and, on
 /// Unix, inode and change time (a Kubernetes secret volume swaps a symlink to new files).
-type Stamp = Option<(SystemTime, u64, u64, i64)>;
+pub(super) type Stamp = Option<(SystemTime, u64, u64, i64)>;
 
-fn stamp(path: &Path) -> Stamp {
+pub(super) fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let (inode, changed) = {

@@ -8,7 +8,8 @@
 //!   [`name_suffix`](TlsSettings::name_suffix) (`orders.prod.svc.cluster.local`), or the
 //!   name set with [`ServerIdentity::Dns`];
 //! - **verification** of the chain up to the [`roots`](TlsSettings::roots_pem_file) (the
-//!   system's when none are given), then of the identity: that DNS name among the
+//!   system's when none are given; root files are read again when they change, as a
+//!   SPIFFE agent rotates its trust bundle), then of the identity: that DNS name among the
 //!   certificate's names (RFC 6125), or, with [`ServerIdentity::SpiffeId`], exactly that
 //!   SPIFFE ID as its one URI name (with [`ServerIdentity::SpiffeTrustDomain`], any ID of the
 //!   trust domain). The endpoint's IP address is never what is checked;
@@ -149,8 +150,9 @@ impl TlsSettings {
         TlsSettings::default()
     }
 
-    /// Trusts the CA certificates in this PEM file (read when the client is built). Can be
-    /// called more than once.
+    /// Trusts the CA certificates in this PEM file: read when the client is built, and again
+    /// when it changes (checked at most once a second, at a new connection; a file that
+    /// cannot be used keeps the last good roots). Can be called more than once.
     pub fn roots_pem_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.roots.push(Pem::File(path.into()));
         self
@@ -271,34 +273,20 @@ impl TlsSettings {
         let provider = provider();
         let invalid =
             |what: &str, message: String| Error::builder(format!("{field}.{what}"), message);
-        let mut roots = RootCertStore::empty();
-        for pem in &self.roots {
-            let bytes = match pem {
-                Pem::File(path) => std::fs::read(path).map_err(|e| {
-                    invalid("roots", format!("cannot read {}", path.display())).with_source(e)
-                })?,
-                Pem::Bytes(bytes) => bytes.clone(),
-            };
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-                .filter_map(Result::ok)
-                .collect();
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(invalid(
-                    "roots",
-                    format!("{pem:?} holds no usable CA certificate"),
-                ));
-            }
-        }
-        if self.system_roots.unwrap_or(self.roots.is_empty()) {
-            roots.roots.extend(system_roots().roots.iter().cloned());
-        }
-        if roots.is_empty() {
-            return Err(invalid(
-                "roots",
-                "no trust roots: none given and none found on the system".to_owned(),
-            ));
-        }
+        let system = self.system_roots.unwrap_or(self.roots.is_empty());
+        let roots = load_roots(&self.roots, system).map_err(|e| invalid("roots", e))?;
+        let files: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .filter_map(|pem| match pem {
+                Pem::File(path) => Some(path.clone()),
+                Pem::Bytes(_) => None,
+            })
+            .collect();
+        let reload = (!files.is_empty()).then(|| {
+            let pems = self.roots.clone();
+            verify::RootsReload::new(files, move || load_roots(&pems, system))
+        });
         let sni = match &self.identity {
             Some(ServerIdentity::Dns(name)) => name.clone(),
             _ => format!(
@@ -320,7 +308,7 @@ impl TlsSettings {
             _ => Expected::Dns(server_name),
         };
         let verifier =
-            verify::IdentityVerifier::new(Arc::new(roots), provider.clone(), expected.clone())
+            verify::IdentityVerifier::new(roots, reload, provider.clone(), expected.clone())
                 .map_err(|e| invalid("roots", "are not usable".to_owned()).with_source(e))?;
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -338,25 +326,51 @@ impl TlsSettings {
                     .map_err(|e| invalid("client_cert", e.to_string()).with_source(e))?,
             )),
         };
-        let config = match client_cert {
+        let mut config = match client_cert {
             Some(cert) => {
-                let mut config =
-                    builder.with_client_cert_resolver(Arc::new(cert::Resolver(Arc::new(cert))));
-                // A resumed session keeps the identity of the handshake it resumes: after a
-                // rotation the server would go on seeing the old (perhaps expired)
-                // certificate. Connections are pooled, so a full handshake per new
-                // connection costs little.
-                config.resumption = rustls::client::Resumption::disabled();
-                config
+                builder.with_client_cert_resolver(Arc::new(cert::Resolver(Arc::new(cert))))
             }
             None => builder.with_no_client_auth(),
         };
+        // A resumed session skips both certificates: after a rotation the server would go on
+        // seeing the client's old (perhaps expired) certificate, and the client would go on
+        // trusting a server its new roots no longer do (both tested). Connections are
+        // pooled, so a full handshake per new connection costs little.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(ServiceTls {
             config,
             sni: sni.into(),
             expected: expected.to_string().into(),
         })
     }
+}
+
+/// The roots in `pems`, with the system's when `system`: an error names the source that
+/// cannot be read or holds no CA certificate, or says that no root is left.
+fn load_roots(pems: &[Pem], system: bool) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for pem in pems {
+        let bytes = match pem {
+            Pem::File(path) => {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            }
+            Pem::Bytes(bytes) => bytes.clone(),
+        };
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+            .filter_map(Result::ok)
+            .collect();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!("{pem:?} holds no usable CA certificate"));
+        }
+    }
+    if system {
+        roots.roots.extend(system_roots().roots.iter().cloned());
+    }
+    if roots.is_empty() {
+        return Err("no trust roots: none given and none found on the system".to_owned());
+    }
+    Ok(roots)
 }
 
 /// One service's TLS, ready for its connections.

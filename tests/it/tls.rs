@@ -655,3 +655,46 @@ async fn a_refused_handshake_is_retried_elsewhere_and_counts_against_its_endpoin
         "{impostor:?}"
     );
 }
+
+#[tokio::test]
+async fn a_rotated_trust_bundle_is_read_again() {
+    let old_ca = TestCa::new("bundle one");
+    let new_ca = TestCa::new("bundle two");
+    let old_cert = old_ca.issue(&[Name::Dns("orders")]);
+    let server = TlsServer::start([127, 0, 0, 1], "a", ServerTls::new(&old_cert)).await;
+    let dir = tempdir();
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, old_ca.pem()).expect("write");
+    let mesh = mesh_with(
+        &[&server],
+        TlsSettings::new().roots_pem_file(&bundle),
+        ServiceOptions::new().http_version(HttpVersion::Http1),
+    );
+    let call = || async {
+        mesh.get("http://orders/")
+            .header("connection", "close")
+            .send()
+            .await
+    };
+    call().await.expect("the first bundle trusts the server");
+
+    // A bundle that cannot be used keeps the last good roots.
+    std::fs::write(&bundle, "not PEM").expect("write");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    call()
+        .await
+        .expect("the last good bundle still trusts the server");
+
+    // The new bundle no longer holds the server's CA: its next connection is refused.
+    std::fs::write(&bundle, new_ca.pem()).expect("write");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let error = call()
+        .await
+        .expect_err("the new bundle does not trust the server");
+    assert!(error.is_tls(), "{error:?}");
+
+    // Both CAs, as a bundle is during a rotation: trusted again.
+    std::fs::write(&bundle, format!("{}{}", old_ca.pem(), new_ca.pem())).expect("write");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    call().await.expect("trusted again");
+}
