@@ -220,23 +220,22 @@ impl MeshClientBuilder {
             let name = ServiceName::new(&name)?;
             versions.insert(name, version);
         }
-        let transports = super::transport::Transports {
-            http: http.clone(),
+        let transports = super::transport::Transports::new(
+            http.clone(),
             own_client,
-            version: self.http_version,
+            self.http_version,
             versions,
             #[cfg(feature = "rustls")]
-            tls: self.tls,
+            self.tls,
             #[cfg(feature = "rustls")]
-            service_tls: {
+            {
                 let mut all = HashMap::new();
                 for (name, settings) in self.service_tls {
                     all.insert(ServiceName::new(&name)?, settings);
                 }
                 all
             },
-        };
-        transports.check()?;
+        )?;
         let mut configured = HashMap::new();
         for (name, policy) in self.service_traffic {
             let name = ServiceName::new(&name)?;

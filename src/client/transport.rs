@@ -2,6 +2,7 @@
 //! for a service reached over mesh TLS, a connection pool per endpoint opened with the
 //! service's identity (see [`crate::tls`]), or a client that speaks HTTP/2 in cleartext.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tower::Service;
 
+use crate::endpoint::ServiceName;
 use crate::error::Error;
 
 /// The HTTP version of a service's calls.
@@ -152,7 +154,6 @@ pub(crate) mod secure {
     //! endpoint over a connection to another; a rustls verifier alone, with the address as
     //! the URL's host, sends no SNI; and reqwest has no way to plug in a connector of our own.
 
-    use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
@@ -162,7 +163,6 @@ pub(crate) mod secure {
     use url::Position;
 
     use super::*;
-    use crate::endpoint::ServiceName;
     use crate::tls::{ServiceTls, TlsSettings};
 
     /// An endpoint's pool unused this long is dropped (reqwest closes idle connections after
@@ -206,17 +206,30 @@ pub(crate) mod secure {
         service: ServiceName,
         /// Where errors in the settings point.
         field: String,
+        /// The settings' identity (name, suffix, SPIFFE ID).
         settings: TlsSettings,
+        /// What the settings read from outside: ready for explicit settings, shared with
+        /// every other service; for the defaults, the system's roots, read at the first
+        /// `https` call of any service.
+        material: Material,
         /// Every call goes over TLS, `http` URLs included; otherwise only `https` ones do,
         /// and the rest go to the client beside it.
         upgrade: bool,
         version: HttpVersion,
-        /// Built when the transport is made for explicit settings; for the default ones, at
-        /// the first `https` call (a failure is not kept: the next call tries again).
+        /// Made when the transport is made for explicit settings; for the defaults, at the
+        /// first `https` call (a failure is not kept: the next call tries again).
         tls: OnceLock<ServiceTls>,
         clients: ArcSwap<HashMap<Box<str>, Arc<PerEndpoint>>>,
         building: Mutex<()>,
         born: Instant,
+    }
+
+    /// Where a transport's roots and client certificate come from.
+    #[derive(Debug, Clone)]
+    pub(crate) enum Material {
+        Ready(crate::tls::Material),
+        /// The defaults' (the system's roots), loaded once for all services at first need.
+        Default(Arc<OnceLock<crate::tls::Material>>),
     }
 
     impl std::fmt::Debug for TlsTransport {
@@ -233,13 +246,13 @@ pub(crate) mod secure {
 
     impl TlsTransport {
         /// `service`'s transport. With `upgrade` (explicit settings), every call goes over
-        /// TLS and the settings are read now; without (the defaults), only calls to `https`
-        /// endpoints at IP addresses do, the settings are read at the first one, and the
-        /// rest go to the client beside it.
+        /// TLS; without (the defaults), only calls to `https` endpoints at IP addresses do,
+        /// and the rest go to the client beside it.
         pub(crate) fn new(
             service: ServiceName,
             field: String,
             settings: TlsSettings,
+            material: Material,
             upgrade: bool,
             version: HttpVersion,
         ) -> Result<Self, Error> {
@@ -247,6 +260,7 @@ pub(crate) mod secure {
                 service,
                 field,
                 settings,
+                material,
                 upgrade,
                 version,
                 tls: OnceLock::new(),
@@ -254,7 +268,7 @@ pub(crate) mod secure {
                 building: Mutex::new(()),
                 born: Instant::now(),
             };
-            if upgrade {
+            if let Material::Ready(_) = transport.material {
                 transport.tls()?;
             }
             Ok(transport)
@@ -264,7 +278,19 @@ pub(crate) mod secure {
             if let Some(tls) = self.tls.get() {
                 return Ok(tls);
             }
-            let built = self.settings.build(&self.service, &self.field)?;
+            let material = match &self.material {
+                Material::Ready(material) => material,
+                Material::Default(shared) => match shared.get() {
+                    Some(material) => material,
+                    None => {
+                        let loaded = self.settings.load(&self.field, None)?;
+                        shared.get_or_init(|| loaded)
+                    }
+                },
+            };
+            let built = self
+                .settings
+                .for_service(material, &self.service, &self.field)?;
             Ok(self.tls.get_or_init(|| built))
         }
 
@@ -394,117 +420,153 @@ pub(crate) mod secure {
     }
 }
 
-/// How each service's transport is made: the client's settings and each service's.
+/// How each service's transport is made: the client's settings and each service's, their
+/// files read once, when the client is built.
 #[derive(Debug)]
 pub(crate) struct Transports {
-    pub(crate) http: reqwest::Client,
+    http: reqwest::Client,
     /// The mesh made `http` itself (the user gave no client of their own).
     #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
-    pub(crate) own_client: bool,
-    pub(crate) version: HttpVersion,
-    pub(crate) versions: std::collections::HashMap<crate::endpoint::ServiceName, HttpVersion>,
+    own_client: bool,
+    version: HttpVersion,
+    versions: HashMap<ServiceName, HttpVersion>,
+    /// The client's settings, and what they read.
     #[cfg(feature = "rustls")]
-    pub(crate) tls: Option<crate::tls::TlsSettings>,
+    tls: Option<(crate::tls::TlsSettings, crate::tls::Material)>,
+    /// Each service's own settings over the client's, and what they read (the client's
+    /// roots and certificate where they set none of their own).
     #[cfg(feature = "rustls")]
-    pub(crate) service_tls:
-        std::collections::HashMap<crate::endpoint::ServiceName, crate::tls::TlsSettings>,
+    service_tls: HashMap<ServiceName, (crate::tls::TlsSettings, crate::tls::Material)>,
+    /// The defaults' material, for `https` endpoints of services without settings.
+    #[cfg(feature = "rustls")]
+    default_tls: Arc<std::sync::OnceLock<crate::tls::Material>>,
 }
 
 impl Transports {
-    /// The transport of `service`'s calls.
-    pub(crate) fn of(&self, service: &crate::endpoint::ServiceName) -> Result<Transport, Error> {
-        let version = self.versions.get(service).copied().unwrap_or(self.version);
+    /// Checks the settings (h2c with TLS is refused; so is a client-wide identity naming one
+    /// service) and reads their files, once.
+    pub(crate) fn new(
+        http: reqwest::Client,
+        own_client: bool,
+        version: HttpVersion,
+        versions: HashMap<ServiceName, HttpVersion>,
+        #[cfg(feature = "rustls")] tls: Option<crate::tls::TlsSettings>,
+        #[cfg(feature = "rustls")] service_tls: HashMap<ServiceName, crate::tls::TlsSettings>,
+    ) -> Result<Self, Error> {
         #[cfg(feature = "rustls")]
-        {
-            let (settings, field) = match (self.service_tls.get(service), &self.tls) {
-                (Some(own), Some(client)) => {
-                    (Some(own.over(client)), format!("services.{service}.tls"))
-                }
-                (Some(own), None) => (Some(own.clone()), format!("services.{service}.tls")),
-                (None, Some(client)) => (Some(client.clone()), "tls".to_owned()),
-                (None, None) => (None, "tls".to_owned()),
-            };
-            let cleartext = || cleartext(&self.http, version);
-            match settings {
+        let (tls, service_tls) = {
+            let version_of =
+                |service: &ServiceName| versions.get(service).copied().unwrap_or(version);
+            let tls = match tls {
                 Some(settings) => {
-                    return Ok(Transport::Tls(
-                        cleartext()?,
-                        Arc::new(secure::TlsTransport::new(
-                            service.clone(),
-                            field,
-                            settings,
-                            true,
-                            version,
-                        )?),
-                    ));
+                    if settings.names_one_service() {
+                        return Err(Error::builder(
+                            "client.tls.identity",
+                            "names one service's identity, which every service would then \
+                             accept; set it per service",
+                        ));
+                    }
+                    if let Some((service, _)) = std::iter::once((None, version))
+                        .chain(versions.iter().map(|(s, v)| (Some(s), *v)))
+                        .find(|(_, v)| *v == HttpVersion::H2c)
+                    {
+                        return Err(Error::builder(
+                            service.map_or("http_version".to_owned(), |s| {
+                                format!("services.{s}.http_version")
+                            }),
+                            "h2c is cleartext, and the client has TLS settings",
+                        ));
+                    }
+                    let material = settings.load("client.tls", None)?;
+                    Some((settings, material))
                 }
-                // The mesh's own client verifies `https` endpoints by the service's name
-                // against the system's roots.
-                None if self.own_client => {
-                    return Ok(Transport::Tls(
-                        cleartext()?,
-                        Arc::new(secure::TlsTransport::new(
-                            service.clone(),
-                            field,
-                            crate::tls::TlsSettings::new(),
-                            false,
-                            version,
-                        )?),
-                    ));
-                }
-                None => {}
-            }
-        }
-        cleartext(&self.http, version).map(Transport::Shared)
-    }
-}
-
-impl Transports {
-    /// Refuses settings that cannot work, before the first call: h2c with TLS, and TLS
-    /// settings whose files or names cannot be used (read and built once here).
-    pub(crate) fn check(&self) -> Result<(), Error> {
-        #[cfg(feature = "rustls")]
-        {
-            let name = |text: &str| crate::endpoint::ServiceName::new(text);
-            if let Some(settings) = &self.tls {
-                if settings.names_one_service() {
-                    return Err(Error::builder(
-                        "tls.identity",
-                        "names one service's identity, which every service would then \
-                         accept; set it per service",
-                    ));
-                }
-                if self.version == HttpVersion::H2c {
-                    return Err(Error::builder(
-                        "http_version",
-                        "h2c is cleartext, and the client has TLS settings",
-                    ));
-                }
-                settings.build(&name("service")?, "tls")?;
-            }
-            if self.tls.is_some()
-                && let Some((service, _)) =
-                    self.versions.iter().find(|(_, v)| **v == HttpVersion::H2c)
-            {
-                return Err(Error::builder(
-                    format!("services.{service}.http_version"),
-                    "h2c is cleartext, and the client has TLS settings",
-                ));
-            }
-            for (service, settings) in &self.service_tls {
-                let field = format!("services.{service}.tls");
-                if self.versions.get(service).copied().unwrap_or(self.version) == HttpVersion::H2c {
+                None => None,
+            };
+            let mut each = HashMap::new();
+            for (service, own) in service_tls {
+                if version_of(&service) == HttpVersion::H2c {
                     return Err(Error::builder(
                         format!("services.{service}.http_version"),
                         "h2c is cleartext, and the service has TLS settings",
                     ));
                 }
-                match &self.tls {
-                    Some(client) => settings.over(client).build(service, &field)?,
-                    None => settings.build(service, &field)?,
+                let field = format!("services.{service}.tls");
+                let base = tls.as_ref().map(|(_, material)| material);
+                let material = own.load(&field, base)?;
+                let merged = match &tls {
+                    Some((client, _)) => own.over(client),
+                    None => own,
                 };
+                merged.for_service(&material, &service, &field)?;
+                each.insert(service, (merged, material));
             }
+            if let Some((client, material)) = &tls {
+                // Every service the client's settings will serve is checked at its first
+                // call; this one checks what does not depend on the name.
+                client.for_service(material, &ServiceName::new("service")?, "client.tls")?;
+            }
+            (tls, each)
+        };
+        Ok(Transports {
+            http,
+            own_client,
+            version,
+            versions,
+            #[cfg(feature = "rustls")]
+            tls,
+            #[cfg(feature = "rustls")]
+            service_tls,
+            #[cfg(feature = "rustls")]
+            default_tls: Arc::default(),
+        })
+    }
+
+    /// The transport of `service`'s calls. Reads no file.
+    pub(crate) fn of(&self, service: &ServiceName) -> Result<Transport, Error> {
+        let version = self.versions.get(service).copied().unwrap_or(self.version);
+        #[cfg(feature = "rustls")]
+        {
+            let explicit = match (self.service_tls.get(service), &self.tls) {
+                (Some((settings, material)), _) => {
+                    Some((settings, material, format!("services.{service}.tls")))
+                }
+                (None, Some((settings, material))) => {
+                    Some((settings, material, "client.tls".to_owned()))
+                }
+                (None, None) => None,
+            };
+            let (settings, material, field, upgrade) = match explicit {
+                Some((settings, material, field)) => (
+                    settings.clone(),
+                    secure::Material::Ready(material.clone()),
+                    field,
+                    true,
+                ),
+                // The mesh's own client verifies `https` endpoints at IP addresses by the
+                // service's name against the system's roots.
+                None if self.own_client => (
+                    crate::tls::TlsSettings::new(),
+                    secure::Material::Default(self.default_tls.clone()),
+                    "tls".to_owned(),
+                    false,
+                ),
+                None => return cleartext(&self.http, version).map(Transport::Shared),
+            };
+            // A `return`: without the feature, the line after this block is the answer.
+            #[allow(clippy::needless_return)]
+            return Ok(Transport::Tls(
+                cleartext(&self.http, version)?,
+                Arc::new(secure::TlsTransport::new(
+                    service.clone(),
+                    field,
+                    settings,
+                    material,
+                    upgrade,
+                    version,
+                )?),
+            ));
         }
-        Ok(())
+        #[cfg(not(feature = "rustls"))]
+        cleartext(&self.http, version).map(Transport::Shared)
     }
 }

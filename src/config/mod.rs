@@ -404,16 +404,10 @@ impl MeshConfig {
     pub(crate) fn apply(&self, builder: MeshClientBuilder) -> Result<MeshClientBuilder, Error> {
         self.validate()?;
         let mut builder = self.client_settings(builder)?;
+        // Its files are read when the client is built; errors name `client.tls.…`.
         #[cfg(feature = "rustls")]
         if let Some(tls) = &self.client.tls {
-            let settings = tls.settings();
-            // The files are read here too, so that an error names the section.
-            let service = ServiceName::new("service")?;
-            settings.build(&service, "client.tls").map_err(|e| {
-                let at = e.field().unwrap_or("client.tls").to_owned();
-                e.in_config(at)
-            })?;
-            builder = builder.tls(settings);
+            builder = builder.tls(tls.settings());
         }
         let default_traffic = self.client.traffic.clone().unwrap_or_default();
         builder =

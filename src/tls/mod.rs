@@ -49,6 +49,7 @@
 mod cert;
 pub(crate) mod san;
 mod verify;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -61,6 +62,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use crate::endpoint::ServiceName;
 use crate::error::Error;
 use crate::secret::Secret;
+use watch::Watched;
 
 pub(crate) use verify::Expected;
 
@@ -267,26 +269,64 @@ impl TlsSettings {
         }
     }
 
-    /// The TLS of `service`'s connections, from these settings.
-    pub(crate) fn build(&self, service: &ServiceName, field: &str) -> Result<ServiceTls, Error> {
+    /// Reads what these settings take from outside, the trust roots and the client
+    /// certificate, watched for changes; what they leave unset comes from `base`, the
+    /// client's, shared rather than read again.
+    pub(crate) fn load(&self, field: &str, base: Option<&Material>) -> Result<Material, Error> {
         self.check(field)?;
         let provider = provider();
         let invalid =
             |what: &str, message: String| Error::builder(format!("{field}.{what}"), message);
-        let system = self.system_roots.unwrap_or(self.roots.is_empty());
-        let roots = load_roots(&self.roots, system).map_err(|e| invalid("roots", e))?;
-        let files: Vec<PathBuf> = self
-            .roots
-            .iter()
-            .filter_map(|pem| match pem {
-                Pem::File(path) => Some(path.clone()),
-                Pem::Bytes(_) => None,
-            })
-            .collect();
-        let reload = (!files.is_empty()).then(|| {
-            let pems = self.roots.clone();
-            verify::RootsReload::new(files, move || load_roots(&pems, system))
-        });
+        let trust = match base {
+            Some(base) if self.roots.is_empty() && self.system_roots.is_none() => {
+                base.trust.clone()
+            }
+            _ => {
+                let system = self.system_roots.unwrap_or(self.roots.is_empty());
+                let files = self
+                    .roots
+                    .iter()
+                    .filter_map(|pem| match pem {
+                        Pem::File(path) => Some(path.clone()),
+                        Pem::Bytes(_) => None,
+                    })
+                    .collect();
+                let (pems, for_trust) = (self.roots.clone(), provider.clone());
+                let load = move || verify::Trust::new(load_roots(&pems, system)?, &for_trust);
+                Arc::new(
+                    Watched::new("trust roots", crate::names::TLS_ROOTS_RELOADS, files, load)
+                        .map_err(|e| invalid("roots", e))?,
+                )
+            }
+        };
+        let cert = match (&self.client_cert, base) {
+            (None, Some(base)) => base.cert.clone(),
+            (None, None) => None,
+            (Some(ClientCertSource::Files { cert, key }), _) => Some(Arc::new(
+                cert::from_files(cert.clone(), key.clone(), provider.clone())
+                    .map_err(|e| invalid("client_cert", e))?,
+            )),
+            (Some(ClientCertSource::Pem { cert, key }), _) => Some(Arc::new(Watched::fixed(
+                "client certificate",
+                cert::certified_key(cert, key.expose().as_bytes(), &provider, "the PEM given")
+                    .map_err(|e| invalid("client_cert", e.to_string()).with_source(e))?,
+            ))),
+        };
+        Ok(Material {
+            trust,
+            cert,
+            provider,
+        })
+    }
+
+    /// The TLS of `service`'s connections: these settings' identity over `material`. No
+    /// I/O.
+    pub(crate) fn for_service(
+        &self,
+        material: &Material,
+        service: &ServiceName,
+        field: &str,
+    ) -> Result<ServiceTls, Error> {
         let sni = match &self.identity {
             Some(ServerIdentity::Dns(name)) => name.clone(),
             _ => format!(
@@ -295,8 +335,8 @@ impl TlsSettings {
             ),
         };
         let server_name = ServerName::try_from(sni.clone()).map_err(|_| {
-            invalid(
-                "name_suffix",
+            Error::builder(
+                format!("{field}.name_suffix"),
                 format!("`{sni}` is not a DNS name to verify `{service}` by"),
             )
         })?;
@@ -307,29 +347,19 @@ impl TlsSettings {
             }
             _ => Expected::Dns(server_name),
         };
-        let verifier =
-            verify::IdentityVerifier::new(roots, reload, provider.clone(), expected.clone())
-                .map_err(|e| invalid("roots", "are not usable".to_owned()).with_source(e))?;
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let provider = material.provider.clone();
+        let verifier = verify::IdentityVerifier::new(
+            material.trust.clone(),
+            provider.clone(),
+            expected.clone(),
+        );
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::builder(field.to_owned(), "no TLS version").with_source(e))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
-        let client_cert = match &self.client_cert {
-            None => None,
-            Some(ClientCertSource::Files { cert, key }) => Some(
-                cert::ClientCert::files(cert.clone(), key.clone(), provider.clone())
-                    .map_err(|e| invalid("client_cert", e.to_string()).with_source(e))?,
-            ),
-            Some(ClientCertSource::Pem { cert, key }) => Some(cert::ClientCert::fixed(
-                cert::certified_key(cert, key.expose().as_bytes(), &provider, "the PEM given")
-                    .map_err(|e| invalid("client_cert", e.to_string()).with_source(e))?,
-            )),
-        };
-        let mut config = match client_cert {
-            Some(cert) => {
-                builder.with_client_cert_resolver(Arc::new(cert::Resolver(Arc::new(cert))))
-            }
+        let mut config = match &material.cert {
+            Some(cert) => builder.with_client_cert_resolver(Arc::new(cert::Resolver(cert.clone()))),
             None => builder.with_no_client_auth(),
         };
         // A resumed session skips both certificates: after a rotation the server would go on
@@ -343,6 +373,15 @@ impl TlsSettings {
             expected: expected.to_string().into(),
         })
     }
+}
+
+/// What a set of settings reads from outside: the trust roots and the client certificate,
+/// each watched for changes. Cheap to clone; shared by every service the settings serve.
+#[derive(Debug, Clone)]
+pub(crate) struct Material {
+    trust: Arc<Watched<verify::Trust>>,
+    cert: Option<Arc<Watched<rustls::sign::CertifiedKey>>>,
+    provider: Arc<CryptoProvider>,
 }
 
 /// The roots in `pems`, with the system's when `system`: an error names the source that
@@ -404,7 +443,7 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-/// The system's trust roots, read once (it can take a few hundred milliseconds); the ones
+/// The system's trust roots, read once (rustls's documentation warns it may take a few hundred milliseconds); the ones
 /// that cannot be parsed are skipped.
 fn system_roots() -> &'static RootCertStore {
     static ROOTS: OnceLock<RootCertStore> = OnceLock::new();

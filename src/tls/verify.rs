@@ -1,11 +1,8 @@
 //! The server certificate check of one service: the chain up to the configured roots, then
 //! the service's identity, whatever name the connection was opened with.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -13,8 +10,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::cert::{CHECK_EVERY, Stamp, stamp};
 use super::san;
+use super::watch::Watched;
 
 /// What a service's certificate must name.
 #[derive(Debug, Clone)]
@@ -56,115 +53,46 @@ impl std::fmt::Display for WrongIdentity {
 
 impl std::error::Error for WrongIdentity {}
 
-/// The roots trusted now, and the webpki verifier made from them.
+/// The roots trusted, and the webpki verifier made from them.
 #[derive(Debug)]
-struct Trust {
+pub(crate) struct Trust {
     webpki: Arc<WebPkiServerVerifier>,
     roots: Arc<RootCertStore>,
 }
 
 impl Trust {
-    fn new(
+    pub(crate) fn new(
         roots: RootCertStore,
         provider: &Arc<CryptoProvider>,
-    ) -> Result<Self, rustls::client::VerifierBuilderError> {
+    ) -> Result<Self, String> {
         let roots = Arc::new(roots);
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("the roots are not usable: {e}"))?;
         Ok(Trust { webpki, roots })
     }
 }
 
-/// Root files read again when they change, as a SPIFFE agent rotates its trust bundle.
-pub(crate) struct RootsReload {
-    files: Vec<PathBuf>,
-    /// Reads every source of the roots again.
-    load: Box<dyn Fn() -> Result<RootCertStore, String> + Send + Sync>,
-    checked: Mutex<(Vec<Stamp>, Instant)>,
-}
-
-impl RootsReload {
-    /// Watches `files`; `load` reads the roots from all their sources.
-    pub(crate) fn new(
-        files: Vec<PathBuf>,
-        load: impl Fn() -> Result<RootCertStore, String> + Send + Sync + 'static,
-    ) -> Self {
-        let stamps = files.iter().map(|f| stamp(f)).collect();
-        RootsReload {
-            files,
-            load: Box::new(load),
-            checked: Mutex::new((stamps, Instant::now())),
-        }
-    }
-}
-
-impl std::fmt::Debug for RootsReload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RootsReload")
-            .field("files", &self.files)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Checks a server certificate against one service's roots and identity.
+/// Checks a server certificate against one service's roots (read again when their files
+/// change) and identity.
 #[derive(Debug)]
 pub(crate) struct IdentityVerifier {
-    trust: ArcSwap<Trust>,
-    reload: Option<RootsReload>,
+    trust: Arc<Watched<Trust>>,
     provider: Arc<CryptoProvider>,
     expected: Expected,
 }
 
 impl IdentityVerifier {
     pub(crate) fn new(
-        roots: RootCertStore,
-        reload: Option<RootsReload>,
+        trust: Arc<Watched<Trust>>,
         provider: Arc<CryptoProvider>,
         expected: Expected,
-    ) -> Result<Self, rustls::client::VerifierBuilderError> {
-        Ok(IdentityVerifier {
-            trust: ArcSwap::from_pointee(Trust::new(roots, &provider)?),
-            reload,
+    ) -> Self {
+        IdentityVerifier {
+            trust,
             provider,
             expected,
-        })
-    }
-
-    /// The roots to check against now: at most once every [`CHECK_EVERY`], one handshake
-    /// looks at the root files and reads them again if they changed (the others never
-    /// wait). Files that cannot be read or hold no CA keep the last good roots: logged,
-    /// counted, tried again at the next check.
-    fn trust(&self) -> Arc<Trust> {
-        if let Some(reload) = &self.reload
-            && let Ok(mut checked) = reload.checked.try_lock()
-            && checked.1.elapsed() >= CHECK_EVERY
-        {
-            checked.1 = Instant::now();
-            let stamps: Vec<Stamp> = reload.files.iter().map(|f| stamp(f)).collect();
-            if stamps != checked.0 {
-                match (reload.load)()
-                    .and_then(|roots| Trust::new(roots, &self.provider).map_err(|e| e.to_string()))
-                {
-                    Ok(trust) => {
-                        tracing::info!(files = ?reload.files, "trust roots reloaded");
-                        metrics::counter!(crate::names::TLS_ROOTS_RELOADS, "outcome" => "reloaded")
-                            .increment(1);
-                        self.trust.store(Arc::new(trust));
-                        checked.0 = stamps;
-                    }
-                    Err(error) => {
-                        tracing::warn!(
-                            files = ?reload.files,
-                            %error,
-                            "trust roots changed but cannot be used; keeping the last good ones"
-                        );
-                        metrics::counter!(crate::names::TLS_ROOTS_RELOADS, "outcome" => "failed")
-                            .increment(1);
-                    }
-                }
-            }
         }
-        self.trust.load_full()
     }
 }
 
@@ -177,7 +105,7 @@ impl ServerCertVerifier for IdentityVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let trust = self.trust();
+        let trust = self.trust.current();
         let spiffe = match &self.expected {
             // The name the service was configured with, not the one the connection was
             // opened with (the same unless the transport is misused).
@@ -229,7 +157,7 @@ impl ServerCertVerifier for IdentityVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.trust
-            .load()
+            .current()
             .webpki
             .verify_tls12_signature(message, cert, dss)
     }
@@ -241,12 +169,12 @@ impl ServerCertVerifier for IdentityVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.trust
-            .load()
+            .current()
             .webpki
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust.load().webpki.supported_verify_schemes()
+        self.trust.current().webpki.supported_verify_schemes()
     }
 }

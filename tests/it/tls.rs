@@ -442,14 +442,14 @@ async fn unusable_tls_settings_are_builder_errors_that_name_the_field() {
                 TlsSettings::new().roots_pem_file("/nonexistent/ca.pem"),
                 ServiceOptions::new(),
             ),
-            "tls.roots",
+            "client.tls.roots",
         ),
         (
             build(
                 TlsSettings::new().roots_pem(b"not PEM".to_vec()),
                 ServiceOptions::new(),
             ),
-            "tls.roots",
+            "client.tls.roots",
         ),
         (
             build(
@@ -458,7 +458,7 @@ async fn unusable_tls_settings_are_builder_errors_that_name_the_field() {
                     .client_cert_files("/nonexistent/tls.crt", "/nonexistent/tls.key"),
                 ServiceOptions::new(),
             ),
-            "tls.client_cert",
+            "client.tls.client_cert",
         ),
         (
             build(
@@ -489,7 +489,7 @@ async fn unusable_tls_settings_are_builder_errors_that_name_the_field() {
             TlsSettings::new().roots_pem(ca.pem()).identity(identity),
             ServiceOptions::new(),
         );
-        assert_eq!(error.field(), Some("tls.identity"), "{error}");
+        assert_eq!(error.field(), Some("client.tls.identity"), "{error}");
     }
     // A key that does not match the certificate: a builder error, not a TLS failure.
     let one = ca.issue(&[Name::Dns("a")]);
@@ -500,7 +500,7 @@ async fn unusable_tls_settings_are_builder_errors_that_name_the_field() {
             .client_cert_pem(one.cert_pem, Secret::new(two.key_pem)),
         ServiceOptions::new(),
     );
-    assert_eq!(error.field(), Some("tls.client_cert"), "{error}");
+    assert_eq!(error.field(), Some("client.tls.client_cert"), "{error}");
     assert!(!error.is_tls(), "{error:?}");
 }
 
@@ -697,4 +697,90 @@ async fn a_rotated_trust_bundle_is_read_again() {
     std::fs::write(&bundle, format!("{}{}", old_ca.pem(), new_ca.pem())).expect("write");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     call().await.expect("trusted again");
+}
+
+#[tokio::test]
+async fn chains_through_an_intermediate_verify_on_both_sides() {
+    // As a real mesh CA issues: a root kept offline, an intermediate signing workloads, and
+    // every presented chain leaf first, then the intermediate.
+    let root = TestCa::new("root");
+    let issuing = root.intermediate("issuing");
+    let cert = issuing.issue(&[Name::Uri(ORDERS_ID)]);
+    let client = issuing.issue(&[Name::Uri("spiffe://example.org/ns/prod/sa/checkout")]);
+    let server = TlsServer::start(
+        [127, 0, 0, 1],
+        "a",
+        ServerTls::new(&cert).requiring_client_cert(&root),
+    )
+    .await;
+    let mesh = mesh(
+        &[&server],
+        TlsSettings::new()
+            .roots_pem(root.pem())
+            .client_cert_pem(client.cert_pem.clone(), Secret::new(client.key_pem.clone()))
+            .identity(ServerIdentity::SpiffeId(ORDERS_ID.into())),
+    );
+    let response = mesh.get("http://orders/").send().await.expect("verified");
+    assert_eq!(
+        header(&response, "x-client"),
+        "spiffe://example.org/ns/prod/sa/checkout"
+    );
+}
+
+#[tokio::test]
+async fn one_bad_certificate_in_a_bundle_leaves_the_others_trusted() {
+    let ca = TestCa::new("mesh CA");
+    let cert = ca.issue(&[Name::Dns("orders")]);
+    let server = TlsServer::start([127, 0, 0, 1], "a", ServerTls::new(&cert)).await;
+    // Valid base64 that is no certificate, then the real CA.
+    let bundle = format!(
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n{}",
+        ca.pem()
+    );
+    let mesh = mesh(&[&server], TlsSettings::new().roots_pem(bundle));
+    mesh.get("http://orders/")
+        .send()
+        .await
+        .expect("the good root is used");
+}
+
+#[tokio::test]
+async fn a_server_that_never_finishes_the_handshake_is_a_timeout_not_a_hang() {
+    // Accepts connections and never writes: the handshake waits for its ServerHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let ca = TestCa::new("mesh CA");
+    let discovery = StaticDiscovery::new()
+        .with("orders", [Endpoint::new(addr)])
+        .expect("endpoints");
+    let mesh = MeshClient::builder()
+        .discovery(discovery)
+        .traffic(proxyless::client::TrafficPolicy::default().timeout(Duration::from_millis(300)))
+        .service(
+            "orders",
+            ServiceOptions::new().tls(TlsSettings::new().roots_pem(ca.pem())),
+        )
+        .build()
+        .expect("a mesh");
+    let started = std::time::Instant::now();
+    let error = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("never answered");
+    assert!(error.is_timeout(), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
 }

@@ -20,6 +20,19 @@ use tokio::task::JoinHandle;
 /// A certificate authority made for one test.
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// For an intermediate CA: its own certificate and those above it but the root, PEM,
+    /// appended to what it issues, as a server presents its chain.
+    chain_pem: String,
+}
+
+/// A CA certificate's parameters, named `common_name`.
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
 }
 
 /// A certificate and its key, as PEM.
@@ -46,15 +59,21 @@ pub enum Name<'a> {
 
 impl TestCa {
     pub fn new(common_name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
         let key = KeyPair::generate().expect("a key");
         TestCa {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("a CA"),
+            issuer: CertifiedIssuer::self_signed(ca_params(common_name), key).expect("a CA"),
+            chain_pem: String::new(),
         }
+    }
+
+    /// An intermediate CA under this one: what it issues carries the chain up to, not
+    /// including, the root.
+    pub fn intermediate(&self, common_name: &str) -> TestCa {
+        let key = KeyPair::generate().expect("a key");
+        let issuer =
+            CertifiedIssuer::signed_by(ca_params(common_name), key, &self.issuer).expect("a CA");
+        let chain_pem = format!("{}{}", issuer.pem(), self.chain_pem);
+        TestCa { issuer, chain_pem }
     }
 
     pub fn pem(&self) -> String {
@@ -87,7 +106,7 @@ impl TestCa {
         let key = KeyPair::generate().expect("a key");
         let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
         Issued {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
             key_pem: key.serialize_pem(),
         }
     }
