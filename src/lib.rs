@@ -90,6 +90,7 @@ pub mod limit;
 mod names;
 pub mod observe;
 mod per_second;
+mod policy;
 pub mod retry;
 mod rng;
 mod secret;

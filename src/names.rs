@@ -45,3 +45,11 @@ pub const TLS_CERT_RELOADS: &str = "proxyless.tls.cert_reloads";
 /// `failed`).
 #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
 pub const TLS_ROOTS_RELOADS: &str = "proxyless.tls.roots_reloads";
+
+/// Gauge: 1 while the xDS stream to the control plane is open, 0 while it reconnects.
+#[cfg_attr(not(feature = "xds"), allow(dead_code))]
+pub const XDS_CONNECTED: &str = "proxyless.xds.connected";
+/// Counter: xDS responses answered, by `type` (`listener`, `route`, `cluster`,
+/// `endpoints`) and `outcome` (`ack`, `nack`).
+#[cfg_attr(not(feature = "xds"), allow(dead_code))]
+pub const XDS_UPDATES: &str = "proxyless.xds.updates";

@@ -41,11 +41,10 @@ mod weighted_round_robin;
 #[cfg(test)]
 mod tests;
 
-use serde::Deserialize;
-
 use crate::endpoint::Endpoint;
 use crate::rng::PickRng;
 
+pub use crate::policy::Balancer;
 pub use layer::{BalanceLayer, BalanceLayerBuilder};
 pub use least_request::LeastRequest;
 pub use pool::EndpointStatus;
@@ -56,27 +55,6 @@ pub(crate) use service::Router;
 pub use service::{Balance, ResponseFuture};
 pub use weighted_random::WeightedRandom;
 pub use weighted_round_robin::{MAX_BUILD_STEPS, MAX_TABLE_LEN, WeightedRoundRobin};
-
-/// The strategy a service's requests are balanced with.
-///
-/// In configuration it is written in snake case: `"weighted_random"`, `"random"`,
-/// `"round_robin"`, `"weighted_round_robin"`, `"least_request"`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Balancer {
-    /// [`WeightedRandom`]: probability proportional to weight. The default.
-    #[default]
-    WeightedRandom,
-    /// [`Random`]: uniform, ignoring weights.
-    Random,
-    /// [`RoundRobin`]: each endpoint in turn, ignoring weights.
-    RoundRobin,
-    /// [`WeightedRoundRobin`]: nginx's smooth weighted round robin.
-    WeightedRoundRobin,
-    /// [`LeastRequest`]: the less loaded of two weighted random choices.
-    LeastRequest,
-}
 
 /// There is nothing to pick: no weight is above 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,7 @@ use crate::discovery::{Consistency, Discovery};
 use crate::error::Error;
 use crate::secret::Secret;
 
-/// A discovery backend: `kind = "consul"`, `"dns_srv"`, `"dns_a"` or `"eureka"`, and the
+/// A discovery backend: `kind = "consul"`, `"dns_srv"`, `"dns_a"`, `"eureka"` or `"xds"`, and the
 /// settings of that kind. See each backend's builder for what a setting does.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "Section")]
@@ -31,6 +31,28 @@ pub enum BackendConfig {
     DnsA(DnsAConfig),
     /// Eureka's REST API (feature `eureka`).
     Eureka(EurekaConfig),
+    /// An xDS control plane (feature `xds`).
+    Xds(XdsConfig),
+}
+
+/// `kind = "xds"`: the control plane from `bootstrap` (a gRPC bootstrap file), else from
+/// `server`, else from `GRPC_XDS_BOOTSTRAP`; the other settings take the place of the
+/// bootstrap's.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct XdsConfig {
+    /// A gRPC xDS bootstrap file.
+    pub bootstrap: Option<std::path::PathBuf>,
+    /// The control plane, `host:port`.
+    pub server: Option<String>,
+    /// The node's ID.
+    pub node_id: Option<String>,
+    /// The listener asked for a service, with `{service}` in it.
+    pub listener_name: Option<String>,
+    /// Keep listeners and clusters the control plane leaves out.
+    pub ignore_resource_deletion: Option<bool>,
+    /// The does-not-exist timeout (15 s unless set).
+    pub resource_timeout: Option<Duration>,
 }
 
 /// `kind = "consul"`. Its `Debug` shows `address` without credentials and never the token.
@@ -136,6 +158,7 @@ enum Kind {
     DnsSrv,
     DnsA,
     Eureka,
+    Xds,
 }
 
 /// A section as written: every setting of every kind.
@@ -177,6 +200,18 @@ struct Section {
     url: Option<String>,
     #[serde(default, deserialize_with = "duration::optional")]
     poll_interval: Option<Duration>,
+    #[serde(default)]
+    bootstrap: Option<std::path::PathBuf>,
+    #[serde(default)]
+    server: Option<String>,
+    #[serde(default)]
+    node_id: Option<String>,
+    #[serde(default)]
+    listener_name: Option<String>,
+    #[serde(default)]
+    ignore_resource_deletion: Option<bool>,
+    #[serde(default, deserialize_with = "duration::optional")]
+    resource_timeout: Option<Duration>,
 }
 
 impl TryFrom<Section> for BackendConfig {
@@ -202,12 +237,19 @@ impl TryFrom<Section> for BackendConfig {
             max_ttl,
             url,
             poll_interval,
+            bootstrap,
+            server,
+            node_id,
+            listener_name,
+            ignore_resource_deletion,
+            resource_timeout,
         } = section;
         let name = match kind {
             Kind::Consul => "consul",
             Kind::DnsSrv => "dns_srv",
             Kind::DnsA => "dns_a",
             Kind::Eureka => "eureka",
+            Kind::Xds => "xds",
         };
         // The settings of the other kinds, which this section must not give.
         let foreign = |settings: &[(&'static str, bool)]| match settings.iter().find(|s| s.1) {
@@ -241,10 +283,22 @@ impl TryFrom<Section> for BackendConfig {
             ("url", url.is_some()),
             ("poll_interval", poll_interval.is_some()),
         ];
+        let xds = [
+            ("bootstrap", bootstrap.is_some()),
+            ("server", server.is_some()),
+            ("node_id", node_id.is_some()),
+            ("listener_name", listener_name.is_some()),
+            (
+                "ignore_resource_deletion",
+                ignore_resource_deletion.is_some(),
+            ),
+            ("resource_timeout", resource_timeout.is_some()),
+        ];
         Ok(match kind {
             Kind::Consul => {
                 foreign(&dns)?;
                 foreign(&eureka)?;
+                foreign(&xds)?;
                 foreign(&[("domain", domain.is_some()), ("port", port.is_some())])?;
                 BackendConfig::Consul(ConsulConfig {
                     address,
@@ -262,6 +316,7 @@ impl TryFrom<Section> for BackendConfig {
             Kind::DnsSrv => {
                 foreign(&consul)?;
                 foreign(&eureka)?;
+                foreign(&xds)?;
                 foreign(&[("port", port.is_some())])?;
                 BackendConfig::DnsSrv(DnsSrvConfig {
                     domain: domain.ok_or_else(|| required("domain"))?,
@@ -273,6 +328,7 @@ impl TryFrom<Section> for BackendConfig {
             Kind::DnsA => {
                 foreign(&consul)?;
                 foreign(&eureka)?;
+                foreign(&xds)?;
                 BackendConfig::DnsA(DnsAConfig {
                     port: port.ok_or_else(|| required("port"))?,
                     // An empty domain is none, as it always was.
@@ -285,10 +341,25 @@ impl TryFrom<Section> for BackendConfig {
             Kind::Eureka => {
                 foreign(&consul)?;
                 foreign(&dns)?;
+                foreign(&xds)?;
                 foreign(&[("domain", domain.is_some()), ("port", port.is_some())])?;
                 BackendConfig::Eureka(EurekaConfig {
                     url: url.ok_or_else(|| required("url"))?,
                     poll_interval,
+                })
+            }
+            Kind::Xds => {
+                foreign(&consul)?;
+                foreign(&dns)?;
+                foreign(&eureka)?;
+                foreign(&[("domain", domain.is_some()), ("port", port.is_some())])?;
+                BackendConfig::Xds(XdsConfig {
+                    bootstrap,
+                    server,
+                    node_id,
+                    listener_name,
+                    ignore_resource_deletion,
+                    resource_timeout,
                 })
             }
         })
@@ -299,7 +370,12 @@ impl TryFrom<Section> for BackendConfig {
 /// setting is one of the section's (`consul.wait` is `discovery.<name>.wait`), or as the
 /// section itself.
 #[cfg_attr(
-    not(any(feature = "consul", feature = "dns", feature = "eureka")),
+    not(any(
+        feature = "consul",
+        feature = "dns",
+        feature = "eureka",
+        feature = "xds"
+    )),
     allow(dead_code)
 )]
 fn relabel<'a>(field: &'a str, settings: &'a [&'a str]) -> impl Fn(Error) -> Error + 'a {
@@ -331,7 +407,12 @@ impl BackendConfig {
     }
 
     #[cfg_attr(
-        not(any(feature = "consul", feature = "dns", feature = "eureka")),
+        not(any(
+            feature = "consul",
+            feature = "dns",
+            feature = "eureka",
+            feature = "xds"
+        )),
         allow(unused_variables)
     )]
     fn build_or_check(
@@ -414,6 +495,37 @@ impl BackendConfig {
                     false => None,
                 })
             }
+            #[cfg(feature = "xds")]
+            BackendConfig::Xds(x) => {
+                let relabel = relabel(
+                    field,
+                    &["bootstrap", "server", "listener_name", "resource_timeout"],
+                );
+                let mut b = match (&x.bootstrap, &x.server) {
+                    (Some(path), _) => crate::discovery::XdsBuilder::from_bootstrap_file(path),
+                    (None, Some(_)) => Ok(crate::discovery::XdsDiscovery::builder()),
+                    (None, None) => crate::discovery::XdsDiscovery::from_env(),
+                }
+                .map_err(&relabel)?;
+                if let Some(server) = &x.server {
+                    b = b.server(server.clone());
+                }
+                if let Some(id) = &x.node_id {
+                    b = b.node_id(id.clone());
+                }
+                if let Some(template) = &x.listener_name {
+                    b = b.listener_name(template.clone());
+                }
+                if let Some(ignore) = x.ignore_resource_deletion {
+                    b = b.ignore_resource_deletion(ignore);
+                }
+                if let Some(timeout) = x.resource_timeout {
+                    b = b.resource_timeout(timeout);
+                }
+                // Building opens nothing: the stream starts on first use.
+                let built = b.build().map_err(&relabel)?;
+                Ok(build.then(|| Arc::new(built) as Arc<dyn Discovery>))
+            }
             #[allow(unreachable_patterns)]
             other => Err(Error::config(
                 format!("{field}.kind"),
@@ -423,6 +535,7 @@ impl BackendConfig {
                         BackendConfig::Consul(_) => "consul",
                         BackendConfig::DnsSrv(_) | BackendConfig::DnsA(_) => "dns",
                         BackendConfig::Eureka(_) => "eureka",
+                        BackendConfig::Xds(_) => "xds",
                     }
                 ),
             )),

@@ -86,7 +86,7 @@ mod traffic;
 mod verifier;
 
 pub use auth::{AuthConfig, JwtAuth, KeyConfig, OAuth2Auth, StaticAuth};
-pub use backend::{BackendConfig, ConsulConfig, DnsAConfig, DnsSrvConfig, EurekaConfig};
+pub use backend::{BackendConfig, ConsulConfig, DnsAConfig, DnsSrvConfig, EurekaConfig, XdsConfig};
 pub use tls::TlsConfig;
 pub use traffic::{
     BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig, RetryConfig, TrafficConfig,

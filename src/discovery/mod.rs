@@ -58,6 +58,8 @@ mod eureka;
 mod http;
 mod registry;
 mod static_list;
+#[cfg(feature = "xds")]
+mod xds;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -67,12 +69,15 @@ use std::time::Duration;
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::BoxError;
 
+pub use crate::policy::ServicePolicy;
 pub use registry::{
     DEFAULT_FIRST_SNAPSHOT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MASS_REMOVAL_SHARE,
     DEFAULT_MAX_SERVICES, DiscoveryStatus, MAX_ENDPOINTS, Registry, RegistryBuilder,
 };
 pub(crate) use registry::{ServiceEntry, Subscriber};
 pub use static_list::StaticDiscovery;
+#[cfg(feature = "xds")]
+pub use xds::{DEFAULT_MAX_MESSAGE, DEFAULT_RESOURCE_TIMEOUT, XdsBuilder, XdsDiscovery};
 
 #[cfg(all(feature = "fuzzing", feature = "consul"))]
 pub(crate) use consul::parse_health as consul_parse_health;
@@ -131,6 +136,8 @@ pub struct Discovered {
     pub endpoints: Vec<Endpoint>,
     /// The instances skipped.
     pub rejected: Vec<RejectedInstance>,
+    /// The policies the backend sets for the service (an xDS cluster's), if any.
+    pub policy: Option<ServicePolicy>,
 }
 
 impl Discovered {
@@ -139,6 +146,7 @@ impl Discovered {
         Discovered {
             endpoints,
             rejected: Vec::new(),
+            policy: None,
         }
     }
 

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["observe"],
     &["balance"],
     &["discovery"],
-    &["series"],
+    &["series", "policy"],
     &["attempt", "classify"],
     &["error", "endpoint"],
     &[

@@ -28,3 +28,5 @@ mod observe;
 #[cfg(feature = "rustls")]
 mod tls;
 mod traffic;
+#[cfg(feature = "xds")]
+mod xds;

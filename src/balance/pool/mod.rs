@@ -23,6 +23,7 @@ use super::{Balancer, Selection};
 use crate::discovery::{ServiceEntry, Subscriber};
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
+use crate::policy::ServicePolicy;
 use crate::rng::PickRng;
 use crate::series::EndpointLabels;
 use records::Carried;
@@ -107,12 +108,15 @@ pub(crate) struct Pool {
     maintaining: AtomicBool,
     /// The pool itself, for the snapshots it builds.
     this: Weak<Pool>,
+    /// The balancer in use: the configured one, or the one the backend set with the
+    /// current set. Under the publish lock.
+    applied: Mutex<Balancer>,
 }
 
 impl Subscriber for Pool {
-    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>) {
+    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>, policy: Option<&ServicePolicy>) {
         match endpoints {
-            Some(endpoints) => self.update(endpoints.clone()),
+            Some(endpoints) => self.update(endpoints.clone(), policy),
             None => self.withdraw(),
         }
     }
@@ -129,6 +133,7 @@ impl Pool {
     ) -> Self {
         Pool {
             this,
+            applied: Mutex::new(balancer),
             labels: safety
                 .endpoint_labels
                 .map(|cap| Mutex::new(EndpointLabels::new(name.clone(), cap))),
@@ -267,7 +272,12 @@ impl Pool {
     /// The effective weight of each endpoint now: its weight if it may take traffic, bent by
     /// its health score; 0 if it may not, or is ejected or paused (unless too few remain,
     /// the panic threshold).
-    fn effective(&self, endpoints: &[Endpoint], stats: &[Arc<EndpointStats>]) -> Box<[u32]> {
+    fn effective(
+        &self,
+        endpoints: &[Endpoint],
+        stats: &[Arc<EndpointStats>],
+        safety: &Safety,
+    ) -> Box<[u32]> {
         let now = Instant::now();
         let eligible = |i: usize| endpoints[i].is_eligible();
         let out =
@@ -278,7 +288,7 @@ impl Pool {
             .count();
         // Panic mode guards pauses too, so it stays on when ejection is off: a maintenance
         // page answering `Retry-After` from every endpoint must not stop every call.
-        let threshold = self.safety.detection.unwrap_or_default().panic_threshold;
+        let threshold = safety.detection.unwrap_or_default().panic_threshold;
         let panic = (available_count as f64) < threshold * eligible_count as f64;
         // Log the change, not every recomputation while it lasts.
         if self.panicking.swap(panic, Ordering::Relaxed) != panic {
@@ -326,25 +336,27 @@ impl Pool {
             return;
         };
         let now = Instant::now();
+        let safety = current.safety;
         for stats in current.stats.iter() {
             stats.expire(self.epoch, now);
-            if let Some(detection) = &self.safety.detection {
+            if let Some(detection) = &safety.detection {
                 stats.decay(self.epoch, now, detection.base_ejection);
             }
         }
-        let effective = self.effective(&current.endpoints, &current.stats);
+        let effective = self.effective(&current.endpoints, &current.stats, &safety);
         if effective == current.effective {
             return;
         }
+        let balancer = *self.lock_applied();
         let selection =
-            Selection::with_weights(self.balancer, &current.endpoints, &effective, &self.rng);
+            Selection::with_weights(balancer, &current.endpoints, &effective, &self.rng);
         self.current.store(Some(Arc::new(Snapshot {
             service: self.name.clone(),
             endpoints: current.endpoints.clone(),
             stats: current.stats.clone(),
             effective,
             selection,
-            safety: self.safety,
+            safety,
             pool: self.this.clone(),
         })));
     }
@@ -379,8 +391,15 @@ impl Pool {
 
     /// Builds the snapshot of a set the registry published, keeping what was learnt of each
     /// endpoint that stays.
-    fn update(&self, endpoints: Arc<[Endpoint]>) {
+    fn update(&self, endpoints: Arc<[Endpoint]>, policy: Option<&ServicePolicy>) {
         let publish = self.lock_publish();
+        // What the backend sets takes the place of the configured value while it sets it.
+        let balancer = policy.and_then(|p| p.balancer).unwrap_or(self.balancer);
+        let mut safety = self.safety;
+        if let Some(detection) = policy.and_then(|p| p.outlier_detection) {
+            safety.detection = Some(detection);
+        }
+        *self.lock_applied() = balancer;
         let previous = self.current.load_full();
         let mut carried = Carried::new(previous.as_deref());
         let mut spare = std::mem::take(&mut *self.lock_spare());
@@ -392,8 +411,8 @@ impl Pool {
                     .unwrap_or_else(|| self.fresh_record(&mut spare, endpoint))
             })
             .collect();
-        let effective = self.effective(&endpoints, &stats);
-        let selection = Selection::with_weights(self.balancer, &endpoints, &effective, &self.rng);
+        let effective = self.effective(&endpoints, &stats, &safety);
+        let selection = Selection::with_weights(balancer, &endpoints, &effective, &self.rng);
         let listed = endpoints.len();
         self.listed.store(listed, Ordering::Relaxed);
         self.current.store(Some(Arc::new(Snapshot {
@@ -402,7 +421,7 @@ impl Pool {
             stats,
             effective,
             selection,
-            safety: self.safety,
+            safety,
             pool: self.this.clone(),
         })));
         drop(publish);
@@ -422,6 +441,11 @@ impl Pool {
         let previous = self.current.swap(None);
         drop(publish);
         drop(previous);
+    }
+
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Balancer> {
+        // A plain value.
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_publish(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -93,7 +93,7 @@ impl Snapshot {
             return;
         };
         let time = time.min(
-            pool.safety
+            self.safety
                 .detection
                 .map_or(crate::classify::MAX_PUSHBACK, |d| d.max_ejection),
         );

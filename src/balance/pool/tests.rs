@@ -233,7 +233,7 @@ async fn a_rebuild_never_puts_back_a_set_an_update_replaced() {
     let mut reverted = 0;
     for round in 0..3_000 {
         let set = sets[round % 2].clone();
-        pool.update(set.clone());
+        pool.update(set.clone(), None);
         for _ in 0..20 {
             let current = pool.current.load_full().expect("resolved");
             if current.endpoints != set {

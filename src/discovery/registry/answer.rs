@@ -11,6 +11,7 @@ pub(super) fn canonical(discovered: Discovered) -> Result<Valid, DiscoveryError>
     let Discovered {
         mut endpoints,
         mut rejected,
+        policy,
     } = discovered;
     if endpoints.len() + rejected.len() > MAX_ENDPOINTS {
         return Err(DiscoveryError::malformed(format!(
@@ -49,6 +50,7 @@ pub(super) fn canonical(discovered: Discovered) -> Result<Valid, DiscoveryError>
     Ok(Valid {
         endpoints: endpoints.into(),
         rejected,
+        policy,
     })
 }
 
@@ -64,4 +66,5 @@ pub(crate) fn canonical_for_fuzzing(
 pub(super) struct Valid {
     pub(super) endpoints: Arc<[Endpoint]>,
     pub(super) rejected: Vec<RejectedInstance>,
+    pub(super) policy: Option<ServicePolicy>,
 }

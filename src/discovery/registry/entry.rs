@@ -9,7 +9,8 @@ pub(crate) trait Subscriber: Send + Sync {
     /// The service's new set, validated and sorted by address; `None` when the backend
     /// withdrew the service. Called in the order the sets were published, under the
     /// entry's publish lock: quick, and never calling back into the entry.
-    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>);
+    /// `policy` is what the backend sets for the service beside the set, if anything.
+    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>, policy: Option<&ServicePolicy>);
 }
 
 /// One service in the registry.
@@ -22,6 +23,8 @@ pub(crate) struct ServiceEntry {
     pub(super) epoch: Instant,
     /// The current set, sorted by address; read when an update comes, not by calls.
     pub(super) current: ArcSwapOption<Arc<[Endpoint]>>,
+    /// The policy the backend set with the current set; under the publish lock.
+    policy: Mutex<Option<ServicePolicy>>,
     changed: Notify,
     status: Mutex<Status>,
     /// The subscribers each set is published to. Held by whoever replaces `current`, so
@@ -71,6 +74,7 @@ impl ServiceEntry {
             failing_since: AtomicU64::new(0),
             epoch: Instant::now(),
             current: ArcSwapOption::empty(),
+            policy: Mutex::new(None),
             changed: Notify::new(),
             status: Mutex::new(Status::default()),
         }
@@ -117,7 +121,7 @@ impl ServiceEntry {
     pub(crate) fn subscribe(&self, subscriber: Weak<dyn Subscriber>) {
         let mut subscribers = self.lock_publish();
         if let (Some(current), Some(strong)) = (self.current.load_full(), subscriber.upgrade()) {
-            strong.publish(Some(&current));
+            strong.publish(Some(&current), self.lock_policy().as_ref());
         }
         subscribers.retain(|s| s.strong_count() > 0);
         subscribers.push(subscriber);
@@ -125,10 +129,14 @@ impl ServiceEntry {
 
     /// Gives `endpoints` to every subscriber, and forgets those that are gone; the caller
     /// holds the publish lock.
-    fn notify(subscribers: &mut Vec<Weak<dyn Subscriber>>, endpoints: Option<&Arc<[Endpoint]>>) {
+    fn notify(
+        subscribers: &mut Vec<Weak<dyn Subscriber>>,
+        endpoints: Option<&Arc<[Endpoint]>>,
+        policy: Option<&ServicePolicy>,
+    ) {
         subscribers.retain(|subscriber| match subscriber.upgrade() {
             Some(subscriber) => {
-                subscriber.publish(endpoints);
+                subscriber.publish(endpoints, policy);
                 true
             }
             None => false,
@@ -291,18 +299,22 @@ impl ServiceEntry {
     /// Publishes a validated set if it differs from the current one: to the subscribers
     /// first, then as the entry's own, then in the status, so that a status whose version
     /// moved, and a first-set wait that returned, speak of a set every subscriber has.
-    pub(super) fn apply(&self, endpoints: Arc<[Endpoint]>) {
+    pub(super) fn apply(&self, endpoints: Arc<[Endpoint]>, policy: Option<ServicePolicy>) {
         let mut subscribers = self.lock_publish();
         self.failing_since.store(0, Ordering::Relaxed);
-        let unchanged = self
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|current| **current == endpoints);
+        let mut held_policy = self.lock_policy();
+        let unchanged = *held_policy == policy
+            && self
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|current| **current == endpoints);
+        *held_policy = policy;
+        drop(held_policy);
         let previous = if unchanged {
             None
         } else {
-            Self::notify(&mut subscribers, Some(&endpoints));
+            Self::notify(&mut subscribers, Some(&endpoints), policy.as_ref());
             self.current.swap(Some(Arc::new(endpoints.clone())))
         };
         let mut status = self.lock_status();
@@ -328,6 +340,11 @@ impl ServiceEntry {
         drop(previous);
     }
 
+    fn lock_policy(&self) -> std::sync::MutexGuard<'_, Option<ServicePolicy>> {
+        // A plain value.
+        self.policy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(super) fn lock_publish(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn Subscriber>>> {
         // A list of subscribers, consistent after every statement.
         self.publish.lock().unwrap_or_else(PoisonError::into_inner)
@@ -341,7 +358,7 @@ impl ServiceEntry {
         let mut subscribers = self.lock_publish();
         let previous = self.current.swap(None);
         if previous.is_some() {
-            Self::notify(&mut subscribers, None);
+            Self::notify(&mut subscribers, None, None);
         }
         drop(subscribers);
         if let Some(previous) = previous {

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::endpoint::{Endpoint, ServiceName};
 use crate::error::{Error, Kind};
+use crate::policy::ServicePolicy;
 
 mod answer;
 mod builder;

@@ -77,10 +77,11 @@ pub(super) async fn watch(
                     match second {
                         Ok(second) => {
                             entry.note_rejected(second.rejected);
+                            let policy = second.policy;
                             let second = second.endpoints;
                             if second == proposed || !entry.is_mass_removal(&second) {
                                 held = None;
-                                entry.apply(second);
+                                entry.apply(second, policy);
                             } else {
                                 entry.hold_removal(second.len());
                                 let recheck = crate::backoff::jitter(HELD_REMOVAL_RECHECK, 0.2);
@@ -141,7 +142,7 @@ pub(super) async fn watch(
                     } else {
                         confirming = None;
                         held = None;
-                        entry.apply(valid.endpoints);
+                        entry.apply(valid.endpoints, valid.policy);
                     }
                     continue;
                 }

@@ -103,7 +103,7 @@ fn a_snapshot_is_sorted_by_address_without_duplicates_however_it_came() {
 struct Sets(Mutex<Vec<Option<Vec<String>>>>);
 
 impl Subscriber for Sets {
-    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>) {
+    fn publish(&self, endpoints: Option<&Arc<[Endpoint]>>, _: Option<&ServicePolicy>) {
         let set = endpoints.map(|set| set.iter().map(|e| e.addr().to_string()).collect());
         self.0.lock().expect("lock").push(set);
     }
@@ -128,15 +128,15 @@ fn subscribers_see_every_set_in_order_and_a_late_one_starts_from_the_latest() {
     let early = Arc::new(Sets::default());
     let weak: Weak<Sets> = Arc::downgrade(&early);
     entry.subscribe(weak);
-    entry.apply(set(&[1, 2]));
+    entry.apply(set(&[1, 2]), None);
     // The same set again is no change.
-    entry.apply(set(&[1, 2]));
-    entry.apply(set(&[3]));
+    entry.apply(set(&[1, 2]), None);
+    entry.apply(set(&[3]), None);
     let late = Arc::new(Sets::default());
     let weak: Weak<Sets> = Arc::downgrade(&late);
     entry.subscribe(weak);
     entry.withdraw();
-    entry.apply(set(&[4]));
+    entry.apply(set(&[4]), None);
     assert_eq!(
         *early.0.lock().expect("lock"),
         [addrs(&[1, 2]), addrs(&[3]), None, addrs(&[4])]
@@ -147,7 +147,7 @@ fn subscribers_see_every_set_in_order_and_a_late_one_starts_from_the_latest() {
     );
     // A subscriber that is gone is skipped, and dropped from the list.
     drop(early);
-    entry.apply(set(&[5]));
+    entry.apply(set(&[5]), None);
     assert_eq!(entry.lock_publish().len(), 1);
     assert_eq!(late.0.lock().expect("lock").len(), 4);
 }

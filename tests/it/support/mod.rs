@@ -22,6 +22,8 @@ pub mod dns;
 mod served;
 #[cfg(feature = "rustls")]
 pub mod tls;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 pub use served::Served;
 
