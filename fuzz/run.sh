@@ -15,7 +15,7 @@ runs=${1:-1000000}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(consul_health eureka_application dns_message retry_after config logical_url jwks token oidc_document token_response)
+  targets=(consul_health eureka_application dns_message retry_after config logical_url jwks token oidc_document token_response xds_resource)
 fi
 export RUSTFLAGS="-Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -189,3 +189,27 @@ pub fn logical_url(text: &[u8]) {
         assert_eq!(fresh.port_or_known_default(), Some(endpoint.addr().port()));
     }
 }
+
+/// An xDS resource from a control plane: the first byte picks its type (listener, route,
+/// cluster, assignment) and whether an assignment stands alone or is split with itself, the
+/// rest is its protobuf encoding. An assignment's endpoints, folded into weights, must make
+/// a set the registry takes,
+/// whose shares within a tier add up to the scale at most (plus rounding).
+#[cfg(feature = "xds")]
+pub fn xds_resource(data: &[u8]) {
+    let Some((&kind, value)) = data.split_first() else {
+        return;
+    };
+    if let Some(discovered) = crate::discovery::xds_resource(kind, value) {
+        let mut tiers: std::collections::BTreeMap<u16, u64> = Default::default();
+        for e in discovered.endpoints.iter().filter(|e| e.is_eligible()) {
+            *tiers.entry(e.priority()).or_default() += u64::from(e.weight());
+        }
+        let listed = discovered.endpoints.len() as u64;
+        assert!(
+            tiers.values().all(|&sum| sum <= 1_000_000 + listed),
+            "{tiers:?}"
+        );
+        check_answer(Ok(discovered));
+    }
+}

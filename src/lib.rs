@@ -58,6 +58,7 @@
 //! | `jwt` | yes | `auth`: JWT verification, JWKS, signing, OAuth2 client credentials |
 //! | `axum` | no | `auth::Claims` as an axum extractor |
 //! | `rustls` | no | [`tls`](crate::tls): mesh TLS, services verified by identity, mutual TLS |
+//! | `xds` | no | `discovery::XdsDiscovery`: endpoints, splits and cluster policies from an xDS control plane |
 
 #![forbid(unsafe_code)]
 #![warn(

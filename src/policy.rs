@@ -112,7 +112,8 @@ impl OutlierDetection {
 
 /// The policies a discovery backend sets for a service beside its endpoints (an xDS
 /// cluster's `lb_policy`, `outlier_detection` and `circuit_breakers`). Each one set takes
-/// the place of the client's configured value for that service while the backend sends it.
+/// the place of the client's configured value for that service while the backend sends it;
+/// an outlier detection set keeps the configured panic threshold.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ServicePolicy {
@@ -120,6 +121,9 @@ pub struct ServicePolicy {
     pub balancer: Option<Balancer>,
     /// Outlier ejection.
     pub outlier_detection: Option<OutlierDetection>,
-    /// The most requests in flight to the service (Envoy's `max_requests`).
+    /// The most requests in flight to the service's endpoints at once (Envoy's
+    /// `max_requests`); one more fails at once with
+    /// [`Error::is_overloaded`](crate::Error::is_overloaded). Counted beside any
+    /// concurrency limit of the service's traffic policy.
     pub max_requests: Option<u32>,
 }

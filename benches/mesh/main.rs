@@ -14,18 +14,33 @@
 
 use criterion::criterion_group;
 
+#[cfg(feature = "xds")]
+#[path = "../../tests/it/support/xds.rs"]
+mod control_plane;
 mod pick;
 mod policy;
 mod registry;
 mod stack;
 mod targets;
+#[cfg(feature = "xds")]
+mod xds;
 
+#[cfg(not(feature = "xds"))]
 criterion_group!(
     benches,
     pick::benches,
     policy::benches,
     stack::benches,
     registry::benches
+);
+#[cfg(feature = "xds")]
+criterion_group!(
+    benches,
+    pick::benches,
+    policy::benches,
+    stack::benches,
+    registry::benches,
+    xds::benches
 );
 fn main() {
     if let Ok(count) = std::env::var("PROXYLESS_COUNT") {

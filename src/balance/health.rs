@@ -271,8 +271,10 @@ impl EndpointStats {
             .base_ejection
             .saturating_mul(times)
             .min(detection.max_ejection);
+        // Settings are checked to at most a year; a checked sum keeps a bad one from panicking.
+        let until = now.checked_add(time).unwrap_or(now);
         self.ejected_until
-            .store(stamp(epoch, now + time), Ordering::Relaxed);
+            .store(stamp(epoch, until), Ordering::Relaxed);
         self.healthy_since.store(0, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         time

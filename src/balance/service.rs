@@ -193,6 +193,9 @@ impl<C> Router<C> {
             Err(error) => failed(error, &request, keep),
             Ok(Lookup::Picked(snapshot, index)) => {
                 let (index, attempt) = avoid_tried(&snapshot, index, tried);
+                if let Err(error) = snapshot.admit() {
+                    return failed(error, &request, keep);
+                }
                 rewrite(&mut request, &snapshot, index, self.preserve_host, keep);
                 let span = attempt_span(&snapshot, index, attempt);
                 // Counted in flight before the inner service sees the request.
@@ -252,6 +255,7 @@ impl<C> Router<C> {
             let (index, _) = avoid_tried(&snapshot, pool.pick(&snapshot)?, None);
             rewrite(&mut request, &snapshot, index, preserve_host, None);
             let started = crate::clock::now();
+            snapshot.admit()?;
             let mut call = InFlight::new(snapshot.clone(), index);
             let result = inner
                 .oneshot(request)

@@ -87,6 +87,8 @@ pub(crate) use dns::message_endpoints as dns_message_endpoints;
 pub(crate) use eureka::parse_application as eureka_parse_application;
 #[cfg(feature = "fuzzing")]
 pub(crate) use registry::canonical_for_fuzzing;
+#[cfg(all(feature = "fuzzing", feature = "xds"))]
+pub(crate) use xds::resource_for_fuzzing as xds_resource;
 
 #[cfg(feature = "consul")]
 pub use consul::{

@@ -301,7 +301,8 @@ pub struct Endpoint {
     weight: u32,
     health: Health,
     priority: u16,
-    zone: Option<String>,
+    /// Shared: a backend gives every endpoint of a zone the same name.
+    zone: Option<Arc<str>>,
     tags: Vec<String>,
     /// `None` when empty (never `Some` of an empty map): most endpoints have none, and an
     /// empty map still costs its drop and clone on every endpoint of every update. Boxed, so
@@ -357,7 +358,13 @@ impl Endpoint {
 
     /// Sets the locality zone.
     pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
-        self.zone = Some(zone.into());
+        self.zone = Some(Arc::from(zone.into()));
+        self
+    }
+
+    /// Sets the locality zone to a name already shared.
+    pub(crate) fn with_shared_zone(mut self, zone: Arc<str>) -> Self {
+        self.zone = Some(zone);
         self
     }
 
@@ -442,7 +449,7 @@ impl serde::Serialize for Endpoint {
             map.serialize_entry("scheme", scheme)?;
         }
         if let Some(zone) = &self.zone {
-            map.serialize_entry("zone", zone)?;
+            map.serialize_entry("zone", &**zone)?;
         }
         if !self.tags.is_empty() {
             map.serialize_entry("tags", &self.tags)?;

@@ -362,7 +362,8 @@ async fn a_deleted_listener_withdraws_its_service_unless_deletions_are_ignored()
     );
     let mut withdrawn = false;
     for _ in 0..200 {
-        if withdrawing.get("http://orders/").send().await.is_err() {
+        if let Err(error) = withdrawing.get("http://orders/").send().await {
+            assert!(error.is_discovery(), "{error:?}");
             withdrawn = true;
             break;
         }
@@ -377,24 +378,175 @@ async fn a_deleted_listener_withdraws_its_service_unless_deletions_are_ignored()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_clusters_balancing_policy_replaces_the_configured_one() {
+async fn the_clusters_outlier_detection_replaces_the_configured_one() {
+    let good = crate::support::TestServer::start("good").await;
+    let bad =
+        crate::support::TestServer::start_answering("bad", http::StatusCode::INTERNAL_SERVER_ERROR)
+            .await;
+    let snapshot = |version, consecutive: u32| {
+        Snapshot::new(version)
+            .service("orders", &[("v1", 1, &[good.addr, bad.addr])])
+            .cluster_with("v1", |c| {
+                c.outlier_detection = Some(cluster::OutlierDetection {
+                    consecutive_5xx: Some(UInt32Value { value: consecutive }),
+                    ..Default::default()
+                });
+            })
+    };
+    // The client's own detector needs 5 failures in a row; the cluster's needs 1.
+    let plane = ControlPlane::start(snapshot(1, 1)).await;
+    let xds = XdsDiscovery::builder()
+        .server(plane.addr.to_string())
+        .build()
+        .unwrap();
+    let mesh = MeshClient::builder()
+        .discovery(xds)
+        .traffic(
+            proxyless::client::TrafficPolicy::default()
+                .no_retries()
+                .no_breaker(),
+        )
+        .build()
+        .unwrap();
+    let ejected_after_first_failure = async |mesh: &MeshClient| {
+        loop {
+            let r = mesh.get("http://orders/").send().await.unwrap();
+            if crate::support::server_of(&r) == "bad" {
+                let status = mesh.endpoint_status("orders").unwrap();
+                return status
+                    .iter()
+                    .any(|e| e.addr.port() == bad.addr.port() && e.ejected);
+            }
+        }
+    };
+    assert!(
+        ejected_after_first_failure(&mesh).await,
+        "the cluster's consecutive_5xx of 1 ejects"
+    );
+    let control = MeshClient::builder()
+        .discovery(
+            XdsDiscovery::builder()
+                .server(plane.addr.to_string())
+                .build()
+                .unwrap(),
+        )
+        .traffic(
+            proxyless::client::TrafficPolicy::default()
+                .no_retries()
+                .no_breaker(),
+        )
+        .build()
+        .unwrap();
+    plane.push(snapshot(2, 5));
+    assert!(
+        !ejected_after_first_failure(&control).await,
+        "with 5, one failure does not eject"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_max_requests_caps_the_calls_in_flight() {
     let s = servers(2).await;
     let plane = ControlPlane::start(
         Snapshot::new(1)
             .service("orders", &[("v1", 1, &[s[0].addr, s[1].addr])])
             .cluster_with("v1", |c| {
-                c.lb_policy = cluster::cluster::LbPolicy::RoundRobin as i32
+                c.circuit_breakers = Some(cluster::CircuitBreakers {
+                    thresholds: vec![cluster::circuit_breakers::Thresholds {
+                        max_requests: Some(UInt32Value { value: 3 }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
             }),
     )
     .await;
-    let mesh = mesh(&plane);
-    // Round robin: one after the other, which weighted random would not do 40 times.
-    let mut order = Vec::new();
-    for _ in 0..40 {
-        let r = mesh.get("http://orders/").send().await.unwrap();
-        order.push(crate::support::server_of(&r));
+    let xds = XdsDiscovery::builder()
+        .server(plane.addr.to_string())
+        .build()
+        .unwrap();
+    let mesh = MeshClient::builder()
+        .discovery(xds)
+        .traffic(
+            proxyless::client::TrafficPolicy::default()
+                .no_retries()
+                .no_breaker(),
+        )
+        .build()
+        .unwrap();
+    mesh.get("http://orders/").send().await.unwrap();
+    // Eight calls held 300 ms at once: three go, five are refused at once.
+    let calls = (0..8).map(|_| {
+        let mesh = mesh.clone();
+        async move { mesh.get("http://orders/slow/300").send().await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 5, "{results:?}");
+    assert!(refused.iter().all(|e| e.is_overloaded()), "{refused:?}");
+    // The places are given back: the next calls go.
+    for _ in 0..5 {
+        mesh.get("http://orders/")
+            .send()
+            .await
+            .expect("under the cap again");
     }
-    assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_valid_resources_of_a_nacked_response_are_used() {
+    let s = servers(3).await;
+    let two = |version, a: SocketAddr, b: SocketAddr| {
+        Snapshot::new(version)
+            .service("orders", &[("orders-v1", 1, &[a])])
+            .service("billing", &[("billing-v1", 1, &[b])])
+    };
+    let plane = ControlPlane::start(two(1, s[0].addr, s[1].addr)).await;
+    let mesh = mesh(&plane);
+    mesh.get("http://orders/").send().await.unwrap();
+    mesh.get("http://billing/").send().await.unwrap();
+
+    // One cluster response: orders' cluster invalid (an unsupported type), billing's
+    // moved to another EDS name, whose endpoints are s2.
+    let mut next = two(2, s[0].addr, s[1].addr)
+        .cluster_with("orders-v1", |c| {
+            c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+                cluster::cluster::DiscoveryType::StrictDns as i32,
+            ));
+        })
+        .cluster_with("billing-v1", |c| {
+            c.eds_cluster_config.as_mut().unwrap().service_name = "billing-eds".into();
+        })
+        .endpoints(
+            "billing-eds",
+            &[Locality::new("z1", 0, 0).with(&[s[2].addr])],
+        );
+    next.version = 2;
+    plane.push(next);
+    let nack = plane
+        .wait_for("a NACK", |r| r.type_url == CLUSTER && r.error.is_some())
+        .await;
+    assert!(
+        nack.error.as_deref().unwrap().contains("orders-v1"),
+        "{nack:?}"
+    );
+    assert!(
+        !nack.error.as_deref().unwrap().contains("billing-v1"),
+        "{nack:?}"
+    );
+    until_hits(
+        &mesh,
+        "http://billing/",
+        "billing's new cluster in use",
+        |c| c.contains_key("s2"),
+    )
+    .await;
+    let counts = count(&hits(&mesh, "http://orders/", 20).await);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["s0"],
+        "orders keeps its last valid cluster"
+    );
 }
 
 #[tokio::test]
@@ -469,4 +621,44 @@ async fn a_configured_xds_backend_follows_the_control_plane() {
         assert_eq!(err.field(), Some(field), "{toml}: {err}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Writes the fuzz target's seeds (`fuzz/seeds/xds_resource`): every resource the test
+/// control plane serves, each behind its type's byte. `cargo test --all-features -- --ignored
+/// write_xds_fuzz_seeds`.
+#[cfg(feature = "fuzzing")]
+#[test]
+#[ignore = "writes fuzz/seeds; run by hand"]
+fn write_xds_fuzz_seeds() {
+    use crate::support::xds::{CLUSTER, ENDPOINTS, LISTENER, ROUTE};
+    let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+    let b: SocketAddr = "[::1]:8080".parse().unwrap();
+    let snapshot = Snapshot::new(1)
+        .service("orders", &[("stable", 90, &[a]), ("canary", 10, &[b])])
+        .cluster_with("stable", |c| {
+            c.outlier_detection = Some(cluster::OutlierDetection {
+                consecutive_5xx: Some(UInt32Value { value: 3 }),
+                ..Default::default()
+            });
+        })
+        .endpoints(
+            "canary",
+            &[
+                Locality::new("z1", 3, 0).endpoint(a, 2, HealthStatus::Healthy),
+                Locality::new("z2", 1, 0).endpoint(b, 1, HealthStatus::Degraded),
+                Locality::new("z3", 1, 1).endpoint(a, 5, HealthStatus::Unhealthy),
+            ],
+        );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/xds_resource");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (kind, type_url) in [LISTENER, ROUTE, CLUSTER, ENDPOINTS]
+        .into_iter()
+        .enumerate()
+    {
+        for (name, any) in &snapshot.resources[type_url] {
+            let mut bytes = vec![kind as u8];
+            bytes.extend_from_slice(&any.value);
+            std::fs::write(dir.join(format!("{kind}-{name}")), bytes).unwrap();
+        }
+    }
 }

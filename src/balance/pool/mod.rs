@@ -110,7 +110,9 @@ pub(crate) struct Pool {
     this: Weak<Pool>,
     /// The balancer in use: the configured one, or the one the backend set with the
     /// current set. Under the publish lock.
-    applied: Mutex<Balancer>,
+    applied: Mutex<(Balancer, Option<u32>)>,
+    /// The service's requests in flight, counted while its backend caps them.
+    requests: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Subscriber for Pool {
@@ -133,7 +135,8 @@ impl Pool {
     ) -> Self {
         Pool {
             this,
-            applied: Mutex::new(balancer),
+            applied: Mutex::new((balancer, None)),
+            requests: Arc::default(),
             labels: safety
                 .endpoint_labels
                 .map(|cap| Mutex::new(EndpointLabels::new(name.clone(), cap))),
@@ -347,7 +350,7 @@ impl Pool {
         if effective == current.effective {
             return;
         }
-        let balancer = *self.lock_applied();
+        let (balancer, _) = *self.lock_applied();
         let selection =
             Selection::with_weights(balancer, &current.endpoints, &effective, &self.rng);
         self.current.store(Some(Arc::new(Snapshot {
@@ -357,6 +360,8 @@ impl Pool {
             effective,
             selection,
             safety,
+            max_requests: current.max_requests,
+            requests: self.requests.clone(),
             pool: self.this.clone(),
         })));
     }
@@ -396,10 +401,13 @@ impl Pool {
         // What the backend sets takes the place of the configured value while it sets it.
         let balancer = policy.and_then(|p| p.balancer).unwrap_or(self.balancer);
         let mut safety = self.safety;
-        if let Some(detection) = policy.and_then(|p| p.outlier_detection) {
+        if let Some(mut detection) = policy.and_then(|p| p.outlier_detection) {
+            // The backend says when to eject; panic mode stays as configured.
+            detection.panic_threshold = self.safety.detection.unwrap_or_default().panic_threshold;
             safety.detection = Some(detection);
         }
-        *self.lock_applied() = balancer;
+        let max_requests = policy.and_then(|p| p.max_requests);
+        *self.lock_applied() = (balancer, max_requests);
         let previous = self.current.load_full();
         let mut carried = Carried::new(previous.as_deref());
         let mut spare = std::mem::take(&mut *self.lock_spare());
@@ -422,6 +430,8 @@ impl Pool {
             effective,
             selection,
             safety,
+            max_requests,
+            requests: self.requests.clone(),
             pool: self.this.clone(),
         })));
         drop(publish);
@@ -443,7 +453,7 @@ impl Pool {
         drop(previous);
     }
 
-    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Balancer> {
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, (Balancer, Option<u32>)> {
         // A plain value.
         self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -1,6 +1,7 @@
 //! One service's published state: its endpoints, what is known of each, and the selection
 //! table for their effective weights, read by every call without a lock.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::balance::Selection;
 use crate::balance::health::{EndpointStats, HealthScoring};
 use crate::classify::Outcome;
 use crate::endpoint::{Endpoint, ServiceName};
+use crate::error::{Error, Kind};
 use crate::rng::PickRng;
 
 /// One service's snapshot: its endpoints, what the mesh has learnt of each, and the
@@ -23,6 +25,10 @@ pub(crate) struct Snapshot {
     pub(crate) effective: Box<[u32]>,
     pub(crate) selection: Selection,
     pub(crate) safety: Safety,
+    /// The most requests in flight to the service, when its backend sets one, and the
+    /// service's count of them (shared by its snapshots; counted only under a maximum).
+    pub(crate) max_requests: Option<u32>,
+    pub(crate) requests: Arc<AtomicU32>,
     pub(super) pool: Weak<Pool>,
 }
 
@@ -75,16 +81,43 @@ impl Snapshot {
         }
     }
 
+    /// Takes a place among the service's requests in flight, when its backend caps them;
+    /// the error when they are at the cap. [`Snapshot::end`] gives the place back.
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<(), Error> {
+        match self.max_requests {
+            None => Ok(()),
+            Some(max) => self.admit_under(max),
+        }
+    }
+
+    #[inline(never)]
+    fn admit_under(&self, max: u32) -> Result<(), Error> {
+        if self.requests.fetch_add(1, Ordering::Acquire) >= max {
+            self.requests.fetch_sub(1, Ordering::Release);
+            return Err(Error::new(Kind::Overloaded)
+                .with_message(format!(
+                    "{max} requests in flight, the service's max_requests"
+                ))
+                .with_service(self.service.clone()));
+        }
+        Ok(())
+    }
+
     /// A request to endpoint `index` began; [`Snapshot::end`] must follow once.
     #[inline]
     pub(crate) fn begin(&self, index: usize) {
         self.stats[index].begin();
     }
 
-    /// A request to endpoint `index` ended, completed or cancelled.
+    /// A request to endpoint `index` ended, completed or cancelled; its place among the
+    /// service's requests, if [`Snapshot::admit`] took one, is given back.
     #[inline]
     pub(crate) fn end(&self, index: usize) {
         self.stats[index].end();
+        if self.max_requests.is_some() {
+            self.requests.fetch_sub(1, Ordering::Release);
+        }
     }
 
     /// Pauses an endpoint that pushed back.

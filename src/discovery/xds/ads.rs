@@ -117,6 +117,10 @@ async fn stream(shared: &Shared, link: &Link) -> Outcome {
                     continue;
                 };
                 let mut state = shared.lock();
+                if !state.asked(ty) {
+                    tracing::debug!(kind = ty.as_str(), "ignoring a response of a type not asked for on this stream");
+                    continue;
+                }
                 let outcome = state.apply(ty, &response);
                 let (label, error) = match outcome {
                     Ok(()) => ("ack", None),

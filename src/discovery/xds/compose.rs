@@ -38,7 +38,9 @@ pub(crate) fn compose(clusters: &[(u32, &Assignment)]) -> Discovered {
         })
         .sum();
     let mut out = Discovered::new(Vec::with_capacity(capacity));
-    let mut seen: HashMap<EndpointAddr, usize> = HashMap::new();
+    // Only a split can list an address twice that must take both shares; within one
+    // cluster, the registry keeps the first of a repeated address.
+    let mut seen: Option<HashMap<EndpointAddr, usize>> = (clusters.len() > 1).then(HashMap::new);
     for &(weight, assignment) in clusters {
         let share = f64::from(weight) / total;
         for (instance, reason, detail) in &assignment.rejected {
@@ -71,7 +73,7 @@ fn fold_tier(
     share: f64,
     tier: &[&Locality],
     out: &mut Vec<Endpoint>,
-    seen: &mut HashMap<EndpointAddr, usize>,
+    seen: &mut Option<HashMap<EndpointAddr, usize>>,
 ) {
     let live: Vec<(&Locality, f64)> = tier.iter().map(|l| (*l, eligible_weight(l))).collect();
     let weighted = live.iter().any(|(l, w)| l.weight > 0 && *w > 0.0);
@@ -106,11 +108,25 @@ fn fold_tier(
             } else {
                 weight
             };
+            let Some(seen) = seen.as_mut() else {
+                out.push(e.clone().with_weight(weight));
+                continue;
+            };
             match seen.get(e.addr()) {
                 // The same address in two clusters of a split takes both shares.
+                // An address that may take no traffic in one gives way to the other.
                 Some(&i) => {
-                    let merged = out[i].weight().saturating_add(weight);
-                    out[i] = out[i].clone().with_weight(merged);
+                    let fresh = e.clone().with_weight(weight);
+                    let old = &out[i];
+                    out[i] = if !old.is_eligible() {
+                        fresh
+                    } else if !fresh.is_eligible() {
+                        continue;
+                    } else {
+                        let merged = old.weight().saturating_add(weight);
+                        let priority = old.priority().min(fresh.priority());
+                        old.clone().with_weight(merged).with_priority(priority)
+                    };
                 }
                 None => {
                     seen.insert(e.addr().clone(), out.len());

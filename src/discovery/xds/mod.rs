@@ -49,6 +49,29 @@ use state::{Rules, State, View};
 
 use resources::{ClusterPolicy, LbPolicy};
 
+/// A resource of type `kind % 4` (listener, route, cluster, assignment) decoded from `value`
+/// as a response would carry it, validated, and an assignment folded into a set (alone with
+/// an even `kind`, split with itself 1:3 with an odd one): for the fuzz target and the
+/// benchmark of an update's client-side work.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn resource_for_fuzzing(kind: u8, value: &[u8]) -> Option<Discovered> {
+    use resources::{Resource, Type};
+    let ty = Type::ALL[usize::from(kind % 4)];
+    let any = envoy_types::pb::google::protobuf::Any {
+        type_url: ty.url(),
+        value: value.to_vec(),
+    };
+    match resources::decode(ty, &any)?.1.ok()? {
+        Resource::Endpoints(assignment) if kind % 8 < 4 => {
+            Some(compose::compose(&[(1, &*assignment)]))
+        }
+        Resource::Endpoints(assignment) => {
+            Some(compose::compose(&[(1, &*assignment), (3, &*assignment)]))
+        }
+        _ => None,
+    }
+}
+
 /// How long a requested resource may go unanswered before it is taken not to exist (the
 /// xDS protocol's does-not-exist timer; gRPC's is 15 seconds).
 pub const DEFAULT_RESOURCE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -77,6 +100,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 pub struct XdsDiscovery {
     shared: Arc<Shared>,
     link: Link,
+    rules_timeout: Duration,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -277,6 +301,7 @@ impl XdsBuilder {
                 state: Mutex::new(State::new(rules)),
                 wake: Notify::new(),
             }),
+            rules_timeout: self.resource_timeout,
             link: Link {
                 uri,
                 node: self.node,
@@ -340,9 +365,13 @@ impl Discovery for XdsDiscovery {
                 return result;
             }
             let mut stream = self.watch_inner(service.clone());
-            futures_util::StreamExt::next(&mut stream)
-                .await
-                .unwrap_or_else(|| Err(DiscoveryError::watch_ended("the xDS watch ended")))
+            // The does-not-exist timer runs only while a stream is open: bounded here too.
+            let wait = self.rules_timeout.saturating_mul(2);
+            match tokio::time::timeout(wait, futures_util::StreamExt::next(&mut stream)).await {
+                Ok(Some(result)) => result,
+                Ok(None) => Err(DiscoveryError::watch_ended("the xDS watch ended")),
+                Err(_) => Err(DiscoveryError::timeout()),
+            }
         })
     }
 
@@ -385,23 +414,19 @@ impl XdsDiscovery {
 
 /// The policy a cluster's settings give, in the crate's own types.
 fn service_policy(cluster: &ClusterPolicy) -> ServicePolicy {
-    use crate::policy::{Balancer, OutlierDetection};
+    use crate::policy::Balancer;
     let balancer = match cluster.lb {
         // Envoy's round robin and random honour weights, and the folded weights carry the
-        // split and the locality shares: the weighted strategies keep them.
-        Some(LbPolicy::RoundRobin) => Some(Balancer::WeightedRoundRobin),
+        // split and the locality shares: weighted random gives each endpoint its share in
+        // O(1) at any precision (a weighted round-robin table over weights of one in a
+        // million would not fit in a table).
+        Some(LbPolicy::RoundRobin | LbPolicy::Random) => Some(Balancer::WeightedRandom),
         Some(LbPolicy::LeastRequest) => Some(Balancer::LeastRequest),
-        Some(LbPolicy::Random) => Some(Balancer::WeightedRandom),
         Some(LbPolicy::Unsupported(_)) | None => None,
     };
     ServicePolicy {
         balancer,
-        outlier_detection: cluster.outlier.map(|o| {
-            OutlierDetection::default()
-                .consecutive_failures(o.consecutive_5xx)
-                .ejection_time(o.base_ejection, o.max_ejection)
-                .max_ejected_share(o.max_ejected_share)
-        }),
+        outlier_detection: cluster.outlier,
         max_requests: cluster.max_requests,
     }
 }

@@ -17,6 +17,7 @@ use prost::{Message, Name};
 
 use crate::discovery::RejectReason;
 use crate::endpoint::{Endpoint, EndpointAddr, Health, validate_service_name};
+use crate::policy::OutlierDetection;
 
 /// The resource types of the aggregated stream, in the order their requests are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,7 +99,9 @@ pub(crate) fn decode(ty: Type, any: &Any) -> Option<(String, Result<Resource, St
             (c.name, r)
         }
         Type::Endpoints => {
-            let a = endpoint::ClusterLoadAssignment::decode(bytes).ok()?;
+            // The lean messages below: an update of thousands of endpoints decodes only
+            // what the client reads.
+            let a = wire::ClusterLoadAssignment::decode(bytes).ok()?;
             let r = read_assignment(&a).map(|a| Resource::Endpoints(Arc::new(a)));
             (a.cluster_name, r)
         }
@@ -282,7 +285,7 @@ pub(crate) struct ClusterPolicy {
     /// `lb_policy`: the balancer to use.
     pub(crate) lb: Option<LbPolicy>,
     /// `outlier_detection`, when sent and consecutive-5xx ejection is enforced.
-    pub(crate) outlier: Option<Outlier>,
+    pub(crate) outlier: Option<OutlierDetection>,
     /// `circuit_breakers`: the default priority's `max_requests`.
     pub(crate) max_requests: Option<u32>,
 }
@@ -295,14 +298,6 @@ pub(crate) enum LbPolicy {
     /// A policy this client does not implement (ring hash, Maglev, …): the configured
     /// balancer stays.
     Unsupported(i32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Outlier {
-    pub(crate) consecutive_5xx: u32,
-    pub(crate) base_ejection: Duration,
-    pub(crate) max_ejection: Duration,
-    pub(crate) max_ejected_share: f64,
 }
 
 fn read_cluster(c: &cluster::Cluster) -> Result<Cluster, String> {
@@ -327,7 +322,9 @@ fn read_cluster(c: &cluster::Cluster) -> Result<Cluster, String> {
             .load_assignment
             .as_ref()
             .ok_or("a STATIC cluster has no load_assignment")?;
-        ClusterEndpoints::Inline(Arc::new(read_assignment(assignment)?))
+        let lean = wire::ClusterLoadAssignment::decode(assignment.encode_to_vec().as_slice())
+            .map_err(|e| format!("load_assignment does not decode: {e}"))?;
+        ClusterEndpoints::Inline(Arc::new(read_assignment(&lean)?))
     } else {
         return Err(format!(
             "cluster type {} is not supported (EDS and STATIC are)",
@@ -365,7 +362,7 @@ fn read_lb(policy: i32) -> LbPolicy {
     }
 }
 
-fn read_outlier(o: &cluster::OutlierDetection) -> Result<Option<Outlier>, String> {
+fn read_outlier(o: &cluster::OutlierDetection) -> Result<Option<OutlierDetection>, String> {
     let duration = |d: Option<&envoy_types::pb::google::protobuf::Duration>, default: u64| match d {
         None => Ok(Duration::from_secs(default)),
         Some(d) if d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos) => {
@@ -398,12 +395,15 @@ fn read_outlier(o: &cluster::OutlierDetection) -> Result<Option<Outlier>, String
         // Consecutive-failure ejection is off; the other detectors are not implemented.
         return Ok(None);
     }
-    Ok(Some(Outlier {
-        consecutive_5xx,
-        base_ejection,
-        max_ejection,
-        max_ejected_share: f64::from(percent) / 100.0,
-    }))
+    let detection = OutlierDetection::default()
+        .consecutive_failures(consecutive_5xx)
+        .ejection_time(base_ejection, max_ejection)
+        .max_ejected_share(f64::from(percent) / 100.0);
+    // The crate's own bounds (ejection times of at most a year): out of them is invalid.
+    detection
+        .validate()
+        .map_err(|e| format!("outlier_detection: {e}"))?;
+    Ok(Some(detection))
 }
 
 /// A cluster's endpoints by locality.
@@ -416,7 +416,7 @@ pub(crate) struct Assignment {
 
 #[derive(Debug, PartialEq)]
 pub(crate) struct Locality {
-    pub(crate) zone: Option<String>,
+    pub(crate) zone: Option<std::sync::Arc<str>>,
     /// The locality's weight; 0 when the control plane sent none (gRPC then ignores it).
     pub(crate) weight: u32,
     pub(crate) priority: u16,
@@ -424,33 +424,26 @@ pub(crate) struct Locality {
     pub(crate) endpoints: Vec<Endpoint>,
 }
 
-fn read_assignment(a: &endpoint::ClusterLoadAssignment) -> Result<Assignment, String> {
+fn read_assignment(a: &wire::ClusterLoadAssignment) -> Result<Assignment, String> {
     let mut out = Assignment::default();
     let mut priorities = Vec::new();
     for l in &a.endpoints {
         let priority = u16::try_from(l.priority)
             .map_err(|_| format!("a locality has priority {}, above 65535", l.priority))?;
         priorities.push(priority);
-        let zone = l.locality.as_ref().and_then(|l| {
+        let zone: Option<std::sync::Arc<str>> = l.locality.as_ref().and_then(|l| {
             [&l.zone, &l.sub_zone, &l.region]
                 .into_iter()
                 .find(|z| !z.is_empty())
-                .map(|z| printable(z))
+                .map(|z| printable(z).into())
         });
         let mut endpoints = Vec::with_capacity(l.lb_endpoints.len());
         for e in &l.lb_endpoints {
-            match read_endpoint(e) {
-                Ok(e) => endpoints.push(e.with_priority(priority)),
+            match read_endpoint(e, priority, zone.as_ref()) {
+                Ok(e) => endpoints.push(e),
                 Err((instance, reason, detail)) => out.rejected.push((instance, reason, detail)),
             }
         }
-        let endpoints = match &zone {
-            Some(z) => endpoints
-                .into_iter()
-                .map(|e| e.with_zone(z.clone()))
-                .collect(),
-            None => endpoints,
-        };
         out.localities.push(Locality {
             zone,
             weight: l.load_balancing_weight.as_ref().map_or(0, |w| w.value),
@@ -473,39 +466,39 @@ fn read_assignment(a: &endpoint::ClusterLoadAssignment) -> Result<Assignment, St
     Ok(out)
 }
 
-fn read_endpoint(e: &endpoint::LbEndpoint) -> Result<Endpoint, (String, RejectReason, String)> {
-    use core::address::Address;
-    use core::socket_address::PortSpecifier;
-    let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+/// One endpoint of a locality of priority `priority` in `zone`.
+fn read_endpoint(
+    e: &wire::LbEndpoint,
+    priority: u16,
+    zone: Option<&std::sync::Arc<str>>,
+) -> Result<Endpoint, (String, RejectReason, String)> {
+    let Some(ep) = &e.endpoint else {
         return Err((
             "?".into(),
             RejectReason::Malformed,
             "no endpoint address".into(),
         ));
     };
-    let Some(Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
-    else {
+    let Some(sa) = ep.address.as_ref().and_then(|a| a.socket_address.as_ref()) else {
         return Err((
             "?".into(),
             RejectReason::InvalidAddress,
             "not a socket address (pipes and internal addresses are not supported)".into(),
         ));
     };
-    let instance = printable(&sa.address);
-    let port = match sa.port_specifier {
-        Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok().filter(|&p| p > 0),
-        _ => None,
-    };
+    // Named for a log line only when rejected.
+    let instance = || printable(&sa.address);
+    let port = u16::try_from(sa.port_value).ok().filter(|&p| p > 0);
     let Some(port) = port else {
         return Err((
-            instance,
+            instance(),
             RejectReason::InvalidPort,
             "no port from 1 to 65535".into(),
         ));
     };
     if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
         return Err((
-            instance,
+            instance(),
             RejectReason::InvalidAddress,
             "not a TCP address".into(),
         ));
@@ -517,7 +510,7 @@ fn read_endpoint(e: &endpoint::LbEndpoint) -> Result<Endpoint, (String, RejectRe
         }
         Err(_) => {
             return Err((
-                instance,
+                instance(),
                 RejectReason::InvalidAddress,
                 "neither an IP address nor a host name".into(),
             ));
@@ -526,14 +519,19 @@ fn read_endpoint(e: &endpoint::LbEndpoint) -> Result<Endpoint, (String, RejectRe
     let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);
     if weight == 0 {
         return Err((
-            instance,
+            instance(),
             RejectReason::InvalidWeight,
             "load_balancing_weight is 0".into(),
         ));
     }
-    Ok(Endpoint::new(addr)
+    let endpoint = Endpoint::new(addr)
         .with_weight(weight)
-        .with_health(read_health(e.health_status)))
+        .with_health(read_health(e.health_status))
+        .with_priority(priority);
+    Ok(match zone {
+        Some(zone) => endpoint.with_shared_zone(zone.clone()),
+        None => endpoint,
+    })
 }
 
 /// EDS health as the crate's: `UNKNOWN` and `HEALTHY` pass, `DEGRADED` serves as a warning
@@ -550,4 +548,79 @@ fn read_health(status: i32) -> Health {
 /// At most 64 printable characters of a string from the control plane.
 pub(crate) fn printable(text: &str) -> String {
     crate::discovery::printable(text)
+}
+
+/// The fields of `envoy.config.endpoint.v3.ClusterLoadAssignment` the client reads, with
+/// their numbers from Envoy's protos; every other field is skipped while decoding. A oneof
+/// member is a field like any other on the wire: `LbEndpoint.endpoint` (1, beside
+/// `endpoint_name`, 5), `Address.socket_address` (1, beside `pipe` and the internal address),
+/// `SocketAddress.port_value` (3, beside `named_port`, 4, which leaves the port 0).
+mod wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct ClusterLoadAssignment {
+        #[prost(string, tag = "1")]
+        pub(super) cluster_name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub(super) endpoints: Vec<LocalityLbEndpoints>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct LocalityLbEndpoints {
+        #[prost(message, optional, tag = "1")]
+        pub(super) locality: Option<Locality>,
+        #[prost(message, repeated, tag = "2")]
+        pub(super) lb_endpoints: Vec<LbEndpoint>,
+        #[prost(message, optional, tag = "3")]
+        pub(super) load_balancing_weight: Option<UInt32>,
+        #[prost(uint32, tag = "5")]
+        pub(super) priority: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Locality {
+        #[prost(string, tag = "1")]
+        pub(super) region: String,
+        #[prost(string, tag = "2")]
+        pub(super) zone: String,
+        #[prost(string, tag = "3")]
+        pub(super) sub_zone: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct LbEndpoint {
+        #[prost(message, optional, tag = "1")]
+        pub(super) endpoint: Option<Endpoint>,
+        #[prost(int32, tag = "2")]
+        pub(super) health_status: i32,
+        #[prost(message, optional, tag = "4")]
+        pub(super) load_balancing_weight: Option<UInt32>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Endpoint {
+        #[prost(message, optional, tag = "1")]
+        pub(super) address: Option<Address>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Address {
+        #[prost(message, optional, tag = "1")]
+        pub(super) socket_address: Option<SocketAddress>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SocketAddress {
+        #[prost(int32, tag = "1")]
+        pub(super) protocol: i32,
+        #[prost(string, tag = "2")]
+        pub(super) address: String,
+        #[prost(uint32, tag = "3")]
+        pub(super) port_value: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct UInt32 {
+        #[prost(uint32, tag = "1")]
+        pub(super) value: u32,
+    }
 }

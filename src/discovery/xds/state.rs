@@ -142,7 +142,7 @@ impl State {
             cache.sent = false;
             cache.dirty = !cache.entries.is_empty();
             for entry in cache.entries.values_mut() {
-                if entry.value.is_none() && !entry.missing {
+                if entry.value.is_none() && !entry.missing && entry.error.is_none() {
                     entry.requested = Some(now);
                 }
             }
@@ -157,6 +157,12 @@ impl State {
                 entry.requested = None;
             }
         }
+    }
+
+    /// Whether a request of type `ty` was sent on this stream: a response of a type not
+    /// asked for is not answered (an ACK would ask for every resource of the type).
+    pub(crate) fn asked(&self, ty: Type) -> bool {
+        self.caches[ty.index()].sent
     }
 
     /// The requests to send now: one per type whose subscription changed. The first request
@@ -234,17 +240,16 @@ impl State {
                 }
             }
         }
-        if ty.absent_means_deleted() {
+        if ty.absent_means_deleted() && !self.rules.ignore_deletion {
+            // Only a resource received before is deleted by its absence: a response may
+            // answer a request sent before a name was added, so a name never received is
+            // left to its does-not-exist timer (as gRPC does).
             for (name, entry) in &mut cache.entries {
-                if names.contains(name) {
-                    continue;
-                }
-                entry.requested = None;
-                if entry.value.is_some() && !self.rules.ignore_deletion {
+                if !names.contains(name) && entry.value.is_some() {
                     tracing::info!(kind = ty.as_str(), name = %printable(name), "xDS resource deleted by the control plane");
                     entry.value = None;
+                    entry.missing = true;
                 }
-                entry.missing = entry.value.is_none();
             }
         }
         cache.nonce = response.nonce.clone();
