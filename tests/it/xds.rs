@@ -29,6 +29,23 @@ fn mesh(plane: &ControlPlane) -> MeshClient {
         .expect("valid client")
 }
 
+/// A client with neither retries nor a breaker: each call is one attempt, its outcome seen.
+fn plain_mesh(plane: &ControlPlane) -> MeshClient {
+    let xds = XdsDiscovery::builder()
+        .server(plane.addr.to_string())
+        .build()
+        .expect("valid xDS settings");
+    MeshClient::builder()
+        .discovery(xds)
+        .traffic(
+            proxyless::client::TrafficPolicy::default()
+                .no_retries()
+                .no_breaker(),
+        )
+        .build()
+        .expect("valid client")
+}
+
 fn count(hits: &[String]) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
     for h in hits {
@@ -395,19 +412,7 @@ async fn the_clusters_outlier_detection_replaces_the_configured_one() {
     };
     // The client's own detector needs 5 failures in a row; the cluster's needs 1.
     let plane = ControlPlane::start(snapshot(1, 1)).await;
-    let xds = XdsDiscovery::builder()
-        .server(plane.addr.to_string())
-        .build()
-        .unwrap();
-    let mesh = MeshClient::builder()
-        .discovery(xds)
-        .traffic(
-            proxyless::client::TrafficPolicy::default()
-                .no_retries()
-                .no_breaker(),
-        )
-        .build()
-        .unwrap();
+    let mesh = plain_mesh(&plane);
     let ejected_after_first_failure = async |mesh: &MeshClient| {
         loop {
             let r = mesh.get("http://orders/").send().await.unwrap();
@@ -423,20 +428,7 @@ async fn the_clusters_outlier_detection_replaces_the_configured_one() {
         ejected_after_first_failure(&mesh).await,
         "the cluster's consecutive_5xx of 1 ejects"
     );
-    let control = MeshClient::builder()
-        .discovery(
-            XdsDiscovery::builder()
-                .server(plane.addr.to_string())
-                .build()
-                .unwrap(),
-        )
-        .traffic(
-            proxyless::client::TrafficPolicy::default()
-                .no_retries()
-                .no_breaker(),
-        )
-        .build()
-        .unwrap();
+    let control = plain_mesh(&plane);
     plane.push(snapshot(2, 5));
     assert!(
         !ejected_after_first_failure(&control).await,
@@ -461,19 +453,7 @@ async fn the_clusters_max_requests_caps_the_calls_in_flight() {
             }),
     )
     .await;
-    let xds = XdsDiscovery::builder()
-        .server(plane.addr.to_string())
-        .build()
-        .unwrap();
-    let mesh = MeshClient::builder()
-        .discovery(xds)
-        .traffic(
-            proxyless::client::TrafficPolicy::default()
-                .no_retries()
-                .no_breaker(),
-        )
-        .build()
-        .unwrap();
+    let mesh = plain_mesh(&plane);
     mesh.get("http://orders/").send().await.unwrap();
     // Eight calls held 300 ms at once: three go, five are refused at once.
     let calls = (0..8).map(|_| {
