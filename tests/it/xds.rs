@@ -642,3 +642,84 @@ fn write_xds_fuzz_seeds() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_that_does_not_decode_deletes_nothing() {
+    let s = servers(1).await;
+    let good = Snapshot::new(1).service("orders", &[("v1", 1, &[s[0].addr])]);
+    let plane = ControlPlane::start(good.clone()).await;
+    let mesh = mesh(&plane);
+    mesh.get("http://orders/").send().await.unwrap();
+
+    // Version 2 lists no valid cluster `v1`, only bytes (served under that name) that are no
+    // cluster: they may have been `v1`, so `v1` stays (gRFC A46), and the response is NACKed.
+    let mut bad = good.without(CLUSTER, "v1").raw(
+        CLUSTER,
+        "v1",
+        envoy_types::pb::google::protobuf::Any {
+            type_url: CLUSTER.into(),
+            value: vec![0xff, 0xff, 0xff],
+        },
+    );
+    bad.version = 2;
+    plane.push(bad);
+    let nack = plane
+        .wait_for("a NACK", |r| r.type_url == CLUSTER && r.error.is_some())
+        .await;
+    assert!(nack.error.unwrap().contains("does not decode"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        mesh.get("http://orders/")
+            .send()
+            .await
+            .expect("the cluster is kept");
+    }
+}
+
+/// A discovery used on one runtime, which shuts down (ending the stream task), then on
+/// another: the stream starts again there.
+#[test]
+fn the_stream_starts_again_on_a_new_runtime() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let serving = runtime();
+    let (plane, addrs) = serving.block_on(async {
+        let s = servers(1).await;
+        let addr = s[0].addr;
+        std::mem::forget(s);
+        let plane =
+            ControlPlane::start(Snapshot::new(1).service("orders", &[("v1", 1, &[addr])])).await;
+        (plane, addr)
+    });
+    let xds = std::sync::Arc::new(
+        XdsDiscovery::builder()
+            .server(plane.addr.to_string())
+            .build()
+            .unwrap(),
+    );
+    let orders = proxyless::ServiceName::new("orders").unwrap();
+    let first = runtime();
+    let found = first.block_on(proxyless::Discovery::discover(&*xds, &orders));
+    assert_eq!(
+        found.unwrap().endpoints[0].addr().to_string(),
+        addrs.to_string()
+    );
+    drop(first);
+    let second = runtime();
+    let found = second.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            proxyless::Discovery::discover(&*xds, &orders),
+        )
+        .await
+    });
+    assert!(found.expect("answered in time").is_ok());
+    drop(second);
+    drop(plane);
+    drop(serving);
+}

@@ -110,7 +110,7 @@ pub(crate) struct Pool {
     this: Weak<Pool>,
     /// The balancer in use: the configured one, or the one the backend set with the
     /// current set. Under the publish lock.
-    applied: Mutex<(Balancer, Option<u32>)>,
+    applied: Mutex<Balancer>,
     /// The service's requests in flight, counted while its backend caps them.
     requests: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -135,7 +135,7 @@ impl Pool {
     ) -> Self {
         Pool {
             this,
-            applied: Mutex::new((balancer, None)),
+            applied: Mutex::new(balancer),
             requests: Arc::default(),
             labels: safety
                 .endpoint_labels
@@ -350,7 +350,7 @@ impl Pool {
         if effective == current.effective {
             return;
         }
-        let (balancer, _) = *self.lock_applied();
+        let balancer = *self.lock_applied();
         let selection =
             Selection::with_weights(balancer, &current.endpoints, &effective, &self.rng);
         self.current.store(Some(Arc::new(Snapshot {
@@ -407,7 +407,7 @@ impl Pool {
             safety.detection = Some(detection);
         }
         let max_requests = policy.and_then(|p| p.max_requests);
-        *self.lock_applied() = (balancer, max_requests);
+        *self.lock_applied() = balancer;
         let previous = self.current.load_full();
         let mut carried = Carried::new(previous.as_deref());
         let mut spare = std::mem::take(&mut *self.lock_spare());
@@ -453,7 +453,7 @@ impl Pool {
         drop(previous);
     }
 
-    fn lock_applied(&self) -> std::sync::MutexGuard<'_, (Balancer, Option<u32>)> {
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Balancer> {
         // A plain value.
         self.applied.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -317,7 +317,8 @@ impl XdsDiscovery {
     /// Starts the stream task if it does not run.
     fn start(&self) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.is_none() {
+        // Started again if it ended (its runtime shut down).
+        if task.as_ref().is_none_or(|t| t.is_finished()) {
             *task = Some(tokio::spawn(ads::run(
                 self.shared.clone(),
                 self.link.clone(),

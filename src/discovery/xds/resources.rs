@@ -472,14 +472,15 @@ fn read_endpoint(
     priority: u16,
     zone: Option<&std::sync::Arc<str>>,
 ) -> Result<Endpoint, (String, RejectReason, String)> {
-    let Some(ep) = &e.endpoint else {
+    let Some(wire::HostIdentifier::Endpoint(ep)) = &e.host else {
         return Err((
             "?".into(),
             RejectReason::Malformed,
             "no endpoint address".into(),
         ));
     };
-    let Some(sa) = ep.address.as_ref().and_then(|a| a.socket_address.as_ref()) else {
+    let Some(wire::AddressKind::Socket(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+    else {
         return Err((
             "?".into(),
             RejectReason::InvalidAddress,
@@ -488,7 +489,10 @@ fn read_endpoint(
     };
     // Named for a log line only when rejected.
     let instance = || printable(&sa.address);
-    let port = u16::try_from(sa.port_value).ok().filter(|&p| p > 0);
+    let port = match sa.port {
+        Some(wire::Port::Value(p)) => u16::try_from(p).ok().filter(|&p| p > 0),
+        _ => None,
+    };
     let Some(port) = port else {
         return Err((
             instance(),
@@ -551,10 +555,10 @@ pub(crate) fn printable(text: &str) -> String {
 }
 
 /// The fields of `envoy.config.endpoint.v3.ClusterLoadAssignment` the client reads, with
-/// their numbers from Envoy's protos; every other field is skipped while decoding. A oneof
-/// member is a field like any other on the wire: `LbEndpoint.endpoint` (1, beside
-/// `endpoint_name`, 5), `Address.socket_address` (1, beside `pipe` and the internal address),
-/// `SocketAddress.port_value` (3, beside `named_port`, 4, which leaves the port 0).
+/// their numbers from Envoy's protos; every other field is skipped while decoding (and so
+/// not checked: bad UTF-8 in an endpoint's `hostname` or malformed metadata no longer fail
+/// the assignment). The oneofs keep every member (`LbEndpoint`'s endpoint or name,
+/// `Address`'s socket, pipe or internal address, `SocketAddress`'s port value or name).
 mod wire {
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct ClusterLoadAssignment {
@@ -588,12 +592,22 @@ mod wire {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct LbEndpoint {
-        #[prost(message, optional, tag = "1")]
-        pub(super) endpoint: Option<Endpoint>,
+        #[prost(oneof = "HostIdentifier", tags = "1, 5")]
+        pub(super) host: Option<HostIdentifier>,
         #[prost(int32, tag = "2")]
         pub(super) health_status: i32,
         #[prost(message, optional, tag = "4")]
         pub(super) load_balancing_weight: Option<UInt32>,
+    }
+
+    /// The oneofs keep their other members, so that the last member on the wire wins, as
+    /// with the full messages.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub(super) enum HostIdentifier {
+        #[prost(message, tag = "1")]
+        Endpoint(Endpoint),
+        #[prost(string, tag = "5")]
+        EndpointName(String),
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -604,9 +618,25 @@ mod wire {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct Address {
-        #[prost(message, optional, tag = "1")]
-        pub(super) socket_address: Option<SocketAddress>,
+        #[prost(oneof = "AddressKind", tags = "1, 2, 3")]
+        pub(super) address: Option<AddressKind>,
     }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub(super) enum AddressKind {
+        #[prost(message, tag = "1")]
+        Socket(SocketAddress),
+        /// A pipe.
+        #[prost(message, tag = "2")]
+        Pipe(Skipped),
+        /// An Envoy internal address.
+        #[prost(message, tag = "3")]
+        Internal(Skipped),
+    }
+
+    /// A message whose fields are not read.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Skipped {}
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct SocketAddress {
@@ -614,13 +644,65 @@ mod wire {
         pub(super) protocol: i32,
         #[prost(string, tag = "2")]
         pub(super) address: String,
+        #[prost(oneof = "Port", tags = "3, 4")]
+        pub(super) port: Option<Port>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub(super) enum Port {
         #[prost(uint32, tag = "3")]
-        pub(super) port_value: u32,
+        Value(u32),
+        #[prost(string, tag = "4")]
+        Named(String),
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct UInt32 {
         #[prost(uint32, tag = "1")]
         pub(super) value: u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `LbEndpoint` with an address, then an `endpoint_name` after it on the wire: the
+    /// last oneof member wins, for the lean message as for the full one.
+    #[test]
+    fn the_last_oneof_member_on_the_wire_wins_in_the_lean_messages() {
+        let full = endpoint::LbEndpoint {
+            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                endpoint::Endpoint {
+                    address: Some(core::Address {
+                        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                            address: "10.0.0.1".into(),
+                            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                                80,
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let mut bytes = full.encode_to_vec();
+        let lean = wire::LbEndpoint::decode(bytes.as_slice()).expect("decodes");
+        let read = read_endpoint(&lean, 0, None).expect("an endpoint");
+        assert_eq!(read.addr().to_string(), "10.0.0.1:80");
+        // Field 5, length-delimited: endpoint_name = "n".
+        bytes.extend_from_slice(&[5 << 3 | 2, 1, b'n']);
+        let full = endpoint::LbEndpoint::decode(bytes.as_slice()).expect("decodes");
+        assert!(matches!(
+            full.host_identifier,
+            Some(endpoint::lb_endpoint::HostIdentifier::EndpointName(_))
+        ));
+        let lean = wire::LbEndpoint::decode(bytes.as_slice()).expect("decodes");
+        assert!(
+            read_endpoint(&lean, 0, None).is_err(),
+            "a name, not an address"
+        );
     }
 }

@@ -209,9 +209,11 @@ impl State {
         let now = Instant::now();
         let mut errors: Vec<String> = Vec::new();
         let mut names: HashSet<String> = HashSet::new();
+        let mut undecodable = false;
         let cache = &mut self.caches[ty.index()];
         for any in &response.resources {
             let Some((name, resource)) = decode(ty, any) else {
+                undecodable = true;
                 errors.push(format!(
                     "a resource of type {} does not decode",
                     printable(&any.type_url)
@@ -240,7 +242,9 @@ impl State {
                 }
             }
         }
-        if ty.absent_means_deleted() && !self.rules.ignore_deletion {
+        // A resource that did not decode has no name: its listener or cluster may be among
+        // those absent, and keeps its last valid version (gRFC A46).
+        if ty.absent_means_deleted() && !self.rules.ignore_deletion && !undecodable {
             // Only a resource received before is deleted by its absence: a response may
             // answer a request sent before a name was added, so a name never received is
             // left to its does-not-exist timer (as gRPC does).

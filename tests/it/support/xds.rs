@@ -51,6 +51,11 @@ impl Snapshot {
         }
     }
 
+    /// Adds a resource as it is, under `name` (which need not be the one it encodes).
+    pub fn raw(self, type_url: &'static str, name: &str, any: Any) -> Self {
+        self.add(type_url, name, any)
+    }
+
     fn add(mut self, type_url: &'static str, name: &str, any: Any) -> Self {
         let list = self.resources.entry(type_url).or_default();
         list.retain(|(n, _)| n != name);
