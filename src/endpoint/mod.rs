@@ -363,6 +363,7 @@ impl Endpoint {
     }
 
     /// Sets the locality zone to a name already shared.
+    #[cfg_attr(not(feature = "xds"), allow(dead_code))]
     pub(crate) fn with_shared_zone(mut self, zone: Arc<str>) -> Self {
         self.zone = Some(zone);
         self
