@@ -63,7 +63,7 @@ pub(crate) enum Kind {
     Config,
     /// A circuit breaker rejected the call.
     CircuitOpen,
-    /// A local rate limit refused the call.
+    /// A rate limit (local or fleet-wide) refused the call.
     RateLimited,
     /// A local concurrency limit refused the call.
     Overloaded,
@@ -287,7 +287,8 @@ impl Error {
         self.inner.kind == Kind::CircuitOpen
     }
 
-    /// A local rate limit refused the call without sending it.
+    /// A rate limit refused the call without sending it: the service's local limit, or its
+    /// fleet-wide limit (over the limit, or failing closed while Redis cannot decide).
     pub fn is_rate_limited(&self) -> bool {
         self.inner.kind == Kind::RateLimited
     }

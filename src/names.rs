@@ -10,6 +10,11 @@ pub const RETRIES: &str = "proxyless.retries";
 pub const REJECTED: &str = "proxyless.rejected";
 /// A service breaker's state (gauge; `server.address`): 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "proxyless.breaker.state";
+/// Fleet-wide rate limit decisions made by the fallback while Redis could not decide
+/// (counter; `server.address`, `reason`: `timeout`, `error`, `down`; `mode`: `open`,
+/// `closed`).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub const RATE_LIMIT_FALLBACKS: &str = "proxyless.rate_limit.fallbacks";
 /// Breaker transitions (counter; `server.address`, `to`).
 pub const BREAKER_TRANSITIONS: &str = "proxyless.breaker.transitions";
 /// Endpoints ejected (counter; `server.address`).

@@ -17,6 +17,8 @@ use criterion::criterion_group;
 #[cfg(feature = "xds")]
 #[path = "../../tests/it/support/xds.rs"]
 mod control_plane;
+#[cfg(feature = "redis")]
+mod fleet;
 mod pick;
 mod policy;
 mod registry;
@@ -25,23 +27,19 @@ mod targets;
 #[cfg(feature = "xds")]
 mod xds;
 
-#[cfg(not(feature = "xds"))]
-criterion_group!(
-    benches,
-    pick::benches,
-    policy::benches,
-    stack::benches,
-    registry::benches
-);
-#[cfg(feature = "xds")]
-criterion_group!(
-    benches,
-    pick::benches,
-    policy::benches,
-    stack::benches,
-    registry::benches,
-    xds::benches
-);
+/// Every area, those of optional features when they are on.
+fn all(c: &mut criterion::Criterion) {
+    pick::benches(c);
+    policy::benches(c);
+    stack::benches(c);
+    registry::benches(c);
+    #[cfg(feature = "xds")]
+    xds::benches(c);
+    #[cfg(feature = "redis")]
+    fleet::benches(c);
+}
+
+criterion_group!(benches, all);
 fn main() {
     if let Ok(count) = std::env::var("PROXYLESS_COUNT") {
         let (path, calls) = count.split_once(':').unwrap_or((&count, "2000"));

@@ -35,6 +35,8 @@ pub struct TrafficPolicy {
     retry: Option<RetryPolicy>,
     breaker: Option<BreakerConfig>,
     rate_limit: Option<(Rate, OnExceed)>,
+    #[cfg(feature = "redis")]
+    fleet_rate_limit: Option<crate::limit::FleetLimit>,
     concurrency_limit: Option<usize>,
     #[cfg(feature = "jwt")]
     auth: Option<crate::auth::AttachTokenLayer>,
@@ -50,6 +52,8 @@ impl Default for TrafficPolicy {
             retry: Some(RetryPolicy::default()),
             breaker: Some(BreakerConfig::default()),
             rate_limit: None,
+            #[cfg(feature = "redis")]
+            fleet_rate_limit: None,
             concurrency_limit: None,
             #[cfg(feature = "jwt")]
             auth: None,
@@ -98,6 +102,18 @@ impl TrafficPolicy {
     /// Limits calls to `rate`.
     pub fn rate_limit(mut self, rate: Rate, on_exceed: OnExceed) -> Self {
         self.rate_limit = Some((rate, on_exceed));
+        self
+    }
+
+    /// Limits the calls of every process that uses this policy to one shared rate, kept in
+    /// Redis under the service's name (feature `redis`; see [`limit::fleet`]). Asked after
+    /// any local [`rate_limit`](TrafficPolicy::rate_limit), which can keep one process from
+    /// taking the whole fleet's share.
+    ///
+    /// [`limit::fleet`]: crate::limit::fleet
+    #[cfg(feature = "redis")]
+    pub fn fleet_rate_limit(mut self, limit: crate::limit::FleetLimit) -> Self {
+        self.fleet_rate_limit = Some(limit);
         self
     }
 
@@ -199,6 +215,12 @@ impl TrafficPolicy {
             .map(|policy| RetryLayer::seeded(policy, seed, name.as_str()))
             .transpose()?;
         let timeout = self.timeout.map(crate::timeout::Deadlines::new);
+        #[cfg(feature = "redis")]
+        let fleet = self
+            .fleet_rate_limit
+            .as_ref()
+            .map(|limit| limit.limiter(name.as_str()))
+            .transpose()?;
         Ok(MeshLayer {
             policies: Arc::new(Policies {
                 metrics: MetricsLayer::new(name),
@@ -212,6 +234,8 @@ impl TrafficPolicy {
                     .map(crate::timeout::Deadlines::new),
                 retry,
                 rate,
+                #[cfg(feature = "redis")]
+                fleet,
                 concurrency: self
                     .concurrency_limit
                     .map(|max| ConcurrencyLimitLayer::new(max).limiter().clone()),

@@ -132,6 +132,123 @@ pub struct RateLimitConfig {
     /// Wait up to this long for capacity; fail at once if absent.
     #[serde(default, deserialize_with = "duration::optional")]
     pub max_wait: Option<Duration>,
+    /// Makes the limit fleet-wide: one limit in Redis shared by every process (feature
+    /// `redis`).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[…traffic.rate_limit.fleet]`: the rate limit kept in Redis for the whole fleet
+/// ([`limit::fleet`](crate::limit)); feature `redis`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FleetConfig {
+    /// The Redis URL (`redis://[user:password@]host:port[/db]`); never shown.
+    pub redis: crate::Secret,
+    /// The longest a decision waits for Redis (20 ms).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub timeout: Option<Duration>,
+    /// How long the fallback decides alone after Redis failed (1 s).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub retry_interval: Option<Duration>,
+    /// The longest a connection attempt runs, in the background (2 s).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub connect_timeout: Option<Duration>,
+    /// `"open"` (a local share of the rate, the default) or `"closed"` (refuse).
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// The processes sharing the limit, for the open fallback's share (1).
+    #[serde(default)]
+    pub fleet_size: Option<u32>,
+    /// A request header whose values get limits of their own.
+    #[serde(default)]
+    pub descriptor_header: Option<String>,
+    /// The start of the limit's Redis keys (`proxyless:rate`).
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// The store made for this section, shared by every service that uses it.
+    #[cfg(feature = "redis")]
+    #[serde(skip)]
+    store: std::sync::Arc<std::sync::OnceLock<crate::limit::RedisStore>>,
+}
+
+impl FleetConfig {
+    #[cfg(feature = "redis")]
+    fn apply(
+        &self,
+        policy: TrafficPolicy,
+        rate: Rate,
+        on_exceed: OnExceed,
+        field: &str,
+    ) -> Result<TrafficPolicy, Error> {
+        use crate::limit::{Fallback, FleetLimit, RedisStore};
+        let store = match self.store.get() {
+            Some(store) => store.clone(),
+            None => {
+                let mut store = RedisStore::open(self.redis.expose())
+                    .map_err(|e| Error::config(format!("{field}.redis"), e.to_string()))?;
+                if let Some(timeout) = self.timeout {
+                    store = store.timeout(timeout);
+                }
+                if let Some(interval) = self.retry_interval {
+                    store = store.retry_interval(interval);
+                }
+                if let Some(timeout) = self.connect_timeout {
+                    store = store.connect_timeout(timeout);
+                }
+                self.store.get_or_init(|| store).clone()
+            }
+        };
+        let fallback = match self.fallback.as_deref() {
+            None | Some("open") => {
+                let size = self.fleet_size.unwrap_or(1);
+                Fallback::Open {
+                    fleet_size: NonZeroU32::new(size).ok_or_else(|| {
+                        Error::config(format!("{field}.fleet_size"), "must be above zero")
+                    })?,
+                }
+            }
+            Some("closed") => Fallback::Closed,
+            Some(other) => {
+                return Err(Error::config(
+                    format!("{field}.fallback"),
+                    format!("`{other}` is not `open` or `closed`"),
+                ));
+            }
+        };
+        let mut limit = FleetLimit::new(store, rate)
+            .on_exceed(on_exceed)
+            .fallback(fallback);
+        if let Some(header) = &self.descriptor_header {
+            let header = reqwest::header::HeaderName::try_from(header.as_str()).map_err(|_| {
+                Error::config(format!("{field}.descriptor_header"), "not a header name")
+            })?;
+            limit = limit.descriptor_header(header);
+        }
+        if let Some(prefix) = &self.key_prefix {
+            limit = limit.key_prefix(prefix.clone());
+        }
+        // Checked now, so that a bad setting is a configuration error.
+        limit
+            .limiter("check")
+            .map_err(|e| Error::config(field.to_owned(), e.to_string()))?;
+        Ok(policy.fleet_rate_limit(limit))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn apply(
+        &self,
+        _policy: TrafficPolicy,
+        _rate: Rate,
+        _on_exceed: OnExceed,
+        field: &str,
+    ) -> Result<TrafficPolicy, Error> {
+        Err(Error::config(
+            field.to_owned(),
+            "fleet-wide rate limits need the `redis` feature",
+        ))
+    }
 }
 
 /// `[client.outlier_detection]`; unset fields keep Envoy's defaults.
@@ -256,7 +373,10 @@ impl TrafficConfig {
                 limit = limit.burst(burst);
             }
             let on_exceed = rate.max_wait.map_or(OnExceed::FailFast, OnExceed::Wait);
-            policy = policy.rate_limit(limit, on_exceed);
+            policy = match &rate.fleet {
+                Some(fleet) => fleet.apply(policy, limit, on_exceed, &format!("{field}.fleet"))?,
+                None => policy.rate_limit(limit, on_exceed),
+            };
         }
         if let Some(auth) = self.auth.as_ref().or(default.auth.as_ref()) {
             policy = auth.apply(policy, &format!("{prefix}.auth"))?;

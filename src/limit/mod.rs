@@ -26,6 +26,8 @@
 //! [`Error::is_overloaded`]: crate::Error::is_overloaded
 
 mod concurrency;
+#[cfg(feature = "redis")]
+pub mod fleet;
 mod rate;
 
 #[cfg(test)]
@@ -33,5 +35,9 @@ mod tests;
 
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub(crate) use concurrency::{ConcurrencyLimiter, Slot};
+#[cfg(feature = "redis")]
+pub use fleet::{
+    Fallback, FleetLimit, FleetRateLimit, FleetRateLimitLayer, FleetRateLimiter, RedisStore,
+};
 pub(crate) use rate::Admission;
 pub use rate::{OnExceed, Rate, RateLimit, RateLimitLayer, RateLimiterState};

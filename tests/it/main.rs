@@ -25,6 +25,8 @@ mod dns;
 mod eureka;
 mod health;
 mod observe;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "rustls")]
 mod tls;
 mod traffic;

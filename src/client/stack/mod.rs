@@ -53,6 +53,9 @@ pub(crate) struct Policies {
     pub(crate) attempt_timeout: Option<Arc<Deadlines>>,
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) rate: Option<Arc<RateLimiterState>>,
+    /// A fleet-wide rate limit, asked after the local one.
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<crate::limit::FleetRateLimiter>>,
     pub(crate) concurrency: Option<Arc<ConcurrencyLimiter>>,
     pub(crate) breaker: Option<Arc<Breaker>>,
     #[cfg(feature = "jwt")]
@@ -95,10 +98,20 @@ impl Policies {
                 Admission::Now => {}
                 Admission::Wait => {
                     let rate = rate.clone();
-                    return Admitted::RateWait(Box::pin(async move { rate.acquire().await }));
+                    let fleet = self.fleet_wait(request);
+                    return Admitted::RateWait(Box::pin(async move {
+                        rate.acquire().await?;
+                        match fleet {
+                            Some(fleet) => fleet.await,
+                            None => Ok(()),
+                        }
+                    }));
                 }
                 Admission::Refused(error) => return Admitted::Refused(error),
             }
+        }
+        if !after_rate && let Some(fleet) = self.fleet_wait(request) {
+            return Admitted::RateWait(fleet);
         }
         if let Some(concurrency) = &self.concurrency {
             match concurrency.admit() {
@@ -125,6 +138,31 @@ impl Policies {
         #[cfg(not(feature = "jwt"))]
         let _ = request;
         Admitted::Go
+    }
+}
+
+impl Policies {
+    /// The fleet-wide limit's decision on `request`, if the service has one: always a round
+    /// trip, so always a wait.
+    #[cfg(feature = "redis")]
+    fn fleet_wait(
+        &self,
+        request: &reqwest::Request,
+    ) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        let fleet = self.fleet.clone()?;
+        let descriptor = fleet.descriptor(request).map(str::to_owned);
+        Some(Box::pin(async move {
+            fleet.acquire_for(descriptor.as_deref()).await
+        }))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[inline(always)]
+    fn fleet_wait(
+        &self,
+        _request: &reqwest::Request,
+    ) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        None
     }
 }
 

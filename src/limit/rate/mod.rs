@@ -34,9 +34,9 @@ pub enum OnExceed {
 /// A rate: `calls` every `per`, in bursts of up to `burst`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
-    calls: NonZeroU32,
-    per: Duration,
-    burst: NonZeroU32,
+    pub(in crate::limit) calls: NonZeroU32,
+    pub(in crate::limit) per: Duration,
+    pub(in crate::limit) burst: NonZeroU32,
 }
 
 impl Rate {
@@ -64,7 +64,7 @@ impl Rate {
         self
     }
 
-    fn quota(&self) -> Result<Quota, Error> {
+    pub(in crate::limit) fn quota(&self) -> Result<Quota, Error> {
         let period = self.per / self.calls.get();
         Quota::with_period(period)
             .map(|q| q.allow_burst(self.burst))

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 pub mod consul;
 #[cfg(feature = "dns")]
 pub mod dns;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod served;
 #[cfg(feature = "rustls")]
 pub mod tls;
