@@ -12,7 +12,7 @@ use crate::error::Error;
 /// The strategy a service's requests are balanced with.
 ///
 /// In configuration it is written in snake case: `"weighted_random"`, `"random"`,
-/// `"round_robin"`, `"weighted_round_robin"`, `"least_request"`.
+/// `"round_robin"`, `"weighted_round_robin"`, `"least_request"`, `"peak_ewma"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -26,8 +26,13 @@ pub enum Balancer {
     RoundRobin,
     /// [`WeightedRoundRobin`](crate::balance::WeightedRoundRobin): nginx's smooth weighted round robin.
     WeightedRoundRobin,
-    /// [`LeastRequest`](crate::balance::LeastRequest): the less loaded of two weighted random choices.
+    /// [`LeastRequest`](crate::balance::LeastRequest): the less loaded of two distinct
+    /// weighted random choices.
     LeastRequest,
+    /// [`PeakEwma`](crate::balance::PeakEwma): the cheaper of two distinct weighted random
+    /// choices by peak-EWMA latency × (requests in flight + 1), Finagle's and linkerd's
+    /// latency-aware balancer; its decay is `BalanceLayerBuilder::peak_ewma_decay` (10 s).
+    PeakEwma,
 }
 
 /// Outlier ejection settings; the defaults are Envoy's.

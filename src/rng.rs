@@ -18,6 +18,11 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A new uniform word from a used one: SplitMix64's step and hash.
+pub(crate) fn remix(random: u64) -> u64 {
+    mix(random.wrapping_add(GAMMA))
+}
+
 thread_local! {
     static THREAD_STATE: Cell<u64> = Cell::new(rand::random());
 }

@@ -6,9 +6,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use proxyless::balance::{LeastRequest, Random, RoundRobin, WeightedRandom, WeightedRoundRobin};
+use proxyless::balance::{
+    LeastRequest, PeakEwma, Random, RoundRobin, WeightedRandom, WeightedRoundRobin,
+};
 
 pub(crate) const SIZES: [usize; 4] = [4, 128, 1024, 10_000];
 
@@ -64,6 +66,30 @@ pub(crate) fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let (first, second) = (rng.next(), rng.next());
                 black_box(table.pick(first, second, |i| in_flight[i].load(Ordering::Relaxed)))
+            })
+        });
+        // Latency averages and in-flight counts side by side in atomics, as the mesh's
+        // endpoint records keep them.
+        let table = PeakEwma::new(&weights).expect("weights above 0");
+        let loads: Vec<(AtomicU64, AtomicU32)> = (0..n)
+            .map(|i| {
+                let latency = 0.001 * (1 + i % 7) as f64;
+                (
+                    AtomicU64::new(latency.to_bits()),
+                    AtomicU32::new((i % 5) as u32),
+                )
+            })
+            .collect();
+        group.bench_with_input(BenchmarkId::new("peak_ewma", n), &n, |b, _| {
+            b.iter(|| {
+                let (first, second) = (rng.next(), rng.next());
+                black_box(table.pick(first, second, |i| {
+                    let (latency, in_flight) = &loads[i];
+                    (
+                        f64::from_bits(latency.load(Ordering::Relaxed)),
+                        in_flight.load(Ordering::Relaxed),
+                    )
+                }))
             })
         });
     }

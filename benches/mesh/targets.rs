@@ -86,6 +86,7 @@ pub(crate) fn report(since: SystemTime) {
         "round_robin",
         "weighted_round_robin",
         "least_request",
+        "peak_ewma",
     ];
     let picks: Option<Vec<Measured>> = strategies
         .iter()

@@ -145,6 +145,14 @@ fn stamp(epoch: Instant, at: Instant) -> u64 {
     at.saturating_duration_since(epoch).as_nanos() as u64 + 1
 }
 
+/// The origin of the peak-EWMA stamps: one for the process, so that records moved between
+/// snapshots keep meaningful times.
+fn peak_stamp(now: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    now.saturating_duration_since(epoch).as_nanos() as u64
+}
+
 /// One endpoint's record, kept across snapshots while the endpoint stays listed.
 #[derive(Debug)]
 pub(crate) struct EndpointStats {
@@ -157,6 +165,11 @@ pub(crate) struct EndpointStats {
     success: AtomicU64,
     latency: AtomicU64,
     in_flight: AtomicU32,
+    /// The peak-EWMA latency in seconds (f64 bits; 0: no sample), beside `in_flight`, which
+    /// a pick reads with it.
+    peak: AtomicU64,
+    /// When `peak` last moved (nanoseconds after [`peak_epoch`]).
+    peak_at: AtomicU64,
     /// Its per-endpoint metric series, when those are turned on.
     pub(crate) series: Option<Arc<EndpointSeries>>,
     /// The URLs rewritten to it lately.
@@ -194,6 +207,8 @@ impl EndpointStats {
             success: AtomicU64::new(1f64.to_bits()),
             latency: AtomicU64::new(0f64.to_bits()),
             in_flight: AtomicU32::new(0),
+            peak: AtomicU64::new(0f64.to_bits()),
+            peak_at: AtomicU64::new(0),
             series,
             rewrites: Default::default(),
         }
@@ -324,6 +339,45 @@ impl EndpointStats {
             }
         }
         changed
+    }
+
+    /// The peak-EWMA latency in seconds; 0 before the first sample.
+    #[inline]
+    pub(crate) fn peak_latency(&self) -> f64 {
+        f64::from_bits(self.peak.load(Ordering::Relaxed))
+    }
+
+    /// Moves the peak-EWMA latency with a sample: to it at once if it is slower, towards it
+    /// by `1 − e^(−elapsed / decay)` if not (Finagle's and tower's rule). Two atomics, each
+    /// written whole: calls that end together may lose one sample, never corrupt one.
+    pub(crate) fn observe_peak(&self, sample: Duration, now: Instant, decay: Duration) {
+        let sample = sample.as_secs_f64().max(1e-9);
+        let now = peak_stamp(now);
+        let last = self.peak_at.swap(now, Ordering::Relaxed);
+        let old = self.peak_latency();
+        let new = if sample >= old || old == 0.0 {
+            sample
+        } else {
+            let kept = (-(now.saturating_sub(last) as f64) / decay.as_nanos() as f64).exp();
+            old * kept + sample * (1.0 - kept)
+        };
+        self.peak.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Decays the peak-EWMA latency towards 0 for the time since it last moved, so that an
+    /// endpoint no call reaches is tried again (the maintenance tick's part of tower's
+    /// decay on read).
+    pub(crate) fn decay_peak(&self, now: Instant, decay: Duration) {
+        let old = self.peak_latency();
+        if old == 0.0 {
+            return;
+        }
+        let now = peak_stamp(now);
+        let last = self.peak_at.swap(now, Ordering::Relaxed);
+        let kept = (-(now.saturating_sub(last) as f64) / decay.as_nanos() as f64).exp();
+        // Not below a nanosecond: 0 means "no sample".
+        self.peak
+            .store((old * kept).max(1e-9).to_bits(), Ordering::Relaxed);
     }
 
     pub(crate) fn success_rate(&self) -> f64 {

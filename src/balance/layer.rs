@@ -1,6 +1,7 @@
 //! [`BalanceLayer`] and its builder: the balancer's settings, checked once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower::Layer;
 
@@ -142,6 +143,15 @@ impl BalanceLayerBuilder {
         self
     }
 
+    /// The time constant of [`Balancer::PeakEwma`]'s latency averages (10 s, as Finagle's
+    /// and linkerd's): how fast a faster endpoint's average falls, and how fast one left
+    /// alone decays towards being tried again. The decay runs on the maintenance tick (the
+    /// health scoring's `update_period`, 1 s).
+    pub fn peak_ewma_decay(mut self, decay: Duration) -> Self {
+        self.safety.peak_ewma_decay = decay;
+        self
+    }
+
     /// Bends weights by health scores, as `scoring` says (on by default; see
     /// [`crate::balance::health`]).
     pub fn health_scoring(mut self, scoring: HealthScoring) -> Self {
@@ -183,6 +193,10 @@ impl BalanceLayerBuilder {
         }
         if let Some(scoring) = &self.safety.scoring {
             scoring.validate()?;
+        }
+        crate::error::check_duration("peak_ewma_decay", self.safety.peak_ewma_decay)?;
+        if self.safety.peak_ewma_decay.is_zero() {
+            return Err(Error::builder("peak_ewma_decay", "must be above zero"));
         }
         if self.safety.endpoint_labels == Some(0) {
             return Err(Error::builder(

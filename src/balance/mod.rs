@@ -21,7 +21,8 @@
 //! | [`Random`] | uniformly, ignoring weights | O(1) |
 //! | [`RoundRobin`] | each in turn, from a random start | O(1): one atomic increment |
 //! | [`WeightedRoundRobin`] | nginx's smooth weighted order | O(1) from a table |
-//! | [`LeastRequest`] | the one with fewer requests in flight per unit of weight, of two weighted random draws | O(1): two draws, two atomic loads |
+//! | [`LeastRequest`] | the one with fewer requests in flight per unit of weight, of two distinct weighted random draws | O(1): two draws, two atomic loads |
+//! | [`PeakEwma`] | the one with the lower peak-EWMA latency × (in flight + 1), of two distinct weighted random draws | O(1): two draws, four atomic loads |
 //!
 //! Each strategy is also usable by itself over a slice of weights, and
 //! [`BalanceLayer`] puts the whole selection, URL rewriting included, around any
@@ -30,6 +31,7 @@
 pub mod health;
 mod layer;
 mod least_request;
+mod peak_ewma;
 mod pool;
 mod random;
 pub(crate) mod rewrite;
@@ -47,6 +49,7 @@ use crate::rng::PickRng;
 pub use crate::policy::Balancer;
 pub use layer::{BalanceLayer, BalanceLayerBuilder};
 pub use least_request::LeastRequest;
+pub use peak_ewma::PeakEwma;
 pub use pool::EndpointStatus;
 pub(crate) use pool::{Lookup, Pool, Pools, Snapshot};
 pub use random::Random;
@@ -81,6 +84,7 @@ enum Picker {
     RoundRobin(RoundRobin),
     WeightedRoundRobin(WeightedRoundRobin),
     LeastRequest(LeastRequest),
+    PeakEwma(PeakEwma),
 }
 
 /// A service's selection table for one snapshot of its endpoints.
@@ -135,6 +139,7 @@ impl Selection {
                 WeightedRoundRobin::new(&weights).map(Picker::WeightedRoundRobin)
             }
             Balancer::LeastRequest => LeastRequest::new(&weights).map(Picker::LeastRequest),
+            Balancer::PeakEwma => PeakEwma::new(&weights).map(Picker::PeakEwma),
         };
         Selection {
             picker: picker.ok(),
@@ -142,15 +147,30 @@ impl Selection {
     }
 
     /// The index of the chosen endpoint, or `None` when no endpoint may be picked.
-    /// `in_flight` reads an endpoint's requests in flight (for [`Balancer::LeastRequest`]).
+    /// `in_flight` reads an endpoint's requests in flight (for [`Balancer::LeastRequest`]),
+    /// `latency` its peak-EWMA latency in seconds (for [`Balancer::PeakEwma`]).
     #[inline]
-    pub(crate) fn pick(&self, rng: &PickRng, in_flight: impl Fn(usize) -> u32) -> Option<usize> {
+    pub(crate) fn pick(
+        &self,
+        rng: &PickRng,
+        in_flight: impl Fn(usize) -> u32,
+        latency: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
         Some(match self.picker.as_ref()? {
             Picker::WeightedRandom(table) => table.pick(rng.next_u64()),
             Picker::Random(table) => table.pick(rng.next_u64()),
             Picker::RoundRobin(table) => table.pick(),
             Picker::WeightedRoundRobin(table) => table.pick(),
             Picker::LeastRequest(table) => table.pick(rng.next_u64(), rng.next_u64(), in_flight),
+            Picker::PeakEwma(table) => table.pick(rng.next_u64(), rng.next_u64(), |i| {
+                (latency(i), in_flight(i))
+            }),
         })
+    }
+
+    /// Whether calls should feed the endpoints' peak-EWMA latencies.
+    #[inline]
+    pub(crate) fn is_peak_ewma(&self) -> bool {
+        matches!(self.picker, Some(Picker::PeakEwma(_)))
     }
 }

@@ -130,18 +130,18 @@ fn selection_uses_the_best_tier_that_can_take_traffic() {
         let mut seen = [false; 5];
         for _ in 0..200 {
             seen[selection
-                .pick(&rng, |_| 0)
+                .pick(&rng, |_| 0, |_| 0.0)
                 .expect("tier 1 can take traffic")] = true;
         }
         assert_eq!(seen, [false, false, true, true, false], "{balancer:?}");
     }
     let none = [at(1).with_weight(0), at(2).with_health(Health::Critical)];
     assert_eq!(
-        Selection::build(Balancer::WeightedRandom, &none, &rng).pick(&rng, |_| 0),
+        Selection::build(Balancer::WeightedRandom, &none, &rng).pick(&rng, |_| 0, |_| 0.0),
         None
     );
     assert_eq!(
-        Selection::build(Balancer::RoundRobin, &[], &rng).pick(&rng, |_| 0),
+        Selection::build(Balancer::RoundRobin, &[], &rng).pick(&rng, |_| 0, |_| 0.0),
         None
     );
 }

@@ -94,6 +94,38 @@ impl WeightedRandom {
         }
     }
 
+    /// Two picks, distinct whenever there are two candidates: the second is drawn again
+    /// (from `second` remixed) while it equals the first, at most four times, and after
+    /// that (one pair in 4^5 among four equal weights) is a uniformly drawn other
+    /// candidate. The first pick is distributed exactly as [`WeightedRandom::pick`]'s.
+    #[inline]
+    pub fn pick_two(&self, first: u64, second: u64) -> (usize, usize) {
+        let a = self.pick(first);
+        let mut b = self.pick(second);
+        if b == a && self.slots.len() > 1 {
+            b = self.redraw(a, second);
+        }
+        (a, b)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn redraw(&self, a: usize, mut random: u64) -> usize {
+        for _ in 0..4 {
+            random = crate::rng::remix(random);
+            let b = self.pick(random);
+            if b != a {
+                return b;
+            }
+        }
+        // Each candidate owns one slot: the next slot's owner differs from this one's.
+        let (k, _) = scale(crate::rng::remix(random), self.slots.len());
+        match self.slots[k].own as usize {
+            own if own == a => self.slots[(k + 1) % self.slots.len()].own as usize,
+            own => own,
+        }
+    }
+
     /// The number of indices that can be picked.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -120,5 +152,26 @@ impl WeightedRandom {
             p[slot.alias as usize] += (1.0 - keep) / n;
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod pick_two_tests {
+    use super::*;
+
+    #[test]
+    fn two_picks_are_distinct_even_when_one_weight_dominates() {
+        let table = WeightedRandom::new(&[1_000_000, 1, 1]).expect("weights");
+        let rng = crate::rng::PickRng::for_service(Some(1), "t");
+        for _ in 0..10_000 {
+            let (a, b) = table.pick_two(rng.next_u64(), rng.next_u64());
+            assert_ne!(a, b);
+        }
+        let single = WeightedRandom::new(&[0, 5]).expect("weights");
+        assert_eq!(
+            single.pick_two(1, 2),
+            (1, 1),
+            "one candidate: the same twice"
+        );
     }
 }

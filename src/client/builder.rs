@@ -153,6 +153,13 @@ impl MeshClientBuilder {
         self
     }
 
+    /// The time constant of [`Balancer::PeakEwma`]'s latency averages (10 s); see
+    /// [`BalanceLayerBuilder::peak_ewma_decay`](crate::balance::BalanceLayerBuilder::peak_ewma_decay).
+    pub fn peak_ewma_decay(mut self, decay: std::time::Duration) -> Self {
+        self.balance = self.balance.peak_ewma_decay(decay);
+        self
+    }
+
     /// Uses configured weights as they are, without health scores.
     pub fn disable_health_scoring(mut self) -> Self {
         self.balance = self.balance.disable_health_scoring();

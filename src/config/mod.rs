@@ -7,6 +7,7 @@
 //! ```toml
 //! [client]
 //! balancer = "weighted_random"      # the default for services that name none
+//! peak_ewma_decay = "10s"           # the time constant of balancer = "peak_ewma"
 //! discovery = "consul"              # the backend of services not listed below
 //! first_snapshot_timeout = "5s"     # how long a first request waits for endpoints
 //! max_staleness = "10m"             # fail requests after the registry has failed this long
@@ -120,6 +121,9 @@ pub struct ClientConfig {
     /// The balancer of services that name none.
     #[serde(default)]
     pub balancer: Option<Balancer>,
+    /// The time constant of `peak_ewma`'s latency averages (10 s).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub peak_ewma_decay: Option<Duration>,
     /// The backend (a name under `[discovery]`) of services not listed under `[services]`.
     #[serde(default)]
     pub discovery: Option<String>,
@@ -360,6 +364,9 @@ impl MeshConfig {
         let client = &self.client;
         if let Some(balancer) = client.balancer {
             builder = builder.balancer(balancer);
+        }
+        if let Some(decay) = client.peak_ewma_decay {
+            builder = builder.peak_ewma_decay(decay);
         }
         if let Some(timeout) = client.first_snapshot_timeout {
             builder = builder.first_snapshot_timeout(timeout);

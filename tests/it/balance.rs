@@ -243,6 +243,66 @@ async fn least_request_steers_away_from_a_slow_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_steers_away_from_a_slow_endpoint_and_back_when_it_recovers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::{Duration, Instant};
+    let mut controls = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..4 {
+        let (server, control) = TestServer::start_controlled(&format!("p{i}")).await;
+        // 5 ms for three of them, ten times as long for the first.
+        control.delay_ms.store(if i == 0 { 50 } else { 5 }, SeqCst);
+        servers.push(server);
+        controls.push(control);
+    }
+    let mesh = |balancer: Balancer| {
+        let discovery = StaticDiscovery::new()
+            .with("orders", servers.iter().map(TestServer::endpoint))
+            .expect("valid service");
+        // The balancer alone: health scores would also steer away from the slow endpoint.
+        MeshClient::builder()
+            .discovery(discovery)
+            .balancer(balancer)
+            .peak_ewma_decay(Duration::from_secs(1))
+            .disable_health_scoring()
+            .disable_outlier_detection()
+            .build()
+            .expect("valid client")
+    };
+    // One caller, one call at a time: nothing is ever in flight at a pick, so load plays no
+    // part and only latency can steer.
+    let share = |mesh: MeshClient, calls: u64| {
+        let controls = controls.clone();
+        async move {
+            let before: Vec<u64> = controls.iter().map(|c| c.hits.load(SeqCst)).collect();
+            for _ in 0..calls {
+                mesh.get("http://orders/").send().await.expect("ok");
+            }
+            (controls[0].hits.load(SeqCst) - before[0]) as f64 / calls as f64
+        }
+    };
+    let random = share(mesh(Balancer::Random), 120).await;
+    let peak = mesh(Balancer::PeakEwma);
+    let slow = share(peak.clone(), 200).await;
+    // Random gives it a quarter (standard deviation 0.04 over 120 calls); Peak EWMA tries
+    // it again only when its average has decayed below the others' (about 2.3 s with a
+    // decay of 1 s, past these 200 calls of about 1 s).
+    eprintln!("slow endpoint share: random {random:.3}, peak EWMA {slow:.3}");
+    assert!(random > 0.12, "random: {random}");
+    assert!(slow < 0.05, "peak EWMA: {slow} (random: {random})");
+
+    // It speeds up: within a few decays it is tried again and found fast.
+    controls[0].delay_ms.store(5, SeqCst);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        peak.get("http://orders/").send().await.expect("ok");
+    }
+    let recovered = share(peak, 200).await;
+    eprintln!("after it sped up: peak EWMA {recovered:.3}");
+    assert!(recovered > 0.12, "peak EWMA after recovery: {recovered}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_counts_follow_requests_and_their_cancellation() {
     let (server, control) = TestServer::start_controlled("held").await;
     control

@@ -55,6 +55,8 @@ pub(crate) struct Safety {
     pub(crate) detection: Option<OutlierDetection>,
     pub(crate) scoring: Option<HealthScoring>,
     pub(crate) endpoint_labels: Option<usize>,
+    /// The peak-EWMA latencies' time constant (for [`Balancer::PeakEwma`]).
+    pub(crate) peak_ewma_decay: Duration,
 }
 
 impl Default for Safety {
@@ -63,6 +65,7 @@ impl Default for Safety {
             detection: Some(OutlierDetection::default()),
             scoring: Some(HealthScoring::default()),
             endpoint_labels: None,
+            peak_ewma_decay: Duration::from_secs(10),
         }
     }
 }
@@ -234,6 +237,7 @@ impl Pool {
                     pool.withdraw();
                     return;
                 }
+                pool.decay_peaks();
                 pool.rebuild();
             }
         });
@@ -242,9 +246,10 @@ impl Pool {
     pub(crate) fn pick(&self, snapshot: &Snapshot) -> Result<usize, Error> {
         let stats = &snapshot.stats;
         let in_flight = |i: usize| stats[i].in_flight();
+        let latency = |i: usize| stats[i].peak_latency();
         snapshot
             .selection
-            .pick(&self.rng, in_flight)
+            .pick(&self.rng, in_flight, latency)
             .ok_or_else(|| self.no_endpoints(snapshot))
     }
 
@@ -330,6 +335,20 @@ impl Pool {
                 }
             })
             .collect()
+    }
+
+    /// Decays the peak-EWMA latencies of the current snapshot's endpoints, when it balances
+    /// by them.
+    fn decay_peaks(&self) {
+        let Some(current) = self.current.load_full() else {
+            return;
+        };
+        if current.selection.is_peak_ewma() {
+            let now = Instant::now();
+            for stats in current.stats.iter() {
+                stats.decay_peak(now, self.safety.peak_ewma_decay);
+            }
+        }
     }
 
     /// Rebuilds the current snapshot's selection if effective weights changed.

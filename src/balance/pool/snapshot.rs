@@ -73,6 +73,13 @@ impl Snapshot {
             .scoring
             .map_or(HealthScoring::default().smoothing, |s| s.smoothing);
         let run = self.stats[index].record(outcome, latency, alpha);
+        if self.selection.is_peak_ewma() && outcome != Outcome::Ignored {
+            self.stats[index].observe_peak(
+                latency,
+                crate::clock::now(),
+                self.safety.peak_ewma_decay,
+            );
+        }
         if let Some(detection) = self.safety.detection
             && run == detection.consecutive_failures
             && let Some(pool) = self.pool.upgrade()
