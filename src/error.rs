@@ -67,6 +67,8 @@ pub(crate) enum Kind {
     RateLimited,
     /// A local concurrency limit refused the call.
     Overloaded,
+    /// The client is draining: it takes no new calls.
+    Draining,
     /// No outbound token could be had (signing failed, the token endpoint refused).
     Auth,
     /// An invariant of the mesh broke, such as a future polled after it finished: a bug,
@@ -298,6 +300,12 @@ impl Error {
         self.inner.kind == Kind::Overloaded
     }
 
+    /// The client was draining ([`MeshClient::drain`](crate::MeshClient::drain)) and took no
+    /// new call.
+    pub fn is_draining(&self) -> bool {
+        self.inner.kind == Kind::Draining
+    }
+
     /// No outbound token could be had: signing failed, or the OAuth2 token endpoint could not
     /// be reached or refused the client (the message carries its RFC 6749 `error` code).
     pub fn is_auth(&self) -> bool {
@@ -362,6 +370,7 @@ impl fmt::Display for Error {
             Kind::CircuitOpen => f.write_str("circuit open")?,
             Kind::RateLimited => f.write_str("rate limited")?,
             Kind::Overloaded => f.write_str("overloaded")?,
+            Kind::Draining => f.write_str("draining")?,
             Kind::Auth => f.write_str("no token")?,
             Kind::Internal => f.write_str("internal error")?,
         }

@@ -263,6 +263,7 @@ impl MeshClientBuilder {
                 http,
                 balance,
                 stacks,
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

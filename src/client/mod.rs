@@ -80,6 +80,8 @@ struct ClientInner {
     http: reqwest::Client,
     balance: BalanceLayer,
     stacks: traffic::Stacks,
+    /// Set by [`MeshClient::drain`]: new calls fail at once.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl MeshClient {
@@ -131,6 +133,13 @@ impl MeshClient {
     /// before the future is first polled: the returned future is the stack's own, with no
     /// `async` wrapper around it to move. The first call of a service resolves it first.
     pub fn execute(&self, request: reqwest::Request) -> ResponseFuture {
+        if self
+            .inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return ResponseFuture::failed(draining());
+        }
         let host = request.url().host_str().unwrap_or_default();
         if let Some(mut stack) = self.inner.stacks.built(host) {
             // The stack over reqwest's client is always ready; polled, as tower asks, all
@@ -177,6 +186,44 @@ impl MeshClient {
         stack.oneshot(request).await
     }
 
+    /// Stops taking calls and waits, at most `timeout`, for the calls in flight to end, as a
+    /// process does before it exits (Finagle's `Closable`, a server's graceful shutdown).
+    ///
+    /// From the moment it is called, every new call of this client and its clones fails at
+    /// once with [`Error::is_draining`]; calls already in the services' stacks go on, with
+    /// their retries, until their responses arrive (a response's body is read after that,
+    /// and is not waited for). Returns `Ok` once none is left, or an
+    /// [`Error::is_timeout`] naming how many were when `timeout` ran out; either way the
+    /// client stays draining. Calls in flight are never cancelled by it: drop their futures
+    /// for that.
+    pub async fn drain(&self, timeout: std::time::Duration) -> Result<(), Error> {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.inner.stacks.in_flight();
+            if left == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(
+                    Error::new(crate::error::Kind::Timeout).with_message(format!(
+                        "drained for {timeout:?}; {left} calls still in flight"
+                    )),
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether [`MeshClient::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The registry of discovered services.
     pub fn registry(&self) -> &Registry {
         self.inner.balance.registry()
@@ -206,6 +253,14 @@ impl MeshClient {
             .stacks
             .stats_of(service, move |cell| cell.snapshot(endpoints))
     }
+}
+
+/// The error of a call made while the client drains. Out of line: the request path only
+/// checks a flag.
+#[cold]
+#[inline(never)]
+fn draining() -> Error {
+    Error::new(crate::error::Kind::Draining).with_message("the client is draining")
 }
 
 impl fmt::Debug for MeshClient {

@@ -73,9 +73,52 @@ impl RequestBuilder {
         self.map(|r| r.body(body))
     }
 
+    /// Sets a URL-encoded form body and `Content-Type: application/x-www-form-urlencoded`
+    /// (feature `form`, on by default).
+    #[cfg(feature = "form")]
+    pub fn form<T: Serialize + ?Sized>(self, form: &T) -> Self {
+        self.map(|r| r.form(form))
+    }
+
+    /// Sets a `multipart/form-data` body (feature `multipart`). Its parts are streamed, so
+    /// the request cannot be copied: it is never retried.
+    #[cfg(feature = "multipart")]
+    pub fn multipart(self, form: reqwest::multipart::Form) -> Self {
+        self.map(|r| r.multipart(form))
+    }
+
+    /// Sets `Authorization: Basic …` from a user name and an optional password, marked
+    /// sensitive so it is never shown.
+    pub fn basic_auth(
+        self,
+        username: impl fmt::Display,
+        password: Option<impl fmt::Display>,
+    ) -> Self {
+        self.map(|r| r.basic_auth(username, password))
+    }
+
+    /// Sets the HTTP version asked for (HTTP/1.1 unless set, or as the endpoint's
+    /// transport negotiates).
+    pub fn version(self, version: reqwest::Version) -> Self {
+        self.map(|r| r.version(version))
+    }
+
+    /// A copy of this request, to send again; `None` if its body cannot be copied (a
+    /// stream) or it already holds an error. Per-call options (such as
+    /// [`retry_non_idempotent`](RequestBuilder::retry_non_idempotent)) are copied too.
+    pub fn try_clone(&self) -> Option<Self> {
+        let request = self.request.as_ref().ok()?.try_clone()?;
+        Some(RequestBuilder {
+            client: self.client.clone(),
+            request: Ok(request),
+            options: self.options,
+        })
+    }
+
     /// Sets a timeout for this request, in place of its service's timeout and per-attempt
-    /// timeout: it bounds the whole call (waits for a rate limit or a token, retries and
-    /// their backoff included) and each attempt's exchange, from the start of the
+    /// timeout: the overall deadline of this call, retries included. It bounds the whole
+    /// call (waits for a rate limit or a token, retries and their backoff included) and
+    /// each attempt's exchange, from the start of the
     /// connection to the end of the response body. A call out of time fails with
     /// [`Error::is_timeout`](crate::Error::is_timeout), within one tick of the service's
     /// deadline table (see [`TimeoutLayer`](crate::timeout::TimeoutLayer)).

@@ -358,6 +358,22 @@ impl Stacks {
         Ok(stack)
     }
 
+    /// The calls in flight in every service's stack.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.built
+            .load()
+            .values()
+            .map(|stack| {
+                stack
+                    .metrics()
+                    .stats()
+                    .snapshot(Vec::new())
+                    .in_flight
+                    .max(0) as u64
+            })
+            .sum()
+    }
+
     /// The counters of `service`'s calls, if it has been called.
     pub(crate) fn stats_of<R>(
         &self,

@@ -109,6 +109,7 @@ fn error_label(error: &Error) -> &'static str {
         Kind::CircuitOpen => "circuit_open",
         Kind::RateLimited => "rate_limited",
         Kind::Overloaded => "overloaded",
+        Kind::Draining => "draining",
         Kind::NoEndpoints => "no_endpoints",
         Kind::UnknownService => "unknown_service",
         Kind::Discovery => "discovery",

@@ -251,3 +251,258 @@ fn a_request_builder_shows_its_request_but_no_credential() {
     assert!(shown.contains("Sensitive"), "{shown}");
     assert!(!shown.contains("s3cret-token"), "{shown}");
 }
+
+/// A server that answers with what it received: the content type, the authorization, the
+/// HTTP version and the body, one per line.
+fn reflecting_server() -> crate::support::Served {
+    use axum::http::HeaderMap;
+    let router = axum::Router::new().fallback(
+        |version: axum::http::Version, headers: HeaderMap, body: axum::body::Bytes| async move {
+            let get = |key: &str| {
+                headers
+                    .get(key)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            format!(
+                "{}\n{}\n{version:?}\n{}",
+                get("content-type"),
+                get("authorization"),
+                String::from_utf8_lossy(&body)
+            )
+        },
+    );
+    crate::support::Served::start(router)
+}
+
+fn mesh_at(addr: std::net::SocketAddr) -> MeshClient {
+    MeshClient::builder()
+        .discovery(
+            StaticDiscovery::new()
+                .with("orders", [Endpoint::new(addr)])
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid client")
+}
+
+async fn reflected(request: proxyless::client::RequestBuilder) -> Vec<String> {
+    let response = request.send().await.expect("answered");
+    let text = response.text().await.expect("a body");
+    text.splitn(4, '\n').map(str::to_owned).collect()
+}
+
+#[cfg(feature = "form")]
+#[tokio::test]
+async fn forms_are_url_encoded() {
+    let server = reflecting_server();
+    let mesh = mesh_at(server.addr);
+    let seen = reflected(
+        mesh.post("http://orders/login")
+            .form(&[("user", "ada lovelace"), ("note", "a&b=c")]),
+    )
+    .await;
+    assert_eq!(seen[0], "application/x-www-form-urlencoded");
+    assert_eq!(seen[3], "user=ada+lovelace&note=a%26b%3Dc");
+}
+
+#[tokio::test]
+async fn basic_auth_is_sent_and_never_shown() {
+    let server = reflecting_server();
+    let mesh = mesh_at(server.addr);
+    let request = mesh
+        .get("http://orders/")
+        .basic_auth("ada", Some("hunter2"));
+    let built = request
+        .try_clone()
+        .expect("clonable")
+        .build()
+        .expect("valid");
+    assert!(built.headers()["authorization"].is_sensitive());
+    assert!(!format!("{built:?}").contains("aHVudGVyMg"), "{built:?}");
+    let seen = reflected(request).await;
+    // base64("ada:hunter2")
+    assert_eq!(seen[1], "Basic YWRhOmh1bnRlcjI=");
+    let seen = reflected(mesh.get("http://orders/").basic_auth("ada", None::<&str>)).await;
+    assert_eq!(seen[1], "Basic YWRhOg==");
+}
+
+#[tokio::test]
+async fn the_version_asked_for_is_used() {
+    let server = reflecting_server();
+    let mesh = mesh_at(server.addr);
+    let seen = reflected(
+        mesh.get("http://orders/")
+            .version(reqwest::Version::HTTP_10),
+    )
+    .await;
+    assert_eq!(seen[2], "HTTP/1.0");
+    let seen = reflected(mesh.get("http://orders/")).await;
+    assert_eq!(seen[2], "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn a_cloned_request_is_sent_again_as_it_was() {
+    let server = reflecting_server();
+    let mesh = mesh_at(server.addr);
+    let request = mesh
+        .post("http://orders/")
+        .header("content-type", "text/plain")
+        .body("twice");
+    let copy = request.try_clone().expect("a byte body is clonable");
+    assert_eq!(reflected(request).await[3], "twice");
+    assert_eq!(reflected(copy).await[3], "twice");
+    // A streamed body cannot be copied; nor can a request that holds an error.
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>("x")]);
+    let streamed = mesh
+        .post("http://orders/")
+        .body(reqwest::Body::wrap_stream(stream));
+    assert!(streamed.try_clone().is_none());
+    assert!(mesh.get("not a url").try_clone().is_none());
+}
+
+#[cfg(feature = "multipart")]
+#[tokio::test]
+async fn multipart_forms_are_sent() {
+    let server = reflecting_server();
+    let mesh = mesh_at(server.addr);
+    let form = reqwest::multipart::Form::new().text("name", "report").part(
+        "file",
+        reqwest::multipart::Part::bytes(b"col1,col2\n1,2\n".to_vec()).file_name("r.csv"),
+    );
+    let seen = reflected(mesh.post("http://orders/upload").multipart(form)).await;
+    assert!(
+        seen[0].starts_with("multipart/form-data; boundary="),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[3].contains("name=\"name\"\r\n\r\nreport"),
+        "{}",
+        seen[3]
+    );
+    assert!(seen[3].contains("filename=\"r.csv\""), "{}", seen[3]);
+    assert!(seen[3].contains("col1,col2\n1,2\n"), "{}", seen[3]);
+}
+
+/// Five calls held open by a slow endpoint, started before the client drains.
+async fn held_calls(
+    mesh: &MeshClient,
+    control: &crate::support::Control,
+) -> Vec<tokio::task::JoinHandle<Result<reqwest::Response, proxyless::Error>>> {
+    control
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { mesh.get("http://orders/").send().await })
+        })
+        .collect();
+    for _ in 0..500 {
+        if mesh.stats("orders").is_some_and(|s| s.in_flight == 5) {
+            return calls;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the calls never were in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_new_calls_and_waits_for_those_in_flight() {
+    let (server, control) = TestServer::start_controlled("held").await;
+    let mesh = mesh_for(&server);
+    // The service's stack is built by a first call.
+    mesh.get("http://orders/").send().await.expect("ok");
+    let calls = held_calls(&mesh, &control).await;
+    let drain = {
+        let mesh = mesh.clone();
+        tokio::spawn(async move { mesh.drain(Duration::from_secs(10)).await })
+    };
+    while !mesh.is_draining() {
+        tokio::task::yield_now().await;
+    }
+    let error = mesh
+        .get("http://orders/")
+        .send()
+        .await
+        .expect_err("a new call while draining");
+    assert!(error.is_draining(), "{error:?}");
+    assert!(!drain.is_finished(), "the held calls are still in flight");
+    drain.await.expect("task").expect("drained in time");
+    for call in calls {
+        let response = call.await.expect("task").expect("a held call completes");
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(mesh.stats("orders").expect("called").in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_runs_out_of_time_says_how_many_calls_are_left() {
+    let (server, control) = TestServer::start_controlled("held").await;
+    let mesh = mesh_for(&server);
+    mesh.get("http://orders/").send().await.expect("ok");
+    let calls = held_calls(&mesh, &control).await;
+    let error = mesh
+        .drain(Duration::from_millis(50))
+        .await
+        .expect_err("the calls are held 400 ms");
+    assert!(error.is_timeout(), "{error:?}");
+    assert!(
+        error.to_string().contains("5 calls still in flight"),
+        "{error}"
+    );
+    // Draining cancels nothing: the held calls still complete.
+    for call in calls {
+        call.await.expect("task").expect("completes");
+    }
+    mesh.drain(Duration::from_secs(1))
+        .await
+        .expect("nothing left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_removed_from_discovery_finishes_its_calls_and_takes_no_more() {
+    let (slow, control) = TestServer::start_controlled("leaving").await;
+    let staying = crate::support::TestServer::start("staying").await;
+    let discovery = StaticDiscovery::new()
+        .with("orders", [slow.endpoint()])
+        .expect("valid");
+    // A whole set replaced at once: no second fetch asked for first.
+    let mesh = MeshClient::builder()
+        .discovery(discovery.clone())
+        .disable_mass_removal_guard()
+        .build()
+        .expect("valid client");
+    mesh.get("http://orders/").send().await.expect("ok");
+    let calls = held_calls(&mesh, &control).await;
+    let hits_before = control.hits.load(std::sync::atomic::Ordering::SeqCst);
+    discovery
+        .set("orders", [staying.endpoint()])
+        .expect("valid");
+    // Once the balancer has the new set, calls go to it; those held on the old endpoint go
+    // on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mesh.endpoint_status("orders").is_none_or(|status| {
+        status
+            .iter()
+            .any(|e| e.addr.to_string() == slow.addr.to_string())
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the set never changed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for _ in 0..20 {
+        let response = mesh.get("http://orders/").send().await.expect("ok");
+        assert_eq!(server_of(&response), "staying");
+    }
+    for call in calls {
+        let response = call.await.expect("task").expect("a held call completes");
+        assert_eq!(server_of(&response), "leaving");
+    }
+    let late = control.hits.load(std::sync::atomic::Ordering::SeqCst) - hits_before;
+    assert_eq!(late, 0, "calls went to the removed endpoint");
+}
