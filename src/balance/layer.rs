@@ -57,6 +57,7 @@ impl BalanceLayer {
                     services: Default::default(),
                     safety: Safety::default(),
                     seed,
+                    zone: None,
                 },
                 registry,
             )),
@@ -114,9 +115,22 @@ pub struct BalanceLayerBuilder {
     safety: Safety,
     seed: Option<u64>,
     preserve_host: bool,
+    zone: Option<Arc<str>>,
 }
 
 impl BalanceLayerBuilder {
+    /// The zone this client runs in, for zone-aware routing (off unless set): a service's
+    /// calls stay on endpoints of this zone (their [`Endpoint::zone`](crate::Endpoint::zone))
+    /// while at least 1/1.4 (71%) of the zone's endpoints' weight may take traffic, and
+    /// spill over to the other zones, in proportion to their weights, by the share the zone
+    /// has lost below that (Envoy's overprovisioning factor of 1.4): with half its weight
+    /// out, 70% of the calls stay in the zone. A service with no endpoint in the zone, or
+    /// none there that may take traffic, is balanced over all its endpoints.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into().into());
+        self
+    }
+
     /// The balancer of every service that has none of its own;
     /// [`Balancer::WeightedRandom`] unless set.
     pub fn balancer(mut self, balancer: Balancer) -> Self {
@@ -227,6 +241,7 @@ impl BalanceLayerBuilder {
                     services,
                     safety: self.safety,
                     seed: self.seed.or_else(|| registry.seed()),
+                    zone: self.zone,
                 },
                 registry,
             )),

@@ -76,6 +76,52 @@ fn candidates(weights: &[u32]) -> Result<impl Iterator<Item = u32> + '_, NoCandi
         .map(|(i, _)| i as u32))
 }
 
+/// The overprovisioning factor of zone-aware routing: a zone keeps all its traffic while
+/// 1/1.4 of its weight may take traffic (Envoy's default `overprovisioning_factor`, 140).
+const OVERPROVISIONING: f64 = 1.4;
+
+/// The total the weights of a zone-aware tier are scaled to.
+const ZONE_SCALE: f64 = 1_000_000.0;
+
+/// Zone-aware routing over the weights of one tier (`weights`: effective, 0 outside the
+/// tier): the endpoints of `zone` get `min(1, 1.4 × a)` of the traffic, where `a` is the
+/// share of the zone's configured weight that may take traffic, and the other zones the
+/// rest, each endpoint in proportion to its effective weight. Unchanged when the zone has
+/// no endpoint that may take traffic, or no other zone has one.
+fn prefer_zone(endpoints: &[Endpoint], weights: &mut [u32], tier: u16, zone: &str) {
+    let (mut configured, mut available) = (0u64, 0u64);
+    let (mut local, mut other) = (0u64, 0u64);
+    for (endpoint, &weight) in endpoints.iter().zip(weights.iter()) {
+        if endpoint.priority() != tier {
+            continue;
+        }
+        if endpoint.zone() == Some(zone) {
+            configured += u64::from(endpoint.weight());
+            if weight > 0 {
+                available += u64::from(endpoint.weight());
+                local += u64::from(weight);
+            }
+        } else {
+            other += u64::from(weight);
+        }
+    }
+    if local == 0 || other == 0 || configured == 0 {
+        return;
+    }
+    let share = (OVERPROVISIONING * available as f64 / configured as f64).min(1.0);
+    for (endpoint, weight) in endpoints.iter().zip(weights.iter_mut()) {
+        if *weight == 0 {
+            continue;
+        }
+        let scaled = if endpoint.zone() == Some(zone) {
+            f64::from(*weight) * share / local as f64
+        } else {
+            f64::from(*weight) * (1.0 - share) / other as f64
+        };
+        *weight = (scaled * ZONE_SCALE).round() as u32;
+    }
+}
+
 /// A built strategy.
 #[derive(Debug)]
 enum Picker {
@@ -103,7 +149,7 @@ impl Selection {
             .iter()
             .map(|e| if e.is_eligible() { e.weight() } else { 0 })
             .collect();
-        Self::with_weights(balancer, endpoints, &weights, rng)
+        Self::with_weights(balancer, endpoints, &weights, rng, None)
     }
 
     /// Narrows `endpoints` to the pickable ones of the best tier and builds `balancer` over
@@ -113,6 +159,7 @@ impl Selection {
         endpoints: &[Endpoint],
         effective: &[u32],
         rng: &PickRng,
+        zone: Option<&str>,
     ) -> Self {
         let tier = endpoints
             .iter()
@@ -128,6 +175,10 @@ impl Selection {
                 _ => 0,
             })
             .collect();
+        let mut weights = weights;
+        if let (Some(zone), Some(tier)) = (zone, tier) {
+            prefer_zone(endpoints, &mut weights, tier, zone);
+        }
         let picker = match balancer {
             Balancer::WeightedRandom => WeightedRandom::new(&weights).map(Picker::WeightedRandom),
             Balancer::Random => Random::new(&weights).map(Picker::Random),

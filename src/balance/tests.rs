@@ -222,3 +222,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn zone_aware_weights_keep_traffic_in_zone_and_spill_in_proportion() {
+    use super::prefer_zone;
+    let endpoints: Vec<Endpoint> = (0..6u16)
+        .map(|i| Endpoint::new(([10, 0, 0, i as u8], 80)).with_zone(if i < 4 { "a" } else { "b" }))
+        .collect();
+    let share_of_a = |weights: &[u32]| {
+        let a: u64 = weights[..4].iter().map(|&w| u64::from(w)).sum();
+        let all: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        a as f64 / all as f64
+    };
+    // Healthy: everything stays in zone a.
+    let mut weights = vec![1; 6];
+    prefer_zone(&endpoints, &mut weights, 0, "a");
+    assert_eq!(&weights[4..], &[0, 0]);
+    // One of four out (75% left, above 1/1.4): still all in zone.
+    let mut weights = vec![0, 1, 1, 1, 1, 1];
+    prefer_zone(&endpoints, &mut weights, 0, "a");
+    assert_eq!(share_of_a(&weights), 1.0);
+    // Two out: 1.4 × 0.5 = 70% stays, spread over the two left; 30% spills.
+    let mut weights = vec![0, 0, 1, 1, 1, 1];
+    prefer_zone(&endpoints, &mut weights, 0, "a");
+    assert!((share_of_a(&weights) - 0.7).abs() < 1e-6, "{weights:?}");
+    assert_eq!(weights[2], weights[3]);
+    assert_eq!(weights[4], weights[5]);
+    // All out: every call to zone b, as it was.
+    let mut weights = vec![0, 0, 0, 0, 1, 3];
+    prefer_zone(&endpoints, &mut weights, 0, "a");
+    assert_eq!(weights, [0, 0, 0, 0, 1, 3]);
+    // A zone no endpoint is in: unchanged.
+    let mut weights = vec![1, 2, 3, 4, 5, 6];
+    prefer_zone(&endpoints, &mut weights, 0, "c");
+    assert_eq!(weights, [1, 2, 3, 4, 5, 6]);
+}

@@ -160,6 +160,13 @@ impl MeshClientBuilder {
         self
     }
 
+    /// The zone this client runs in: zone-aware routing (off unless set); see
+    /// [`BalanceLayerBuilder::zone`](crate::balance::BalanceLayerBuilder::zone).
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.balance = self.balance.zone(zone);
+        self
+    }
+
     /// Uses configured weights as they are, without health scores.
     pub fn disable_health_scoring(mut self) -> Self {
         self.balance = self.balance.disable_health_scoring();

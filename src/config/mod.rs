@@ -8,6 +8,7 @@
 //! [client]
 //! balancer = "weighted_random"      # the default for services that name none
 //! peak_ewma_decay = "10s"           # the time constant of balancer = "peak_ewma"
+//! zone = "eu-west-1a"               # zone-aware routing: stay in this zone while it can
 //! discovery = "consul"              # the backend of services not listed below
 //! first_snapshot_timeout = "5s"     # how long a first request waits for endpoints
 //! max_staleness = "10m"             # fail requests after the registry has failed this long
@@ -124,6 +125,9 @@ pub struct ClientConfig {
     /// The time constant of `peak_ewma`'s latency averages (10 s).
     #[serde(default, deserialize_with = "duration::optional")]
     pub peak_ewma_decay: Option<Duration>,
+    /// The zone this client runs in, for zone-aware routing (off unless set).
+    #[serde(default)]
+    pub zone: Option<String>,
     /// The backend (a name under `[discovery]`) of services not listed under `[services]`.
     #[serde(default)]
     pub discovery: Option<String>,
@@ -367,6 +371,9 @@ impl MeshConfig {
         }
         if let Some(decay) = client.peak_ewma_decay {
             builder = builder.peak_ewma_decay(decay);
+        }
+        if let Some(zone) = &client.zone {
+            builder = builder.zone(zone.clone());
         }
         if let Some(timeout) = client.first_snapshot_timeout {
             builder = builder.first_snapshot_timeout(timeout);

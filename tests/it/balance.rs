@@ -393,3 +393,58 @@ fn seeded_retries_try_endpoints_in_the_same_order_every_run() {
         assert_ne!(run(8).await, first, "another seed, other retries");
     });
 }
+
+/// Zone-aware routing over four endpoints in the client's zone (`a`) and two in another,
+/// as the zone loses endpoints: the shares of calls each endpoint answered, against
+/// `min(1, 1.4 × the zone's share of weight left)` in the zone, the rest to zone `b`, each
+/// checked with a chi-square test over 2 000 calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_aware_routing_stays_in_zone_and_spills_over_in_proportion() {
+    use proxyless::Health;
+    let servers = servers(6).await;
+    let discovery = StaticDiscovery::new();
+    let set = |down: usize| {
+        let endpoints = servers.iter().enumerate().map(|(i, server)| {
+            let zone = if i < 4 { "a" } else { "b" };
+            let endpoint = server.endpoint().with_zone(zone);
+            if i < down {
+                endpoint.with_health(Health::Critical)
+            } else {
+                endpoint
+            }
+        });
+        discovery.set("orders", endpoints).expect("valid service");
+    };
+    set(0);
+    let mesh = MeshClient::builder()
+        .discovery(discovery.clone())
+        .rng_seed(28)
+        .zone("a")
+        .disable_health_scoring()
+        .disable_mass_removal_guard()
+        .build()
+        .expect("valid client");
+    // Endpoints of zone a out, and each endpoint's expected share.
+    let cases: [(usize, [f64; 6]); 5] = [
+        (0, [0.25, 0.25, 0.25, 0.25, 0.0, 0.0]),
+        (1, [0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]),
+        (2, [0.0, 0.0, 0.35, 0.35, 0.15, 0.15]),
+        (3, [0.0, 0.0, 0.0, 0.35, 0.325, 0.325]),
+        (4, [0.0, 0.0, 0.0, 0.0, 0.5, 0.5]),
+    ];
+    for (version, (down, expected)) in cases.into_iter().enumerate() {
+        set(down);
+        if version > 0 {
+            // Each set is the service's next version once the balancer has it.
+            crate::support::wait_for_version(&mesh, "orders", version as u64 + 1).await;
+        }
+        let answered = hits(&mesh, "http://orders/", 2_000).await;
+        let observed: Vec<u64> = servers
+            .iter()
+            .map(|s| answered.iter().filter(|name| **name == s.name).count() as u64)
+            .collect();
+        let p = chi_square_p_value(&observed, &expected);
+        eprintln!("{down} of zone a out: {observed:?}, p = {p:.3}");
+        assert!(p > 0.001, "{down} out: {observed:?} against {expected:?}");
+    }
+}

@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     pub(crate) services: HashMap<ServiceName, Balancer>,
     pub(crate) safety: Safety,
     pub(crate) seed: Option<u64>,
+    /// The client's own zone, for zone-aware routing.
+    pub(crate) zone: Option<Arc<str>>,
 }
 
 /// What protects a service's calls from its failing endpoints; one copy per service.
@@ -116,6 +118,8 @@ pub(crate) struct Pool {
     applied: Mutex<Balancer>,
     /// The service's requests in flight, counted while its backend caps them.
     requests: Arc<std::sync::atomic::AtomicU32>,
+    /// The client's own zone: traffic stays in it while it has the capacity.
+    zone: Option<Arc<str>>,
 }
 
 impl Subscriber for Pool {
@@ -134,10 +138,12 @@ impl Pool {
         balancer: Balancer,
         rng: PickRng,
         safety: Safety,
+        zone: Option<Arc<str>>,
         this: Weak<Pool>,
     ) -> Self {
         Pool {
             this,
+            zone,
             applied: Mutex::new(balancer),
             requests: Arc::default(),
             labels: safety
@@ -370,8 +376,13 @@ impl Pool {
             return;
         }
         let balancer = *self.lock_applied();
-        let selection =
-            Selection::with_weights(balancer, &current.endpoints, &effective, &self.rng);
+        let selection = Selection::with_weights(
+            balancer,
+            &current.endpoints,
+            &effective,
+            &self.rng,
+            self.zone.as_deref(),
+        );
         self.current.store(Some(Arc::new(Snapshot {
             service: self.name.clone(),
             endpoints: current.endpoints.clone(),
@@ -439,7 +450,13 @@ impl Pool {
             })
             .collect();
         let effective = self.effective(&endpoints, &stats, &safety);
-        let selection = Selection::with_weights(balancer, &endpoints, &effective, &self.rng);
+        let selection = Selection::with_weights(
+            balancer,
+            &endpoints,
+            &effective,
+            &self.rng,
+            self.zone.as_deref(),
+        );
         let listed = endpoints.len();
         self.listed.store(listed, Ordering::Relaxed);
         self.current.store(Some(Arc::new(Snapshot {

@@ -103,6 +103,7 @@ impl Pools {
                 balancer,
                 rng,
                 self.settings.safety,
+                self.settings.zone.clone(),
                 this.clone(),
             )
         });
