@@ -99,12 +99,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let stats = mesh.stats("orders").expect("called");
     eprintln!(
-        "orders: {} calls, {:.1}% errors, mean {:?}, p99 {:?}, {:.0} calls/s",
+        "orders: {} calls; over the last {:?}: {:.1}% errors, mean {:?}, p99 {:?}, {:.0} calls/s",
         stats.requests,
-        stats.error_rate * 100.0,
-        stats.mean,
-        stats.p99,
-        stats.throughput
+        stats.window.span,
+        stats.window.error_rate * 100.0,
+        stats.window.mean,
+        stats.window.p99,
+        stats.window.throughput
     );
     for line in body.lines().filter(|l| !l.starts_with('#')).take(40) {
         println!("{line}");

@@ -1,5 +1,5 @@
 //! One-second slots updated with atomics: the counters behind a sliding window of seconds
-//! (a service's throughput, a retry budget's deposits).
+//! (a retry budget's deposits).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 

@@ -44,14 +44,15 @@
 //! another endpoint that can take it, within the retry budget. Panic mode covers pauses even
 //! with ejection off, so endpoints that all pause themselves still get calls.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::error::Error;
+use crate::observe::{Window, WindowStats};
 use crate::series::EndpointSeries;
 
 pub use crate::policy::OutlierDetection;
@@ -174,6 +175,9 @@ pub(crate) struct EndpointStats {
     pub(crate) series: Option<Arc<EndpointSeries>>,
     /// The URLs rewritten to it lately.
     pub(crate) rewrites: super::rewrite::Rewrites,
+    /// Its attempts over the last seconds, made at its first attempt: an endpoint never
+    /// called costs a pointer.
+    window: OnceLock<Box<Window>>,
 }
 
 impl Default for EndpointStats {
@@ -211,6 +215,7 @@ impl EndpointStats {
             peak_at: AtomicU64::new(0),
             series,
             rewrites: Default::default(),
+            window: OnceLock::new(),
         }
     }
 
@@ -236,6 +241,13 @@ impl EndpointStats {
             ^ self.rewrites.touch()
     }
 
+    /// Its attempts over the sliding window, at `now`.
+    pub(crate) fn window(&self, now: Instant) -> WindowStats {
+        self.window
+            .get()
+            .map_or_else(WindowStats::default, |w| w.read(now))
+    }
+
     /// Requests to this endpoint in flight now.
     #[inline]
     pub(crate) fn in_flight(&self) -> u32 {
@@ -244,10 +256,19 @@ impl EndpointStats {
 
     /// Records a call's outcome, moving the averages by `alpha`; returns the run of
     /// consecutive failures it makes (0 after a success or an ignored call).
-    pub(crate) fn record(&self, outcome: Outcome, latency: Duration, alpha: f64) -> u32 {
+    pub(crate) fn record(
+        &self,
+        outcome: Outcome,
+        latency: Duration,
+        alpha: f64,
+        now: Instant,
+    ) -> u32 {
         if let Some(series) = &self.series {
             series.record(outcome, latency);
         }
+        self.window
+            .get_or_init(|| Box::new(Window::new(now)))
+            .record(now, latency, outcome == Outcome::Failure);
         match outcome {
             Outcome::Ignored => 0,
             Outcome::Success => {
@@ -436,9 +457,24 @@ mod tests {
         let fast = EndpointStats::default();
         let slow = EndpointStats::default();
         let failing = EndpointStats::default();
-        fast.record(Outcome::Success, Duration::from_millis(10), 1.0);
-        slow.record(Outcome::Success, Duration::from_millis(80), 1.0);
-        failing.record(Outcome::Failure, Duration::from_millis(10), 1.0);
+        fast.record(
+            Outcome::Success,
+            Duration::from_millis(10),
+            1.0,
+            Instant::now(),
+        );
+        slow.record(
+            Outcome::Success,
+            Duration::from_millis(80),
+            1.0,
+            Instant::now(),
+        );
+        failing.record(
+            Outcome::Failure,
+            Duration::from_millis(10),
+            1.0,
+            Instant::now(),
+        );
         let s = scores(&[&fast, &slow, &failing], &scoring);
         assert_eq!(s[0], 0.0);
         assert!(

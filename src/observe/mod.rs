@@ -38,16 +38,24 @@
 //! `cap + 1` label values however its endpoints churn. Their handles are resolved when a
 //! snapshot is built, off the request path.
 //!
-//! [`ServiceStats`] answers directly: count, error rate, mean response time, throughput,
-//! percentiles, in-flight calls, and each endpoint's weight and health.
+//! [`ServiceStats`] answers directly: calls and failures since the first, calls in flight,
+//! and over a sliding window of the last 10 seconds ([`WINDOW`], counted in 2-second
+//! steps) the error rate, mean response time, throughput and p50/p90/p99, for the service
+//! ([`ServiceStats::window`]) and for each endpoint ([`EndpointStatus::window`]), with each
+//! endpoint's weight and health.
+//!
+//! [`EndpointStatus::window`]: crate::balance::EndpointStatus::window
 
 mod layer;
 mod stats;
+mod window;
 
 pub use crate::series::OTHER_ENDPOINT;
 pub(crate) use layer::CallRecord;
 pub use layer::{Metrics, MetricsLayer};
 pub use stats::ServiceStats;
 pub(crate) use stats::StatsCell;
+pub(crate) use window::Window;
+pub use window::{WINDOW, WindowStats};
 
 pub use crate::names::*;

@@ -123,15 +123,17 @@ fn the_duration_histogram_has_the_documented_name_and_labels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_match_the_traffic_sent() {
-    let (server, control) = TestServer::start_controlled("slow").await;
-    control.delay_ms.store(20, Ordering::SeqCst);
+async fn stats_match_the_traffic_sent_per_service_and_per_endpoint() {
+    let (slow, slow_control) = TestServer::start_controlled("slow").await;
+    let (fast, fast_control) = TestServer::start_controlled("fast").await;
+    slow_control.delay_ms.store(20, Ordering::SeqCst);
     let mesh = MeshClient::builder()
         .discovery(
             StaticDiscovery::new()
-                .with("orders", [server.endpoint()])
+                .with("orders", [slow.endpoint(), fast.endpoint()])
                 .expect("valid"),
         )
+        .balancer(proxyless::Balancer::RoundRobin)
         .build()
         .expect("valid client");
     assert!(
@@ -139,34 +141,75 @@ async fn stats_match_the_traffic_sent() {
         "no stats before the first call"
     );
     let started = std::time::Instant::now();
+    let mut fast_before_failing = 0;
+    let mut failed = 0;
     for i in 0..40 {
         if i == 30 {
-            control.status.store(500, Ordering::SeqCst);
+            fast_before_failing = fast_control.hits.load(Ordering::SeqCst);
+            fast_control.status.store(500, Ordering::SeqCst);
         }
-        let _ = mesh.get("http://orders/").send().await;
+        let response = mesh.get("http://orders/").send().await.expect("a response");
+        failed += u64::from(response.status().is_server_error());
     }
     let elapsed = started.elapsed().as_secs_f64();
     let stats = mesh.stats("orders").expect("called");
     assert_eq!(stats.requests, 40);
-    assert_eq!(stats.errors, 10, "the ten 500s");
-    assert!((stats.error_rate - 0.25).abs() < 1e-12);
-    // Each call waits 20 ms at the server; loopback adds little.
+    assert_eq!(stats.errors, failed, "the calls answered with a 500");
+    assert!(failed >= 4, "{failed}");
+    let window = &stats.window;
+    assert_eq!((window.requests, window.errors), (40, failed));
+    assert!((window.error_rate - failed as f64 / 40.0).abs() < 1e-12);
+    // Half the calls wait 20 ms at the server; loopback adds little.
     assert!(
-        stats.mean >= Duration::from_millis(20) && stats.mean < Duration::from_millis(60),
+        window.mean >= Duration::from_millis(10) && window.mean < Duration::from_millis(40),
         "{:?}",
-        stats.mean
+        window.mean
     );
-    let expected = 40.0 / elapsed;
+    let expected = 40.0 / elapsed.max(1.0);
     assert!(
-        (stats.throughput - expected).abs() / expected < 0.25,
+        (window.throughput - expected).abs() / expected < 0.25,
         "{} vs {expected}",
-        stats.throughput
+        window.throughput
     );
-    assert!(stats.p50 >= Duration::from_millis(20));
-    assert!(stats.p99 >= stats.p50);
+    assert!(window.p99 >= Duration::from_millis(20));
+    assert!(window.p50 <= window.p90 && window.p90 <= window.p99);
     assert_eq!(stats.in_flight, 0);
-    assert_eq!(stats.endpoints.len(), 1);
-    assert_eq!(stats.endpoints[0].weight, 1);
+    // Each endpoint's own figures: its attempts (as its server counted them), its failures,
+    // and its own response times.
+    assert_eq!(stats.endpoints.len(), 2);
+    let of = |server: &TestServer| {
+        stats
+            .endpoints
+            .iter()
+            .find(|e| e.addr == *server.endpoint().addr())
+            .expect("listed")
+            .window
+            .clone()
+    };
+    let (slow_window, fast_window) = (of(&slow), of(&fast));
+    assert_eq!(
+        slow_window.requests,
+        slow_control.hits.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        fast_window.requests,
+        fast_control.hits.load(Ordering::SeqCst)
+    );
+    assert_eq!(slow_window.errors, 0);
+    assert_eq!(
+        fast_window.errors,
+        fast_control.hits.load(Ordering::SeqCst) - fast_before_failing
+    );
+    assert!(
+        slow_window.mean >= Duration::from_millis(20)
+            && slow_window.p50 >= Duration::from_millis(20),
+        "{slow_window:?}"
+    );
+    assert!(
+        fast_window.mean < Duration::from_millis(10) && fast_window.p99 < Duration::from_millis(20),
+        "{fast_window:?}"
+    );
+    assert!(fast_window.span > Duration::ZERO && fast_window.span <= Duration::from_secs(12));
 }
 
 #[test]

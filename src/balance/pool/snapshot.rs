@@ -72,13 +72,10 @@ impl Snapshot {
             .safety
             .scoring
             .map_or(HealthScoring::default().smoothing, |s| s.smoothing);
-        let run = self.stats[index].record(outcome, latency, alpha);
+        let now = crate::clock::now();
+        let run = self.stats[index].record(outcome, latency, alpha, now);
         if self.selection.is_peak_ewma() && outcome != Outcome::Ignored {
-            self.stats[index].observe_peak(
-                latency,
-                crate::clock::now(),
-                self.safety.peak_ewma_decay,
-            );
+            self.stats[index].observe_peak(latency, now, self.safety.peak_ewma_decay);
         }
         if let Some(detection) = self.safety.detection
             && run == detection.consecutive_failures

@@ -32,6 +32,11 @@ pub struct EndpointStatus {
     pub paused: bool,
     /// Requests to it in flight now, retries included.
     pub in_flight: u32,
+    /// Its attempts over the sliding window ([`WINDOW`](crate::observe::WINDOW), 10 s
+    /// counted in 2-second steps), retries and hedges included: count, failures (the
+    /// attempts counted against it), error rate, mean response time `M`, throughput `S`,
+    /// p50, p90, p99.
+    pub window: crate::observe::WindowStats,
 }
 
 impl Pools {
@@ -59,6 +64,7 @@ impl Pools {
                     ejected: stats[i].is_ejected(pool.epoch, now),
                     paused: stats[i].is_paused(pool.epoch, now),
                     in_flight: stats[i].in_flight(),
+                    window: stats[i].window(now),
                 })
                 .collect(),
         )

@@ -132,7 +132,7 @@ async fn new_endpoints_reuse_the_records_of_removed_ones_reset() {
         assert_eq!(stats.success_rate(), 1.0, "success rate reset");
         assert_eq!(stats.latency(), 0.0, "latency reset");
         assert_eq!(
-            stats.record(Outcome::Failure, Duration::ZERO, 0.5),
+            stats.record(Outcome::Failure, Duration::ZERO, 0.5, Instant::now()),
             1,
             "failure run reset"
         );
@@ -306,7 +306,14 @@ fn a_refused_ejection_starts_the_run_of_failures_over() {
         .max_ejected_share(0.0);
     let stats = EndpointStats::default();
     let epoch = Instant::now();
-    let fail = || stats.record(Outcome::Failure, Duration::from_millis(1), 0.3);
+    let fail = || {
+        stats.record(
+            Outcome::Failure,
+            Duration::from_millis(1),
+            0.3,
+            Instant::now(),
+        )
+    };
     assert_eq!((fail(), fail(), fail()), (1, 2, 3));
     // Ejected: the run starts over, and the multiplier grows.
     assert_eq!(

@@ -1,0 +1,295 @@
+//! A sliding window of calls: count, failures, mean and percentiles of the response time,
+//! and throughput over the last [`WINDOW`], for a service and for each of its endpoints.
+//!
+//! The window is a ring of [`SLOTS`] slots of [`SLOT`] each: the slot of the current period
+//! and the five before it. A call adds to its period's slot (atomic adds); the first call
+//! of a new period resets the slot it takes over, so what is read covers the last 10 s and
+//! the part of the current 2-second period gone by, 10 to 12 s (Finagle's and resilience4j's
+//! time-based windows step the same way).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::stats::{bucket, bucket_bound};
+
+/// How long a slot of the window lasts.
+const SLOT: Duration = Duration::from_secs(2);
+/// Slots in the ring: the current period's and the five before it.
+const SLOTS: usize = 6;
+/// What the statistics of a [`WindowStats`] cover: the last 10 seconds, and the part of the
+/// current 2-second step gone by.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// The first histogram bucket a window keeps, 2^10 ns (about 1 µs): faster calls are
+/// counted in it.
+const FIRST: usize = 40;
+/// Buckets a window keeps, four per doubling from 1 µs to 2^38 ns (about 275 s): slower
+/// calls are counted in the last.
+const KEPT: usize = 112;
+
+/// One period's counters.
+#[derive(Debug)]
+struct Slot {
+    /// The period the slot holds, `u64::MAX` before its first call.
+    period: AtomicU64,
+    calls: AtomicU64,
+    errors: AtomicU64,
+    nanos: AtomicU64,
+    buckets: [AtomicU32; KEPT],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            period: AtomicU64::new(u64::MAX),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+/// What calls did over a sliding window: [`WINDOW`], counted in 2-second steps.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct WindowStats {
+    /// The time the figures cover: the window, or less if the first call was more recent.
+    pub span: Duration,
+    /// Calls completed in the window.
+    pub requests: u64,
+    /// Of those, the calls that failed (no response, or a `5xx`; for an endpoint, the
+    /// attempts its outcome counted against it).
+    pub errors: u64,
+    /// `errors / requests`, 0 without calls.
+    pub error_rate: f64,
+    /// Mean response time `M = (1/N) Σ m(i)` of the window's calls.
+    pub mean: Duration,
+    /// Throughput `S`: calls completed per second, `requests / span` (`span` at least 1 s).
+    pub throughput: f64,
+    /// Median response time. Percentiles come from a log-scale histogram with four buckets
+    /// per power of two from 1 µs, so each is within 19% above the true value.
+    pub p50: Duration,
+    /// 90th percentile response time.
+    pub p90: Duration,
+    /// 99th percentile response time.
+    pub p99: Duration,
+}
+
+/// The counters behind a [`WindowStats`]: a call costs three atomic adds, four if it
+/// failed, and once per period the reset of the slot it takes over.
+#[derive(Debug)]
+pub(crate) struct Window {
+    origin: Instant,
+    /// Milliseconds from `origin` to the first call, `u64::MAX` before it.
+    first: AtomicU64,
+    slots: [Slot; SLOTS],
+}
+
+impl Window {
+    pub(crate) fn new(origin: Instant) -> Self {
+        Window {
+            origin,
+            first: AtomicU64::new(u64::MAX),
+            slots: Default::default(),
+        }
+    }
+
+    /// A call completed at `now` after `latency`.
+    ///
+    /// A call that races its slot's reset may be lost: the window is approximate at a
+    /// period's turn, never inflated by a period gone.
+    #[inline]
+    pub(crate) fn record(&self, now: Instant, latency: Duration, failed: bool) {
+        let elapsed = now.saturating_duration_since(self.origin);
+        let period = elapsed.as_secs() / SLOT.as_secs();
+        if self.first.load(Ordering::Relaxed) == u64::MAX {
+            let millis = elapsed.as_millis().min(u128::from(u64::MAX - 1)) as u64;
+            let _ =
+                self.first
+                    .compare_exchange(u64::MAX, millis, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        let slot = &self.slots[(period % SLOTS as u64) as usize];
+        // The stamp is read before it is written: it changes once a period.
+        if slot.period.load(Ordering::Relaxed) != period {
+            Self::turn(slot, period);
+        }
+        slot.calls.fetch_add(1, Ordering::Relaxed);
+        slot.nanos.fetch_add(
+            latency.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        let index = bucket(latency).clamp(FIRST, FIRST + KEPT - 1) - FIRST;
+        slot.buckets[index].fetch_add(1, Ordering::Relaxed);
+        if failed {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes `slot` over for `period`: the thread whose swap moves the stamp clears it.
+    #[cold]
+    #[inline(never)]
+    fn turn(slot: &Slot, period: u64) {
+        if slot.period.swap(period, Ordering::Relaxed) == period {
+            return;
+        }
+        slot.calls.store(0, Ordering::Relaxed);
+        slot.errors.store(0, Ordering::Relaxed);
+        slot.nanos.store(0, Ordering::Relaxed);
+        for b in &slot.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The window's figures at `now`.
+    pub(crate) fn read(&self, now: Instant) -> WindowStats {
+        let elapsed = now.saturating_duration_since(self.origin);
+        let period = elapsed.as_secs() / SLOT.as_secs();
+        let mut counts = [0u64; KEPT];
+        let (mut requests, mut errors, mut nanos) = (0u64, 0u64, 0u64);
+        for slot in &self.slots {
+            let held = slot.period.load(Ordering::Relaxed);
+            // A slot stamped after `period` (by a reading taken later on another thread)
+            // counts.
+            if held == u64::MAX || period.saturating_sub(held) >= SLOTS as u64 {
+                continue;
+            }
+            requests += slot.calls.load(Ordering::Relaxed);
+            errors += slot.errors.load(Ordering::Relaxed);
+            nanos = nanos.saturating_add(slot.nanos.load(Ordering::Relaxed));
+            for (count, b) in counts.iter_mut().zip(&slot.buckets) {
+                *count += u64::from(b.load(Ordering::Relaxed));
+            }
+        }
+        // A call being recorded meanwhile may be in one count and not another: the
+        // histogram is the call count the percentiles use.
+        let counted: u64 = counts.iter().sum();
+        let errors = errors.min(requests);
+        let start = Duration::from_secs(period.saturating_sub(SLOTS as u64 - 1) * SLOT.as_secs());
+        let first = self.first.load(Ordering::Relaxed);
+        let span = if first == u64::MAX {
+            Duration::ZERO
+        } else {
+            let start = start.max(Duration::from_millis(first));
+            elapsed.saturating_sub(start)
+        };
+        let percentile = |q: f64| {
+            if counted == 0 {
+                return Duration::ZERO;
+            }
+            let rank = (q * counted as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, &c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return bucket_bound(FIRST + i);
+                }
+            }
+            bucket_bound(FIRST + KEPT - 1)
+        };
+        WindowStats {
+            span,
+            requests,
+            errors,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            mean: Duration::from_nanos(nanos.checked_div(requests).unwrap_or(0)),
+            throughput: if first == u64::MAX {
+                0.0
+            } else {
+                requests as f64 / span.as_secs_f64().max(1.0)
+            },
+            p50: percentile(0.5),
+            p90: percentile(0.9),
+            p99: percentile(0.99),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_forgets_calls_older_than_ten_to_twelve_seconds() {
+        let window = Window::new(Instant::now());
+        assert_eq!(window.read(Instant::now()), WindowStats::default());
+        // 20 s of 10 calls a second: 100 ms each for the first 10 s (every tenth failing),
+        // then 1 ms each, none failing.
+        for second in 0..20 {
+            for i in 0..10 {
+                let (latency, failed) = if second < 10 {
+                    (ms(100), i == 0)
+                } else {
+                    (ms(1), false)
+                };
+                window.record(Instant::now(), latency, failed);
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // At 20 s: periods 5..=10 are held, i.e. seconds 10..19 (and 20, empty so far).
+        let stats = window.read(Instant::now());
+        assert_eq!(stats.requests, 100, "{stats:?}");
+        assert_eq!(stats.errors, 0);
+        assert_eq!(stats.span, Duration::from_secs(10));
+        assert!(stats.mean < ms(2), "the slow calls have left: {stats:?}");
+        assert!((stats.throughput - 10.0).abs() < 1e-9, "{stats:?}");
+        assert!(stats.p99 >= ms(1) && stats.p99 < Duration::from_micros(1190));
+        // Half way through the period: the window covers 11 s.
+        tokio::time::advance(ms(1000)).await;
+        window.record(Instant::now(), ms(1), false);
+        let stats = window.read(Instant::now());
+        assert_eq!(stats.requests, 101);
+        assert_eq!(stats.span, Duration::from_secs(11));
+        // Idle for longer than the window: nothing left.
+        tokio::time::advance(Duration::from_secs(13)).await;
+        let stats = window.read(Instant::now());
+        assert_eq!(
+            (stats.requests, stats.mean, stats.p50),
+            (0, Duration::ZERO, Duration::ZERO)
+        );
+        assert_eq!(stats.throughput, 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_young_window_spans_from_its_first_call() {
+        let origin = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let window = Window::new(origin);
+        for _ in 0..4 {
+            window.record(Instant::now(), ms(10), true);
+            tokio::time::advance(ms(500)).await;
+        }
+        let stats = window.read(Instant::now());
+        assert_eq!(stats.span, ms(2000));
+        assert_eq!((stats.requests, stats.errors), (4, 4));
+        assert_eq!(stats.error_rate, 1.0);
+        assert_eq!(stats.mean, ms(10));
+        assert!((stats.throughput - 2.0).abs() < 1e-9, "{stats:?}");
+        // Within a second of the first call, the rate is per second, not per fraction.
+        let young = Window::new(origin);
+        young.record(Instant::now(), ms(10), false);
+        young.record(Instant::now(), ms(10), false);
+        assert_eq!(young.read(Instant::now()).throughput, 2.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_latencies_land_in_the_end_buckets() {
+        let window = Window::new(Instant::now());
+        window.record(Instant::now(), Duration::ZERO, false);
+        window.record(Instant::now(), Duration::MAX, false);
+        let stats = window.read(Instant::now());
+        assert_eq!(stats.requests, 2);
+        assert!(stats.p50 <= Duration::from_micros(2), "{stats:?}");
+        assert!(stats.p99 >= Duration::from_secs(200), "{stats:?}");
+    }
+}
