@@ -33,9 +33,26 @@ pub(crate) struct Attempt<'a> {
 pub(crate) struct Tried {
     first: Option<EndpointAddr>,
     rest: Vec<EndpointAddr>,
+    /// The list of a hedge: `first` is the endpoint of the call it backs up.
+    hedge: bool,
 }
 
 impl Tried {
+    /// The list of a hedge of a call waiting on `endpoint`: the hedge goes elsewhere, and
+    /// its first pick is not a retry.
+    pub(crate) fn avoiding(endpoint: &EndpointAddr) -> Tried {
+        Tried {
+            first: Some(endpoint.clone()),
+            rest: Vec::new(),
+            hedge: true,
+        }
+    }
+
+    /// Whether the next pick is a retry: one follows an attempt, except a hedge's first.
+    pub(crate) fn next_is_retry(&self) -> bool {
+        !(self.is_empty() || (self.hedge && self.rest.is_empty()))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.first.is_none()
     }

@@ -87,6 +87,7 @@ pub mod discovery;
 pub mod endpoint;
 mod error;
 mod hash;
+pub mod hedge;
 pub mod limit;
 mod names;
 pub mod observe;
@@ -100,6 +101,7 @@ pub mod timeout;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;
+mod window;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -5,6 +5,8 @@
 pub const REQUEST_DURATION: &str = "http.client.request.duration";
 /// Retries sent (counter; `server.address`).
 pub const RETRIES: &str = "proxyless.retries";
+/// Hedges sent: second copies of slow idempotent calls (counter; `server.address`).
+pub const HEDGES: &str = "proxyless.hedges";
 /// Calls refused by the mesh itself (counter; `server.address`, `reason`: `rate_limited`,
 /// `overloaded`, `circuit_open`).
 pub const REJECTED: &str = "proxyless.rejected";

@@ -52,8 +52,8 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::error::Error;
-use crate::observe::{Window, WindowStats};
 use crate::series::EndpointSeries;
+use crate::window::{Window, WindowStats};
 
 pub use crate::policy::OutlierDetection;
 

@@ -293,8 +293,10 @@ fn avoid_tried(
                 if tried.is_empty() {
                     return index;
                 }
-                metrics::counter!(crate::names::RETRIES, "server.address" => snapshot.service.to_string())
-                    .increment(1);
+                if tried.next_is_retry() {
+                    metrics::counter!(crate::names::RETRIES, "server.address" => snapshot.service.to_string())
+                        .increment(1);
+                }
                 snapshot.untried(index, tried)
             },
             |i| snapshot.endpoints[i].addr(),

@@ -149,7 +149,10 @@ impl MeshClient {
                 return match ready {
                     // The stack's clone goes into the call's future, which needs no
                     // reference counts of its own then.
-                    Ok(()) => ResponseFuture::calling(stack.call_owned(request)),
+                    Ok(()) => match stack.hedging() {
+                        None => ResponseFuture::calling(stack.call_owned(request)),
+                        Some(hedging) => hedged(hedging.clone(), stack, request),
+                    },
                     Err(error) => ResponseFuture::failed(error),
                 };
             }
@@ -183,7 +186,12 @@ impl MeshClient {
                 self.inner.stacks.get(host, &self.inner.balance)?
             }
         };
-        stack.oneshot(request).await
+        match stack.hedging() {
+            Some(hedging) if hedging.applies(&request) => {
+                crate::hedge::call(hedging.clone(), stack, request).await
+            }
+            _ => stack.oneshot(request).await,
+        }
     }
 
     /// Stops taking calls and waits, at most `timeout`, for the calls in flight to end, as a
@@ -252,6 +260,48 @@ impl MeshClient {
         self.inner
             .stacks
             .stats_of(service, move |cell| cell.snapshot(endpoints))
+    }
+}
+
+/// A call of a service that hedges: hedged in a boxed future if it may be. Out of line, as
+/// [`MeshClient::call_later`].
+#[inline(never)]
+fn hedged(
+    hedging: std::sync::Arc<crate::hedge::Hedging>,
+    stack: traffic::Stack,
+    request: reqwest::Request,
+) -> ResponseFuture {
+    if !hedging.applies(&request) {
+        return ResponseFuture::calling(stack.call_owned(request));
+    }
+    ResponseFuture::boxed(crate::hedge::call(hedging, stack, request))
+}
+
+impl crate::hedge::HedgeStack for traffic::Stack {
+    type Future = MeshFuture<transport::Transport>;
+
+    async fn ready(&mut self) -> Result<(), Error> {
+        std::future::poll_fn(|cx| tower::Service::poll_ready(self, cx)).await
+    }
+
+    fn call(self, request: reqwest::Request) -> Self::Future {
+        self.call_owned(request)
+    }
+
+    fn hedge(self, request: reqwest::Request, avoid: &crate::EndpointAddr) -> Self::Future {
+        self.call_hedge(request, avoid)
+    }
+
+    fn endpoint(future: Pin<&Self::Future>) -> Option<crate::EndpointAddr> {
+        future.endpoint().cloned()
+    }
+
+    fn stats(&self) -> &crate::observe::StatsCell {
+        self.metrics().stats()
+    }
+
+    fn service(&self) -> &crate::ServiceName {
+        self.metrics().service()
     }
 }
 

@@ -40,6 +40,7 @@ pub struct TrafficPolicy {
     concurrency_limit: Option<usize>,
     #[cfg(feature = "jwt")]
     auth: Option<crate::auth::AttachTokenLayer>,
+    hedge: Option<crate::hedge::HedgePolicy>,
 }
 
 /// The overall deadline of a call unless set: Envoy's default route timeout.
@@ -57,6 +58,7 @@ impl Default for TrafficPolicy {
             concurrency_limit: None,
             #[cfg(feature = "jwt")]
             auth: None,
+            hedge: None,
         }
     }
 }
@@ -117,6 +119,15 @@ impl TrafficPolicy {
         self
     }
 
+    /// Hedges slow idempotent calls under `policy` (see [`hedge`](crate::hedge)): a
+    /// [`MeshClient`](crate::MeshClient) sends a second copy to another endpoint when the
+    /// first has not answered in time, within a budget. A [`MeshLayer`] used as a tower
+    /// layer does not hedge (tower's `Hedge` does, around it).
+    pub fn hedge(mut self, policy: crate::hedge::HedgePolicy) -> Self {
+        self.hedge = Some(policy);
+        self
+    }
+
     /// Limits calls in flight to `max`.
     pub fn concurrency_limit(mut self, max: usize) -> Self {
         self.concurrency_limit = Some(max);
@@ -160,6 +171,9 @@ impl TrafficPolicy {
         }
         if self.concurrency_limit == Some(0) {
             return Err(Error::builder("concurrency_limit", "must be above zero"));
+        }
+        if let Some(hedge) = &self.hedge {
+            hedge.validate()?;
         }
         Ok(())
     }
@@ -242,6 +256,12 @@ impl TrafficPolicy {
                 breaker,
                 #[cfg(feature = "jwt")]
                 auth: self.auth.as_ref().map(|layer| layer.attacher().clone()),
+                hedge: self
+                    .hedge
+                    .clone()
+                    .map(crate::hedge::Hedging::new)
+                    .transpose()?
+                    .map(Arc::new),
             }),
             balance,
         })

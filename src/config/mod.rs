@@ -91,7 +91,8 @@ pub use auth::{AuthConfig, JwtAuth, KeyConfig, OAuth2Auth, StaticAuth};
 pub use backend::{BackendConfig, ConsulConfig, DnsAConfig, DnsSrvConfig, EurekaConfig, XdsConfig};
 pub use tls::TlsConfig;
 pub use traffic::{
-    BreakerSection, HealthConfig, OutlierConfig, RateLimitConfig, RetryConfig, TrafficConfig,
+    BreakerSection, HealthConfig, HedgeConfig, OutlierConfig, RateLimitConfig, RetryConfig,
+    TrafficConfig,
 };
 pub use verifier::VerifierConfig;
 

@@ -40,6 +40,66 @@ pub struct TrafficConfig {
     /// The bearer token attached to calls (feature `jwt`).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Hedged requests.
+    #[serde(default)]
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// `[…traffic.hedge]`: hedge slow idempotent calls (see [`hedge`](crate::hedge)) after a
+/// fixed `delay` or the service's `percentile` (0.95 if neither is set), within a budget
+/// (5% more requests over 10 s unless set).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgeConfig {
+    /// `false` turns hedging off (for a service, over the client's default).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A fixed delay before the hedge; excludes `percentile`.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub delay: Option<Duration>,
+    /// The percentile of the service's response times after which a call is hedged.
+    #[serde(default)]
+    pub percentile: Option<f64>,
+    /// The shortest delay a percentile may give (1 ms).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub min_delay: Option<Duration>,
+    /// Hedges as a share of requests (0.05).
+    #[serde(default)]
+    pub budget_ratio: Option<f64>,
+    /// Hedges per second whatever the traffic (0).
+    #[serde(default)]
+    pub budget_min_per_second: Option<u32>,
+    /// How long a request counts towards the budget (10 s).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub budget_ttl: Option<Duration>,
+}
+
+impl HedgeConfig {
+    fn policy(&self, field: &str) -> Result<crate::hedge::HedgePolicy, Error> {
+        use crate::hedge::HedgePolicy;
+        let mut policy = match (self.delay, self.percentile) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    format!("{field}.delay"),
+                    "set either delay or percentile, not both",
+                ));
+            }
+            (Some(delay), None) => HedgePolicy::after(delay),
+            (None, Some(percentile)) => HedgePolicy::at_percentile(percentile),
+            (None, None) => HedgePolicy::default(),
+        };
+        if let Some(min) = self.min_delay {
+            policy = policy.min_delay(min);
+        }
+        let budget = BudgetConfig::default()
+            .ratio(self.budget_ratio.unwrap_or(0.05))
+            .min_per_second(self.budget_min_per_second.unwrap_or(0))
+            .ttl(self.budget_ttl.unwrap_or(Duration::from_secs(10)));
+        let policy = policy.budget(budget);
+        policy.validate().map_err(under(field))?;
+        Ok(policy)
+    }
 }
 
 /// `[…traffic.retry]`; unset fields keep [`RetryPolicy`]'s defaults.
@@ -389,6 +449,11 @@ impl TrafficConfig {
                 ));
             }
             policy = policy.concurrency_limit(max);
+        }
+        if let Some(hedge) = self.hedge.as_ref().or(default.hedge.as_ref())
+            && hedge.enabled != Some(false)
+        {
+            policy = policy.hedge(hedge.policy(&format!("{prefix}.hedge"))?);
         }
         Ok(policy)
     }

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `http.client.request.duration` | histogram, seconds | `http.request.method`, `server.address` (the logical service), `http.response.status_code` or `error.type` |
 //! | `proxyless.retries` | counter | `server.address` |
+//! | `proxyless.hedges` | counter | `server.address` |
 //! | `proxyless.rejected` | counter | `server.address`, `reason` (`rate_limited`, `overloaded`, `circuit_open`) |
 //! | `proxyless.breaker.state` | gauge: 0 closed, 1 half-open, 2 open | `server.address` |
 //! | `proxyless.breaker.transitions` | counter | `server.address`, `to` |
@@ -48,14 +49,12 @@
 
 mod layer;
 mod stats;
-mod window;
 
 pub use crate::series::OTHER_ENDPOINT;
+pub use crate::window::{WINDOW, WindowStats};
 pub(crate) use layer::CallRecord;
 pub use layer::{Metrics, MetricsLayer};
 pub use stats::ServiceStats;
 pub(crate) use stats::StatsCell;
-pub(crate) use window::Window;
-pub use window::{WINDOW, WindowStats};
 
 pub use crate::names::*;

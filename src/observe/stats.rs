@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::window::{Window, WindowStats};
-
-/// Latency buckets: four per power of two of nanoseconds, up to 2^40 ns (about 18 minutes).
-const BUCKETS: usize = 160;
+use crate::window::{Window, WindowStats};
 
 /// What one service's calls have done, from [`MeshClient::stats`](crate::MeshClient::stats):
 /// totals since the service's first call, and over the last 10 seconds the error rate, mean
@@ -44,27 +41,6 @@ pub(crate) struct StatsCell {
     window: Window,
 }
 
-/// The bucket of `latency`: ⌊4·log₂(nanoseconds)⌋, in integer arithmetic (a call records
-/// one without a call into libm).
-#[inline]
-pub(super) fn bucket(latency: Duration) -> usize {
-    let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
-    let exponent = 63 - nanos.leading_zeros();
-    // The 16 bits after the leading one: where `nanos` sits between 2^e and 2^(e+1).
-    let fraction = ((nanos << nanos.leading_zeros()) >> 47) & 0xffff;
-    // 2^(1/4), 2^(1/2) and 2^(3/4), less one, in 16-bit fixed point.
-    let quarter = QUARTERS.iter().filter(|&&q| fraction >= q).count();
-    (4 * exponent as usize + quarter).min(BUCKETS - 1)
-}
-
-/// (2^(k/4) − 1) · 2^16, rounded, for k = 1, 2, 3.
-const QUARTERS: [u64; 3] = [12_400, 27_146, 44_682];
-
-/// The upper bound of a bucket.
-pub(super) fn bucket_bound(index: usize) -> Duration {
-    Duration::from_nanos(2f64.powf((index + 1) as f64 / 4.0) as u64)
-}
-
 impl StatsCell {
     pub(crate) fn new() -> Self {
         StatsCell {
@@ -92,6 +68,11 @@ impl StatsCell {
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.window.record(now, latency, failed);
+    }
+
+    /// The `q` quantile of the window's response times now, and the calls it is drawn from.
+    pub(crate) fn quantile(&self, q: f64) -> Option<(Duration, u64)> {
+        self.window.quantile(Instant::now(), q)
     }
 
     /// The window's figures now.
@@ -124,50 +105,6 @@ impl StatsCell {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_bound_their_values_within_a_fifth() {
-        for micros in [1u64, 7, 100, 999, 12_345, 1_000_000] {
-            let latency = Duration::from_micros(micros);
-            let bound = bucket_bound(bucket(latency));
-            assert!(bound >= latency, "{latency:?} -> {bound:?}");
-            assert!(
-                bound.as_secs_f64() <= latency.as_secs_f64() * 1.19 + 1e-9,
-                "{latency:?} -> {bound:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn buckets_are_four_per_doubling() {
-        let float = |nanos: u64| ((nanos as f64).log2() * 4.0) as usize;
-        // Values spread over every bucket, away from a boundary by more than the integer
-        // version's 2^-16 of a doubling.
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut checked = 0;
-        for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let nanos = (x >> (x % 40)).max(1);
-            let exact = (nanos as f64).log2() * 4.0;
-            if (exact - exact.round()).abs() < 1e-3 {
-                continue;
-            }
-            checked += 1;
-            assert_eq!(
-                bucket(Duration::from_nanos(nanos)),
-                float(nanos).min(BUCKETS - 1),
-                "{nanos} ns"
-            );
-        }
-        assert!(checked > 90_000, "{checked}");
-        assert_eq!(bucket(Duration::ZERO), 0);
-        assert_eq!(bucket(Duration::from_nanos(1)), 0);
-        assert_eq!(bucket(Duration::from_nanos(2)), 4);
-        assert_eq!(bucket(Duration::from_nanos(1 << 20)), 80);
-        assert_eq!(bucket(Duration::MAX), BUCKETS - 1);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn totals_span_the_lifetime_and_the_window_the_last_seconds() {

@@ -380,6 +380,11 @@ impl<R> RetryState<R> {
         }
     }
 
+    /// Makes the call a hedge of one waiting on `endpoint`: its attempts go elsewhere.
+    pub(crate) fn avoid(&mut self, endpoint: &crate::endpoint::EndpointAddr) {
+        self.tried = Tried::avoiding(endpoint);
+    }
+
     /// Records where the first attempt went, when it went without the list lent.
     pub(crate) fn record_first(&mut self, endpoint: &crate::endpoint::EndpointAddr) {
         self.tried.record_first(endpoint);

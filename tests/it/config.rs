@@ -169,6 +169,10 @@ fn invalid_configs_name_the_field() {
         ("[client.traffic.breaker]\nwindow_calls = 10\nwindow_time = \"10s\"".into(), "client.traffic.breaker.window_time"),
         ("[client.traffic.rate_limit]\ncalls = 0".into(), "client.traffic.rate_limit.calls"),
         ("[client.traffic]\nconcurrency_limit = 0".into(), "client.traffic.concurrency_limit"),
+        ("[client.traffic.hedge]\npercentile = 1.5".into(), "client.traffic.hedge.percentile"),
+        ("[client.traffic.hedge]\ndelay = \"5ms\"\npercentile = 0.9".into(), "client.traffic.hedge.delay"),
+        ("[client.traffic.hedge]\nbudget_ratio = 0.0".into(), "client.traffic.hedge.budget_ratio"),
+        ("[client.traffic.hedge]\ndelai = \"5ms\"".into(), "client.traffic.hedge.delai"),
         ("[client.outlier_detection]\nmax_ejected_share = 2.0".into(), "client.outlier_detection.max_ejected_share"),
         ("[client.health_scoring]\nsmoothing = 0.0".into(), "client.health_scoring.smoothing"),
         (

@@ -24,6 +24,7 @@ mod dns;
 #[cfg(feature = "eureka")]
 mod eureka;
 mod health;
+mod hedge;
 mod observe;
 #[cfg(feature = "redis")]
 mod redis;

@@ -36,7 +36,7 @@ pub struct EndpointStatus {
     /// counted in 2-second steps), retries and hedges included: count, failures (the
     /// attempts counted against it), error rate, mean response time `M`, throughput `S`,
     /// p50, p90, p99.
-    pub window: crate::observe::WindowStats,
+    pub window: crate::window::WindowStats,
 }
 
 impl Pools {

@@ -2,10 +2,14 @@
 
 use super::*;
 
-/// Starts a call of `request` on `caller`'s readied transport. Inlined into both callers,
-/// so that the future is built in place.
+/// Starts a call of `request` on `caller`'s readied transport; a hedge of a call waiting on
+/// `avoid` goes elsewhere. Inlined into its callers, so that the future is built in place.
 #[inline(always)]
-pub(super) fn start<S, H>(mut caller: H, mut request: reqwest::Request) -> MeshFuture<S>
+pub(super) fn start<S, H>(
+    mut caller: H,
+    mut request: reqwest::Request,
+    avoid: Option<&crate::endpoint::EndpointAddr>,
+) -> MeshFuture<S>
 where
     S: Service<reqwest::Request, Response = reqwest::Response> + Clone + Send + 'static,
     S::Error: Into<Error>,
@@ -30,17 +34,28 @@ where
         .as_ref()
         .and_then(|retry| retry.begin_boxed(&mut request));
     let mut permits = Permits::default();
+    // A hedge's list of endpoints to keep away from: the retry's, or its own.
+    let mut hedge = None;
+    if let Some(avoid) = avoid {
+        match retry.as_mut() {
+            Some(retry) => retry.avoid(avoid),
+            None => hedge = Some(crate::attempt::Tried::avoiding(avoid)),
+        }
+    }
     let admitted = policies.admit(&mut request, &mut permits, false);
     let state = match admitted {
         // The readied service takes the first attempt.
         Admitted::Go => {
             // The first attempt's endpoint is read from its future if the call is
             // retried, so its list is not lent, unless an outer retry layer has one
-            // out: the balancer would record into that one. The balancer hands the retry
-            // the logical URL it replaces.
+            // out (the balancer would record into that one) or the call is a hedge. The
+            // balancer hands the retry the logical URL it replaces.
             let attempt = match retry.as_mut() {
-                Some(retry) => retry.first_attempt(crate::attempt::is_lent()),
-                None => crate::attempt::Attempt::default(),
+                Some(retry) => retry.first_attempt(avoid.is_some() || crate::attempt::is_lent()),
+                None => crate::attempt::Attempt {
+                    tried: hedge.as_mut(),
+                    logical_url: None,
+                },
             };
             State::Calling {
                 future: shared.router.call(inner, request, attempt),
@@ -177,6 +192,19 @@ impl Admitted {
                 fetch,
                 request: Some(request),
             },
+        }
+    }
+}
+
+impl<S> MeshFuture<S>
+where
+    S: Service<reqwest::Request>,
+{
+    /// The endpoint of the attempt in flight, if one is.
+    pub(crate) fn endpoint(self: Pin<&Self>) -> Option<&crate::endpoint::EndpointAddr> {
+        match self.project_ref().state.project_ref() {
+            StateProjRef::Calling { future } => future.get_ref().endpoint(),
+            _ => None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct Policies {
     pub(crate) breaker: Option<Arc<Breaker>>,
     #[cfg(feature = "jwt")]
     pub(crate) auth: Option<crate::auth::TokenAttacher>,
+    /// Hedged requests, sent by a [`MeshClient`](crate::MeshClient) around this stack.
+    pub(crate) hedge: Option<Arc<crate::hedge::Hedging>>,
 }
 
 /// What one attempt holds while it runs: its concurrency slot and its breaker ticket (given
@@ -194,6 +196,11 @@ impl<S> MeshService<S> {
     pub(crate) fn metrics(&self) -> &MetricsLayer {
         &self.shared.policies.metrics
     }
+
+    /// The service's hedging, if it hedges.
+    pub(crate) fn hedging(&self) -> Option<&Arc<crate::hedge::Hedging>> {
+        self.shared.policies.hedge.as_ref()
+    }
 }
 
 impl<S: Clone> Clone for MeshService<S> {
@@ -235,7 +242,7 @@ where
     }
 
     fn call(&mut self, request: reqwest::Request) -> MeshFuture<S> {
-        start(self, request)
+        start(self, request, None)
     }
 }
 
@@ -252,7 +259,17 @@ where
     /// [`MeshClient`](crate::MeshClient) does. The service must be ready
     /// ([`Service::poll_ready`] returned `Ready(Ok(()))`), as for `call`.
     pub fn call_owned(self, request: reqwest::Request) -> MeshFuture<S> {
-        start(self, request)
+        start(self, request, None)
+    }
+
+    /// Calls the service as [`call_owned`](Self::call_owned) does, for a hedge of a call
+    /// waiting on `avoid`: the hedge's attempts go to other endpoints while there are any.
+    pub(crate) fn call_hedge(
+        self,
+        request: reqwest::Request,
+        avoid: &crate::endpoint::EndpointAddr,
+    ) -> MeshFuture<S> {
+        start(self, request, Some(avoid))
     }
 }
 

@@ -12,7 +12,29 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::stats::{bucket, bucket_bound};
+/// Latency buckets: four per power of two of nanoseconds, up to 2^40 ns (about 18 minutes).
+const BUCKETS: usize = 160;
+
+/// The bucket of `latency`: ⌊4·log₂(nanoseconds)⌋, in integer arithmetic (a call records
+/// one without a call into libm).
+#[inline]
+fn bucket(latency: Duration) -> usize {
+    let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let exponent = 63 - nanos.leading_zeros();
+    // The 16 bits after the leading one: where `nanos` sits between 2^e and 2^(e+1).
+    let fraction = ((nanos << nanos.leading_zeros()) >> 47) & 0xffff;
+    // 2^(1/4), 2^(1/2) and 2^(3/4), less one, in 16-bit fixed point.
+    let quarter = QUARTERS.iter().filter(|&&q| fraction >= q).count();
+    (4 * exponent as usize + quarter).min(BUCKETS - 1)
+}
+
+/// (2^(k/4) − 1) · 2^16, rounded, for k = 1, 2, 3.
+const QUARTERS: [u64; 3] = [12_400, 27_146, 44_682];
+
+/// The upper bound of a bucket.
+fn bucket_bound(index: usize) -> Duration {
+    Duration::from_nanos(2f64.powf((index + 1) as f64 / 4.0) as u64)
+}
 
 /// How long a slot of the window lasts.
 const SLOT: Duration = Duration::from_secs(2);
@@ -52,7 +74,8 @@ impl Default for Slot {
     }
 }
 
-/// What calls did over a sliding window: [`WINDOW`], counted in 2-second steps.
+/// What calls did over a sliding window: [`WINDOW`], counted in 2-second steps; read from
+/// [`ServiceStats`](crate::observe::ServiceStats).
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct WindowStats {
@@ -143,8 +166,9 @@ impl Window {
         }
     }
 
-    /// The window's figures at `now`.
-    pub(crate) fn read(&self, now: Instant) -> WindowStats {
+    /// The window's counters at `now`: its histogram, calls, failures and total time, and
+    /// the period `now` falls in.
+    fn gather(&self, now: Instant) -> ([u64; KEPT], u64, u64, u64, u64) {
         let elapsed = now.saturating_duration_since(self.origin);
         let period = elapsed.as_secs() / SLOT.as_secs();
         let mut counts = [0u64; KEPT];
@@ -163,6 +187,21 @@ impl Window {
                 *count += u64::from(b.load(Ordering::Relaxed));
             }
         }
+        (counts, requests, errors, nanos, period)
+    }
+
+    /// The `q` quantile of the window's response times at `now`, and the number of calls it
+    /// is drawn from; `None` without calls.
+    pub(crate) fn quantile(&self, now: Instant, q: f64) -> Option<(Duration, u64)> {
+        let (counts, ..) = self.gather(now);
+        let counted: u64 = counts.iter().sum();
+        (counted > 0).then(|| (quantile(&counts, counted, q), counted))
+    }
+
+    /// The window's figures at `now`.
+    pub(crate) fn read(&self, now: Instant) -> WindowStats {
+        let elapsed = now.saturating_duration_since(self.origin);
+        let (counts, requests, errors, nanos, period) = self.gather(now);
         // A call being recorded meanwhile may be in one count and not another: the
         // histogram is the call count the percentiles use.
         let counted: u64 = counts.iter().sum();
@@ -179,15 +218,7 @@ impl Window {
             if counted == 0 {
                 return Duration::ZERO;
             }
-            let rank = (q * counted as f64).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (i, &c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return bucket_bound(FIRST + i);
-                }
-            }
-            bucket_bound(FIRST + KEPT - 1)
+            quantile(&counts, counted, q)
         };
         WindowStats {
             span,
@@ -211,9 +242,67 @@ impl Window {
     }
 }
 
+/// The `q` quantile of `counted` calls in `counts`: the upper bound of the bucket that holds
+/// the call of rank ⌈q·counted⌉.
+fn quantile(counts: &[u64; KEPT], counted: u64, q: f64) -> Duration {
+    let rank = (q * counted as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return bucket_bound(FIRST + i);
+        }
+    }
+    bucket_bound(FIRST + KEPT - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_bound_their_values_within_a_fifth() {
+        for micros in [1u64, 7, 100, 999, 12_345, 1_000_000] {
+            let latency = Duration::from_micros(micros);
+            let bound = bucket_bound(bucket(latency));
+            assert!(bound >= latency, "{latency:?} -> {bound:?}");
+            assert!(
+                bound.as_secs_f64() <= latency.as_secs_f64() * 1.19 + 1e-9,
+                "{latency:?} -> {bound:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_are_four_per_doubling() {
+        let float = |nanos: u64| ((nanos as f64).log2() * 4.0) as usize;
+        // Values spread over every bucket, away from a boundary by more than the integer
+        // version's 2^-16 of a doubling.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut checked = 0;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let nanos = (x >> (x % 40)).max(1);
+            let exact = (nanos as f64).log2() * 4.0;
+            if (exact - exact.round()).abs() < 1e-3 {
+                continue;
+            }
+            checked += 1;
+            assert_eq!(
+                bucket(Duration::from_nanos(nanos)),
+                float(nanos).min(BUCKETS - 1),
+                "{nanos} ns"
+            );
+        }
+        assert!(checked > 90_000, "{checked}");
+        assert_eq!(bucket(Duration::ZERO), 0);
+        assert_eq!(bucket(Duration::from_nanos(1)), 0);
+        assert_eq!(bucket(Duration::from_nanos(2)), 4);
+        assert_eq!(bucket(Duration::from_nanos(1 << 20)), 80);
+        assert_eq!(bucket(Duration::MAX), BUCKETS - 1);
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
