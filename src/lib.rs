@@ -51,6 +51,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `json` | yes | [`RequestBuilder::json`](client::RequestBuilder::json) |
+//! | `form` | yes | [`RequestBuilder::form`](client::RequestBuilder::form) |
+//! | `multipart` | no | [`RequestBuilder::multipart`](client::RequestBuilder::multipart) |
 //! | `toml` | yes | [`MeshConfig::from_toml_str`] |
 //! | `dns` | yes | `discovery::DnsDiscovery` (hickory-resolver) |
 //! | `consul` | yes | `discovery::ConsulDiscovery` |
@@ -59,6 +61,8 @@
 //! | `axum` | no | `auth::Claims` as an axum extractor |
 //! | `rustls` | no | [`tls`](crate::tls): mesh TLS, services verified by identity, mutual TLS |
 //! | `xds` | no | `discovery::XdsDiscovery`: endpoints, splits and cluster policies from an xDS control plane |
+//! | `redis` | no | `limit::fleet`: fleet-wide rate limits kept in Redis |
+//! | `middleware` | no | `middleware::MeshMiddleware`: the mesh as a `reqwest_middleware::Middleware` |
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -89,6 +93,9 @@ mod error;
 mod hash;
 pub mod hedge;
 pub mod limit;
+#[cfg(feature = "middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]
+pub mod middleware;
 mod names;
 pub mod observe;
 mod per_second;

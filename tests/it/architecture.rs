@@ -9,7 +9,7 @@ use std::path::Path;
 /// ARCHITECTURE.md's layers, top first.
 const LAYERS: &[&[&str]] = &[
     &["fuzzing"],
-    &["config"],
+    &["config", "middleware"],
     &["client"],
     &["hedge"],
     &["auth", "limit", "breaker", "retry", "timeout", "tls"],

@@ -25,6 +25,8 @@ mod dns;
 mod eureka;
 mod health;
 mod hedge;
+#[cfg(feature = "middleware")]
+mod middleware;
 mod observe;
 #[cfg(feature = "redis")]
 mod redis;
