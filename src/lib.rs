@@ -62,6 +62,7 @@
 //! | `rustls` | no | [`tls`](crate::tls): mesh TLS, services verified by identity, mutual TLS |
 //! | `xds` | no | `discovery::XdsDiscovery`: endpoints, splits and cluster policies from an xDS control plane |
 //! | `redis` | no | `limit::fleet`: fleet-wide rate limits kept in Redis |
+//! | `otel` | no | W3C `traceparent`/`tracestate` on every attempt, from the current span's OpenTelemetry context |
 //! | `middleware` | no | `middleware::MeshMiddleware`: the mesh as a `reqwest_middleware::Middleware` |
 
 #![forbid(unsafe_code)]
@@ -108,6 +109,8 @@ pub mod timeout;
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub mod tls;
+#[cfg(feature = "otel")]
+mod trace;
 mod window;
 
 #[cfg(feature = "fuzzing")]

@@ -198,6 +198,8 @@ impl<C> Router<C> {
                 }
                 rewrite(&mut request, &snapshot, index, self.preserve_host, keep);
                 let span = attempt_span(&snapshot, index, attempt);
+                #[cfg(feature = "otel")]
+                crate::trace::inject(&mut request, &span);
                 // Counted in flight before the inner service sees the request.
                 let call = InFlight::new(snapshot, index);
                 let future = {

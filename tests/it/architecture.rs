@@ -29,6 +29,7 @@ const LAYERS: &[&[&str]] = &[
         "per_second",
         "rng",
         "secret",
+        "trace",
         "window",
     ],
 ];

@@ -32,6 +32,8 @@ mod observe;
 mod redis;
 #[cfg(feature = "rustls")]
 mod tls;
+#[cfg(feature = "otel")]
+mod trace;
 mod traffic;
 #[cfg(feature = "xds")]
 mod xds;
