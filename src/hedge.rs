@@ -20,12 +20,22 @@
 //!   over any 10 s ([`BudgetConfig`]), and no floor, so that the extra load stays a bounded
 //!   share of the traffic whatever the latencies do.
 //!
-//! The loser is dropped: its attempt is cancelled, counted neither for nor against its
+//! The hedge ends when the first copy would (what is left of the request's timeout, or of
+//! the service's); a first copy that times out ends the call. Each copy is a call of the
+//! service's stack: both are counted in its statistics (the loser as cancelled, the winner
+//! with its own duration), each deposits in the retry budget, and each may be retried. The
+//! loser is dropped: its attempt is cancelled, counted neither for nor against its
 //! endpoint. Each hedge sent is counted in `proxyless.hedges` (`server.address`).
 //!
 //! With a percentile delay, the calls a hedge wins against are cancelled and leave the
 //! window, so the percentile read is of the calls that ended: lower than the true one by
-//! the share hedged, which the budget bounds.
+//! the share hedged, which the budget bounds. Calls that fail fast (refused by the breaker
+//! or a limit) lower it too: in an incident, more calls are hedged, as many as the budget
+//! allows.
+//!
+//! A hedge that waits for a rate limit or a token before it is sent, in a service without
+//! retries, is not kept away from the first copy's endpoint (the balancer usually picks
+//! another all the same).
 
 use std::future::Future;
 use std::pin::pin;
@@ -204,6 +214,8 @@ pub(crate) trait HedgeStack: Clone + Send + 'static {
     fn stats(&self) -> &crate::observe::StatsCell;
     /// The service's name, for the hedge counter.
     fn service(&self) -> &crate::endpoint::ServiceName;
+    /// The service's overall timeout, if it has one.
+    fn timeout(&self) -> Option<Duration>;
 }
 
 /// Whether a call's result settles it: a response that is not a `5xx`.
@@ -213,21 +225,36 @@ fn settles(result: &Result<reqwest::Response, Error>) -> bool {
         .is_ok_and(|response| !response.status().is_server_error())
 }
 
+/// The call's result when neither copy settled it: a response (a `5xx`) over an error (a
+/// refusal, a failure to connect), else the one that ended last.
+fn either(
+    earlier: Result<reqwest::Response, Error>,
+    later: Result<reqwest::Response, Error>,
+) -> Result<reqwest::Response, Error> {
+    match (&earlier, &later) {
+        (Ok(_), Err(_)) => earlier,
+        _ => later,
+    }
+}
+
 /// A call of `request` on `stack` under `hedging`: the first copy, and after the delay, if
-/// it has not ended and the budget allows, a hedge to another endpoint; the first result
-/// that settles the call wins.
+/// it has not ended and the budget allows, a hedge to another endpoint, given what is left
+/// of the call's deadline; the first result that settles the call wins.
 pub(crate) async fn call<H: HedgeStack>(
     hedging: std::sync::Arc<Hedging>,
     mut stack: H,
     request: reqwest::Request,
 ) -> Result<reqwest::Response, Error> {
+    let started = Instant::now();
     hedging.budget.deposit();
     let copy = request.try_clone();
     let delay = hedging.delay(stack.stats());
+    // The hedge ends when the first copy would: the call's own timeout, or the service's.
+    let deadline = request.timeout().copied().or_else(|| stack.timeout());
     let mut caller = stack.clone();
     caller.ready().await?;
     let mut first = pin!(caller.call(request));
-    let (Some(copy), Some(delay)) = (copy, delay) else {
+    let (Some(mut copy), Some(delay)) = (copy, delay) else {
         return first.await;
     };
     tokio::select! {
@@ -239,10 +266,16 @@ pub(crate) async fn call<H: HedgeStack>(
         // Waiting for a rate limit, a token or a backoff: no endpoint is slow.
         return first.await;
     };
-    if !hedging.budget.try_withdraw() {
-        return first.await;
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return first.await;
+        }
+        *copy.timeout_mut() = Some(left);
     }
-    if stack.ready().await.is_err() {
+    // Ready before the budget is drawn on: a hedge that is not sent costs nothing. (The
+    // mesh's transport is always ready.)
+    if stack.ready().await.is_err() || !hedging.budget.try_withdraw() {
         return first.await;
     }
     metrics::counter!(crate::names::HEDGES, "server.address" => stack.service().to_string())
@@ -250,10 +283,20 @@ pub(crate) async fn call<H: HedgeStack>(
     let mut second = pin!(stack.hedge(copy, &avoid));
     tokio::select! {
         result = &mut first => {
-            if settles(&result) { result } else { second.await }
+            if settles(&result) || result.as_ref().is_err_and(Error::is_timeout) {
+                result
+            } else {
+                let other = second.await;
+                if settles(&other) { other } else { either(result, other) }
+            }
         }
         result = &mut second => {
-            if settles(&result) { result } else { first.await }
+            if settles(&result) {
+                result
+            } else {
+                let other = first.await;
+                if settles(&other) { other } else { either(result, other) }
+            }
         }
     }
 }

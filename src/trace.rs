@@ -2,8 +2,8 @@
 //! `traceparent` (and the `tracestate`, if any) naming the OpenTelemetry span it is sent
 //! under, so that the server's spans join the caller's trace.
 //!
-//! The span is the attempt's (`proxyless.attempt`, at debug level) when the subscriber
-//! records it, and otherwise the span current when the attempt is sent: the call's
+//! The span is the attempt's (`proxyless.attempt`, at debug level) when the OpenTelemetry
+//! layer records it, and otherwise the span current when the attempt is sent: the call's
 //! (`proxyless.call`), or the caller's own. Its OpenTelemetry context comes from the
 //! `tracing-opentelemetry` layer the application installs; without one, or outside any
 //! span, no header is added. A request that already carries a `traceparent` keeps it.
@@ -25,11 +25,11 @@ pub(crate) fn inject(request: &mut reqwest::Request, attempt: &tracing::Span) {
     if request.headers().contains_key(TRACEPARENT) {
         return;
     }
-    let context = if attempt.is_disabled() {
-        tracing::Span::current().context()
-    } else {
-        attempt.context()
-    };
+    // The attempt's span may be off, or on for another layer and not OpenTelemetry's.
+    let mut context = attempt.context();
+    if !context.span().span_context().is_valid() {
+        context = tracing::Span::current().context();
+    }
     let span = context.span();
     let span = span.span_context();
     if !span.is_valid() {

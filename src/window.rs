@@ -122,8 +122,9 @@ impl Window {
 
     /// A call completed at `now` after `latency`.
     ///
-    /// A call that races its slot's reset may be lost: the window is approximate at a
-    /// period's turn, never inflated by a period gone.
+    /// A call that races its slot's reset may be lost, and a read that races it may see the
+    /// period gone under the new period's stamp for that instant: the window is approximate
+    /// at a period's turn.
     #[inline]
     pub(crate) fn record(&self, now: Instant, latency: Duration, failed: bool) {
         let elapsed = now.saturating_duration_since(self.origin);

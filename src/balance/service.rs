@@ -256,6 +256,9 @@ impl<C> Router<C> {
             drop(pools);
             let (index, _) = avoid_tried(&snapshot, pool.pick(&snapshot)?, None);
             rewrite(&mut request, &snapshot, index, preserve_host, None);
+            // No span of its own: the current one's context.
+            #[cfg(feature = "otel")]
+            crate::trace::inject(&mut request, &tracing::Span::none());
             let started = crate::clock::now();
             snapshot.admit()?;
             let mut call = InFlight::new(snapshot.clone(), index);

@@ -303,6 +303,10 @@ impl crate::hedge::HedgeStack for traffic::Stack {
     fn service(&self) -> &crate::ServiceName {
         self.metrics().service()
     }
+
+    fn timeout(&self) -> Option<std::time::Duration> {
+        traffic::Stack::timeout(self)
+    }
 }
 
 /// The error of a call made while the client drains. Out of line: the request path only

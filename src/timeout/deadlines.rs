@@ -63,6 +63,11 @@ impl std::fmt::Debug for Deadlines {
 
 impl Deadlines {
     /// Deadlines `after` from each call's start.
+    /// How long after its start a call's deadline falls.
+    pub(crate) fn after(&self) -> Duration {
+        self.after
+    }
+
     pub(crate) fn new(after: Duration) -> Arc<Self> {
         Arc::new(Deadlines {
             after,

@@ -500,7 +500,10 @@ async fn an_endpoint_removed_from_discovery_finishes_its_calls_and_takes_no_more
         assert_eq!(server_of(&response), "staying");
     }
     for call in calls {
-        let response = call.await.expect("task").expect("a held call completes");
+        let response = call
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("a held call completes: {e:?}"));
         assert_eq!(server_of(&response), "leaving");
     }
     let late = control.hits.load(std::sync::atomic::Ordering::SeqCst) - hits_before;

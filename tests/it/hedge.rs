@@ -81,11 +81,11 @@ async fn hedging_at_the_p95_cuts_the_tail_of_one_slow_endpoint_within_its_budget
     const WARM: usize = 200;
     let mut baseline = None;
     for hedged in [false, true] {
-        // One endpoint in four answers one request in twenty after 300 ms: 1.25% of the
+        // One endpoint in four answers one request in twenty after 600 ms: 1.25% of the
         // calls, above the 1% that p99 reads. The others answer at once.
         let servers: Vec<(Served, Arc<AtomicU64>)> = [20, u64::MAX, u64::MAX, u64::MAX]
             .into_iter()
-            .map(|every| sometimes_slow(every, Duration::from_millis(300)))
+            .map(|every| sometimes_slow(every, Duration::from_millis(600)))
             .collect();
         let sent = || -> u64 {
             servers
@@ -113,8 +113,9 @@ async fn hedging_at_the_p95_cuts_the_tail_of_one_slow_endpoint_within_its_budget
         eprintln!("hedged {hedged}: p99 {tail:?}, {requests} requests for {CALLS} calls");
         if hedged {
             let baseline: Duration = baseline.expect("measured first");
+            // About 20 ms on a quiet machine; the margin is for a busy one.
             assert!(
-                tail < Duration::from_millis(150),
+                tail < Duration::from_millis(300),
                 "p99 {tail:?} with hedging, {baseline:?} without"
             );
             // The extra requests are the hedges: within 5% of the calls (the warm-up's
@@ -123,7 +124,7 @@ async fn hedging_at_the_p95_cuts_the_tail_of_one_slow_endpoint_within_its_budget
             assert!(extra > 0, "something was hedged");
             assert!(extra <= (CALLS + WARM) as u64 / 20, "{extra} hedges");
         } else {
-            assert!(tail >= Duration::from_millis(300), "p99 {tail:?}");
+            assert!(tail >= Duration::from_millis(600), "p99 {tail:?}");
             assert_eq!(requests, CALLS as u64, "no hedging: one request per call");
             baseline = Some(tail);
         }
@@ -155,11 +156,11 @@ async fn the_budget_caps_hedges_when_every_call_is_slow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedge_goes_to_another_endpoint_and_a_post_is_never_hedged() {
-    let (a, a_hits) = slow(Duration::from_millis(300));
+    let (a, a_hits) = slow(Duration::from_millis(500));
     let (b, b_hits) = slow(Duration::ZERO);
     let sent = || a_hits.load(Ordering::SeqCst) + b_hits.load(Ordering::SeqCst);
     let policy = TrafficPolicy::default().hedge(
-        HedgePolicy::after(Duration::from_millis(20))
+        HedgePolicy::after(Duration::from_millis(100))
             .budget(BudgetConfig::default().ratio(1.0).min_per_second(10)),
     );
     // With retries (the default policy's): a hedge keeps away from the endpoint through
@@ -175,8 +176,10 @@ async fn a_hedge_goes_to_another_endpoint_and_a_post_is_never_hedged() {
         let started = Instant::now();
         mesh.get("http://orders/").send().await.expect("a response");
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_millis(400), "{took:?}");
     }
+    // Let a hedge sent to `a` (of a call to `b` slower than 100 ms) reach its counter.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let first_tries = a_hits.load(Ordering::SeqCst);
     assert!(
         first_tries >= 3,
@@ -198,7 +201,7 @@ async fn a_hedge_goes_to_another_endpoint_and_a_post_is_never_hedged() {
             .expect("a response");
         assert_eq!(response.status(), StatusCode::OK);
         if a_hits.load(Ordering::SeqCst) > first_tries {
-            assert!(started.elapsed() >= Duration::from_millis(300));
+            assert!(started.elapsed() >= Duration::from_millis(500));
         }
     }
     assert_eq!(sent() - before, posts, "each POST was sent once");

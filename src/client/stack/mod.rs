@@ -197,6 +197,15 @@ impl<S> MeshService<S> {
         &self.shared.policies.metrics
     }
 
+    /// The service's overall timeout, if it has one.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.shared
+            .policies
+            .timeout
+            .as_deref()
+            .map(Deadlines::after)
+    }
+
     /// The service's hedging, if it hedges.
     pub(crate) fn hedging(&self) -> Option<&Arc<crate::hedge::Hedging>> {
         self.shared.policies.hedge.as_ref()
