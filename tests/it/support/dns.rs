@@ -188,39 +188,61 @@ pub fn dnsmasq_binary() -> Option<std::path::PathBuf> {
 
 impl Dnsmasq {
     pub fn start(binary: &std::path::Path, records: &[String]) -> Dnsmasq {
-        let port = {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-            socket.local_addr().expect("addr").port()
-        };
-        let mut command = std::process::Command::new(binary);
-        command.args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--user=root",
-            "--log-facility=-",
-            &format!("--port={port}"),
-        ]);
-        command.args(records);
-        command.stdout(std::process::Stdio::null());
-        command.stderr(std::process::Stdio::null());
-        let child = command.spawn().expect("dnsmasq starts");
-        // Wait until it answers on TCP (it opens UDP and TCP together), up to 10 s: a
-        // machine busy with the rest of the suite can be slow to start it.
-        for _ in 0..1000 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        // A port free for UDP is not always free for TCP: another test's server may hold
+        // it, and then dnsmasq exits, and the check below would reach that server. So the
+        // port is taken on both first, and a dnsmasq that exits is started again on another.
+        for _ in 0..10 {
+            let Some(port) = free_udp_and_tcp_port() else {
+                continue;
+            };
+            let mut command = std::process::Command::new(binary);
+            command.args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+                "--user=root",
+                "--log-facility=-",
+                &format!("--port={port}"),
+            ]);
+            command.args(records);
+            command.stdout(std::process::Stdio::null());
+            command.stderr(std::process::Stdio::null());
+            let mut child = command.spawn().expect("dnsmasq starts");
+            // Wait until it answers on TCP (it opens UDP and TCP together), up to 10 s: a
+            // machine busy with the rest of the suite can be slow to start it.
+            let mut up = false;
+            for _ in 0..1000 {
+                if child.try_wait().expect("a child").is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            if up && child.try_wait().expect("a child").is_none() {
+                return Dnsmasq {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    child,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Dnsmasq {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            child,
-        }
+        panic!("dnsmasq did not start on a free port in ten tries");
     }
+}
+
+/// A port that was free for both UDP and TCP on 127.0.0.1 a moment ago.
+fn free_udp_and_tcp_port() -> Option<u16> {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let port = udp.local_addr().ok()?.port();
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+    Some(port)
 }
