@@ -76,12 +76,15 @@ impl Default for HedgePolicy {
 }
 
 impl HedgePolicy {
+    /// The budget hedges draw on unless set: 5% more requests over 10 s, no floor.
+    pub const DEFAULT_BUDGET: BudgetConfig = BudgetConfig::new(0.05, 0, Duration::from_secs(10));
+
     /// Hedges a call that has not answered after `delay`.
     pub fn after(delay: Duration) -> Self {
         HedgePolicy {
             trigger: Trigger::Fixed(delay),
             min_delay: Duration::ZERO,
-            budget: default_budget(),
+            budget: Self::DEFAULT_BUDGET,
         }
     }
 
@@ -93,7 +96,7 @@ impl HedgePolicy {
         HedgePolicy {
             trigger: Trigger::Percentile(percentile),
             min_delay: Duration::from_millis(1),
-            budget: default_budget(),
+            budget: Self::DEFAULT_BUDGET,
         }
     }
 
@@ -126,10 +129,6 @@ impl HedgePolicy {
         crate::error::check_duration("hedge.min_delay", self.min_delay)?;
         RetryBudget::new(self.budget).map(drop)
     }
-}
-
-fn default_budget() -> BudgetConfig {
-    BudgetConfig::default().ratio(0.05).min_per_second(0)
 }
 
 /// One service's hedging: its policy, its budget, and the delay last read.

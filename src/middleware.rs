@@ -21,8 +21,10 @@
 //! The mesh sends the request itself, through its own transport (connection pools, mesh
 //! TLS), so it belongs last in the chain: middleware after it is not run, and the chain's
 //! `reqwest::Client` only sends the requests the mesh passes on. It passes on, to the rest
-//! of the chain, a request whose host is an IP address: not a service name, so not the
-//! mesh's to resolve.
+//! of the chain, a request whose host is an IP address, and, by default, one whose host
+//! its discovery does not know (an outside API, say), as Istio's `ALLOW_ANY` outbound
+//! policy lets such traffic through. [`MeshMiddleware::registry_only`] makes those the
+//! mesh's typed error instead (Istio's `REGISTRY_ONLY`).
 //!
 //! The mesh's errors arrive as [`reqwest_middleware::Error::Middleware`] holding a
 //! [`proxyless::Error`](crate::Error) (`error.downcast_ref::<proxyless::Error>()`), with
@@ -42,12 +44,25 @@ use crate::MeshClient;
 #[derive(Clone, Debug)]
 pub struct MeshMiddleware {
     mesh: MeshClient,
+    registry_only: bool,
 }
 
 impl MeshMiddleware {
-    /// Sends the chain's requests through `mesh`.
+    /// Sends the chain's requests to the services `mesh` knows through it, and passes the
+    /// others on to the rest of the chain.
     pub fn new(mesh: MeshClient) -> Self {
-        MeshMiddleware { mesh }
+        MeshMiddleware {
+            mesh,
+            registry_only: false,
+        }
+    }
+
+    /// Fails a request to a host the mesh's discovery does not know, with the mesh's
+    /// [`is_unknown_service`](crate::Error::is_unknown_service) error, instead of passing
+    /// it on.
+    pub fn registry_only(mut self) -> Self {
+        self.registry_only = true;
+        self
     }
 
     /// The mesh the requests go through.
@@ -80,9 +95,23 @@ impl Middleware for MeshMiddleware {
         if is_address(&request) {
             return Box::pin(next.run(request, extensions));
         }
-        let call = self.mesh.execute(request);
+        let host = request.url().host_str().unwrap_or_default();
+        let ask = !self.registry_only && !self.mesh.registry().is_known(host);
         Box::pin(async move {
-            call.await
+            if ask {
+                // Not resolved yet: a name its discovery does not know goes on down the
+                // chain; any other answer (endpoints, or a registry that is down) is the
+                // mesh's to handle.
+                let host = request.url().host_str().unwrap_or_default().to_owned();
+                if let Err(error) = self.mesh.registry().endpoints(&host).await
+                    && error.is_unknown_service()
+                {
+                    return next.run(request, extensions).await;
+                }
+            }
+            self.mesh
+                .execute(request)
+                .await
                 .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))
         })
     }

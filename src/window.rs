@@ -372,6 +372,14 @@ mod tests {
         assert_eq!(young.read(Instant::now()).throughput, 2.0);
     }
 
+    #[test]
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn a_window_is_under_three_kilobytes() {
+        // The figure README.md and BENCHMARKS.md give for an endpoint's window.
+        assert_eq!(std::mem::size_of::<Slot>(), 480);
+        assert_eq!(std::mem::size_of::<Window>(), 2_904);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn extreme_latencies_land_in_the_end_buckets() {
         let window = Window::new(Instant::now());

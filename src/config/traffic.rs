@@ -92,10 +92,12 @@ impl HedgeConfig {
         if let Some(min) = self.min_delay {
             policy = policy.min_delay(min);
         }
-        let budget = BudgetConfig::default()
-            .ratio(self.budget_ratio.unwrap_or(0.05))
-            .min_per_second(self.budget_min_per_second.unwrap_or(0))
-            .ttl(self.budget_ttl.unwrap_or(Duration::from_secs(10)));
+        let budget = budget(
+            HedgePolicy::DEFAULT_BUDGET,
+            self.budget_ratio,
+            self.budget_min_per_second,
+            self.budget_ttl,
+        );
         let policy = policy.budget(budget);
         policy.validate().map_err(under(field))?;
         Ok(policy)
@@ -477,18 +479,33 @@ impl RetryConfig {
             Some(timeout) => policy = policy.per_attempt_timeout(timeout),
             None => {}
         }
-        let mut budget = BudgetConfig::default();
-        if let Some(ratio) = self.budget_ratio {
-            budget = budget.ratio(ratio);
-        }
-        if let Some(min) = self.budget_min_per_second {
-            budget = budget.min_per_second(min);
-        }
-        if let Some(ttl) = self.budget_ttl {
-            budget = budget.ttl(ttl);
-        }
-        policy.budget(budget)
+        policy.budget(budget(
+            BudgetConfig::default(),
+            self.budget_ratio,
+            self.budget_min_per_second,
+            self.budget_ttl,
+        ))
     }
+}
+
+/// `base` with the budget settings a section sets (a retry's or a hedge's).
+fn budget(
+    base: BudgetConfig,
+    ratio: Option<f64>,
+    min_per_second: Option<u32>,
+    ttl: Option<Duration>,
+) -> BudgetConfig {
+    let mut budget = base;
+    if let Some(ratio) = ratio {
+        budget = budget.ratio(ratio);
+    }
+    if let Some(min) = min_per_second {
+        budget = budget.min_per_second(min);
+    }
+    if let Some(ttl) = ttl {
+        budget = budget.ttl(ttl);
+    }
+    budget
 }
 
 impl BreakerSection {

@@ -37,6 +37,16 @@ impl Default for BudgetConfig {
 }
 
 impl BudgetConfig {
+    /// A budget of `ratio` of requests, `min_per_second` whatever the traffic, over `ttl`
+    /// (checked when a budget is made of it).
+    pub const fn new(ratio: f64, min_per_second: u32, ttl: Duration) -> Self {
+        BudgetConfig {
+            ratio,
+            min_per_second,
+            ttl,
+        }
+    }
+
     /// Retries may be this share of requests, above 0 and at most 1000 (0.2).
     pub fn ratio(mut self, ratio: f64) -> Self {
         self.ratio = ratio;

@@ -82,7 +82,25 @@ async fn a_chain_with_the_mesh_last_resolves_balances_and_keeps_the_other_middle
     // The mesh counted the calls as its own.
     assert_eq!(mesh.stats("orders").expect("called").requests, 40);
 
-    // A service the mesh does not know: its typed error, through the chain.
+    // A host the mesh does not know goes on down the chain (here, to `b` by its name in a
+    // URL the chain's own client can reach: `localhost`).
+    let response = client
+        .get(format!("http://localhost:{}/outside", b.addr.port()))
+        .send()
+        .await
+        .expect("passed on");
+    assert_eq!(response.headers()["x-server"], "b");
+    assert_eq!(response.headers()["x-path"], "/outside");
+    assert!(
+        mesh.stats("localhost").is_none(),
+        "not a call of the mesh's"
+    );
+
+    // Registry only: the mesh's typed error, through the chain.
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(outer.clone())
+        .with(MeshMiddleware::new(mesh.clone()).registry_only())
+        .build();
     let error = client
         .get("http://nowhere/")
         .send()
