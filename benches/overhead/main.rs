@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use proxyless::auth::{Algorithm, JwtSigner, SigningKey};
+use proxyless::balance::Balancer;
 use proxyless::client::TrafficPolicy;
 use proxyless::limit::{OnExceed, Rate};
 use proxyless::{Endpoint, MeshClient, Secret, StaticDiscovery};
@@ -310,6 +311,81 @@ fn haproxy(server: SocketAddr) -> Option<Proxy> {
     panic!("haproxy did not start listening on {addr}");
 }
 
+/// The raw path's URL of the server.
+fn raw_url_of(transport: Transport, server: SocketAddr) -> String {
+    if transport.tls() {
+        format!("https://bench:{}/bench", server.port())
+    } else {
+        format!("http://{server}/bench")
+    }
+}
+
+/// `OVERHEAD_PEERS=1`: what a Rust team would build instead of adopting the mesh, each beside
+/// the mesh with the same policies (not more, not fewer), and the mesh with every policy.
+fn peers(
+    http: &reqwest::Client,
+    server: SocketAddr,
+    every: &MeshClient,
+    mesh_with: &dyn Fn(TrafficPolicy, bool, Option<Balancer>) -> MeshClient,
+) -> Vec<Via> {
+    // tower's stack balances by requests in flight over two random draws, retries within a
+    // budget, limits the rate and the concurrency, bounds each attempt and records a
+    // histogram: the mesh's least-request balancer, its retries (with their budget), the
+    // same limits and timeout, and its metrics. No breaker, no token, no health scores or
+    // ejection, which tower has not.
+    let towers = TrafficPolicy::default()
+        .no_breaker()
+        .timeout(call_timeout())
+        .rate_limit(
+            Rate::per_second(std::num::NonZeroU32::new(1_000_000).expect("above 0")),
+            OnExceed::FailFast,
+        )
+        .concurrency_limit(10_000);
+    // reqwest-retry retries transient failures with backoff, over one URL: the mesh's
+    // retries alone (it balances over the one endpoint, which it cannot leave out).
+    let retries = TrafficPolicy::default().no_breaker().no_timeout();
+    let middleware = reqwest_middleware::ClientBuilder::new(http.clone())
+        .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(
+            reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(3),
+        ))
+        .build();
+    vec![
+        Via {
+            name: "tower, composed by hand",
+            diag: Diag::Tower(Box::new(Tower::new(http, &[server]))),
+        },
+        Via {
+            name: "mesh, tower's policies",
+            diag: Diag::Mesh(mesh_with(towers, true, Some(Balancer::LeastRequest))),
+        },
+        Via {
+            name: "reqwest-middleware + reqwest-retry",
+            diag: Diag::Middleware(middleware),
+        },
+        Via {
+            name: "mesh, retries only",
+            diag: Diag::Mesh(mesh_with(retries, true, None)),
+        },
+        Via {
+            // What the two above have in common: the mesh's balancing (the URL rewritten, a
+            // pick, in-flight counts) and its metrics (histogram, counters, sliding windows).
+            name: "mesh, no policy",
+            diag: Diag::Mesh(mesh_with(
+                TrafficPolicy::default()
+                    .no_retries()
+                    .no_breaker()
+                    .no_timeout(),
+                true,
+                None,
+            )),
+        },
+        Via {
+            name: "mesh, every policy",
+            diag: Diag::Mesh(every.clone()),
+        },
+    ]
+}
+
 /// Every policy on, none of them refusing a call in this run.
 fn every_policy() -> TrafficPolicy {
     ["timeout", "rate_limit", "concurrency_limit", "token"]
@@ -358,15 +434,27 @@ enum Path {
     Raw,
     /// The raw call again: an A/A control, whose difference from `Raw` is the noise floor.
     RawAgain,
-    Mesh,
+    /// The path `clients.vias[i]`: the mesh, one of its diagnostics, or a peer.
+    Via(usize),
     Proxy,
 }
 
-/// What the mesh path sends, for diagnostics (`OVERHEAD_DIAG`); read once, not per call.
+/// One path compared with raw reqwest: the mesh, a diagnostic (`OVERHEAD_DIAG`), or with
+/// `OVERHEAD_PEERS=1` what a team would build instead of adopting the mesh.
+struct Via {
+    name: &'static str,
+    diag: Diag,
+}
+
+/// What a path other than raw and the proxy sends; chosen once, not per call.
 #[derive(Clone)]
 enum Diag {
     /// A `MeshClient` call: the benchmark itself.
-    Mesh,
+    Mesh(MeshClient),
+    /// tower's own middleware composed by hand over reqwest: a peer (`OVERHEAD_PEERS=1`).
+    Tower(Box<Tower>),
+    /// `reqwest-middleware` with `reqwest-retry` over the raw URL: a peer.
+    Middleware(reqwest_middleware::ClientWithMiddleware),
     /// The raw request, built another way: the method's floor.
     Passthrough,
     /// The raw call, with a logical URL parsed and rewritten as the balancer does.
@@ -401,6 +489,154 @@ struct FloorAll {
     latency_average: AtomicU64,
     duration: metrics::Histogram,
     requests: metrics::Counter,
+}
+
+/// One endpoint of [`Tower`]'s balancer: the request's URL pointed at the endpoint, then the
+/// shared `reqwest::Client` (what any balancer over reqwest does per call).
+struct ToEndpoint {
+    http: reqwest::Client,
+    addr: SocketAddr,
+}
+
+impl tower::Service<reqwest::Request> for ToEndpoint {
+    type Response = reqwest::Response;
+    type Error = reqwest::Error;
+    type Future = <reqwest::Client as tower::Service<reqwest::Request>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), reqwest::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+        let url = request.url_mut();
+        url.set_ip_host(self.addr.ip()).expect("ip");
+        url.set_port(Some(self.addr.port())).expect("port");
+        tower::Service::call(&mut self.http, request)
+    }
+}
+
+/// tower's p2c balancer over a fixed list of endpoints, each counting its requests in
+/// flight (the load it compares), behind a rate limit and a concurrency limit.
+type TowerShared = tower::limit::RateLimit<
+    tower::limit::ConcurrencyLimit<
+        tower::balance::p2c::Balance<
+            tower::load::PendingRequestsDiscover<tower::discover::ServiceList<Vec<ToEndpoint>>>,
+            reqwest::Request,
+        >,
+    >,
+>;
+
+/// The hand-composed tower stack, outermost first: retries with a `TpsBudget`, a timeout
+/// on each attempt, a `Buffer` (the balancer and the limits are not `Clone`: one task owns
+/// them and calls reach it through a channel, as tower's docs prescribe), then
+/// [`TowerShared`]. The call records its duration in a `metrics` histogram.
+struct Tower {
+    service: tower::retry::Retry<TowerRetry, tower::timeout::Timeout<TowerBuffer>>,
+    duration: metrics::Histogram,
+}
+
+/// The channel to the task that owns [`TowerShared`].
+type TowerBuffer = tower::buffer::Buffer<
+    reqwest::Request,
+    <TowerShared as tower::Service<reqwest::Request>>::Future,
+>;
+
+impl Clone for Tower {
+    fn clone(&self) -> Tower {
+        Tower {
+            service: self.service.clone(),
+            duration: self.duration.clone(),
+        }
+    }
+}
+
+impl Tower {
+    /// The stack over `endpoints`, with the limits and timeout of [`every_policy`] and
+    /// tower's default budget (10 s, 10 retries a second, 20% of requests).
+    fn new(http: &reqwest::Client, endpoints: &[SocketAddr]) -> Tower {
+        use tower::ServiceBuilder;
+        let endpoints = endpoints
+            .iter()
+            .map(|&addr| ToEndpoint {
+                http: http.clone(),
+                addr,
+            })
+            .collect::<Vec<_>>();
+        let balance = tower::balance::p2c::Balance::new(tower::load::PendingRequestsDiscover::new(
+            tower::discover::ServiceList::new(endpoints),
+            tower::load::CompleteOnResponse::default(),
+        ));
+        let shared: TowerShared = ServiceBuilder::new()
+            .rate_limit(1_000_000, Duration::from_secs(1))
+            .concurrency_limit(10_000)
+            .service(balance);
+        let service = ServiceBuilder::new()
+            .retry(TowerRetry {
+                budget: Arc::new(tower::retry::budget::TpsBudget::default()),
+                left: 3,
+            })
+            .timeout(call_timeout())
+            .buffer(1024)
+            .service(shared);
+        Tower {
+            service,
+            duration: metrics::histogram!("tower_request_duration_seconds", "server.address" => "bench"),
+        }
+    }
+
+    async fn call(&self, request: reqwest::Request) -> reqwest::Response {
+        use tower::ServiceExt;
+        let started = Instant::now();
+        // Boxed where its type is known: awaited unboxed inside a spawned task, rustc cannot
+        // prove the retry future `Send` (a higher-ranked lifetime error on `BoxError`'s
+        // `From`). One allocation per call.
+        let call: std::pin::Pin<
+            Box<dyn Future<Output = Result<reqwest::Response, tower::BoxError>> + Send>,
+        > = Box::pin(self.service.clone().oneshot(request));
+        let response = call.await;
+        self.duration.record(started.elapsed().as_secs_f64());
+        response.expect("tower call")
+    }
+}
+
+/// [`Tower`]'s retry policy: a failed attempt or a 5xx is retried, at most three times, while
+/// the budget allows; each request deposits in the budget.
+#[derive(Clone)]
+struct TowerRetry {
+    budget: Arc<tower::retry::budget::TpsBudget>,
+    left: u8,
+}
+
+impl tower::retry::Policy<reqwest::Request, reqwest::Response, tower::BoxError> for TowerRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut reqwest::Request,
+        result: &mut Result<reqwest::Response, tower::BoxError>,
+    ) -> Option<Self::Future> {
+        use tower::retry::budget::Budget;
+        let failed = match result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        if !failed {
+            self.budget.deposit();
+            return None;
+        }
+        if self.left == 0 || !self.budget.withdraw() {
+            return None;
+        }
+        self.left -= 1;
+        Some(std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, request: &reqwest::Request) -> Option<reqwest::Request> {
+        request.try_clone()
+    }
 }
 
 /// Moves the f64 average in `cell` a tenth of the way to `sample`.
@@ -457,8 +693,8 @@ struct Clients {
     /// The A/A control's client: `http` itself, or over another transport, one of the same
     /// settings with connections of its own.
     http_again: reqwest::Client,
-    mesh: MeshClient,
-    mode: Diag,
+    /// The paths compared with raw: the mesh (or a diagnostic in its place), or the peers.
+    vias: Arc<[Via]>,
     server: SocketAddr,
     raw_url: Arc<str>,
     proxy_url: Option<Arc<str>>,
@@ -468,6 +704,15 @@ struct Clients {
 }
 
 impl Clients {
+    /// Raw, every path compared with it, and the raw call again (the A/A control), in that
+    /// order: the latency rounds' paths before the proxy, and the closed loops' paths.
+    fn compared(&self) -> Vec<Path> {
+        let mut paths = vec![Path::Raw];
+        paths.extend((0..self.vias.len()).map(Path::Via));
+        paths.push(Path::RawAgain);
+        paths
+    }
+
     /// `base`, or with `OVERHEAD_QUERY=unique` `base` and a query no call used before.
     fn url<'a>(&self, base: &'a str) -> std::borrow::Cow<'a, str> {
         match &self.unique {
@@ -489,7 +734,7 @@ impl Clients {
                     .await
                     .expect("raw call")
             }
-            Path::Mesh => self.mesh_call().await,
+            Path::Via(i) => self.via_call(&self.vias[i].diag).await,
             Path::Proxy => self
                 .http
                 .get(&*self.url(self.proxy_url.as_deref().expect("a proxy")))
@@ -506,15 +751,25 @@ impl Clients {
         assert_eq!(&body[..], b"ok");
     }
 
-    async fn mesh_call(&self) -> reqwest::Response {
+    async fn via_call(&self, diag: &Diag) -> reqwest::Response {
         let logical = || -> reqwest::Url { "http://bench/bench".parse().expect("url") };
-        match &self.mode {
-            Diag::Mesh => self
-                .mesh
+        match diag {
+            Diag::Mesh(mesh) => mesh
                 .get(&*self.url("http://bench/bench"))
                 .send()
                 .await
                 .expect("mesh call"),
+            Diag::Tower(tower) => {
+                let url = self.url("http://bench/bench").parse().expect("url");
+                tower
+                    .call(reqwest::Request::new(reqwest::Method::GET, url))
+                    .await
+            }
+            Diag::Middleware(client) => client
+                .get(&*self.url(&self.raw_url))
+                .send()
+                .await
+                .expect("reqwest-middleware call"),
             Diag::Passthrough => self
                 .http
                 .execute(reqwest::Request::new(
@@ -703,14 +958,14 @@ fn micros(nanos: f64) -> String {
 }
 
 async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples, Samples)> {
-    let mut paths = vec![Path::Raw, Path::Mesh, Path::RawAgain];
+    let mut paths = clients.compared();
     if clients.proxy_url.is_some() {
         paths.push(Path::Proxy);
     }
     // Diagnostics: one path alone, for `perf stat`.
     match std::env::var("OVERHEAD_ONLY").as_deref() {
         Ok("raw") => paths = vec![Path::Raw],
-        Ok("mesh") => paths = vec![Path::Mesh],
+        Ok("mesh") => paths = vec![Path::Via(0)],
         _ => {}
     }
     for _ in 0..options.warmup {
@@ -808,14 +1063,14 @@ struct Windows {
 /// changes from one moment to the next, by as much as half in a quarter second, and a few
 /// long windows, one path after the other, would charge that to whichever path ran in the
 /// slow moment. Windows a fraction of a second apart mostly see the same machine.
-async fn closed_loops(clients: &Clients, concurrency: usize, options: &Options) -> [Windows; 3] {
-    let paths = [Path::Raw, Path::Mesh, Path::RawAgain];
+async fn closed_loops(clients: &Clients, concurrency: usize, options: &Options) -> Vec<Windows> {
+    let paths = clients.compared();
     // Warm the pool to this concurrency on every path.
-    for path in paths {
+    for &path in &paths {
         closed_loop(clients, path, concurrency, 0.3).await;
     }
-    let mut windows: [Vec<Window>; 3] = Default::default();
-    let mut order = [0, 1, 2];
+    let mut windows: Vec<Vec<Window>> = paths.iter().map(|_| Vec::new()).collect();
+    let mut order: Vec<usize> = (0..paths.len()).collect();
     let mut state = 0x6a09_e667_f3bc_c909_u64 ^ concurrency as u64;
     for _ in 0..options.rounds {
         shuffle(&mut order, &mut state);
@@ -824,10 +1079,13 @@ async fn closed_loops(clients: &Clients, concurrency: usize, options: &Options) 
             windows[j].push(window);
         }
     }
-    windows.map(|path| Windows {
-        rate: Samples(path.iter().map(|w| (w.rate * 1000.0) as u64).collect()),
-        client_cpu: Samples(path.iter().map(|w| w.client_cpu as u64).collect()),
-    })
+    windows
+        .into_iter()
+        .map(|path| Windows {
+            rate: Samples(path.iter().map(|w| (w.rate * 1000.0) as u64).collect()),
+            client_cpu: Samples(path.iter().map(|w| w.client_cpu as u64).collect()),
+        })
+        .collect()
 }
 
 /// A number below `n`, from the xorshift generator `state`.
@@ -925,24 +1183,11 @@ fn main() {
         raw_client()
     };
     let quiet = std::env::var("OVERHEAD_POLICY").as_deref() == Ok("bare_quiet");
-    let mut builder = MeshClient::builder();
-    if quiet {
-        // No health scores or ejection: no maintenance timer either.
-        builder = builder.disable_health_scoring().disable_outlier_detection();
-    }
     let version = match transport {
         Transport::Http | Transport::Https => proxyless::client::HttpVersion::Http1,
         Transport::HttpsH2 => proxyless::client::HttpVersion::Auto,
         Transport::H2c => proxyless::client::HttpVersion::H2c,
     };
-    builder = builder.service(
-        "bench",
-        proxyless::ServiceOptions::new().http_version(version),
-    );
-    #[cfg(feature = "rustls")]
-    if transport.tls() {
-        builder = builder.tls(proxyless::tls::TlsSettings::new().roots_pem(certs.ca_pem.clone()));
-    }
     // `OVERHEAD_MESH_OWN_CLIENT=1`: the mesh on a client (and so connections) of its own, not
     // the raw path's: what a TLS service's per-endpoint connections are anyway.
     let mesh_http = if std::env::var("OVERHEAD_MESH_OWN_CLIENT").is_ok() {
@@ -953,14 +1198,38 @@ fn main() {
     } else {
         http.clone()
     };
-    let mesh = builder
-        .http_client(mesh_http)
-        .discovery(
-            StaticDiscovery::new()
-                .with("bench", [Endpoint::new(server)])
-                .expect("valid"),
-        )
-        .traffic(match std::env::var("OVERHEAD_POLICY").as_deref() {
+    // A mesh over the server with `traffic`; `quiet`: without health scores and ejection (and
+    // so without a maintenance timer); `balancer`: another than the default.
+    let mesh_with = |traffic: TrafficPolicy, quiet: bool, balancer: Option<Balancer>| {
+        let mut builder = MeshClient::builder();
+        if quiet {
+            builder = builder.disable_health_scoring().disable_outlier_detection();
+        }
+        if let Some(balancer) = balancer {
+            builder = builder.balancer(balancer);
+        }
+        builder = builder.service(
+            "bench",
+            proxyless::ServiceOptions::new().http_version(version),
+        );
+        #[cfg(feature = "rustls")]
+        if transport.tls() {
+            builder =
+                builder.tls(proxyless::tls::TlsSettings::new().roots_pem(certs.ca_pem.clone()));
+        }
+        builder
+            .http_client(mesh_http.clone())
+            .discovery(
+                StaticDiscovery::new()
+                    .with("bench", [Endpoint::new(server)])
+                    .expect("valid"),
+            )
+            .traffic(traffic)
+            .build()
+            .expect("valid client")
+    };
+    let mesh = mesh_with(
+        match std::env::var("OVERHEAD_POLICY").as_deref() {
             // Diagnostics: no policy at all (`bare_quiet`: nor health scores and ejection).
             Ok("bare" | "bare_quiet") => TrafficPolicy::default().no_retries().no_breaker(),
             // One policy alone over `bare`: what it costs on a real call.
@@ -969,9 +1238,10 @@ fn main() {
                 &only["only:".len()..],
             ),
             _ => every_policy(),
-        })
-        .build()
-        .expect("valid client");
+        },
+        quiet,
+        None,
+    );
     let mode = match std::env::var("OVERHEAD_DIAG").as_deref() {
         Ok("passthrough") => Diag::Passthrough,
         Ok("rewrite") => Diag::Rewrite,
@@ -1019,9 +1289,20 @@ fn main() {
             use tower::Layer;
             proxyless::balance::BalanceLayer::new(mesh.registry().clone()).layer(http.clone())
         }),
-        _ => Diag::Mesh,
+        _ => Diag::Mesh(mesh.clone()),
     };
-    if let Diag::FloorAll(_) = mode {
+    let vias = if std::env::var("OVERHEAD_PEERS").as_deref() == Ok("1") {
+        peers(&http, server, &mesh, &mesh_with)
+    } else {
+        vec![Via {
+            name: "mesh",
+            diag: mode,
+        }]
+    };
+    if vias
+        .iter()
+        .any(|via| matches!(via.diag, Diag::FloorAll(_) | Diag::Tower(_)))
+    {
         // A timer nearer than a call's deadline, as the mesh's own background work
         // keeps: without one, each call's timer is the runtime's earliest and tokio wakes its
         // driver to re-arm (an eventfd write and one more turn of the event loop per call).
@@ -1033,16 +1314,11 @@ fn main() {
         });
     }
     let clients = Clients {
-        mode,
+        vias: vias.into(),
         server,
         http,
         http_again,
-        mesh,
-        raw_url: if transport.tls() {
-            format!("https://bench:{}/bench", server.port()).into()
-        } else {
-            format!("http://{server}/bench").into()
-        },
+        raw_url: raw_url_of(transport, server).into(),
         proxy_url: proxy
             .as_ref()
             .map(|p| Arc::<str>::from(format!("http://{}/bench", p.addr))),
@@ -1071,12 +1347,20 @@ fn main() {
         return;
     }
     let raw = &results[0].1;
+    let vias = clients.vias.len();
+    // Where each path's results are: raw at 0, the compared paths from 1, then the A/A control
+    // and the proxy.
+    let (again, proxied) = (vias + 1, vias + 2);
     println!();
     println!("| path | mean | p50 | p99 | client-thread CPU, mean |");
     println!("|---|---|---|---|---|");
     for (path, samples, cpu) in &results {
+        let name = match path {
+            Path::Via(i) => clients.vias[*i].name.to_owned(),
+            other => format!("{other:?}"),
+        };
         println!(
-            "| {path:?} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} |",
             micros(samples.mean()),
             micros(samples.percentile(0.5)),
             micros(samples.percentile(0.99)),
@@ -1102,40 +1386,49 @@ fn main() {
     let p99 = (|s: &Samples| s.percentile(0.99)) as fn(&Samples) -> f64;
     println!(
         "A/A control, raw again - raw: mean {}, p50 {}, p99 {}",
-        added(2, false, mean).micros(),
-        added(2, false, p50).micros(),
-        added(2, false, p99).micros()
+        added(again, false, mean).micros(),
+        added(again, false, p50).micros(),
+        added(again, false, p99).micros()
     );
-    let ratio = resampled.estimate(|draw| draw(&results[1].1).mean() / draw(&results[0].1).mean());
-    println!("mesh / raw mean ratio: {}", ratio.ratio());
-    println!(
-        "client-thread CPU added by the mesh, mean: {}",
-        added(1, true, mean).micros()
-    );
-    println!(
-        "mesh added: mean {}, p50 {}, p99 {}",
-        added(1, false, mean).micros(),
-        added(1, false, p50).micros(),
-        added(1, false, p99).micros()
-    );
-    let share = (results.len() > 3).then(|| {
+    if results.len() > proxied {
         println!(
             "proxy hop added: mean {}, p50 {}, p99 {}",
-            added(3, false, mean).micros(),
-            added(3, false, p50).micros(),
-            added(3, false, p99).micros()
+            added(proxied, false, mean).micros(),
+            added(proxied, false, p50).micros(),
+            added(proxied, false, p99).micros()
         );
-        let share = resampled.estimate(|draw| {
-            let raw = draw(&results[0].1).mean();
-            (draw(&results[1].1).mean() - raw) / (draw(&results[3].1).mean() - raw)
-        });
+    }
+    // Each compared path's figures: mean ratio, added p99, added latency / the proxy hop's.
+    let mut figures = Vec::new();
+    for (i, via) in clients.vias.iter().enumerate() {
+        let at = i + 1;
+        let name = via.name;
+        let ratio =
+            resampled.estimate(|draw| draw(&results[at].1).mean() / draw(&results[0].1).mean());
+        println!("{name} / raw mean ratio: {}", ratio.ratio());
+        let cpu = added(at, true, mean);
+        println!("client-thread CPU added by {name}, mean: {}", cpu.micros());
+        let p99_added = added(at, false, p99);
         println!(
-            "mesh added / proxy added (mean): {} (1/{:.0})",
-            share.ratio(),
-            1.0 / share.value.max(1e-9)
+            "{name} added: mean {}, p50 {}, p99 {}",
+            added(at, false, mean).micros(),
+            added(at, false, p50).micros(),
+            p99_added.micros()
         );
-        share
-    });
+        let share = (results.len() > proxied).then(|| {
+            let share = resampled.estimate(|draw| {
+                let raw = draw(&results[0].1).mean();
+                (draw(&results[at].1).mean() - raw) / (draw(&results[proxied].1).mean() - raw)
+            });
+            println!(
+                "{name} added / proxy added (mean): {} (1/{:.0})",
+                share.ratio(),
+                1.0 / share.value.max(1e-9)
+            );
+            share
+        });
+        figures.push((ratio, cpu, p99_added, share));
+    }
 
     println!();
     println!(
@@ -1143,23 +1436,25 @@ fn main() {
          each round. Each ratio is the median over the rounds of the round's own ratio (windows \
          a fraction of a second apart see the same machine), with its 95% interval over {} \
          resamples of the rounds. The loops run on the client's thread, which they keep busy, \
-         so the mesh's throughput follows its CPU per call there:",
+         so a path's throughput follows its CPU per call there:",
         options.rounds, options.throughput_secs, options.resamples
     );
     println!();
     println!(
-        "| concurrency | raw calls/s | mesh calls/s | mesh / raw | A/A control, raw again / raw \
-         | client CPU per call, raw → mesh | client CPU added per call |"
+        "| concurrency | path | raw calls/s | path calls/s | path / raw | A/A control, raw again \
+         / raw | client CPU per call, raw → path | client CPU added per call |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let mut throughput = Vec::new();
+    println!("|---|---|---|---|---|---|---|---|");
+    // Each compared path's throughput ratio at 16, then at 64.
+    let mut throughput: Vec<Vec<(usize, Estimate)>> =
+        clients.vias.iter().map(|_| Vec::new()).collect();
     for concurrency in [16, 64] {
         let windows = runtime.block_on(closed_loops(&clients, concurrency, &options));
         let rounds = Resampled {
             rounds: options.rounds,
             resamples: options.resamples,
         };
-        let [raw, mesh, again] = &windows;
+        let (raw, again) = (&windows[0], &windows[again]);
         // The median over the drawn rounds of `f(a's window, b's window)` in each round.
         let paired = |a: &Samples, b: &Samples, f: fn(f64, f64) -> f64| {
             rounds.estimate(|draw| {
@@ -1168,20 +1463,50 @@ fn main() {
                 median(each.collect())
             })
         };
-        let ratio = paired(&mesh.rate, &raw.rate, |m, r| m / r);
         let control = paired(&again.rate, &raw.rate, |m, r| m / r);
-        let cpu_added = paired(&mesh.client_cpu, &raw.client_cpu, |m, r| m - r);
+        for (i, via) in clients.vias.iter().enumerate() {
+            let path = &windows[i + 1];
+            let ratio = paired(&path.rate, &raw.rate, |m, r| m / r);
+            let cpu_added = paired(&path.client_cpu, &raw.client_cpu, |m, r| m - r);
+            println!(
+                "| {concurrency} | {} | {:.0} | {:.0} | {} | {} | {} → {} | {} |",
+                via.name,
+                raw.rate.percentile(0.5) / 1000.0,
+                path.rate.percentile(0.5) / 1000.0,
+                ratio.ratio(),
+                control.ratio(),
+                micros(raw.client_cpu.percentile(0.5)),
+                micros(path.client_cpu.percentile(0.5)),
+                cpu_added.micros(),
+            );
+            throughput[i].push((concurrency, ratio));
+        }
+    }
+
+    if vias > 1 {
+        println!();
+        println!("Side by side, each against raw reqwest in the same rounds:");
+        println!();
         println!(
-            "| {concurrency} | {:.0} | {:.0} | {} | {} | {} → {} | {} |",
-            raw.rate.percentile(0.5) / 1000.0,
-            mesh.rate.percentile(0.5) / 1000.0,
-            ratio.ratio(),
-            control.ratio(),
-            micros(raw.client_cpu.percentile(0.5)),
-            micros(mesh.client_cpu.percentile(0.5)),
-            cpu_added.micros(),
+            "| path | mean ratio | client CPU added | added p99 | added / proxy hop | \
+             throughput at 16 | throughput at 64 |"
         );
-        throughput.push((concurrency, ratio));
+        println!("|---|---|---|---|---|---|---|");
+        for (i, via) in clients.vias.iter().enumerate() {
+            let (ratio, cpu, p99_added, share) = &figures[i];
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                via.name,
+                ratio.ratio(),
+                cpu.micros(),
+                p99_added.micros(),
+                share
+                    .as_ref()
+                    .map_or("no haproxy".to_owned(), Estimate::ratio),
+                throughput[i][0].1.ratio(),
+                throughput[i][1].1.ratio(),
+            );
+        }
     }
 
     // The end-to-end targets, each as this run measured it. An interval wholly on one side of
@@ -1195,49 +1520,62 @@ fn main() {
             "within this run's noise"
         }
     };
-    println!();
-    println!("Targets, with the 95% intervals above:");
-    println!();
-    println!("| what | target | measured | met |");
-    println!("|---|---|---|---|");
-    println!(
-        "| mean ratio, mesh / raw | ≤ 1.02 | {} | {} |",
-        ratio.ratio(),
-        verdict(&ratio, 1.02)
-    );
-    let p99_added = added(1, false, p99);
-    println!(
-        "| added p99 | ≤ 5 µs | {} | {} |",
-        p99_added.micros(),
-        verdict(&p99_added, 5_000.0)
-    );
-    for (concurrency, ratio) in &throughput {
-        // At least 97%: the same check on the ratio's shortfall.
-        let shortfall = Estimate {
-            value: 1.0 - ratio.value,
-            low: 1.0 - ratio.high,
-            high: 1.0 - ratio.low,
-        };
+    for (i, via) in clients.vias.iter().enumerate() {
+        let (ratio, _, p99_added, share) = &figures[i];
+        let name = via.name;
+        println!();
+        println!("Targets for {name}, with the 95% intervals above:");
+        println!();
+        println!("| what | target | measured | met |");
+        println!("|---|---|---|---|");
         println!(
-            "| throughput at {concurrency}, mesh / raw | ≥ 0.97 | {} | {} |",
+            "| mean ratio, {name} / raw | ≤ 1.02 | {} | {} |",
             ratio.ratio(),
-            verdict(&shortfall, 0.03)
+            verdict(ratio, 1.02)
+        );
+        println!(
+            "| added p99 | ≤ 5 µs | {} | {} |",
+            p99_added.micros(),
+            verdict(p99_added, 5_000.0)
+        );
+        for (concurrency, ratio) in &throughput[i] {
+            // At least 97%: the same check on the ratio's shortfall.
+            let shortfall = Estimate {
+                value: 1.0 - ratio.value,
+                low: 1.0 - ratio.high,
+                high: 1.0 - ratio.low,
+            };
+            println!(
+                "| throughput at {concurrency}, {name} / raw | ≥ 0.97 | {} | {} |",
+                ratio.ratio(),
+                verdict(&shortfall, 0.03)
+            );
+        }
+        match share {
+            Some(share) => println!(
+                "| added latency, {name} / proxy hop | < 1/50 (0.02) | {} | {} |",
+                share.ratio(),
+                verdict(share, 0.02)
+            ),
+            None => println!(
+                "| added latency, {name} / proxy hop | < 1/50 (0.02) | not measured (no haproxy) | |"
+            ),
+        }
+    }
+    for via in clients.vias.iter() {
+        if let Diag::Mesh(mesh) = &via.diag {
+            let stats = mesh.stats("bench").expect("called");
+            assert_eq!(stats.errors, 0, "no call of {} failed", via.name);
+        }
+    }
+    if clients
+        .vias
+        .iter()
+        .any(|via| matches!(via.diag, Diag::Mesh(_)))
+    {
+        assert!(
+            handle.render().contains("http_client_request_duration"),
+            "the recorder saw the mesh's calls"
         );
     }
-    match &share {
-        Some(share) => println!(
-            "| added latency, mesh / proxy hop | < 1/50 (0.02) | {} | {} |",
-            share.ratio(),
-            verdict(share, 0.02)
-        ),
-        None => println!(
-            "| added latency, mesh / proxy hop | < 1/50 (0.02) | not measured (no haproxy) | |"
-        ),
-    }
-    let stats = clients.mesh.stats("bench").expect("called");
-    assert_eq!(stats.errors, 0, "no mesh call failed");
-    assert!(
-        handle.render().contains("http_client_request_duration"),
-        "the recorder saw the mesh's calls"
-    );
 }
