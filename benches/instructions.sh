@@ -86,3 +86,8 @@ for path in inner balance bare whole unique inner_waits waits; do
   added_locks=$(python3 -c "print(f'{$locks - $inner_locked:.1f}')")
   echo "| $path | $per | $(( per - inner )) | $(( code - inner_code )) | $(( data - inner_data )) | $added_locks |"
 done
+# The size of what a call holds while it runs: each layer's future, in bytes.
+echo
+echo "| future | bytes |"
+echo "|---|---|"
+PROXYLESS_COUNT=sizes "$bin"

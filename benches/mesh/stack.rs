@@ -179,7 +179,8 @@ pub(crate) fn benches(c: &mut Criterion) {
 /// For `benches/instructions.sh`: builds one path of the stack (`inner`, `balance`, `bare`
 /// for metrics and balancing alone, `whole`, `unique` for the whole stack with a URL no
 /// call used before on each call, and `inner_waits` and `waits` for the transport alone and
-/// the whole stack over a transport that answers on its second poll) with the same
+/// the whole stack over a transport that answers on its second poll; `sizes` prints the
+/// size of each layer's call future instead) with the same
 /// transport, registry and policies as the benchmarks above, warms it, and makes `calls`
 /// calls in [`counted`], the function callgrind counts instructions in.
 pub(crate) fn count(path: &str, calls: usize) {
@@ -244,8 +245,44 @@ pub(crate) fn count(path: &str, calls: usize) {
             counted(requests().take(100), call);
             counted(requests(), call);
         }
+        "sizes" => {
+            // What one call holds while it runs, in bytes: each layer's future as the call
+            // creates it (the stack boxes what it keeps across attempts; those boxes are
+            // allocated per call besides).
+            let url = || reqwest::Request::new(reqwest::Method::GET, url.clone());
+            let mut inner = transport();
+            let mut balanced = balance().layer(transport());
+            let whole = stack.layer(transport());
+            let bare = TrafficPolicy::default()
+                .no_retries()
+                .no_breaker()
+                .layer("orders", balance())
+                .expect("valid policy")
+                .layer(transport());
+            println!(
+                "| the transport's future | {} |",
+                std::mem::size_of_val(&inner.call(url()))
+            );
+            println!(
+                "| the balance layer's future, over it | {} |",
+                std::mem::size_of_val(&balanced.call(url()))
+            );
+            println!(
+                "| the stack's future, no policy (`bare`) | {} |",
+                std::mem::size_of_val(&readied(&bare).call_owned(url()))
+            );
+            println!(
+                "| the stack's future, every policy (`whole`) | {} |",
+                std::mem::size_of_val(&readied(&whole).call_owned(url()))
+            );
+            println!(
+                "| a request (`reqwest::Request`) | {} |",
+                std::mem::size_of::<reqwest::Request>()
+            );
+        }
         other => panic!(
-            "unknown path {other:?}: inner, balance, bare, whole, unique, inner_waits or waits"
+            "unknown path {other:?}: inner, balance, bare, whole, unique, inner_waits, waits \
+             or sizes"
         ),
     }
 }

@@ -196,7 +196,9 @@ fn ewma(cell: &AtomicU64, sample: f64, alpha: f64, seed: bool) {
         } else {
             old + alpha * (sample - old)
         };
-        Some(new.to_bits())
+        // Unchanged (a success rate already at 1): no locked write, and the line stays
+        // shared with the other cores reading it.
+        (new.to_bits() != bits).then_some(new.to_bits())
     });
 }
 
@@ -272,7 +274,9 @@ impl EndpointStats {
         match outcome {
             Outcome::Ignored => 0,
             Outcome::Success => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
                 ewma(&self.success, 1.0, alpha, false);
                 ewma(&self.latency, latency.as_secs_f64(), alpha, true);
                 0

@@ -498,7 +498,9 @@ impl<F, R, C> ResponseFuture<F, R, C> {
                 call.end();
                 call.snapshot
                     .record(call.index, Outcome::Failure, crate::clock::since(*started));
-                span.record("outcome", "timeout");
+                if !span.is_disabled() {
+                    span.record("outcome", "timeout");
+                }
                 attach(error, &call.snapshot, call.index)
             }
             _ => error,
@@ -569,7 +571,10 @@ where
                     result.as_ref(),
                     *started,
                 );
-                span.record("outcome", tracing::field::debug(outcome));
+                // A disabled span would still look the field up by name.
+                if !span.is_disabled() {
+                    span.record("outcome", tracing::field::debug(outcome));
+                }
                 Poll::Ready(result)
             }
             Projection::Waiting { future } => future.as_mut().poll(cx),

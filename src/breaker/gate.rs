@@ -236,6 +236,11 @@ pub struct Breaker {
     /// admitted as the breaker opens carries the old generation, so its outcome is ignored,
     /// as if it had been admitted just before.)
     closed: AtomicU64,
+    /// The closed machine's generation while its window is a full count window with no
+    /// failure and no slow call in it, [`NOT_CLOSED`] otherwise, written under its lock. A
+    /// fast success then changes nothing the breaker decides by (it would push out a fast
+    /// success for another), so it is settled without the lock.
+    clean: AtomicU64,
     /// The service it guards, for its metrics' `server.address`; empty when used alone.
     service: String,
 }
@@ -318,6 +323,7 @@ impl Breaker {
                 generation: 0,
             }),
             closed: AtomicU64::new(0),
+            clean: AtomicU64::new(NOT_CLOSED),
             service,
         }))
     }
@@ -426,6 +432,14 @@ impl Breaker {
     }
 
     fn record(&self, generation: u64, outcome: Outcome, elapsed: Duration) {
+        // A ticket of an ended generation matches no `clean` written since, and its outcome
+        // would be ignored under the lock too.
+        if outcome == Outcome::Success
+            && elapsed < self.config.slow_call_duration
+            && self.clean.load(Ordering::Relaxed) == generation
+        {
+            return;
+        }
         let mut machine = self.lock();
         if generation != machine.generation {
             return;
@@ -442,7 +456,18 @@ impl Breaker {
                 let totals = machine.window.totals();
                 if totals.calls >= self.config.minimum() && self.config.trips(totals) {
                     self.open(&mut machine, totals);
+                    return;
                 }
+                let clean =
+                    machine.window.is_full_count() && totals.failures == 0 && totals.slow == 0;
+                self.clean.store(
+                    if clean {
+                        machine.generation
+                    } else {
+                        NOT_CLOSED
+                    },
+                    Ordering::Relaxed,
+                );
             }
             State::HalfOpen {
                 permits, results, ..

@@ -53,6 +53,50 @@ async fn it_opens_exactly_at_the_failure_rate_threshold() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn failures_after_a_long_clean_run_are_counted_as_ever() {
+    // Successes into a full window of successes are settled without the lock; what they
+    // would have pushed out is a success too, so the counts must come out the same.
+    let b = breaker(small().slow_call_duration(Duration::from_secs(1)));
+    for _ in 0..1_000 {
+        call(&b, Success);
+    }
+    for _ in 0..4 {
+        call(&b, Failure);
+    }
+    assert_eq!(b.state(), BreakerState::Closed, "4 of the last 10");
+    for _ in 0..6 {
+        call(&b, Success);
+    }
+    // The window is clean again: the four failures went out with these six successes...
+    for _ in 0..4 {
+        call(&b, Failure);
+    }
+    assert_eq!(
+        b.state(),
+        BreakerState::Closed,
+        "...so these are 4 of 10 again"
+    );
+    call(&b, Failure);
+    assert_eq!(b.state(), BreakerState::Open, "5 of the last 10");
+
+    // A slow success is never settled without the lock: it counts as slow.
+    let slow = breaker(
+        small()
+            .slow_call_duration(Duration::from_millis(10))
+            .slow_call_rate_threshold(50.0),
+    );
+    for _ in 0..100 {
+        call(&slow, Success);
+    }
+    for _ in 0..5 {
+        let permit = slow.try_acquire().expect("admitted");
+        tokio::time::advance(Duration::from_millis(20)).await;
+        permit.record(Success);
+    }
+    assert_eq!(slow.state(), BreakerState::Open, "5 slow of the last 10");
+}
+
+#[tokio::test(start_paused = true)]
 async fn half_open_admits_a_fixed_number_of_probes() {
     let b = breaker(small());
     for _ in 0..10 {

@@ -122,6 +122,11 @@ impl Window {
         }
     }
 
+    /// Whether this is a count window holding its `n` calls.
+    pub(crate) fn is_full_count(&self) -> bool {
+        matches!(self, Window::Count { ring, filled, .. } if *filled == ring.len())
+    }
+
     pub(crate) fn totals(&self) -> Counts {
         match self {
             Window::Count { totals, .. } => *totals,

@@ -300,11 +300,14 @@ impl CallRecord {
                 error: Some(error_label(error)),
             },
         };
-        if series.status != 0 {
-            self.span.record("status", series.status);
-        }
-        if let Some(error) = series.error {
-            self.span.record("error", error);
+        // A disabled span (no subscriber wants it) would still look its field up by name.
+        if !self.span.is_disabled() {
+            if series.status != 0 {
+                self.span.record("status", series.status);
+            }
+            if let Some(error) = series.error {
+                self.span.record("error", error);
+            }
         }
         shared.record(series, self.started);
     }
