@@ -134,12 +134,14 @@ impl Window {
         if slot.period.load(Ordering::Relaxed) != period {
             self.turn(slot, period, elapsed);
         }
+        // The bucket first: it is the call's count, and a read between the two adds then
+        // sees the call without its time, not a time without its call.
+        let index = bucket(latency).clamp(FIRST, FIRST + KEPT - 1) - FIRST;
+        slot.buckets[index].fetch_add(1, Ordering::Relaxed);
         slot.nanos.fetch_add(
             latency.as_nanos().min(u128::from(u64::MAX)) as u64,
             Ordering::Relaxed,
         );
-        let index = bucket(latency).clamp(FIRST, FIRST + KEPT - 1) - FIRST;
-        slot.buckets[index].fetch_add(1, Ordering::Relaxed);
         if failed {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -203,9 +205,9 @@ impl Window {
     pub(crate) fn read(&self, now: Instant) -> WindowStats {
         let elapsed = now.saturating_duration_since(self.origin);
         let (counts, requests, errors, nanos, period) = self.gather(now);
-        // A call being recorded meanwhile may be in one count and not another: the
-        // histogram is the call count the percentiles use.
-        let counted: u64 = counts.iter().sum();
+        // The histogram is the call count (a slot's calls are the sum of its buckets); a
+        // call being recorded meanwhile may be in it and not yet in `errors` or `nanos`.
+        let counted = requests;
         let errors = errors.min(requests);
         let start = Duration::from_secs(period.saturating_sub(SLOTS as u64 - 1) * SLOT.as_secs());
         let first = self.first.load(Ordering::Relaxed);

@@ -320,70 +320,103 @@ fn raw_url_of(transport: Transport, server: SocketAddr) -> String {
     }
 }
 
-/// `OVERHEAD_PEERS=1`: what a Rust team would build instead of adopting the mesh, each beside
-/// the mesh with the same policies (not more, not fewer), and the mesh with every policy.
+/// `OVERHEAD_PEERS`: what a Rust team would build instead of adopting the mesh, each beside
+/// the mesh with the same policies (not more, not fewer). `tower` or `middleware`: that peer
+/// and its mesh alone, so that no other path warms the code they share; `1`: both pairs, the
+/// mesh with no policy and the mesh with every policy.
 fn peers(
+    which: &str,
     http: &reqwest::Client,
     server: SocketAddr,
     every: &MeshClient,
     mesh_with: &dyn Fn(TrafficPolicy, bool, Option<Balancer>) -> MeshClient,
 ) -> Vec<Via> {
-    // tower's stack balances by requests in flight over two random draws, retries within a
-    // budget, limits the rate and the concurrency, bounds each attempt and records a
-    // histogram: the mesh's least-request balancer, its retries (with their budget), the
-    // same limits and timeout, and its metrics. No breaker, no token, no health scores or
-    // ejection, which tower has not.
+    use proxyless::retry::RetryPolicy;
+    // tower's stack balances by requests in flight over two random draws, makes up to four
+    // attempts within a budget, each bounded by the timeout, limits the rate and the
+    // concurrency and records a histogram: the mesh's least-request balancer, four attempts
+    // (with its budget), the timeout per attempt and no overall one, the same limits, and
+    // its metrics. No breaker, no token, no health scores or ejection, which tower has not.
     let towers = TrafficPolicy::default()
         .no_breaker()
-        .timeout(call_timeout())
+        .no_timeout()
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(4)
+                .per_attempt_timeout(call_timeout()),
+        )
         .rate_limit(
             Rate::per_second(std::num::NonZeroU32::new(1_000_000).expect("above 0")),
             OnExceed::FailFast,
         )
         .concurrency_limit(10_000);
-    // reqwest-retry retries transient failures with backoff, over one URL: the mesh's
-    // retries alone (it balances over the one endpoint, which it cannot leave out).
-    let retries = TrafficPolicy::default().no_breaker().no_timeout();
-    let middleware = reqwest_middleware::ClientBuilder::new(http.clone())
-        .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(
-            reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(3),
-        ))
-        .build();
-    vec![
-        Via {
-            name: "tower, composed by hand",
-            diag: Diag::Tower(Box::new(Tower::new(http, &[server]))),
-        },
-        Via {
-            name: "mesh, tower's policies",
-            diag: Diag::Mesh(mesh_with(towers, true, Some(Balancer::LeastRequest))),
-        },
-        Via {
-            name: "reqwest-middleware + reqwest-retry",
-            diag: Diag::Middleware(middleware),
-        },
-        Via {
-            name: "mesh, retries only",
-            diag: Diag::Mesh(mesh_with(retries, true, None)),
-        },
-        Via {
-            // What the two above have in common: the mesh's balancing (the URL rewritten, a
-            // pick, in-flight counts) and its metrics (histogram, counters, sliding windows).
-            name: "mesh, no policy",
-            diag: Diag::Mesh(mesh_with(
-                TrafficPolicy::default()
-                    .no_retries()
-                    .no_breaker()
-                    .no_timeout(),
-                true,
-                None,
-            )),
-        },
-        Via {
-            name: "mesh, every policy",
-            diag: Diag::Mesh(every.clone()),
-        },
-    ]
+    // reqwest-retry makes up to four attempts with backoff, over one URL, with no deadline:
+    // the mesh's retries alone, four attempts, no timeout of any kind (it balances over the
+    // one endpoint, which it cannot leave out).
+    let retries = TrafficPolicy::default().no_breaker().no_timeout().retry(
+        RetryPolicy::default()
+            .max_attempts(4)
+            .no_per_attempt_timeout(),
+    );
+    let tower_pair = || {
+        [
+            Via {
+                name: "tower, composed by hand",
+                diag: Diag::Tower(Box::new(Tower::new(http, &[server]))),
+            },
+            Via {
+                name: "mesh, tower's policies",
+                diag: Diag::Mesh(mesh_with(
+                    towers.clone(),
+                    true,
+                    Some(Balancer::LeastRequest),
+                )),
+            },
+        ]
+    };
+    let middleware_pair = || {
+        let middleware = reqwest_middleware::ClientBuilder::new(http.clone())
+            .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(
+                reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(3),
+            ))
+            .build();
+        [
+            Via {
+                name: "reqwest-middleware + reqwest-retry",
+                diag: Diag::Middleware(middleware),
+            },
+            Via {
+                name: "mesh, retries only",
+                diag: Diag::Mesh(mesh_with(retries.clone(), true, None)),
+            },
+        ]
+    };
+    match which {
+        "tower" => tower_pair().into(),
+        "middleware" => middleware_pair().into(),
+        "1" => {
+            let mut vias: Vec<Via> = tower_pair().into_iter().chain(middleware_pair()).collect();
+            vias.push(Via {
+                // What the two meshes above share: the mesh's balancing (the URL rewritten,
+                // a pick, in-flight counts) and its metrics (histogram, counters, windows).
+                name: "mesh, no policy",
+                diag: Diag::Mesh(mesh_with(
+                    TrafficPolicy::default()
+                        .no_retries()
+                        .no_breaker()
+                        .no_timeout(),
+                    true,
+                    None,
+                )),
+            });
+            vias.push(Via {
+                name: "mesh, every policy",
+                diag: Diag::Mesh(every.clone()),
+            });
+            vias
+        }
+        other => panic!("OVERHEAD_PEERS={other}: expected 1, tower or middleware"),
+    }
 }
 
 /// Every policy on, none of them refusing a call in this run.
@@ -1291,8 +1324,8 @@ fn main() {
         }),
         _ => Diag::Mesh(mesh.clone()),
     };
-    let vias = if std::env::var("OVERHEAD_PEERS").as_deref() == Ok("1") {
-        peers(&http, server, &mesh, &mesh_with)
+    let vias = if let Ok(which) = std::env::var("OVERHEAD_PEERS") {
+        peers(&which, &http, server, &mesh, &mesh_with)
     } else {
         vec![Via {
             name: "mesh",

@@ -460,14 +460,15 @@ impl Breaker {
                 }
                 let clean =
                     machine.window.is_full_count() && totals.failures == 0 && totals.slow == 0;
-                self.clean.store(
-                    if clean {
-                        machine.generation
-                    } else {
-                        NOT_CLOSED
-                    },
-                    Ordering::Relaxed,
-                );
+                let clean = if clean {
+                    machine.generation
+                } else {
+                    NOT_CLOSED
+                };
+                // Written only when it changes: the line is read by every settle.
+                if self.clean.load(Ordering::Relaxed) != clean {
+                    self.clean.store(clean, Ordering::Relaxed);
+                }
             }
             State::HalfOpen {
                 permits, results, ..

@@ -67,15 +67,12 @@ async fn failures_after_a_long_clean_run_are_counted_as_ever() {
     for _ in 0..6 {
         call(&b, Success);
     }
-    // The window is clean again: the four failures went out with these six successes...
+    // The window holds the four failures and six successes; the next four failures push
+    // the first four out (a success pushed out by one of them would make it 5 of 10).
     for _ in 0..4 {
         call(&b, Failure);
     }
-    assert_eq!(
-        b.state(),
-        BreakerState::Closed,
-        "...so these are 4 of 10 again"
-    );
+    assert_eq!(b.state(), BreakerState::Closed, "4 of the last 10 again");
     call(&b, Failure);
     assert_eq!(b.state(), BreakerState::Open, "5 of the last 10");
 

@@ -391,22 +391,29 @@ async fn held_calls(
     mesh: &MeshClient,
     control: &crate::support::Control,
 ) -> Vec<tokio::task::JoinHandle<Result<reqwest::Response, proxyless::Error>>> {
-    control
-        .delay_ms
-        .store(400, std::sync::atomic::Ordering::SeqCst);
+    use std::sync::atomic::Ordering::SeqCst;
+    control.delay_ms.store(400, SeqCst);
+    let hits = control.hits.load(SeqCst);
     let calls: Vec<_> = (0..5)
         .map(|_| {
             let mesh = mesh.clone();
             tokio::spawn(async move { mesh.get("http://orders/").send().await })
         })
         .collect();
+    // In flight in the mesh and received by the server: a call the mesh has sent may not
+    // have reached the server yet on a loaded machine (and would count as a later hit).
     for _ in 0..500 {
-        if mesh.stats("orders").is_some_and(|s| s.in_flight == 5) {
+        if mesh.stats("orders").is_some_and(|s| s.in_flight == 5)
+            && control.hits.load(SeqCst) - hits == 5
+        {
             return calls;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("the calls never were in flight");
+    panic!(
+        "the calls never were in flight: {} received",
+        control.hits.load(SeqCst) - hits
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
