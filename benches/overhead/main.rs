@@ -999,6 +999,11 @@ async fn latency(clients: &Clients, options: &Options) -> Vec<(Path, Samples, Sa
     match std::env::var("OVERHEAD_ONLY").as_deref() {
         Ok("raw") => paths = vec![Path::Raw],
         Ok("mesh") => paths = vec![Path::Via(0)],
+        // `via0`, `via1`, …: one compared path by its place in the output's tables, from 0.
+        Ok(via) if via.starts_with("via") => {
+            let n: usize = via[3..].parse().expect("OVERHEAD_ONLY=via<n>");
+            paths = vec![Path::Via(n)];
+        }
         _ => {}
     }
     for _ in 0..options.warmup {
