@@ -93,6 +93,11 @@ pub mod endpoint;
 mod error;
 mod hash;
 pub mod hedge;
+#[cfg_attr(
+    not(any(feature = "consul", feature = "eureka", feature = "jwt")),
+    allow(dead_code)
+)]
+mod json;
 pub mod limit;
 #[cfg(feature = "middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "middleware")))]

@@ -638,23 +638,30 @@ struct CheckInfo {
 /// The endpoints of a health response body. The body must be a JSON array; an element that
 /// is not a usable instance is rejected on its own (see [`Discovered`]).
 pub(crate) fn parse_health(body: &[u8]) -> Result<Discovered, DiscoveryError> {
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(body)
-        .map_err(|e| DiscoveryError::malformed(format!("health response: {e}")))?;
     let mut discovered = Discovered::default();
-    for (i, value) in entries.into_iter().enumerate() {
+    // Each entry is read and handed on alone, so a body of many small elements never sits
+    // in memory as a list of them; more entries than an answer may hold stop the read.
+    let each = |i: usize, value: serde_json::Value| {
         let id = value
             .pointer("/Service/ID")
             .and_then(serde_json::Value::as_str)
             .map_or_else(|| format!("#{i}"), str::to_owned);
         let Some(entry) = discovered.read::<HealthEntry>(&id, value) else {
-            continue;
+            return;
         };
         match entry.into_endpoint() {
             Ok(Some(endpoint)) => discovered.endpoints.push(endpoint),
             Ok(None) => {}
             Err((reason, why)) => discovered.reject(id, reason, why),
         }
-    }
+    };
+    let elements = crate::json::Elements {
+        each,
+        max: super::MAX_ENDPOINTS,
+        lone: false,
+    };
+    crate::json::read(body, elements)
+        .map_err(|e| DiscoveryError::malformed(format!("health response: {e}")))?;
     Ok(discovered)
 }
 

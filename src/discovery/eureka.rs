@@ -188,69 +188,49 @@ impl Discovery for EurekaDiscovery {
     }
 }
 
-#[derive(Deserialize)]
-struct AppResponse {
-    application: Application,
-}
-
-#[derive(Deserialize)]
-struct Application {
-    /// Each instance is read on its own, so one malformed instance spoils only itself.
-    #[serde(default)]
-    instance: OneOrMany<serde_json::Value>,
-}
-
-/// The endpoints of an application response body: its `UP` instances, each usable one an
-/// endpoint and each other one rejected on its own (see [`Discovered`]).
+/// The endpoints of an application response body (`{"application": {"instance": […]}}`):
+/// its `UP` instances, each usable one an endpoint and each other one rejected on its own
+/// (see [`Discovered`]). Each instance is read and handed on alone, so one malformed
+/// instance spoils only itself and a body of many small ones never sits in memory as a list.
 pub(crate) fn parse_application(body: &[u8]) -> DiscoveryResult {
-    let answer: AppResponse = serde_json::from_slice(body)
-        .map_err(|e| DiscoveryError::malformed(format!("application response: {e}")))?;
+    use crate::json::{Elements, Member};
     let mut discovered = Discovered::default();
-    for (i, value) in answer
-        .application
-        .instance
-        .into_vec()
-        .into_iter()
-        .enumerate()
-    {
+    let each = |i: usize, value: serde_json::Value| {
         let id = ["instanceId", "hostName"]
             .iter()
             .find_map(|key| value.get(key).and_then(serde_json::Value::as_str))
             .map_or_else(|| format!("#{i}"), str::to_owned);
         let Some(instance) = discovered.read::<Instance>(&id, value) else {
-            continue;
+            return;
         };
         if instance.status != "UP" {
-            continue;
+            return;
         }
         match instance.into_endpoint() {
             Ok(endpoint) => discovered.endpoints.push(endpoint),
             Err((reason, why)) => discovered.reject(id, reason, why),
         }
-    }
-    Ok(discovered)
-}
-
-/// Eureka's JSON, converted from XML, gives a lone instance as an object, not an array.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    Many(Vec<T>),
-    One(T),
-}
-
-impl<T> Default for OneOrMany<T> {
-    fn default() -> Self {
-        OneOrMany::Many(Vec::new())
-    }
-}
-
-impl<T> OneOrMany<T> {
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            OneOrMany::Many(items) => items,
-            OneOrMany::One(item) => vec![item],
-        }
+    };
+    // An application without instances may leave the member out.
+    let seed = Member {
+        name: "application",
+        inner: Member {
+            name: "instance",
+            inner: Elements {
+                each,
+                max: super::MAX_ENDPOINTS,
+                lone: true,
+            },
+        },
+    };
+    match crate::json::read(body, seed) {
+        Ok(Some(_)) => Ok(discovered),
+        Ok(None) => Err(DiscoveryError::malformed(
+            "application response: missing field `application`",
+        )),
+        Err(e) => Err(DiscoveryError::malformed(format!(
+            "application response: {e}"
+        ))),
     }
 }
 

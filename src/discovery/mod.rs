@@ -203,12 +203,22 @@ pub struct RejectedInstance {
     pub instance: String,
     /// Why, in a word (the `reason` label of the metric).
     pub reason: RejectReason,
-    /// Why, in a sentence.
+    /// Why, in a sentence: at most [`RejectedInstance::MAX_DETAIL`] bytes, since a parser's
+    /// message may quote what the registry sent.
     pub detail: Cow<'static, str>,
 }
 
 impl RejectedInstance {
+    /// The longest `detail` kept, in bytes (longer ones are cut and end in `…`).
+    pub const MAX_DETAIL: usize = 256;
+
     fn new(instance: String, reason: RejectReason, detail: Cow<'static, str>) -> Self {
+        let detail = match detail {
+            Cow::Owned(text) if text.len() > Self::MAX_DETAIL => {
+                Cow::Owned(crate::json::clip(text, Self::MAX_DETAIL))
+            }
+            detail => detail,
+        };
         RejectedInstance {
             instance: printable(&instance),
             reason,

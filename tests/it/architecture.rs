@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "boxed",
         "clock",
         "hash",
+        "json",
         "names",
         "per_second",
         "rng",

@@ -331,6 +331,45 @@ async fn calls_go_on_while_the_control_plane_restarts() {
     assert_eq!(resumed.version_info, "1");
 }
 
+/// A control plane may accept a stream and never answer it (a hung server whose connection
+/// still answers pings; grpc-go holds the response headers until its first message): the
+/// stream is dropped after the resource timeout and another one opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_never_answered_is_dropped_and_another_opened() {
+    let s = servers(1).await;
+    let plane =
+        ControlPlane::start(Snapshot::new(1).service("orders", &[("v1", 1, &[s[0].addr])])).await;
+    plane.hold_streams(1);
+    let xds = XdsDiscovery::builder()
+        .server(plane.addr.to_string())
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .resource_timeout(Duration::from_secs(1))
+        .build()
+        .expect("valid xDS settings");
+    let mesh = MeshClient::builder()
+        .discovery(xds)
+        .build()
+        .expect("valid client");
+    // The first lookup waits at most twice the resource timeout: long enough for the held
+    // stream to be given up and the next one to answer.
+    let started = std::time::Instant::now();
+    let response = mesh.get("http://orders/").send().await;
+    let waited = started.elapsed();
+    assert!(response.is_ok(), "{response:?} after {waited:?}");
+    assert!(waited >= Duration::from_secs(1), "answered in {waited:?}");
+    // The held stream's requests went out (the requests do not wait for the answer), and a
+    // second stream asked again.
+    let seen = plane.seen();
+    assert!(
+        seen.iter().any(|r| r.stream == 1 && r.type_url == LISTENER),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|r| r.stream == 2 && r.type_url == LISTENER),
+        "{seen:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_listeners_and_clusters_are_unknown_services() {
     let s = servers(1).await;

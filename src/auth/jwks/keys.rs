@@ -28,19 +28,20 @@ impl Skipped {
     }
 }
 
+/// How many of a set's skipped keys are shown in the log line that counts them.
+const SHOWN_SKIPPED: usize = 10;
+
 /// The usable keys of a JWKS body, by `kid`: an error only when the body is malformed or no
 /// key in it can verify a signature (see the module documentation).
 pub(crate) fn usable_keys(
     body: &[u8],
 ) -> Result<HashMap<Option<String>, Vec<VerifyingKey>>, String> {
-    #[derive(serde::Deserialize)]
-    struct Set {
-        keys: Vec<serde_json::Value>,
-    }
-    let set: Set = serde_json::from_slice(body).map_err(|e| format!("malformed key set: {e}"))?;
     let mut keys: HashMap<Option<String>, Vec<VerifyingKey>> = HashMap::new();
-    let mut skipped = Vec::new();
-    for value in set.keys {
+    // Each key is read and looked at alone, and of the skipped ones only the first few are
+    // kept for the log: a body of a million tiny elements costs no more than a few keys.
+    let mut skipped = 0usize;
+    let mut shown: Vec<(Option<String>, String)> = Vec::new();
+    let each = |_: usize, value: serde_json::Value| {
         let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
         match verifying_keys(value) {
             Ok(usable) => {
@@ -56,21 +57,38 @@ pub(crate) fn usable_keys(
             Err((why, detail)) => {
                 metrics::counter!(crate::names::JWKS_KEYS_SKIPPED, "reason" => why.as_str())
                     .increment(1);
-                skipped.push((kid, detail));
+                skipped += 1;
+                if shown.len() < SHOWN_SKIPPED {
+                    let kid = kid.map(|k| crate::json::clip(k, 64));
+                    shown.push((kid, crate::json::clip(detail, 256)));
+                }
             }
         }
+    };
+    let seed = crate::json::Member {
+        name: "keys",
+        inner: crate::json::Elements {
+            each,
+            max: usize::MAX,
+            lone: false,
+        },
+    };
+    match crate::json::read(body, seed) {
+        Ok(Some(())) => {}
+        Ok(None) => return Err("malformed key set: missing field `keys`".to_owned()),
+        Err(e) => return Err(format!("malformed key set: {e}")),
     }
-    if !skipped.is_empty() {
+    if skipped > 0 {
         tracing::debug!(
-            ?skipped,
+            skipped,
+            first = ?shown,
             usable = keys.len(),
             "skipped keys of the key set that cannot verify a signature"
         );
     }
     if keys.is_empty() {
         return Err(format!(
-            "the key set has no key that can verify a signature ({} skipped)",
-            skipped.len()
+            "the key set has no key that can verify a signature ({skipped} skipped)"
         ));
     }
     Ok(keys)

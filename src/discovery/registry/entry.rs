@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How many of an answer's newly rejected instances are logged one by one.
+const LOGGED_REJECTIONS: usize = 10;
+
 /// What follows a service's endpoint sets: a balancer's state for the service
 /// ([`crate::balance`] implements it; the registry knows nothing more of it).
 pub(crate) trait Subscriber: Send + Sync {
@@ -392,20 +395,38 @@ impl ServiceEntry {
                 .collect()
         };
         status.rejected_total += fresh.len() as u64;
-        for instance in fresh {
+        // Every one is counted; the first few of an answer are logged each, the rest in one
+        // line, so that a registry listing thousands of broken instances cannot flood logs.
+        let mut by_reason: Vec<(RejectReason, u64)> = Vec::new();
+        for (i, instance) in fresh.iter().enumerate() {
+            match by_reason.iter_mut().find(|(r, _)| *r == instance.reason) {
+                Some((_, n)) => *n += 1,
+                None => by_reason.push((instance.reason, 1)),
+            }
+            if i < LOGGED_REJECTIONS {
+                tracing::warn!(
+                    service = %self.name,
+                    instance = %instance.instance,
+                    reason = instance.reason.as_str(),
+                    detail = %instance.detail,
+                    "skipping an instance the registry listed: it cannot be used"
+                );
+            }
+        }
+        if fresh.len() > LOGGED_REJECTIONS {
+            tracing::warn!(
+                service = %self.name,
+                more = fresh.len() - LOGGED_REJECTIONS,
+                "skipping more instances the registry listed, not logged one by one (see `DiscoveryStatus::rejected`)"
+            );
+        }
+        for (reason, n) in by_reason {
             metrics::counter!(
                 crate::names::REJECTED_INSTANCES,
                 "server.address" => self.name.to_string(),
-                "reason" => instance.reason.as_str()
+                "reason" => reason.as_str()
             )
-            .increment(1);
-            tracing::warn!(
-                service = %self.name,
-                instance = %instance.instance,
-                reason = instance.reason.as_str(),
-                detail = %instance.detail,
-                "skipping an instance the registry listed: it cannot be used"
-            );
+            .increment(n);
         }
         status.rejected = rejected;
     }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -36,6 +36,9 @@ pub(crate) struct Link {
     pub(crate) node: Node,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) max_message: usize,
+    /// How long the control plane may take to answer a new stream at all (its response
+    /// headers): the resource timeout.
+    pub(crate) open_timeout: Duration,
 }
 
 /// Keeps one stream open for as long as the discovery lives: after a stream breaks (or never
@@ -87,25 +90,37 @@ async fn stream(shared: &Shared, link: &Link) -> Outcome {
         }
         let _ = tx.send(request);
     };
+    let opened = Instant::now();
     {
         let mut state = shared.lock();
-        state.stream_started(Instant::now());
+        state.stream_started(opened);
         state.requests().into_iter().for_each(&mut send);
     }
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|request| (request, rx))
     });
-    let mut inbound = match client.stream_aggregated_resources(outbound).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return ended(false, format!("the stream was refused: {status}")),
-    };
-    metrics::gauge!(names::XDS_CONNECTED).set(1.0);
+    // The call resolves when the control plane sends its response headers, which a server
+    // may hold back until it has something to send (grpc-go sends them with the first
+    // message) or forever (a hung server behind a live connection, whose pings are still
+    // answered). Meanwhile the requests go out, new subscriptions are sent and the timers
+    // run, in the loop below; a stream not answered within `open_timeout` is dropped and
+    // another one opened, perhaps to a healthier replica.
+    let response = client.stream_aggregated_resources(outbound);
+    tokio::pin!(response);
+    let mut inbound = None;
     let mut answered = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            message = inbound.message() => {
+            headers = &mut response, if inbound.is_none() => match headers {
+                Ok(response) => {
+                    inbound = Some(response.into_inner());
+                    metrics::gauge!(names::XDS_CONNECTED).set(1.0);
+                }
+                Err(status) => return ended(false, format!("the stream was refused: {status}")),
+            },
+            message = next_message(inbound.as_mut()) => {
                 let response = match message {
                     Ok(Some(response)) => response,
                     Ok(None) => return ended(answered, "the control plane closed the stream".into()),
@@ -134,10 +149,26 @@ async fn stream(shared: &Shared, link: &Link) -> Outcome {
                 shared.lock().requests().into_iter().for_each(&mut send);
             }
             _ = tick.tick() => {
+                let now = Instant::now();
+                // Before the timers: a server that has not answered at all is no evidence
+                // that a resource does not exist.
+                if inbound.is_none() && now.duration_since(opened) >= link.open_timeout {
+                    return ended(false, format!("no answer to the stream in {:?}", link.open_timeout));
+                }
                 let mut state = shared.lock();
-                state.expire(Instant::now());
+                state.expire(now);
                 state.requests().into_iter().for_each(&mut send);
             }
         }
+    }
+}
+
+/// The next message of an open stream; pending while the stream is not open yet.
+async fn next_message(
+    inbound: Option<&mut tonic::Streaming<DiscoveryResponse>>,
+) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+    match inbound {
+        Some(inbound) => inbound.message().await,
+        None => std::future::pending().await,
     }
 }

@@ -254,7 +254,9 @@ impl XdsBuilder {
     }
 
     /// How long a requested resource may go unanswered before it is taken not to exist
-    /// ([`DEFAULT_RESOURCE_TIMEOUT`]).
+    /// ([`DEFAULT_RESOURCE_TIMEOUT`]); also how long the control plane may take to answer a
+    /// new stream at all (its response headers) before the stream is dropped and another
+    /// one opened, so that a hung server cannot hold the stream forever.
     pub fn resource_timeout(mut self, timeout: Duration) -> Self {
         self.resource_timeout = timeout;
         self
@@ -307,6 +309,7 @@ impl XdsBuilder {
                 node: self.node,
                 backoff: self.backoff,
                 max_message: self.max_message,
+                open_timeout: self.resource_timeout,
             },
             task: Mutex::new(None),
         })

@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -283,6 +284,9 @@ struct Plane {
     snapshot: watch::Receiver<Snapshot>,
     seen: Arc<Mutex<Vec<Seen>>>,
     streams: Arc<Mutex<(u64, Vec<tokio::task::AbortHandle>)>>,
+    /// How many of the next streams are never answered: no response headers, no message,
+    /// the requests still read and recorded (a hung server behind a live connection).
+    hold: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// A running control plane on 127.0.0.1.
@@ -306,6 +310,7 @@ impl ControlPlane {
             snapshot: rx,
             seen: Arc::default(),
             streams: Arc::default(),
+            hold: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("address");
@@ -333,6 +338,11 @@ impl ControlPlane {
     /// The snapshot served now.
     pub fn current(&self) -> Snapshot {
         self.snapshot.borrow().clone()
+    }
+
+    /// The next `streams` streams are never answered (see [`Plane::hold`]).
+    pub fn hold_streams(&self, streams: u32) {
+        self.plane.hold.store(streams, Ordering::SeqCst);
     }
 
     /// Every request received so far.
@@ -449,6 +459,16 @@ impl AggregatedDiscoveryService for Plane {
             }
         });
         self.streams.lock().unwrap().1.push(task.abort_handle());
+        let held = self
+            .hold
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if held {
+            // The requests are read and recorded, the answers kept unsent, the headers never
+            // sent.
+            let _unsent = rx;
+            return std::future::pending().await;
+        }
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
